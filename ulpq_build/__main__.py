@@ -1,0 +1,3 @@
+from ulpq_build.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,270 @@
+"""Drive real browsers: Chromium and Firefox through Playwright, WebKitGTK through its own
+WebDriver (W3C classic, spoken here with the standard library) under Xvfb.
+
+Executables are configurable (environment variables below); the defaults are Debian's system
+browsers, and where Playwright-managed browsers are installed (`playwright install` on a
+laptop) those are used instead, WebKit included.
+
+    ULPQ_CHROMIUM        Chromium executable        (default /usr/lib/chromium/chromium)
+    ULPQ_FIREFOX         Firefox executable         (default /usr/bin/firefox-esr)
+    ULPQ_WEBKIT_DRIVER   WebKitWebDriver executable (default /usr/bin/WebKitWebDriver)
+    ULPQ_WEBKIT_BROWSER  browser the driver starts  (default Debian's MiniBrowser)
+    ULPQ_BROWSERS_MANAGED=0  ignore Playwright-managed browsers even where installed
+
+Every session offers the same two calls: `goto(url)` and `evaluate(js_function_source, arg)`,
+where the source is an (async) arrow function taking one argument; its resolved value comes
+back as JSON.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+from ulpq_build.errors import UserError
+
+BROWSERS = ("chromium", "firefox", "webkit")
+DEBIAN_PATHS = {
+    "chromium": "/usr/lib/chromium/chromium",
+    "firefox": "/usr/bin/firefox-esr",
+    "webkit_driver": "/usr/bin/WebKitWebDriver",
+    "webkit_browser": "/usr/lib/x86_64-linux-gnu/webkit2gtk-4.1/MiniBrowser",
+}
+# Keep browser traffic on this machine: everything but loopback goes to a dead proxy.
+LOCAL_ONLY_PROXY = {"server": "http://127.0.0.1:9", "bypass": "127.0.0.1,localhost"}
+FIREFOX_PREFS = {"dom.webgpu.enabled": True, "gfx.webgpu.ignore-blocklist": True}
+CHROMIUM_ARGS = ["--enable-unsafe-webgpu", "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync", "--no-first-run", "--disable-quic"]
+INSTALL_HINT = ("install the browsers with `apt-get install -y chromium firefox-esr mesa-vulkan-drivers "
+                "webkit2gtk-driver xvfb xauth` (or run .ci/run)")
+
+
+class BrowserError(RuntimeError):
+    """A browser could not be started or a page call failed."""
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _managed_allowed() -> bool:
+    return os.environ.get("ULPQ_BROWSERS_MANAGED", "1") != "0"
+
+
+def _managed_executable(browser_type) -> str | None:
+    """The Playwright-managed executable of this type, if one is installed."""
+    try:
+        path = browser_type.executable_path
+    except Exception:  # Playwright raises when the registry has no such browser
+        return None
+    return path if path and Path(path).exists() else None
+
+
+@dataclass
+class BrowserInfo:
+    name: str
+    engine: str
+    executable: str
+    version: str
+    managed: bool  # a Playwright-managed build (else a system browser)
+
+
+class PlaywrightSession:
+    """Chromium or Firefox under Playwright: one browser, one page, reused across calls."""
+
+    def __init__(self, name: str, headless: bool = True):
+        try:
+            from playwright.sync_api import sync_playwright
+        except ImportError:
+            raise UserError("playwright is not installed; `pip install playwright==1.64.1` (the test extra)") from None
+        self.name = name
+        self._pw = sync_playwright().start()
+        try:
+            self._browser, self.info = self._launch(headless)
+            self._context = self._browser.new_context(proxy=LOCAL_ONLY_PROXY)
+            self.page = self._context.new_page()
+            self.console: list[str] = []
+            self.page.on("console", lambda msg: self.console.append(f"{msg.type}: {msg.text}"))
+            self.page.on("pageerror", lambda err: self.console.append(f"pageerror: {err}"))
+        except BaseException:
+            self._pw.stop()
+            raise
+
+    def _launch(self, headless: bool):
+        bt = getattr(self._pw, self.name)
+        managed = _managed_executable(bt) if _managed_allowed() else None
+        env_key = f"ULPQ_{self.name.upper()}"
+        executable = os.environ.get(env_key) or managed or DEBIAN_PATHS[self.name]
+        if not Path(executable).exists():
+            raise BrowserError(f"{self.name}: no executable at {executable}; set {env_key} or {INSTALL_HINT}")
+        is_managed = executable == managed
+        if self.name == "chromium":
+            browser = bt.launch(executable_path=executable, headless=headless, args=CHROMIUM_ARGS)
+        else:
+            kwargs = {} if is_managed else {"channel": "moz-firefox"}
+            browser = bt.launch(executable_path=executable, headless=headless, firefox_user_prefs=FIREFOX_PREFS, **kwargs)
+        engine = {"chromium": "Blink/Dawn", "firefox": "Gecko/wgpu"}[self.name]
+        return browser, BrowserInfo(self.name, engine, executable, browser.version, is_managed)
+
+    def goto(self, url: str) -> None:
+        self.page.goto(url, wait_until="load")
+
+    def evaluate(self, source: str, arg=None, timeout_s: float = 300):
+        self.page.set_default_timeout(timeout_s * 1000)
+        return self.page.evaluate(source, arg)
+
+    def screenshot(self, path: Path) -> None:
+        self.page.screenshot(path=str(path), full_page=True)
+
+    def close(self) -> None:
+        try:
+            self._browser.close()
+        finally:
+            self._pw.stop()
+
+
+class PlaywrightWebKitSession(PlaywrightSession):
+    """Playwright-managed WebKit, where installed (a laptop after `playwright install webkit`)."""
+
+    def _launch(self, headless: bool):
+        bt = self._pw.webkit
+        executable = _managed_executable(bt)
+        browser = bt.launch(headless=headless)
+        return browser, BrowserInfo("webkit", "WebKit (Playwright build)", executable, browser.version, True)
+
+
+class WebKitDriverSession:
+    """Stock WebKitGTK through WebKitWebDriver, with an Xvfb display of its own."""
+
+    def __init__(self, name: str = "webkit"):
+        self.name = name
+        driver = os.environ.get("ULPQ_WEBKIT_DRIVER", DEBIAN_PATHS["webkit_driver"])
+        browser = os.environ.get("ULPQ_WEBKIT_BROWSER", DEBIAN_PATHS["webkit_browser"])
+        for path in (driver, browser):
+            if not Path(path).exists():
+                raise BrowserError(f"webkit: no executable at {path}; set ULPQ_WEBKIT_DRIVER / ULPQ_WEBKIT_BROWSER or {INSTALL_HINT}")
+        if not shutil.which("Xvfb"):
+            raise BrowserError(f"webkit: Xvfb is missing; {INSTALL_HINT}")
+        self._procs: list[subprocess.Popen] = []
+        self._tmp = tempfile.TemporaryDirectory(prefix="ulpq-webkit-")
+        try:
+            display = self._start_xvfb()
+            env = {**os.environ, "DISPLAY": display, "XDG_RUNTIME_DIR": self._tmp.name}
+            port = _free_port()
+            self._procs.append(subprocess.Popen([driver, f"--port={port}"], env=env, stdout=subprocess.DEVNULL,
+                                                stderr=subprocess.DEVNULL))
+            self._base = f"http://127.0.0.1:{port}"
+            self._wait_ready()
+            caps = {"capabilities": {"alwaysMatch": {"webkitgtk:browserOptions": {"binary": browser, "args": ["--automation"]}}}}
+            value = self._call("POST", "/session", caps, timeout=120)
+            self._session = value["sessionId"]
+            c = value.get("capabilities", {})
+            self.info = BrowserInfo("webkit", "WebKitGTK", browser, c.get("browserVersion", "?"), False)
+            self._call("POST", f"/session/{self._session}/timeouts", {"script": 300_000, "pageLoad": 300_000})
+        except BaseException:
+            self.close()
+            raise
+        self.console: list[str] = []
+
+    def _start_xvfb(self) -> str:
+        for number in range(90, 190):
+            if Path(f"/tmp/.X11-unix/X{number}").exists() or Path(f"/tmp/.X{number}-lock").exists():
+                continue
+            proc = subprocess.Popen(["Xvfb", f":{number}", "-screen", "0", "1280x1024x24", "-nolisten", "tcp"],
+                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            for _ in range(50):
+                if Path(f"/tmp/.X11-unix/X{number}").exists():
+                    self._procs.append(proc)
+                    return f":{number}"
+                if proc.poll() is not None:
+                    break
+                time.sleep(0.1)
+            proc.kill()
+        raise BrowserError("webkit: could not start Xvfb on any display :90-:189")
+
+    def _wait_ready(self) -> None:
+        deadline = time.time() + 30
+        while time.time() < deadline:
+            try:
+                if self._call("GET", "/status", timeout=2).get("ready", True):
+                    return
+            except (OSError, BrowserError):
+                time.sleep(0.2)
+        raise BrowserError("webkit: WebKitWebDriver did not answer within 30 s")
+
+    def _call(self, method: str, path: str, body=None, timeout: float = 330):
+        data = json.dumps(body).encode() if body is not None else None
+        request = urllib.request.Request(self._base + path, data=data, method=method,
+                                         headers={"Content-Type": "application/json; charset=utf-8"})
+        try:
+            with urllib.request.urlopen(request, timeout=timeout) as response:
+                payload = json.loads(response.read() or b"{}")
+        except urllib.error.HTTPError as exc:
+            payload = json.loads(exc.read() or b"{}")
+            value = payload.get("value", {})
+            raise BrowserError(f"webkit: {value.get('error', exc.code)}: {value.get('message', '')}") from None
+        return payload.get("value")
+
+    def goto(self, url: str) -> None:
+        self._call("POST", f"/session/{self._session}/url", {"url": url})
+
+    def evaluate(self, source: str, arg=None, timeout_s: float = 300):
+        script = ("const done = arguments[arguments.length - 1];"
+                  f"Promise.resolve().then(() => ({source})(arguments[0]))"
+                  ".then((value) => done({ok: true, value: value === undefined ? null : value}),"
+                  " (err) => done({ok: false, error: `${err}\n${err && err.stack}`}));")
+        result = self._call("POST", f"/session/{self._session}/execute/async", {"script": script, "args": [arg]},
+                            timeout=timeout_s + 30)
+        if not result.get("ok"):
+            raise BrowserError(f"webkit: page script failed: {result.get('error')}")
+        return result["value"]
+
+    def screenshot(self, path: Path) -> None:
+        import base64
+
+        png = self._call("GET", f"/session/{self._session}/screenshot")
+        Path(path).write_bytes(base64.b64decode(png))
+
+    def close(self) -> None:
+        try:
+            if getattr(self, "_session", None):
+                self._call("DELETE", f"/session/{self._session}", timeout=30)
+        except Exception:
+            pass
+        for proc in reversed(self._procs):
+            proc.terminate()
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        self._tmp.cleanup()
+
+
+def launch(name: str):
+    """Start a session for 'chromium', 'firefox' or 'webkit'."""
+    if name not in BROWSERS:
+        raise UserError(f"unknown browser {name!r}; choose from {', '.join(BROWSERS)}")
+    if name == "webkit":
+        if _managed_allowed():
+            try:
+                from playwright.sync_api import sync_playwright
+
+                with sync_playwright() as pw:
+                    managed = _managed_executable(pw.webkit)
+            except ImportError:
+                managed = None
+            if managed:
+                return PlaywrightWebKitSession("webkit")
+        return WebKitDriverSession()
+    return PlaywrightSession(name)

@@ -1,0 +1,193 @@
+"""Write a static web bundle: manifest, weight shards, rendered shaders, the JS runtime and a
+demo page. Every path inside is relative, so the folder works from any static host and
+sub-path; the same input gives byte-identical output; a failure leaves no folder behind.
+
+    <out>/index.html            demo page (runs the model, shows output, path, variant, progress)
+    <out>/manifest.json         see `MANIFEST_SCHEMA_VERSION` and `build_manifest`
+    <out>/weights-000.bin ...   weight shards, at most SHARD_LIMIT bytes each
+    <out>/shaders/*.wgsl        one file per kernel variant (see shaders.py)
+    <out>/ulpq.js, *.js         the runtime (ES modules, no build step)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ulpq_build import __version__
+from ulpq_build.architectures import describe_model, model_tensors
+from ulpq_build.atomic import atomic_folder
+from ulpq_build.default_model import write_default_model
+from ulpq_build.errors import UserError
+from ulpq_build.formats import FORMATS
+from ulpq_build.model_source import ModelSource, open_model
+from ulpq_build.plan import Plan, Rule, resolve_plan
+from ulpq_build.profiles import PROFILES
+from ulpq_build.quantize import QuantizedTensor, quantize
+from ulpq_build.quantspec import PER_TENSOR, QuantSpec, matrix_shape
+from ulpq_build.resources import web_runtime_dir
+from ulpq_build.shaders import LinearVariant, linear_variant, render
+
+MANIFEST_SCHEMA_VERSION = 1
+SHARD_LIMIT = 128 * 1024 * 1024  # Firefox caps storage bindings at 128 MiB (environment.md)
+PART_ALIGN = 256  # parts start 256-byte aligned inside shards (typed-array views, buffer offsets)
+DEMO_ROWS = 2
+DEMO_SEED = 7
+
+
+@dataclass
+class BundleResult:
+    out: Path
+    plan: Plan
+    manifest: dict
+
+
+class ShardWriter:
+    """Append tensor parts to weight shards of at most `limit` bytes, hashing as it goes."""
+
+    def __init__(self, folder: Path, limit: int = SHARD_LIMIT):
+        self.folder, self.limit = folder, limit
+        self.shards: list[dict] = []
+        self._file = None
+        self._hash = None
+        self._size = 0
+
+    def _open_next(self) -> None:
+        self._close()
+        name = f"weights-{len(self.shards):03d}.bin"
+        self._file = open(self.folder / name, "wb")
+        self._hash = hashlib.sha256()
+        self._size = 0
+        self.shards.append({"file": name, "bytes": 0, "sha256": ""})
+
+    def _close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self.shards[-1].update(bytes=self._size, sha256=self._hash.hexdigest())
+            self._file = None
+
+    def add(self, array: np.ndarray, what: str) -> dict:
+        data = np.ascontiguousarray(array).tobytes()
+        if len(data) > self.limit:
+            raise UserError(f"{what} takes {len(data):,} bytes, more than one {self.limit:,}-byte shard (the "
+                            f"128 MiB storage-binding limit of WebGPU); quantize it to fewer bits")
+        pad = -self._size % PART_ALIGN
+        if self._file is None or self._size + pad + len(data) > self.limit:
+            self._open_next()
+            pad = 0
+        self._write(b"\0" * pad)
+        ref = {"shard": len(self.shards) - 1, "file": self.shards[-1]["file"], "offset": self._size,
+               "length": len(data), "sha256": hashlib.sha256(data).hexdigest(),
+               "dtype": str(array.dtype), "shape": list(array.shape)}
+        self._write(data)
+        return ref
+
+    def _write(self, data: bytes) -> None:
+        self._file.write(data)
+        self._hash.update(data)
+        self._size += len(data)
+
+    def finish(self) -> list[dict]:
+        self._close()
+        return self.shards
+
+
+def matrix_layout(qt: QuantizedTensor) -> dict:
+    """The per-tensor constants a kernel or the JS decoder needs, derived once here."""
+    rows, k = matrix_shape(qt.shape)
+    spec, fmt = qt.spec, qt.fmt
+    if not fmt.quantized:
+        return {"rows": rows, "k": k, "words_per_row": k, "groups_per_row": 0, "group_size": k, "codebook_stride": 0}
+    if spec.group_size == PER_TENSOR:
+        groups_per_row, group_size = 0, k
+    else:
+        groups_per_row = qt.parts["scales"].shape[1]
+        group_size = k // groups_per_row
+    per_channel_book = "codebook" in qt.parts and qt.parts["codebook"].shape[0] > 1
+    return {"rows": rows, "k": k, "words_per_row": fmt.words_per_row(k), "groups_per_row": groups_per_row,
+            "group_size": group_size, "codebook_stride": fmt.n_levels if per_channel_book else 0}
+
+
+def plan_shaders(model: dict, specs: dict[str, QuantSpec]) -> list[LinearVariant]:
+    """Decide the shader variants the bundle ships: each layer's kernel for every profile.
+    Records the chosen key per profile in each layer (`layer["shaders"]`) for the runtime."""
+    variants: dict[str, LinearVariant] = {}
+    for layer in model["layers"]:
+        layer["shaders"] = {}
+        for profile in PROFILES:
+            variant = linear_variant(specs[layer["weight"]], layer["activation"], bool(layer["bias"]), profile)
+            variants.setdefault(variant.key, variant)
+            layer["shaders"][profile] = variant.key
+    return sorted(variants.values(), key=lambda v: v.key)
+
+
+def demo_inputs(model: dict) -> list[list[float]]:
+    """A fixed input the demo page runs on load (seeded, so the page shows the same numbers every time)."""
+    rng = np.random.default_rng(DEMO_SEED)
+    return np.round(rng.standard_normal((DEMO_ROWS, model["input_size"])), 4).tolist()
+
+
+def build_bundle(model_path: Path | None, out: Path, default: QuantSpec, rules: list[Rule] = (),
+                 log=print) -> BundleResult:
+    """Quantize the model at `model_path` (None: the built-in default MLP) and write the bundle to `out`."""
+    with tempfile.TemporaryDirectory(prefix="ulpq-default-model-") as scratch:
+        if model_path is None:
+            model_path = write_default_model(Path(scratch) / "default-mlp")
+            model_name = "default-mlp"
+        else:
+            model_name = Path(model_path).resolve().name.removesuffix(".safetensors")
+        source = open_model(model_path)
+        model = describe_model(source)
+        names = model_tensors(model)
+        plan = resolve_plan([(n, source.weights.shape(n), source.weights.dtype(n)) for n in names], default, rules)
+        log(plan.table())
+        with atomic_folder(out) as tmp:
+            manifest = _write_bundle(tmp, source, model_name, model, plan, default)
+    return BundleResult(Path(out), plan, manifest)
+
+
+def _write_bundle(folder: Path, source: ModelSource, model_name: str, model: dict, plan: Plan, default: QuantSpec) -> dict:
+    shards = ShardWriter(folder)
+    tensors = []
+    for entry in plan.entries:
+        qt = quantize(entry.name, source.weights.tensor(entry.name), entry.spec)
+        parts = {part: shards.add(array, f"tensor {entry.name!r} ({part})") for part, array in qt.parts.items()}
+        tensors.append({"name": entry.name, "shape": list(qt.shape), "dtype": qt.dtype, "format": entry.spec.format,
+                        "spec": entry.spec.to_json(), "matrix": matrix_layout(qt),
+                        "bits_per_weight": round(qt.bits_per_weight, 4), "bytes": qt.nbytes, "parts": parts})
+    shard_list = shards.finish()
+
+    variants = plan_shaders(model, {e.name: e.spec for e in plan.entries})
+    (folder / "shaders").mkdir()
+    shader_entries = []
+    for variant in variants:
+        text = render(variant).encode("utf-8")
+        (folder / variant.file).write_bytes(text)
+        shader_entries.append({**variant.to_manifest(), "sha256": hashlib.sha256(text).hexdigest()})
+
+    runtime_files = sorted(p.name for p in web_runtime_dir().iterdir() if p.suffix in (".js", ".html", ".css"))
+    for name in runtime_files:
+        shutil.copyfile(web_runtime_dir() / name, folder / name)
+
+    used_formats = sorted({e.spec.format for e in plan.entries})
+    manifest = {
+        "schema_version": MANIFEST_SCHEMA_VERSION,
+        "generator": {"name": "ulpq_build", "version": __version__},
+        "model": {"name": model_name, **model},
+        "quantization": {"default": default.to_json(), **plan.summary()},
+        "formats": {name: FORMATS[name].to_manifest() for name in used_formats},
+        "profiles": [p.to_manifest() for p in PROFILES.values()],
+        "tensors": tensors,
+        "shards": shard_list,
+        "shaders": shader_entries,
+        "runtime": {"module": "ulpq.js", "page": "index.html", "files": runtime_files},
+        "demo": {"inputs": demo_inputs(model)},
+    }
+    (folder / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n", encoding="utf-8")
+    return manifest

@@ -1,0 +1,186 @@
+"""The format registry: the single table that the quantizer, the packer, the WGSL templates, the
+manifest and the JS loader all read. A new format is a new row here, not edits in five places.
+
+Every quantized matrix W[N, K] (N output channels, K inputs) is stored row by row as
+
+    codes   u32[N, words_per_row(K)]   `bits`-bit codes u, packed LSB first (layout below)
+    scales  f32|f16[N, K / G]          one scale s per group of G consecutive inputs of a row
+                                        (G = K: per output channel; one scale for the whole
+                                        tensor is the [1, 1] case)
+    zeros   u8[N, K / G]               only for asymmetric uniform formats
+    codebook f32[C, 2**bits]           only for fitted formats (C = 1 per tensor, or N per channel)
+
+and decodes as  w = s * level(u)  with
+
+    uniform, symmetric:   level(u) = u - 2**(bits-1)            (zero point fixed mid-range; the
+                                                                 scale is signed, as in ggml's
+                                                                 q4_0, so the largest-magnitude
+                                                                 value of a group lands on the
+                                                                 extreme level -2**(bits-1))
+    uniform, asymmetric:  level(u) = u - z                      (z from `zeros`)
+    table:                level(u) = table[u]                   (a fixed value set)
+    fitted:               level(u) = codebook[c][u]             (levels fitted to the data)
+
+Layouts of one row of codes:
+    words   `values_per_word` = 32 // bits codes per u32; code j of word i holds value
+            i * values_per_word + j at bits [bits*j, bits*j + bits). int3 puts 10 codes in a
+            word and leaves bits 30-31 unused (3.2 bits per value).
+    stream  a continuous bit stream: value i occupies bits [bits*i, bits*i + bits) of the
+            little-endian u32 array, so a value may straddle two words (its high bits spill into
+            the next word). 3.0 bits per value for int3-dense.
+    raw     float32 weights, one per u32 (the unquantized baseline).
+
+Both packed layouts are "blocks": `block_values` values fill `block_words` words exactly
+(words: values_per_word values in 1 word; stream: 32 values in `bits` words), and value j of a
+block starts at bit bits*j of the block. The packer and the shaders use that one rule.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from ulpq_build.errors import UserError
+
+LAYOUTS = ("words", "stream", "raw")
+LEVEL_KINDS = ("uniform", "table", "fitted", "float")
+SCALE_RULES = ("mse", "mean-abs", "none")
+
+
+@dataclass(frozen=True)
+class Format:
+    """One row of the registry. Derived constants are computed once, in __post_init__."""
+
+    name: str
+    bits: int
+    layout: str
+    levels: str
+    summary: str
+    table: tuple[float, ...] = ()
+    # How a group's scale is chosen: "mse" searches the clipping ratio that minimises squared
+    # error; "mean-abs" is the closed-form optimum for a +-1 value set (sign quantization).
+    scale_rule: str = "mse"
+    values_per_word: int = field(init=False)
+    block_values: int = field(init=False)
+    block_words: int = field(init=False)
+
+    def __post_init__(self) -> None:
+        if self.layout not in LAYOUTS or self.levels not in LEVEL_KINDS or self.scale_rule not in SCALE_RULES:
+            raise ValueError(f"format {self.name}: unknown layout, level kind or scale rule")
+        if self.levels == "float":
+            if self.layout != "raw" or self.bits != 32:
+                raise ValueError(f"format {self.name}: float weights are stored raw, 32 bits")
+            vpw, block_values, block_words = 1, 1, 1
+        else:
+            if not 1 <= self.bits <= 8:
+                raise ValueError(f"format {self.name}: bits must be 1..8")
+            if self.layout == "words":
+                vpw, block_values, block_words = 32 // self.bits, 32 // self.bits, 1
+            elif self.layout == "stream":
+                vpw, block_values, block_words = 0, 32, self.bits
+            else:
+                raise ValueError(f"format {self.name}: quantized formats are packed as words or stream")
+        if self.levels == "table":
+            if len(self.table) != 2**self.bits or list(self.table) != sorted(self.table):
+                raise ValueError(f"format {self.name}: a table holds 2**bits ascending levels")
+            if max(abs(v) for v in self.table) != 1.0:
+                raise ValueError(f"format {self.name}: table levels are normalised to max |level| = 1")
+        elif self.table:
+            raise ValueError(f"format {self.name}: only table formats carry a table")
+        object.__setattr__(self, "values_per_word", vpw)
+        object.__setattr__(self, "block_values", block_values)
+        object.__setattr__(self, "block_words", block_words)
+
+    @property
+    def quantized(self) -> bool:
+        return self.levels != "float"
+
+    @property
+    def n_levels(self) -> int:
+        return 2**self.bits
+
+    @property
+    def mask(self) -> int:
+        return (1 << self.bits) - 1 if self.quantized else 0xFFFFFFFF
+
+    @property
+    def symmetric_zero(self) -> int:
+        """The fixed zero point of symmetric uniform codes: level(u) = u - symmetric_zero."""
+        return 1 << (self.bits - 1)
+
+    @property
+    def supports_asymmetric(self) -> bool:
+        return self.levels == "uniform"
+
+    @property
+    def code_bits_per_value(self) -> float:
+        """Storage bits per value for the codes alone (before scales), padding within words included."""
+        return self.bits if self.layout in ("stream", "raw") else 32 / self.values_per_word
+
+    def words_per_row(self, k: int) -> int:
+        """u32 words one packed row of k values occupies."""
+        if self.layout == "raw":
+            return k
+        if self.layout == "stream":
+            return math.ceil(k * self.bits / 32)
+        return math.ceil(k / self.values_per_word)
+
+    def to_manifest(self) -> dict:
+        """The facts the JS loader and CPU path need, written into every bundle's manifest."""
+        return {
+            "name": self.name,
+            "bits": self.bits,
+            "layout": self.layout,
+            "levels": self.levels,
+            "values_per_word": self.values_per_word,
+            "block_values": self.block_values,
+            "block_words": self.block_words,
+            "table": list(self.table),
+            "symmetric_zero": self.symmetric_zero if self.levels == "uniform" else 0,
+            "summary": self.summary,
+        }
+
+
+def _uniform(name: str, bits: int, layout: str = "words", summary: str = "") -> Format:
+    return Format(name, bits, layout, "uniform", summary or f"{bits}-bit uniform levels, {32 // bits} per u32")
+
+
+_ROWS = [
+    Format("float32", 32, "raw", "float", "float32 weights, unquantized (the baseline)", scale_rule="none"),
+    _uniform("int8", 8),
+    _uniform("int4", 4),
+    _uniform("int3", 3, summary="3-bit uniform levels, 10 per u32 (bits 30-31 unused)"),
+    _uniform("int3-dense", 3, "stream", "3-bit uniform levels as a continuous bit stream (values straddle words)"),
+    _uniform("int2", 2),
+    Format("int2-4values", 2, "words", "table", "2-bit levels {-1, 0, 0.5, 1} x scale", table=(-1.0, 0.0, 0.5, 1.0)),
+    Format("int2-ternary", 2, "words", "table", "2-bit levels {-1, -1/3, 1/3, 1} x scale",
+           table=(-1.0, -1.0 / 3.0, 1.0 / 3.0, 1.0)),
+    Format("int2-optimal", 2, "words", "fitted", "4 levels fitted to the tensor's distribution (Lloyd-Max)"),
+    Format("int3-optimal", 3, "words", "fitted", "8 levels fitted to the tensor's distribution, 10 per u32"),
+    Format("int4-optimal", 4, "words", "fitted", "16 levels fitted to the tensor's distribution (Lloyd-Max)"),
+    Format("int1", 1, "words", "table", "sign: levels {-1, +1} x mean |w| of the group, 32 per u32",
+           table=(-1.0, 1.0), scale_rule="mean-abs"),
+]
+
+FORMATS: dict[str, Format] = {f.name: f for f in _ROWS}
+QUANTIZED_FORMATS = [f.name for f in _ROWS if f.quantized]
+
+
+def get_format(name: str, *, source: str = "--format") -> Format:
+    """Look a format up by name, with a one-line error that lists the known ones."""
+    try:
+        return FORMATS[name]
+    except KeyError:
+        raise UserError(f"{source}: unknown format {name!r}; choose one of: {', '.join(FORMATS)}") from None
+
+
+def format_for_bits(bits: int, *, optimal: bool = False, source: str = "config") -> Format:
+    """The uniform (or fitted, with optimal=True) format of a bit width, as the SDK's options name it."""
+    if bits == 32:
+        return FORMATS["float32"]
+    name = {1: "int1", 2: "int2", 3: "int3", 4: "int4", 8: "int8"}.get(bits)
+    if name is None:
+        raise UserError(f"{source}: unsupported bit width {bits}; use 1, 2, 3, 4, 8 or 32")
+    if optimal and f"{name}-optimal" in FORMATS:
+        name = f"{name}-optimal"
+    return FORMATS[name]

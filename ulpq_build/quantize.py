@@ -1,0 +1,339 @@
+"""Quantize one float matrix to a registry format and back (numpy reference; the bundle, the
+checkpoint and every kernel test use exactly these codes and scales).
+
+The matrix is viewed as groups: rows of G consecutive inputs that share a scale (G = K per
+output channel; the whole tensor as one group per tensor). Rows are processed in chunks so
+that scratch memory stays a few MiB whatever the tensor size.
+
+Scale choice per kind of level set:
+  uniform    search the clipping ratio r (scale = r x the max-abs scale) on a small grid, then
+             refine around the best; keep the ratio with the least squared error (r = 1, plain
+             max-abs, is always a candidate, so the search is never worse than max-abs).
+  table      the same search; for value sets that are not mirror-symmetric ({-1, 0, 0.5, 1})
+             both signs of the scale are tried, so the finer side lands where the data needs it.
+  mean-abs   sign codes with scale mean |w|: the least-squares optimum for levels {-1, +1}.
+  fitted     scale = max |w| of the group normalises the data to [-1, 1]; Lloyd-Max (1-D
+             k-means, quantile initialisation, fixed iteration budget) fits the levels on the
+             normalised values of the tensor (or of each row); a least-squares rescale per
+             group follows.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ulpq_build.errors import UserError
+from ulpq_build.formats import Format
+from ulpq_build.packing import pack, unpack
+from ulpq_build.quantspec import PER_CHANNEL, PER_TENSOR, SCALE_DTYPES, QuantSpec, matrix_shape, part_layout
+
+CHUNK_ELEMENTS = 1 << 19  # values per processing chunk (scratch memory ~ a few x 2 MiB)
+LLOYD_ITERATIONS = 24
+
+
+def clip_ratios(bits: int) -> tuple[np.ndarray, float]:
+    """The coarse grid of clipping ratios searched for a bit width (low bits clip harder), and the
+    half step tried either side of each group's best ratio afterwards."""
+    lowest = {1: 0.3, 2: 0.3, 3: 0.4, 4: 0.5}.get(bits, 0.7)
+    grid = np.linspace(1.0, lowest, 10, dtype=np.float32)
+    return grid, float(grid[0] - grid[1]) / 2
+
+
+@dataclass
+class QuantizedTensor:
+    """A tensor in a registry format: its stored parts plus what is needed to restore it."""
+
+    name: str
+    shape: tuple[int, ...]
+    dtype: str  # the original dtype, restored by dequantize
+    spec: QuantSpec
+    parts: dict[str, np.ndarray]  # "codes", and "scales" / "zeros" / "codebook" when the format has them
+
+    @property
+    def fmt(self) -> Format:
+        return self.spec.fmt
+
+    @property
+    def nbytes(self) -> int:
+        return sum(p.nbytes for p in self.parts.values())
+
+    @property
+    def bits_per_weight(self) -> float:
+        return 8 * self.nbytes / max(1, int(np.prod(self.shape)))
+
+
+def _check_matrix(name: str, w: np.ndarray) -> None:
+    if not np.issubdtype(w.dtype, np.floating):
+        raise UserError(f"tensor {name!r} has dtype {w.dtype}; only floating-point tensors can be quantized "
+                        f"(leave it out of the quantized set with a float32 rule)")
+    if w.size == 0:
+        raise UserError(f"tensor {name!r} is empty (shape {list(w.shape)}); nothing to quantize, "
+                        f"give it a float32 rule or remove it")
+    if not np.isfinite(w).all():
+        bad = int(np.size(w) - np.count_nonzero(np.isfinite(w)))
+        raise UserError(f"tensor {name!r} holds {bad} NaN or Inf values; fix or retrain the checkpoint before quantizing")
+
+
+def quantize(name: str, w: np.ndarray, spec: QuantSpec) -> QuantizedTensor:
+    """Quantize tensor `w` (any float dtype, viewed as [rows, K]) under `spec`."""
+    w = np.asarray(w)
+    _check_matrix(name, w)
+    fmt = spec.fmt
+    rows, k = matrix_shape(w.shape)
+    if spec.group_size > 0 and k % spec.group_size:
+        raise UserError(f"tensor {name!r}: group size {spec.group_size} does not divide its row length {k}; "
+                        f"choose a group size that divides {k}, or per-channel scales (--group-size 0)")
+    matrix = w.reshape(rows, k)
+    if not fmt.quantized:
+        parts = {"codes": np.ascontiguousarray(matrix, dtype=np.float32)}
+    elif spec.group_size == PER_TENSOR:
+        parts = _quantize_rows(matrix.astype(np.float32).reshape(1, rows * k), fmt, spec, k_row=k, rows=rows)
+    else:
+        parts = _quantize_rows(matrix, fmt, spec, k_row=k, rows=rows)
+    expected = part_layout(spec, w.shape)
+    assert {p: (str(a.dtype), a.shape) for p, a in parts.items()} == expected, (name, expected)
+    return QuantizedTensor(name, tuple(int(d) for d in w.shape), str(w.dtype), spec, parts)
+
+
+def _quantize_rows(matrix: np.ndarray, fmt: Format, spec: QuantSpec, *, k_row: int, rows: int) -> dict[str, np.ndarray]:
+    """Quantize the rows of `matrix` (one row per scale group set) and pack codes per output row.
+
+    For per-tensor scales `matrix` is one long row; its codes are re-split into `rows` rows of
+    `k_row` before packing, so every layout stays row-addressable.
+    """
+    group = matrix.shape[1] if spec.group_size in (PER_CHANNEL, PER_TENSOR) else spec.group_size
+    scale_dtype = SCALE_DTYPES[spec.scale_dtype]
+    codebook = None
+    if fmt.levels == "fitted":
+        codebook = _fit_codebooks(matrix, fmt, spec, group)
+    chunk_rows = max(1, CHUNK_ELEMENTS // matrix.shape[1])
+    codes_out, scales_out, zeros_out = [], [], []
+    for start in range(0, matrix.shape[0], chunk_rows):
+        block = np.asarray(matrix[start : start + chunk_rows], dtype=np.float32)
+        groups = block.reshape(-1, group)
+        if fmt.levels == "uniform" and spec.asymmetric:
+            codes, scales, zeros = _uniform_asymmetric(groups, fmt, scale_dtype)
+            zeros_out.append(zeros.reshape(block.shape[0], -1))
+        elif fmt.levels == "uniform":
+            codes, scales = _uniform_symmetric(groups, fmt, scale_dtype)
+        elif fmt.levels == "table" and fmt.scale_rule == "mean-abs":
+            codes, scales = _sign(groups, scale_dtype)
+        elif fmt.levels == "table":
+            codes, scales = _table(groups, np.asarray(fmt.table, np.float32), scale_dtype)
+        else:
+            books = codebook if codebook.shape[0] == 1 else codebook[start : start + block.shape[0]]
+            codes, scales = _fitted(groups, books, block.shape[0], scale_dtype)
+        codes_out.append(pack(codes.reshape(-1, k_row), fmt))
+        scales_out.append(scales.reshape(block.shape[0], -1))
+    parts = {"codes": np.concatenate(codes_out), "scales": np.concatenate(scales_out).astype(scale_dtype)}
+    if spec.asymmetric:
+        parts["zeros"] = np.concatenate(zeros_out)
+    if codebook is not None:
+        parts["codebook"] = codebook
+    return parts
+
+
+def _round_scale(s: np.ndarray, scale_dtype) -> np.ndarray:
+    """Scales as they will be stored (f16 rounding included), so codes are chosen for those."""
+    return s.astype(scale_dtype).astype(np.float32)
+
+
+def _signed_absmax(groups: np.ndarray) -> np.ndarray:
+    idx = np.abs(groups).argmax(axis=1)
+    return groups[np.arange(groups.shape[0]), idx]
+
+
+def _sq_err(groups: np.ndarray, approx: np.ndarray) -> np.ndarray:
+    d = groups - approx
+    return np.einsum("ij,ij->i", d, d)
+
+
+def _search(groups: np.ndarray, candidates, evaluate):
+    """Keep, per group, the candidate scale with the least squared error.
+
+    `candidates` yields scale arrays [n_groups]; `evaluate(scale)` returns (error, *outputs).
+    """
+    best = None
+    for scale in candidates:
+        err, *outputs = evaluate(scale)
+        if best is None:
+            best = [err, scale, *outputs]
+            continue
+        better = err < best[0]
+        best[0] = np.where(better, err, best[0])
+        best[1] = np.where(better, scale, best[1])
+        for i, out in enumerate(outputs):
+            best[2 + i] = np.where(better[:, None] if out.ndim == 2 else better, out, best[2 + i])
+    return best[1:]
+
+
+def _uniform_symmetric(groups: np.ndarray, fmt: Format, scale_dtype) -> tuple[np.ndarray, np.ndarray]:
+    zero = fmt.symmetric_zero
+    top = fmt.n_levels - 1
+    m = _signed_absmax(groups)
+    m = np.where(m == 0, np.float32(1.0), m)
+
+    def evaluate(scale):
+        u = np.clip(np.rint(groups / scale[:, None]) + zero, 0, top)
+        return _sq_err(groups, scale[:, None] * (u - zero)), u
+
+    def scales_for(ratio):
+        return _round_scale(-ratio * m / zero, scale_dtype)
+
+    ratios, half = clip_ratios(fmt.bits)
+    scale, codes = _search(groups, (scales_for(r) for r in ratios), evaluate)
+    best_ratio = -scale * zero / m
+    scale, codes = _search(groups, [scale, scales_for(best_ratio + half), scales_for(best_ratio - half)], evaluate)
+    return codes.astype(np.uint8), scale
+
+
+def _uniform_asymmetric(groups: np.ndarray, fmt: Format, scale_dtype):
+    top = fmt.n_levels - 1
+    lo = np.minimum(groups.min(axis=1), 0)
+    hi = np.maximum(groups.max(axis=1), 0)
+    span = np.where(hi - lo == 0, np.float32(1.0), hi - lo)
+
+    def evaluate(ratio):
+        scale = _round_scale(ratio * span / top, scale_dtype)
+        z = np.clip(np.rint(-ratio * lo / scale), 0, top)
+        u = np.clip(np.rint(groups / scale[:, None]) + z[:, None], 0, top)
+        return _sq_err(groups, scale[:, None] * (u - z[:, None])), u, z
+
+    n = groups.shape[0]
+    ratios, half = clip_ratios(fmt.bits)
+    ratio, codes, zeros = _search(groups, (np.full(n, r, np.float32) for r in ratios), evaluate)
+    ratio, codes, zeros = _search(groups, [ratio, ratio + half, np.maximum(ratio - half, 0.05)], evaluate)
+    scale = _round_scale(ratio * span / top, scale_dtype)
+    return codes.astype(np.uint8), scale, zeros.astype(np.uint8)
+
+
+def _nearest(values: np.ndarray, levels: np.ndarray) -> np.ndarray:
+    """Index of the nearest level (levels ascending) for every value."""
+    mids = (levels[1:] + levels[:-1]) / 2
+    return np.searchsorted(mids, values).astype(np.uint8)
+
+
+def _table(groups: np.ndarray, table: np.ndarray, scale_dtype):
+    absmax = np.abs(groups).max(axis=1)
+    absmax = np.where(absmax == 0, np.float32(1.0), absmax)
+    signs = (1.0,) if np.allclose(table, -table[::-1]) else (1.0, -1.0)
+
+    def evaluate(scale):
+        u = _nearest(groups / scale[:, None], table)
+        return _sq_err(groups, scale[:, None] * table[u]), u
+
+    ratios, half = clip_ratios(2)
+    candidates = [_round_scale(sign * r * absmax, scale_dtype) for sign in signs for r in ratios]
+    scale, codes = _search(groups, candidates, evaluate)
+    ratio = scale / absmax
+    scale, codes = _search(groups, [scale, _round_scale((ratio + np.sign(ratio) * half) * absmax, scale_dtype),
+                                    _round_scale((ratio - np.sign(ratio) * half) * absmax, scale_dtype)], evaluate)
+    return codes, scale
+
+
+def _sign(groups: np.ndarray, scale_dtype):
+    scale = _round_scale(np.abs(groups).mean(axis=1), scale_dtype)
+    return (groups >= 0).astype(np.uint8), scale
+
+
+def _group_absmax(groups: np.ndarray, scale_dtype) -> np.ndarray:
+    absmax = np.abs(groups).max(axis=1)
+    return _round_scale(np.where(absmax == 0, np.float32(1.0), absmax), scale_dtype)
+
+
+def _fit_codebooks(matrix: np.ndarray, fmt: Format, spec: QuantSpec, group: int) -> np.ndarray:
+    """Lloyd-Max levels for the max-abs-normalised values: [1, L] per tensor or [rows, L] per channel."""
+    scale_dtype = SCALE_DTYPES[spec.scale_dtype]
+    normalised = np.empty(matrix.shape, dtype=np.float32)
+    chunk_rows = max(1, CHUNK_ELEMENTS // matrix.shape[1])
+    for start in range(0, matrix.shape[0], chunk_rows):
+        block = np.asarray(matrix[start : start + chunk_rows], dtype=np.float32)
+        groups = block.reshape(-1, group)
+        normalised[start : start + block.shape[0]] = (groups / _group_absmax(groups, scale_dtype)[:, None]).reshape(block.shape)
+    if spec.codebook == "channel":
+        return lloyd_max(normalised, fmt.n_levels)
+    return lloyd_max(normalised.reshape(1, -1), fmt.n_levels)
+
+
+def lloyd_max(values: np.ndarray, n_levels: int, iterations: int = LLOYD_ITERATIONS) -> np.ndarray:
+    """1-D k-means per row of `values` (all within [-1, 1]): returns ascending levels [rows, n_levels].
+
+    Rows are sorted once and shifted apart (row r by 4r), which makes the flattened array
+    globally sorted: one searchsorted then finds every row's cell boundaries, and prefix sums
+    give every cell's mean. Deterministic: quantile initialisation, a fixed iteration budget.
+    """
+    rows, n = values.shape
+    ordered = np.sort(values, axis=1).astype(np.float64)
+    offsets = 4.0 * np.arange(rows)[:, None]
+    flat = (ordered + offsets).ravel()
+    prefix = np.concatenate([[0.0], np.cumsum(ordered.ravel())])
+    quantile_idx = np.minimum(((np.arange(n_levels) + 0.5) / n_levels * n).astype(np.int64), n - 1)
+    levels = ordered[:, quantile_idx]
+    for _ in range(iterations):
+        bounds = (levels[:, 1:] + levels[:, :-1]) / 2
+        cuts = np.searchsorted(flat, (bounds + offsets).ravel()).reshape(rows, n_levels - 1)
+        starts = np.concatenate([np.arange(rows)[:, None] * n, cuts], axis=1)
+        ends = np.concatenate([cuts, (np.arange(rows)[:, None] + 1) * n], axis=1)
+        counts = ends - starts
+        sums = prefix[ends] - prefix[starts]
+        levels = np.where(counts > 0, sums / np.maximum(counts, 1), levels)
+        levels = np.sort(levels, axis=1)
+    return levels.astype(np.float32)
+
+
+def _fitted(groups: np.ndarray, codebooks: np.ndarray, block_rows: int, scale_dtype):
+    """Codes = nearest fitted level of the normalised values; then a least-squares scale per group."""
+    scale = _group_absmax(groups, scale_dtype)
+    normalised = groups / scale[:, None]
+    groups_per_row = groups.shape[0] // block_rows
+    if codebooks.shape[0] == 1:
+        codes = _nearest(normalised, codebooks[0])
+        levels = codebooks[0][codes]
+    else:
+        # One searchsorted for all rows: shift row r's values and midpoints by 4r (all lie in [-1, 1]).
+        row_of_group = np.arange(groups.shape[0]) // groups_per_row
+        shift = 4.0 * np.arange(block_rows)[:, None]
+        mids = ((codebooks[:, 1:] + codebooks[:, :-1]) / 2 + shift).ravel()
+        found = np.searchsorted(mids, normalised + 4.0 * row_of_group[:, None])
+        codes = (found - row_of_group[:, None] * (codebooks.shape[1] - 1)).astype(np.uint8)
+        levels = np.take_along_axis(codebooks[row_of_group], codes.astype(np.int64), axis=1)
+    # For fixed codes, s = <w, c> / <c, c> minimises |w - s c|^2; keep the max-abs scale where the
+    # rescale would not be representable or better.
+    energy = np.einsum("ij,ij->i", levels, levels)
+    fitted = np.where(energy > 0, np.einsum("ij,ij->i", groups, levels) / np.maximum(energy, 1e-30), scale)
+    fitted = _round_scale(fitted, scale_dtype)
+    better = _sq_err(groups, fitted[:, None] * levels) < _sq_err(groups, scale[:, None] * levels)
+    return codes, np.where(better, fitted, scale)
+
+
+def dequantize(qt: QuantizedTensor) -> np.ndarray:
+    """Restore float32 values (in the tensor's original shape) from the stored parts."""
+    return dequantize_parts(qt.parts, qt.spec, qt.shape)
+
+
+def dequantize_parts(parts: dict[str, np.ndarray], spec: QuantSpec, shape: tuple[int, ...]) -> np.ndarray:
+    fmt = spec.fmt
+    rows, k = matrix_shape(shape)
+    if not fmt.quantized:
+        return parts["codes"].astype(np.float32).reshape(shape)
+    codes = unpack(parts["codes"], fmt, k).reshape(rows, k)
+    scales = parts["scales"].astype(np.float32)
+    if spec.group_size == PER_TENSOR:
+        per_value_scale = np.full((rows, k), scales[0, 0], dtype=np.float32)
+    else:
+        per_value_scale = np.repeat(scales, k // scales.shape[1], axis=1)
+    if fmt.levels == "uniform":
+        if spec.asymmetric:
+            zeros = parts["zeros"].astype(np.float32)
+            zero = np.full((rows, k), zeros[0, 0]) if spec.group_size == PER_TENSOR else np.repeat(zeros, k // zeros.shape[1], axis=1)
+        else:
+            zero = fmt.symmetric_zero
+        levels = codes.astype(np.float32) - zero
+    elif fmt.levels == "table":
+        levels = np.asarray(fmt.table, np.float32)[codes]
+    else:
+        book = parts["codebook"]
+        levels = book[0][codes] if book.shape[0] == 1 else np.take_along_axis(book, codes.astype(np.int64), axis=1)
+    return (per_value_scale * levels).astype(np.float32).reshape(shape)

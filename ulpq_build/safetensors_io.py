@@ -1,0 +1,148 @@
+"""Read and write safetensors files with numpy alone, validating every field.
+
+Reading memory-maps the file, so a tensor costs memory only when it is used; every malformed
+header, offset or size becomes a one-line UserError naming the file. Writing streams: the
+header (all shapes and offsets) is written first and each tensor's bytes are appended as they
+are produced, so a writer never holds more than one tensor. The `safetensors` package is the
+independent check in the tests that both directions agree with the reference implementation.
+
+Format: u64 little-endian header length N, N bytes of JSON
+{name: {"dtype", "shape", "data_offsets": [begin, end]}, "__metadata__": {str: str}},
+then the tensor bytes, offsets relative to the end of the header.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import struct
+from pathlib import Path
+from typing import Iterable, Iterator
+
+import numpy as np
+
+from ulpq_build.errors import UserError
+
+DTYPES = {
+    "F64": np.dtype("<f8"), "F32": np.dtype("<f4"), "F16": np.dtype("<f2"), "BF16": np.dtype("<u2"),
+    "I64": np.dtype("<i8"), "I32": np.dtype("<i4"), "I16": np.dtype("<i2"), "I8": np.dtype("i1"),
+    "U64": np.dtype("<u8"), "U32": np.dtype("<u4"), "U16": np.dtype("<u2"), "U8": np.dtype("u1"),
+    "BOOL": np.dtype("?"),
+}
+CODES = {"float64": "F64", "float32": "F32", "float16": "F16", "int64": "I64", "int32": "I32", "int16": "I16",
+         "int8": "I8", "uint64": "U64", "uint32": "U32", "uint16": "U16", "uint8": "U8", "bool": "BOOL"}
+MAX_HEADER = 100 * 1024 * 1024
+
+
+def _bad(path: Path, what: str) -> UserError:
+    return UserError(f"{path}: not a valid safetensors file ({what}); re-export it with safetensors.save_file "
+                     f"or check that the download is complete")
+
+
+class SafetensorsFile:
+    """A validated, memory-mapped safetensors file."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        try:
+            size = self.path.stat().st_size
+            with open(self.path, "rb") as f:
+                head = f.read(8)
+                if len(head) < 8:
+                    raise _bad(self.path, f"only {size} bytes")
+                (n,) = struct.unpack("<Q", head)
+                if n < 2 or n > min(MAX_HEADER, size - 8):
+                    raise _bad(self.path, f"header length {n} does not fit a {size}-byte file")
+                raw = f.read(n)
+        except FileNotFoundError:
+            raise UserError(f"{self.path}: no such file; pass a .safetensors file or a model folder") from None
+        except IsADirectoryError:
+            raise UserError(f"{self.path}: is a folder, expected a .safetensors file") from None
+        except PermissionError:
+            raise UserError(f"{self.path}: permission denied") from None
+        try:
+            header = json.loads(raw.decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise _bad(self.path, f"header is not JSON: {exc.__class__.__name__}") from None
+        if not isinstance(header, dict):
+            raise _bad(self.path, "header is not a JSON object")
+        self.metadata: dict[str, str] = header.pop("__metadata__", None) or {}
+        if not isinstance(self.metadata, dict) or not all(isinstance(v, str) for v in self.metadata.values()):
+            raise _bad(self.path, "__metadata__ must map strings to strings")
+        self.data_start = 8 + n
+        data_size = size - self.data_start
+        self.entries: dict[str, tuple[str, tuple[int, ...], int, int]] = {}
+        spans = []
+        for name, entry in header.items():
+            try:
+                dtype, shape, (begin, end) = entry["dtype"], tuple(entry["shape"]), entry["data_offsets"]
+            except (KeyError, TypeError, ValueError):
+                raise _bad(self.path, f"tensor {name!r} lacks dtype, shape or data_offsets") from None
+            if dtype not in DTYPES:
+                raise _bad(self.path, f"tensor {name!r} has unknown dtype {dtype!r}")
+            if not all(isinstance(d, int) and d >= 0 for d in shape) or not (isinstance(begin, int) and isinstance(end, int)):
+                raise _bad(self.path, f"tensor {name!r} has a malformed shape or offsets")
+            if end - begin != math.prod(shape) * DTYPES[dtype].itemsize or begin < 0:
+                raise _bad(self.path, f"tensor {name!r}: offsets [{begin}, {end}) do not match shape {list(shape)} of {dtype}")
+            if end > data_size:
+                raise _bad(self.path, f"tensor {name!r} ends at byte {end} but the data holds {data_size} (truncated?)")
+            self.entries[name] = (dtype, shape, begin, end)
+            spans.append((begin, end))
+        spans.sort()
+        for (b0, e0), (b1, _) in zip(spans, spans[1:]):
+            if b1 < e0:
+                raise _bad(self.path, "two tensors overlap")
+        self._map = np.memmap(self.path, dtype=np.uint8, mode="r") if size > self.data_start else np.zeros(0, np.uint8)
+
+    @property
+    def names(self) -> list[str]:
+        return list(self.entries)
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        return self.entries[name][1]
+
+    def dtype(self, name: str) -> str:
+        """numpy-style dtype name ('float32', 'bfloat16', ...)."""
+        code = self.entries[name][0]
+        return "bfloat16" if code == "BF16" else str(DTYPES[code])
+
+    def tensor(self, name: str) -> np.ndarray:
+        """The tensor as numpy (a read-only view of the map; bfloat16 is widened to float32)."""
+        code, shape, begin, end = self.entries[name]
+        raw = self._map[self.data_start + begin : self.data_start + end]
+        values = raw.view(DTYPES[code]).reshape(shape)
+        if code == "BF16":
+            return (values.astype(np.uint32) << 16).view(np.float32)
+        return values
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.entries)
+
+
+def write_safetensors(path: Path, specs: list[tuple[str, str, tuple[int, ...]]],
+                      tensors: Iterable[np.ndarray], metadata: dict[str, str] | None = None) -> None:
+    """Stream a safetensors file: `specs` = [(name, numpy dtype name, shape)] in file order, then
+    `tensors` yields the arrays in that order (each checked against its spec as it arrives)."""
+    header: dict = {}
+    offset = 0
+    for name, dtype, shape in specs:
+        nbytes = math.prod(shape) * np.dtype(dtype).itemsize
+        header[name] = {"dtype": CODES[str(np.dtype(dtype))], "shape": list(shape), "data_offsets": [offset, offset + nbytes]}
+        offset += nbytes
+    if metadata:
+        header["__metadata__"] = metadata
+    raw = json.dumps(header, separators=(",", ":")).encode("utf-8")
+    raw += b" " * (-len(raw) % 8)  # the data starts 8-byte aligned, as the reference writer does
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(raw)))
+        f.write(raw)
+        count = 0
+        for (name, dtype, shape), array in zip(specs, tensors):
+            array = np.ascontiguousarray(array)
+            if str(array.dtype) != str(np.dtype(dtype)) or tuple(array.shape) != tuple(shape):
+                raise ValueError(f"{name}: produced {array.dtype}{list(array.shape)}, header says {dtype}{list(shape)}")
+            f.write(array.astype(array.dtype.newbyteorder("<"), copy=False).tobytes())
+            count += 1
+        if count != len(specs):
+            raise ValueError(f"{path}: {len(specs)} tensors announced, {count} written")

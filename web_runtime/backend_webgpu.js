@@ -1,0 +1,187 @@
+// The WebGPU backend: picks the shader variant for this browser and adapter, creates the device
+// with the limits that variant needs, uploads the packed weights once, and records one compute
+// pass per operator. Values are {buffer, rows, cols} living on the GPU until `output`.
+
+import { chooseProfiles, detectProfile } from './variants.js';
+import { fetchVerifiedText } from './bundle_loader.js';
+
+export class GpuUnavailable extends Error {
+  constructor(message) { super(message); this.name = 'GpuUnavailable'; }
+}
+
+const FALLBACK_PROFILE = 'chrome';
+
+/** Is WebGPU exposed at all? {available, reason}. */
+export function webgpuPresence() {
+  if (!globalThis.navigator?.gpu) return { available: false, reason: 'navigator.gpu is undefined: this browser exposes no WebGPU' };
+  return { available: true, reason: null };
+}
+
+/**
+ * Try the variants this adapter allows, best first; return {backend, variant, notes}.
+ * Throws GpuUnavailable (with every reason) when none works.
+ */
+export async function createGpuBackend(manifest, tensors, baseUrl, { profile = null, poison = false } = {}) {
+  const presence = webgpuPresence();
+  if (!presence.available) throw new GpuUnavailable(presence.reason);
+  const probe = await navigator.gpu.requestAdapter();
+  if (!probe) throw new GpuUnavailable('navigator.gpu.requestAdapter() returned null: no usable WebGPU adapter');
+  const detected = detectProfile(navigator.userAgent, manifest.profiles);
+  const requested = profile ?? detected ?? FALLBACK_PROFILE;
+  const choice = chooseProfiles(manifest.profiles, requested, probe.limits);
+  const notes = choice.fallback ? [choice.fallback] : [];
+  let adapter = probe;
+  for (const candidate of choice.candidates) {
+    try {
+      // An adapter hands out one device; every retry needs a fresh one.
+      adapter = adapter ?? await navigator.gpu.requestAdapter();
+      const backend = await GpuBackend.create(adapter, manifest, tensors, candidate, baseUrl, poison);
+      adapter = null;
+      const variant = {
+        profile: candidate.name, workgroup_size: candidate.workgroup_size, name: candidate.variant,
+        requested, detected, fallback: candidate.name !== requested,
+      };
+      return { backend, variant, notes };
+    } catch (err) {
+      adapter = null;
+      notes.push(`${candidate.variant} failed (${err.message}); trying the next variant`);
+    }
+  }
+  if (!choice.candidates.length) notes.push('no shader variant fits this adapter');
+  throw new GpuUnavailable(notes.join('; '));
+}
+
+const ceil4 = (n) => Math.ceil(n / 4) * 4;
+
+export class GpuBackend {
+  static async create(adapter, manifest, tensors, profile, baseUrl, poison) {
+    const device = await adapter.requestDevice({ requiredLimits: { ...profile.required_limits } });
+    const backend = new GpuBackend(device, manifest, tensors, profile, poison);
+    try {
+      await backend.#compile(baseUrl);
+      backend.#upload();
+    } catch (err) {
+      device.destroy();
+      throw err;
+    }
+    return backend;
+  }
+
+  constructor(device, manifest, tensors, profile, poison) {
+    this.path = 'webgpu';
+    this.device = device;
+    this.manifest = manifest;
+    this.tensors = tensors;
+    this.profile = profile;
+    this.poison = poison;
+    this.lost = null;
+    device.lost.then((info) => { this.lost = info; });
+    this.pipelines = new Map();
+    this.weights = new Map();
+  }
+
+  async #compile(baseUrl) {
+    const needed = new Set(this.manifest.model.layers.map((l) => l.shaders[this.profile.name]));
+    for (const shader of this.manifest.shaders) {
+      if (!needed.has(shader.key)) continue;
+      const code = await fetchVerifiedText(baseUrl, shader.file, shader.sha256);
+      this.device.pushErrorScope('validation');
+      const module = this.device.createShaderModule({ code, label: shader.key });
+      const pipeline = await this.device.createComputePipelineAsync({
+        layout: 'auto', compute: { module, entryPoint: 'main' }, label: shader.key,
+      });
+      const error = await this.device.popErrorScope();
+      if (error) throw new Error(`${shader.file}: ${error.message}`);
+      this.pipelines.set(shader.key, { shader, pipeline });
+    }
+  }
+
+  #upload() {
+    for (const [name, tensor] of this.tensors) {
+      const buffers = {};
+      for (const [part, { bytes }] of Object.entries(tensor.parts)) {
+        const buffer = this.device.createBuffer({
+          size: Math.max(4, ceil4(bytes.length)), usage: GPUBufferUsage.STORAGE, mappedAtCreation: true, label: `${name}:${part}`,
+        });
+        new Uint8Array(buffer.getMappedRange()).set(bytes);
+        buffer.unmap();
+        buffers[part] = buffer;
+      }
+      this.weights.set(name, buffers);
+    }
+  }
+
+  #transient(size, usage, label) {
+    const buffer = this.device.createBuffer({ size: Math.max(4, ceil4(size)), usage, label });
+    this.scratch.push(buffer);
+    return buffer;
+  }
+
+  #activation(rows, cols, label) {
+    const buffer = this.#transient(rows * cols * 4, GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_SRC | GPUBufferUsage.COPY_DST, label);
+    // Poisoned outputs: any element a kernel fails to write stays NaN and fails the comparison.
+    if (this.poison) this.device.queue.writeBuffer(buffer, 0, new Float32Array(rows * cols).fill(NaN));
+    return buffer;
+  }
+
+  input(data, rows, cols) {
+    if (this.lost) throw new Error(`the GPU device was lost (${this.lost.message})`);
+    this.scratch = [];
+    this.encoder = this.device.createCommandEncoder();
+    this.device.pushErrorScope('validation');
+    this.device.pushErrorScope('out-of-memory');
+    const buffer = this.#transient(data.byteLength, GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_DST, 'input');
+    this.device.queue.writeBuffer(buffer, 0, data);
+    return { buffer, rows, cols };
+  }
+
+  linear(h, layer) {
+    const { shader, pipeline } = this.pipelines.get(layer.shaders[this.profile.name]);
+    const weight = this.tensors.get(layer.weight).entry;
+    const m = weight.matrix;
+    const out = this.#activation(h.rows, m.rows, `${layer.weight}:out`);
+    const params = this.#transient(32, GPUBufferUsage.UNIFORM | GPUBufferUsage.COPY_DST, 'params');
+    this.device.queue.writeBuffer(params, 0, new Uint32Array([
+      h.rows, m.rows, m.k, m.words_per_row, m.groups_per_row, m.group_size, m.codebook_stride, 0]));
+    const w = this.weights.get(layer.weight);
+    const resources = {
+      params, x: h.buffer, codes: w.codes, scales: w.scales, zeros: w.zeros, codebook: w.codebook,
+      bias: layer.bias ? this.weights.get(layer.bias).codes : undefined, y: out,
+    };
+    const entries = Object.entries(shader.bindings).map(([name, binding]) => ({ binding, resource: { buffer: resources[name] } }));
+    const bindGroup = this.device.createBindGroup({ layout: pipeline.getBindGroupLayout(0), entries });
+    const pass = this.encoder.beginComputePass({ label: layer.weight });
+    pass.setPipeline(pipeline);
+    pass.setBindGroup(0, bindGroup);
+    const groups = Math.ceil((h.rows * m.rows) / shader.workgroup_size);
+    const gx = Math.min(groups, 65535);
+    pass.dispatchWorkgroups(gx, Math.ceil(groups / gx));
+    pass.end();
+    return { buffer: out, rows: h.rows, cols: m.rows };
+  }
+
+  async output(h) {
+    const size = h.rows * h.cols * 4;
+    const readback = this.#transient(size, GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST, 'readback');
+    this.encoder.copyBufferToBuffer(h.buffer, 0, readback, 0, size);
+    this.device.queue.submit([this.encoder.finish()]);
+    this.encoder = null;
+    const oom = await this.device.popErrorScope();
+    const invalid = await this.device.popErrorScope();
+    const scratch = this.scratch;
+    try {
+      if (oom || invalid) throw new Error(`WebGPU error: ${(oom ?? invalid).message}`);
+      await readback.mapAsync(GPUMapMode.READ);
+      const data = new Float32Array(readback.getMappedRange().slice(0));
+      readback.unmap();
+      if (this.lost) throw new Error(`the GPU device was lost (${this.lost.message})`);
+      return { data, rows: h.rows, cols: h.cols };
+    } finally {
+      for (const b of scratch) b.destroy();
+    }
+  }
+
+  destroy() {
+    this.device.destroy();
+  }
+}
