@@ -80,16 +80,38 @@ class BrowserInfo:
     managed: bool  # a Playwright-managed build (else a system browser)
 
 
+class _SharedPlaywright:
+    """Playwright's sync API allows one driver per thread: every session shares it, and the last
+    one to close stops it."""
+
+    driver = None
+    users = 0
+
+    @classmethod
+    def acquire(cls):
+        if cls.driver is None:
+            try:
+                from playwright.sync_api import sync_playwright
+            except ImportError:
+                raise UserError("playwright is not installed; `pip install playwright==1.64.1` (the test extra)") from None
+            cls.driver = sync_playwright().start()
+        cls.users += 1
+        return cls.driver
+
+    @classmethod
+    def release(cls):
+        cls.users -= 1
+        if cls.users == 0 and cls.driver is not None:
+            cls.driver.stop()
+            cls.driver = None
+
+
 class PlaywrightSession:
     """Chromium or Firefox under Playwright: one browser, one page, reused across calls."""
 
     def __init__(self, name: str, headless: bool = True):
-        try:
-            from playwright.sync_api import sync_playwright
-        except ImportError:
-            raise UserError("playwright is not installed; `pip install playwright==1.64.1` (the test extra)") from None
         self.name = name
-        self._pw = sync_playwright().start()
+        self._pw = _SharedPlaywright.acquire()
         try:
             self._browser, self.info = self._launch(headless)
             self._context = self._browser.new_context(proxy=LOCAL_ONLY_PROXY)
@@ -98,7 +120,7 @@ class PlaywrightSession:
             self.page.on("console", lambda msg: self.console.append(f"{msg.type}: {msg.text}"))
             self.page.on("pageerror", lambda err: self.console.append(f"pageerror: {err}"))
         except BaseException:
-            self._pw.stop()
+            _SharedPlaywright.release()
             raise
 
     def _launch(self, headless: bool):
@@ -131,7 +153,7 @@ class PlaywrightSession:
         try:
             self._browser.close()
         finally:
-            self._pw.stop()
+            _SharedPlaywright.release()
 
 
 class PlaywrightWebKitSession(PlaywrightSession):
@@ -258,11 +280,9 @@ def launch(name: str):
     if name == "webkit":
         if _managed_allowed():
             try:
-                from playwright.sync_api import sync_playwright
-
-                with sync_playwright() as pw:
-                    managed = _managed_executable(pw.webkit)
-            except ImportError:
+                managed = _managed_executable(_SharedPlaywright.acquire().webkit)
+                _SharedPlaywright.release()
+            except UserError:
                 managed = None
             if managed:
                 return PlaywrightWebKitSession("webkit")

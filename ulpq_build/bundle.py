@@ -29,8 +29,8 @@ from ulpq_build.formats import FORMATS
 from ulpq_build.model_source import ModelSource, open_model
 from ulpq_build.plan import Plan, Rule, resolve_plan
 from ulpq_build.profiles import PROFILES
-from ulpq_build.quantize import QuantizedTensor, quantize
-from ulpq_build.quantspec import PER_TENSOR, QuantSpec, matrix_shape
+from ulpq_build.quantize import quantize
+from ulpq_build.quantspec import QuantSpec
 from ulpq_build.resources import web_runtime_dir
 from ulpq_build.shaders import LinearVariant, linear_variant, render
 
@@ -98,22 +98,6 @@ class ShardWriter:
         return self.shards
 
 
-def matrix_layout(qt: QuantizedTensor) -> dict:
-    """The per-tensor constants a kernel or the JS decoder needs, derived once here."""
-    rows, k = matrix_shape(qt.shape)
-    spec, fmt = qt.spec, qt.fmt
-    if not fmt.quantized:
-        return {"rows": rows, "k": k, "words_per_row": k, "groups_per_row": 0, "group_size": k, "codebook_stride": 0}
-    if spec.group_size == PER_TENSOR:
-        groups_per_row, group_size = 0, k
-    else:
-        groups_per_row = qt.parts["scales"].shape[1]
-        group_size = k // groups_per_row
-    per_channel_book = "codebook" in qt.parts and qt.parts["codebook"].shape[0] > 1
-    return {"rows": rows, "k": k, "words_per_row": fmt.words_per_row(k), "groups_per_row": groups_per_row,
-            "group_size": group_size, "codebook_stride": fmt.n_levels if per_channel_book else 0}
-
-
 def plan_shaders(model: dict, specs: dict[str, QuantSpec]) -> list[LinearVariant]:
     """Decide the shader variants the bundle ships: each layer's kernel for every profile.
     Records the chosen key per profile in each layer (`layer["shaders"]`) for the runtime."""
@@ -159,7 +143,7 @@ def _write_bundle(folder: Path, source: ModelSource, model_name: str, model: dic
         qt = quantize(entry.name, source.weights.tensor(entry.name), entry.spec)
         parts = {part: shards.add(array, f"tensor {entry.name!r} ({part})") for part, array in qt.parts.items()}
         tensors.append({"name": entry.name, "shape": list(qt.shape), "dtype": qt.dtype, "format": entry.spec.format,
-                        "spec": entry.spec.to_json(), "matrix": matrix_layout(qt),
+                        "spec": entry.spec.to_json(), "matrix": qt.matrix_layout(),
                         "bits_per_weight": round(qt.bits_per_weight, 4), "bytes": qt.nbytes, "parts": parts})
     shard_list = shards.finish()
 

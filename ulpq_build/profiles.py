@@ -31,10 +31,14 @@ class Profile:
     user_agent: str  # a JS RegExp source matched against navigator.userAgent
 
     @property
+    def limits(self) -> dict[str, int]:
+        """Every limit this profile's variants need; the runtime checks them against the adapter."""
+        return {"maxComputeInvocationsPerWorkgroup": self.workgroup_size, "maxComputeWorkgroupSizeX": self.workgroup_size}
+
+    @property
     def required_limits(self) -> dict[str, int]:
-        """Limits beyond WebGPU's defaults that a device must request to run this profile's variants."""
-        need = {"maxComputeInvocationsPerWorkgroup": self.workgroup_size, "maxComputeWorkgroupSizeX": self.workgroup_size}
-        return {k: v for k, v in need.items() if v > DEFAULT_LIMITS[k]}
+        """The limits above WebGPU's defaults, which requestDevice must name in `requiredLimits`."""
+        return {k: v for k, v in self.limits.items() if v > DEFAULT_LIMITS[k]}
 
     @property
     def variant(self) -> str:
@@ -47,6 +51,7 @@ class Profile:
             "workgroup_size": self.workgroup_size,
             "variant": self.variant,
             "user_agent": self.user_agent,
+            "limits": self.limits,
             "required_limits": self.required_limits,
         }
 

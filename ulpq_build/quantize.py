@@ -63,6 +63,19 @@ class QuantizedTensor:
     def bits_per_weight(self) -> float:
         return 8 * self.nbytes / max(1, int(np.prod(self.shape)))
 
+    def matrix_layout(self) -> dict:
+        """The constants a kernel or the JS decoder needs to address this tensor (the kernels'
+        `Params`): scale index = row * groups_per_row + k / group_size (per tensor: 0 groups per
+        row); codebook of row r at r * codebook_stride."""
+        rows, k = matrix_shape(self.shape)
+        fmt = self.fmt
+        if not fmt.quantized:
+            return {"rows": rows, "k": k, "words_per_row": k, "groups_per_row": 0, "group_size": k, "codebook_stride": 0}
+        groups_per_row = 0 if self.spec.group_size == PER_TENSOR else self.parts["scales"].shape[1]
+        per_channel_book = "codebook" in self.parts and self.parts["codebook"].shape[0] > 1
+        return {"rows": rows, "k": k, "words_per_row": fmt.words_per_row(k), "groups_per_row": groups_per_row,
+                "group_size": k // max(groups_per_row, 1), "codebook_stride": fmt.n_levels if per_channel_book else 0}
+
 
 def _check_matrix(name: str, w: np.ndarray) -> None:
     if not np.issubdtype(w.dtype, np.floating):

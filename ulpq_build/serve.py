@@ -33,21 +33,19 @@ class BundleRequestHandler(http.server.SimpleHTTPRequestHandler):
         self.send_error(404, "Not found")
         return None
 
-    def translate_path(self, path: str) -> str:
+    def _inside(self, path: str) -> bool:
         # SimpleHTTPRequestHandler already drops '..' segments; also refuse anything (a symlink,
-        # an encoded separator) that would resolve outside the served folder.
+        # an encoded separator) that resolves outside the served folder.
         root = Path(self.directory).resolve()
-        candidate = Path(super().translate_path(path)).resolve()
-        if candidate != root and root not in candidate.parents:
-            return str(root / "\0outside")  # a name that cannot exist: answers 404
-        return str(candidate)
+        resolved = Path(path).resolve()
+        return resolved == root or root in resolved.parents
 
     def send_head(self):
         raw = urllib.parse.unquote(urllib.parse.urlsplit(self.path).path)
-        if ".." in raw.split("/") or "\\" in raw or "\0" in raw:
+        path = self.translate_path(self.path)
+        if ".." in raw.split("/") or "\\" in raw or "\0" in raw or not self._inside(path):
             self.send_error(404, "Not found")
             return None
-        path = self.translate_path(self.path)
         if os.path.isdir(path) and not os.path.isfile(os.path.join(path, "index.html")):
             self.send_error(404, "Not found")
             return None

@@ -86,6 +86,7 @@ class LinearVariant:
             "has_bias": self.has_bias,
             "profile": self.profile,
             "workgroup_size": self.prof.workgroup_size,
+            "limits": self.prof.limits,
             "required_limits": self.prof.required_limits,
             "bindings": self.bindings,
         }
@@ -112,8 +113,11 @@ def _environment() -> jinja2.Environment:
 
 def render(variant: LinearVariant) -> str:
     prof = variant.prof
-    limits = prof.required_limits
-    required = ", ".join(f"{k} >= {v}" for k, v in limits.items()) or "WebGPU default limits"
+    required = ", ".join(f"{k} >= {v}" for k, v in prof.limits.items())
+    if not prof.required_limits:
+        required += " (within WebGPU's defaults)"
+    else:
+        required += f" (request {', '.join(prof.required_limits)} in requiredLimits)"
     return _environment().get_template(variant.template).render(
         fmt=variant.fmt,
         scale_dtype=variant.scale_dtype,

@@ -32,7 +32,7 @@ export function rowDecoder(tensor, formats) {
   const scaleAt = entry.spec.scale_dtype === 'float16' ? (g) => halfToFloat(scaleValues[g]) : (g) => scaleValues[g];
   const zeros = parts.zeros?.values;
   const codebook = parts.codebook?.values;
-  const table = fmt.table;
+  const table = Float32Array.from(fmt.table); // float32 levels, as numpy and WGSL hold them
   const level = {
     uniform: zeros ? (u, row, g) => u - zeros[g] : (u) => u - fmt.symmetric_zero,
     table: (u) => table[u],

@@ -11,6 +11,7 @@ const $ = (id) => document.getElementById(id);
 const params = new URLSearchParams(location.search);
 const hardware = params.get('hardware') ?? 'auto';
 const profile = params.get('profile');
+const poison = params.has('poison'); // tests: NaN-fill GPU outputs before each run
 
 function fact(name, value) {
   const dt = document.createElement('dt');
@@ -45,7 +46,7 @@ function showOutput(result) {
 }
 
 async function main() {
-  const model = new ulpq.UlpqModel('./manifest.json', { hardware, profile, onProgress: showProgress });
+  const model = new ulpq.UlpqModel('./manifest.json', { hardware, profile, poison, onProgress: showProgress });
   state.model = model;
   await model.initialize();
   const m = model.manifest;

@@ -34,10 +34,10 @@ export function chooseProfiles(profiles, requestedName, limits) {
     .filter((p) => p !== requested)
     .sort((a, b) => b.workgroup_size - a.workgroup_size || a.name.localeCompare(b.name));
   const ordered = requested ? [requested, ...others] : others;
-  const fitting = ordered.filter((p) => shortfall(p.required_limits, limits).length === 0);
+  const fitting = ordered.filter((p) => shortfall(p.limits, limits).length === 0);
   let fallback = null;
   if (requested && fitting[0] !== requested) {
-    const missing = shortfall(requested.required_limits, limits).join(', ');
+    const missing = shortfall(requested.limits, limits).join(', ');
     fallback = fitting.length
       ? `${requested.variant} needs ${missing}; using ${fitting[0].variant}, the largest variant this adapter allows`
       : `${requested.variant} needs ${missing}; no variant fits this adapter`;

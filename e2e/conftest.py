@@ -1,0 +1,88 @@
+"""Browser fixtures: bundles built once per session and served from sub-paths of one site,
+and one session per browser, reused by every test. A browser that cannot start fails the
+tests that need it (never a skip)."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from ulpq_build.browsers import launch
+from ulpq_build.cli import main as cli_main
+from ulpq_build.serve import BundleServer
+
+E2E_FORMATS = ("int8", "int4", "int2")
+WAIT_FOR_DEMO = """async () => {
+  for (let i = 0; i < 3000; i++) {
+    const d = window.ulpqDemo;
+    if (d && d.status !== 'loading') {
+      const facts = Object.fromEntries([...document.querySelectorAll('#facts dd')].map((e) => [e.id, e.textContent]));
+      return { status: d.status, error: d.error, result: d.result, progress: d.progress,
+               shownError: document.getElementById('error').textContent, facts };
+    }
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  return { status: 'timeout' };
+}"""
+PROCESS = "async (x) => window.ulpqDemo.model.process(x)"
+
+
+@pytest.fixture(scope="session")
+def site(tmp_path_factory):
+    root = tmp_path_factory.mktemp("site")
+    for fmt in E2E_FORMATS:
+        assert cli_main(["bundle", "--format", fmt, "--out", str(root / fmt)]) == 0
+    tampered = root / "int4-tampered"
+    shutil.copytree(root / "int4", tampered)
+    shard = tampered / "weights-000.bin"
+    data = bytearray(shard.read_bytes())
+    data[len(data) // 2] ^= 0x01  # one flipped bit
+    shard.write_bytes(bytes(data))
+    return root
+
+
+@pytest.fixture(scope="session")
+def server(site):
+    srv = BundleServer(site, 0).start_in_background()
+    yield srv
+    srv.shutdown()
+    srv.server_close()
+
+
+_sessions: dict[str, object] = {}
+
+
+@pytest.fixture(scope="session")
+def browsers():
+    """browsers(name) -> a started session, launched on first use and closed at the end."""
+    def get(name: str):
+        if name not in _sessions:
+            _sessions[name] = launch(name)
+        return _sessions[name]
+
+    yield get
+    for session in _sessions.values():
+        session.close()
+    _sessions.clear()
+
+
+def open_demo(session, url: str) -> dict:
+    session.goto(url)
+    state = session.evaluate(WAIT_FOR_DEMO)
+    assert state["status"] != "timeout", f"{url}: the demo page did not finish"
+    return state
+
+
+@pytest.fixture
+def demo(browsers, server):
+    def run(browser: str, path: str) -> tuple[object, dict]:
+        session = browsers(browser)
+        return session, open_demo(session, server.url + path)
+
+    return run
+
+
+def bundle_dir(site: Path, name: str) -> Path:
+    return site / name

@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# Install everything the tests need on Debian 12 (as root, or with sudo): the three browsers,
+# Mesa's lavapipe (CPU Vulkan, for WebGPU without a GPU), Xvfb for WebKitGTK, Node.js, and this
+# project with its test extra. Nothing here downloads a browser from outside the package registries.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+SUDO=""
+[ "$(id -u)" -eq 0 ] || SUDO="sudo"
+export DEBIAN_FRONTEND=noninteractive
+$SUDO apt-get update -qq
+$SUDO apt-get install -y -qq chromium firefox-esr mesa-vulkan-drivers webkit2gtk-driver xvfb xauth >/dev/null
+command -v node >/dev/null || $SUDO apt-get install -y -qq nodejs >/dev/null
+python3 -m pip install -q --disable-pip-version-check -e '.[test]'
+echo "setup done: $(python3 -m ulpq_build --version), $(chromium --version 2>/dev/null | head -1), $(firefox-esr --version 2>/dev/null), node $(node --version)"

@@ -1,0 +1,128 @@
+"""The CLI as a user runs it: the default bundle, reproducibility, and bad input (exit 2, one
+line, no traceback, no output left behind)."""
+
+import json
+import hashlib
+
+import numpy as np
+import pytest
+
+from conftest import run_cli
+from ulpq_build.bundle_reader import load_bundle
+from ulpq_build.default_model import default_mlp_tensors
+from ulpq_build.profiles import PROFILES
+
+
+def tree_digest(folder):
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_help_lists_subcommands():
+    out = run_cli("--help", check=0).stdout
+    for command in ("bundle", "serve"):
+        assert command in out
+
+
+def test_default_bundle_is_complete_and_reproducible(tmp_path):
+    run_cli("bundle", cwd=tmp_path, check=0)
+    out = tmp_path / "ulpq-bundle"
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["schema_version"] == 1 and manifest["model"]["architecture"] == "mlp"
+    assert (out / "index.html").is_file() and (out / "ulpq.js").is_file()
+    assert {s["profile"] for s in manifest["shaders"]} == set(PROFILES)
+    for shader in manifest["shaders"]:
+        text = (out / shader["file"]).read_text()
+        assert text.startswith("// ulpq_build shader") and f"workgroup_size: {shader['workgroup_size']}" in text
+        assert hashlib.sha256(text.encode()).hexdigest() == shader["sha256"]
+    for entry in manifest["tensors"]:
+        for part in entry["parts"].values():
+            data = (out / part["file"]).read_bytes()[part["offset"] : part["offset"] + part["length"]]
+            assert hashlib.sha256(data).hexdigest() == part["sha256"]
+    # every path in the manifest is relative
+    assert all(not s["file"].startswith(("/", "http")) for s in manifest["shards"] + manifest["shaders"])
+    run_cli("bundle", "--out", tmp_path / "again", cwd=tmp_path, check=0)
+    assert tree_digest(out) == tree_digest(tmp_path / "again")
+
+
+@pytest.mark.parametrize("fmt", ["int8", "int4", "int2"])
+def test_bundle_weights_are_the_quantized_model(tmp_path, fmt):
+    run_cli("bundle", "--format", fmt, "--out", tmp_path / "b", check=0)
+    loaded = load_bundle(tmp_path / "b")
+    original = default_mlp_tensors()
+    for name, value in original.items():
+        restored = loaded.weights[name]
+        assert restored.shape == value.shape
+        if value.ndim == 1:
+            np.testing.assert_array_equal(restored, value)  # biases stay float32
+        else:
+            err = np.sqrt(np.mean((restored - value) ** 2) / np.mean(value**2))
+            assert 0 < err < {"int8": 0.01, "int4": 0.15, "int2": 0.5}[fmt]
+
+
+def assert_clean_failure(proc, out_dir, *needles):
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
+    assert "Traceback" not in proc.stderr
+    for needle in needles:
+        assert needle in lines[0]
+    assert not out_dir.exists()
+    assert not [p for p in out_dir.parent.iterdir() if p.name.startswith(f".{out_dir.name}.")]
+
+
+def test_missing_model(tmp_path):
+    out = tmp_path / "out"
+    assert_clean_failure(run_cli("bundle", "--model", tmp_path / "nope.safetensors", "--out", out), out, "nope.safetensors")
+
+
+def test_not_safetensors(tmp_path):
+    bad = tmp_path / "model.safetensors"
+    bad.write_bytes(b"this is not a safetensors file at all")
+    out = tmp_path / "out"
+    assert_clean_failure(run_cli("bundle", "--model", bad, "--out", out), out, "not a valid safetensors")
+
+
+def test_unknown_extension(tmp_path):
+    bad = tmp_path / "model.bin"
+    bad.write_bytes(b"\0" * 64)
+    out = tmp_path / "out"
+    assert_clean_failure(run_cli("bundle", "--model", bad, "--out", out), out, "unknown model format")
+
+
+def test_unknown_format(tmp_path):
+    out = tmp_path / "out"
+    assert_clean_failure(run_cli("bundle", "--format", "int5", "--out", out), out, "unknown format 'int5'")
+
+
+def test_group_size_that_does_not_divide(tmp_path):
+    out = tmp_path / "out"
+    # the default MLP's last layer has rows of 160: 64 does not divide it
+    assert_clean_failure(run_cli("bundle", "--group-size", "64", "--out", out), out, "does not divide")
+
+
+def test_nan_weights(tmp_path):
+    import safetensors.numpy
+
+    tensors = default_mlp_tensors()
+    tensors["layers.1.weight"][3, 4] = np.nan
+    path = tmp_path / "nan.safetensors"
+    safetensors.numpy.save_file(tensors, path)
+    out = tmp_path / "out"
+    assert_clean_failure(run_cli("bundle", "--model", path, "--out", out), out, "layers.1.weight", "NaN")
+
+
+def test_refuses_to_replace_a_foreign_folder(tmp_path):
+    out = tmp_path / "precious"
+    out.mkdir()
+    (out / "thesis.txt").write_text("do not delete")
+    proc = run_cli("bundle", "--out", out)
+    assert proc.returncode == 2 and "not a ulpq bundle" in proc.stderr
+    assert (out / "thesis.txt").read_text() == "do not delete"
+
+
+def test_a_failed_rebuild_keeps_the_previous_bundle(tmp_path):
+    out = tmp_path / "b"
+    run_cli("bundle", "--out", out, check=0)
+    before = tree_digest(out)
+    proc = run_cli("bundle", "--format", "int5", "--out", out)
+    assert proc.returncode == 2 and tree_digest(out) == before

@@ -1,0 +1,142 @@
+"""Run rendered WGSL outside a browser, through the two engines browsers ship: wgpu-native
+(`wgpu`, naga, as Firefox) and Dawn (`wgpudawn`, Tint, as Chrome). Used by the kernel tests
+(validation in both compilers, execution on lavapipe) and the GPU benchmark.
+
+Limits are always requested explicitly: a device asked for nothing gets WebGPU's defaults, as in
+a browser, so a variant that needs more is rejected here exactly as it would be there.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+from functools import lru_cache
+
+import numpy as np
+
+from ulpq_build.profiles import DEFAULT_LIMITS
+from ulpq_build.quantize import QuantizedTensor
+from ulpq_build.shaders import LinearVariant, render
+
+ENGINES = {"wgpu": "wgpu", "dawn": "wgpudawn"}
+
+
+def _kebab(name: str) -> str:
+    """WebGPU's camelCase limit names as wgpu-py spells them (maxComputeWorkgroupSizeX -> max-compute-workgroup-size-x)."""
+    return re.sub(r"([A-Z])", r"-\1", name).lower()
+
+
+def engine_module(engine: str):
+    import importlib
+
+    return importlib.import_module(ENGINES[engine])
+
+
+@contextlib.contextmanager
+def _backend_env(value: str | None):
+    """wgpudawn reads WGPU_BACKEND_TYPE when an adapter is requested; wgpu-native reads it too, so
+    it is set only for that call."""
+    old = os.environ.get("WGPU_BACKEND_TYPE")
+    if value is None:
+        os.environ.pop("WGPU_BACKEND_TYPE", None)
+    else:
+        os.environ["WGPU_BACKEND_TYPE"] = value
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop("WGPU_BACKEND_TYPE", None)
+        else:
+            os.environ["WGPU_BACKEND_TYPE"] = old
+
+
+def request_device(engine: str = "wgpu", limits: dict[str, int] | None = None, *, null_backend: bool = False):
+    """A device of `engine` with exactly `limits` (WebGPU camelCase names) above the defaults.
+
+    null_backend: Dawn's Null backend, which validates WGSL with Tint without any driver.
+    """
+    gpu = engine_module(engine).gpu
+    with _backend_env("Null" if null_backend else None):
+        adapter = gpu.request_adapter_sync(power_preference="high-performance")
+    if adapter is None:
+        raise RuntimeError(f"{engine}: no WebGPU adapter (install mesa-vulkan-drivers for lavapipe)")
+    # wgpu-native hands out the adapter's limits when none are named: name the defaults too.
+    required = {_kebab(k): v for k, v in {**DEFAULT_LIMITS, **(limits or {})}.items()}
+    return adapter.request_device_sync(required_limits=required)
+
+
+def adapter_summary(device) -> str:
+    info = device.adapter.info
+    return f"{info.get('device', '?')} ({info.get('backend_type', '?')})"
+
+
+def compile_shader(device, code: str, *, pipeline: bool = True):
+    """Compile WGSL; with pipeline=True also create the compute pipeline. Raises on any error."""
+    module = device.create_shader_module(code=code)
+    if not pipeline:
+        return module
+    return device.create_compute_pipeline(layout="auto", compute={"module": module, "entry_point": "main"})
+
+
+class LinearRunner:
+    """Executes the linear kernel for quantized tensors on one device, caching pipelines."""
+
+    def __init__(self, device):
+        self.device = device
+        self.wgpu = engine_module("dawn" if type(device).__module__.startswith("wgpudawn") else "wgpu")
+        self._pipelines: dict[str, object] = {}
+
+    def pipeline(self, variant: LinearVariant):
+        if variant.key not in self._pipelines:
+            self._pipelines[variant.key] = compile_shader(self.device, render(variant))
+        return self._pipelines[variant.key]
+
+    def _storage(self, data: np.ndarray, extra_usage=0):
+        raw = np.ascontiguousarray(data).tobytes()
+        raw += b"\0" * (-len(raw) % 4 or (4 if not raw else 0))
+        usage = self.wgpu.BufferUsage.STORAGE | self.wgpu.BufferUsage.COPY_DST | extra_usage
+        return self.device.create_buffer_with_data(data=raw, usage=usage)
+
+    def run(self, variant: LinearVariant, qt: QuantizedTensor, x: np.ndarray, bias: np.ndarray | None = None,
+            *, poison: bool = True, repeat: int = 1) -> np.ndarray:
+        """y = act(x W^T + b) on the device. Output is poisoned with NaN before the run."""
+        wgpu = self.wgpu
+        layout = qt.matrix_layout()
+        m = x.shape[0]
+        n = layout["rows"]
+        params = np.array([m, n, layout["k"], layout["words_per_row"], layout["groups_per_row"], layout["group_size"],
+                           layout["codebook_stride"], 0], dtype=np.uint32)
+        y_init = np.full(m * n, np.nan if poison else 0, dtype=np.float32)
+        buffers = {
+            "params": self.device.create_buffer_with_data(data=params.tobytes(), usage=wgpu.BufferUsage.UNIFORM),
+            "x": self._storage(x.astype(np.float32)),
+            "y": self._storage(y_init, wgpu.BufferUsage.COPY_SRC),
+        }
+        for part, array in qt.parts.items():
+            buffers[part] = self._storage(array)
+        if variant.has_bias:
+            buffers["bias"] = self._storage(np.asarray(bias, np.float32))
+        pipeline = self.pipeline(variant)
+        entries = [{"binding": slot, "resource": {"buffer": buffers[name], "offset": 0, "size": buffers[name].size}}
+                   for name, slot in variant.bindings.items()]
+        bind_group = self.device.create_bind_group(layout=pipeline.get_bind_group_layout(0), entries=entries)
+        groups = -(-m * n // variant.prof.workgroup_size)
+        gx = min(groups, 65535)
+        encoder = self.device.create_command_encoder()
+        for _ in range(repeat):
+            compute = encoder.begin_compute_pass()
+            compute.set_pipeline(pipeline)
+            compute.set_bind_group(0, bind_group)
+            compute.dispatch_workgroups(gx, -(-groups // gx), 1)
+            compute.end()
+        self.device.queue.submit([encoder.finish()])
+        out = np.frombuffer(self.device.queue.read_buffer(buffers["y"]), dtype=np.float32)[: m * n]
+        return out.reshape(m, n).copy()
+
+
+@lru_cache(maxsize=None)
+def cached_device(engine: str, max_workgroup: int = 256, null_backend: bool = False):
+    """One device per (engine, workgroup limit) per process: lavapipe devices are slow to create."""
+    limits = {"maxComputeInvocationsPerWorkgroup": max_workgroup, "maxComputeWorkgroupSizeX": max_workgroup} if max_workgroup > 256 else {}
+    return request_device(engine, limits, null_backend=null_backend)
