@@ -13,21 +13,7 @@ from ulpq_build.browsers import launch
 from ulpq_build.cli import main as cli_main
 from ulpq_build.serve import BundleServer
 
-E2E_FORMATS = ("int8", "int4", "int2")
-WAIT_FOR_DEMO = """async () => {
-  for (let i = 0; i < 3000; i++) {
-    const d = window.ulpqDemo;
-    if (d && d.status !== 'loading') {
-      const facts = Object.fromEntries([...document.querySelectorAll('#facts dd')].map((e) => [e.id, e.textContent]));
-      return { status: d.status, error: d.error, result: d.result, progress: d.progress,
-               shownError: document.getElementById('error').textContent, facts };
-    }
-    await new Promise((r) => setTimeout(r, 100));
-  }
-  return { status: 'timeout' };
-}"""
-PROCESS = "async (x) => window.ulpqDemo.model.process(x)"
-
+from e2e_support import E2E_FORMATS, WAIT_FOR_DEMO
 
 @pytest.fixture(scope="session")
 def site(tmp_path_factory):
@@ -84,5 +70,3 @@ def demo(browsers, server):
     return run
 
 
-def bundle_dir(site: Path, name: str) -> Path:
-    return site / name

@@ -5,7 +5,7 @@ reference over the bundle's own dequantized weights."""
 import numpy as np
 import pytest
 
-from conftest import E2E_FORMATS, PROCESS
+from e2e_support import E2E_FORMATS, PROCESS
 from ulpq_build.bundle_reader import load_bundle
 from ulpq_build.reference import mlp_forward, relative_error
 

@@ -7,7 +7,7 @@ import hashlib
 import numpy as np
 import pytest
 
-from conftest import run_cli
+from support import run_cli
 from ulpq_build.bundle_reader import load_bundle
 from ulpq_build.default_model import default_mlp_tensors
 from ulpq_build.profiles import PROFILES

@@ -8,7 +8,7 @@ import subprocess
 import numpy as np
 import pytest
 
-from conftest import ROOT, run_cli
+from support import ROOT, run_cli
 from ulpq_build.bundle_reader import load_bundle
 from ulpq_build.formats import FORMATS
 from ulpq_build.reference import mlp_forward, relative_error

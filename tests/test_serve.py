@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from conftest import ROOT
+from support import ROOT
 from ulpq_build.serve import BundleServer
 
 
@@ -83,7 +83,7 @@ def test_serve_command_runs_and_stops(tmp_path, served):
 
 
 def test_serve_missing_folder(tmp_path):
-    from conftest import run_cli
+    from support import run_cli
 
     proc = run_cli("serve", tmp_path / "nope", "--port", "0")
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "no such folder" in proc.stderr
