@@ -27,7 +27,8 @@ from ulpq_build.default_model import write_default_model
 from ulpq_build.errors import UserError
 from ulpq_build.formats import FORMATS
 from ulpq_build.model_source import ModelSource, open_model
-from ulpq_build.plan import Plan, Rule, resolve_plan
+from ulpq_build.config import resolve_options
+from ulpq_build.plan import Plan, resolve_plan
 from ulpq_build.profiles import PROFILES
 from ulpq_build.quantize import quantize
 from ulpq_build.quantspec import QuantSpec
@@ -117,9 +118,10 @@ def demo_inputs(model: dict) -> list[list[float]]:
     return np.round(rng.standard_normal((DEMO_ROWS, model["input_size"])), 4).tolist()
 
 
-def build_bundle(model_path: Path | None, out: Path, default: QuantSpec, rules: list[Rule] = (),
+def build_bundle(model_path: Path | None, out: Path, overrides: dict | None = None, config: Path | None = None,
                  log=print) -> BundleResult:
-    """Quantize the model at `model_path` (None: the built-in default MLP) and write the bundle to `out`."""
+    """Quantize the model at `model_path` (None: the built-in default MLP) and write the bundle to
+    `out`. `overrides` are QuantSpec fields given on the command line; `config` a config file."""
     with tempfile.TemporaryDirectory(prefix="ulpq-default-model-") as scratch:
         if model_path is None:
             model_path = write_default_model(Path(scratch) / "default-mlp")
@@ -129,7 +131,9 @@ def build_bundle(model_path: Path | None, out: Path, default: QuantSpec, rules: 
         source = open_model(model_path)
         model = describe_model(source)
         names = model_tensors(model)
-        plan = resolve_plan([(n, source.weights.shape(n), source.weights.dtype(n)) for n in names], default, rules)
+        tensors = [(n, source.weights.shape(n), source.weights.dtype(n)) for n in names]
+        default, rules = resolve_options(config, overrides or {}, tensors)
+        plan = resolve_plan(tensors, default, rules)
         log(plan.table())
         with atomic_folder(out) as tmp:
             manifest = _write_bundle(tmp, source, model_name, model, plan, default)

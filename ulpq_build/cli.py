@@ -9,31 +9,77 @@ from pathlib import Path
 from ulpq_build import __version__
 from ulpq_build.errors import UserError
 from ulpq_build.formats import FORMATS
-from ulpq_build.quantspec import GROUP_SIZES, QuantSpec
+from ulpq_build.quantspec import GROUP_SIZES
 
 
 def _add_quant_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--format", default="int4", metavar="FORMAT",
+    p.add_argument("--format", metavar="FORMAT",
                    help=f"weight format for the matrices (default int4): {', '.join(FORMATS)}")
-    p.add_argument("--group-size", type=int, default=0, metavar="N",
+    p.add_argument("--group-size", type=int, metavar="N",
                    help=f"one scale per N inputs of a row ({'|'.join(map(str, GROUP_SIZES))}); "
                         "0 = one per output channel (default), -1 = one per tensor")
-    p.add_argument("--asymmetric", action="store_true", help="uniform formats: a zero point per scale group")
-    p.add_argument("--scale-dtype", default="float32", choices=("float32", "float16"), help="how scales are stored")
-    p.add_argument("--codebook", default="tensor", choices=("tensor", "channel"),
+    p.add_argument("--asymmetric", action="store_true", default=None, help="uniform formats: a zero point per scale group")
+    p.add_argument("--scale-dtype", choices=("float32", "float16"), help="how scales are stored (default float32)")
+    p.add_argument("--codebook", choices=("tensor", "channel"),
                    help="-optimal formats: one fitted codebook per tensor (default) or per output channel")
+    p.add_argument("--config", metavar="FILE", help="a .json or .toml quantization config (mixed precision, rules); "
+                                                     "the flags above override its defaults")
 
 
-def _spec_from(args) -> QuantSpec:
-    return QuantSpec(args.format, args.group_size, args.asymmetric, args.scale_dtype, args.codebook).validate("--format")
+def _overrides(args) -> dict:
+    """The QuantSpec fields the user set explicitly on the command line."""
+    given = {"format": args.format, "group_size": args.group_size, "asymmetric": args.asymmetric,
+             "scale_dtype": args.scale_dtype, "codebook": args.codebook}
+    return {k: v for k, v in given.items() if v is not None}
 
 
 def cmd_bundle(args) -> int:
     from ulpq_build.bundle import build_bundle
 
-    result = build_bundle(Path(args.model) if args.model else None, Path(args.out), _spec_from(args))
+    result = build_bundle(Path(args.model) if args.model else None, Path(args.out), _overrides(args),
+                          Path(args.config) if args.config else None)
     files = sum(1 for p in result.out.rglob("*") if p.is_file())
     print(f"wrote {result.out}/ ({files} files): open it with `python -m ulpq_build serve {result.out}`")
+    return 0
+
+
+def cmd_quantize(args) -> int:
+    from ulpq_build.checkpoint import Checkpoint, write_quantized
+    from ulpq_build.config import resolve_options
+    from ulpq_build.model_source import open_model
+    from ulpq_build.plan import resolve_plan
+
+    source = open_model(args.model)
+    if Checkpoint(source.weights.path).quantized:
+        raise UserError(f"{source.weights.path}: is already a quantized checkpoint; quantize the float model "
+                        f"(or `dequantize` this one first)")
+    weights = source.weights
+    tensors = [(n, weights.shape(n), weights.dtype(n)) for n in weights.names]
+    base, rules = resolve_options(Path(args.config) if args.config else None, _overrides(args), tensors)
+    plan = resolve_plan(tensors, base, rules)
+    print(plan.table())
+    write_quantized(weights, plan, Path(args.out), source_name=weights.path.name)
+    print(f"wrote {args.out}")
+    return 0
+
+
+def cmd_dequantize(args) -> int:
+    from ulpq_build.checkpoint import Checkpoint, write_dequantized
+
+    checkpoint = Checkpoint(Path(args.file))
+    if not checkpoint.quantized:
+        raise UserError(f"{args.file}: has no ulpq metadata, so it is not a quantized checkpoint; "
+                        f"make one with `python -m ulpq_build quantize`")
+    write_dequantized(checkpoint, Path(args.out))
+    print(f"wrote {args.out} ({len(checkpoint.tensors)} tensors)")
+    return 0
+
+
+def cmd_inspect(args) -> int:
+    from ulpq_build.inspect_cmd import format_report, inspect_path, report_json
+
+    report = inspect_path(Path(args.file), Path(args.reference) if args.reference else None)
+    print(report_json(report) if args.json else format_report(report))
     return 0
 
 
@@ -65,6 +111,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="ulpq-bundle", metavar="DIR", help="output folder (default ./ulpq-bundle)")
     _add_quant_options(p)
     p.set_defaults(run=cmd_bundle)
+
+    p = sub.add_parser("quantize", help="quantize a model into a quantized safetensors checkpoint",
+                       description="Quantize a model, tensor by tensor, into a safetensors checkpoint "
+                                   "(packed codes, scales, zero points and codebooks as separate tensors).")
+    p.add_argument("model", metavar="MODEL", help="a .safetensors file or a model folder")
+    p.add_argument("--out", required=True, metavar="FILE.safetensors")
+    _add_quant_options(p)
+    p.set_defaults(run=cmd_quantize)
+
+    p = sub.add_parser("dequantize", help="restore float tensors from a quantized checkpoint",
+                       description="Restore every tensor of a quantized checkpoint with its original name, shape and dtype.")
+    p.add_argument("file", metavar="FILE", help="a checkpoint written by `quantize`")
+    p.add_argument("--out", required=True, metavar="FP32.safetensors")
+    p.set_defaults(run=cmd_dequantize)
+
+    p = sub.add_parser("inspect", help="list tensors, formats, sizes and bits per weight",
+                       description="One row per tensor and totals, for a model, a quantized checkpoint or a bundle folder.")
+    p.add_argument("file", metavar="FILE", help="a .safetensors file, a model folder or a bundle folder")
+    p.add_argument("--reference", metavar="MODEL", help="the float model to measure errors against")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.set_defaults(run=cmd_inspect)
 
     p = sub.add_parser("serve", help="serve a bundle on 127.0.0.1", description="Serve a bundle folder on 127.0.0.1.")
     p.add_argument("folder", metavar="DIR")

@@ -14,16 +14,24 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ulpq_build.errors import UserError
-from ulpq_build.quantspec import QuantSpec, bits_per_weight, stored_bytes
+from ulpq_build.quantspec import QuantSpec, stored_bytes
+from ulpq_build.safetensors_io import storage_dtype
 
 FLOAT32 = QuantSpec("float32")
 
 
 @dataclass(frozen=True)
 class Rule:
+    """Tensors matching `pattern` (a glob on the name) get `spec`. A role rule (from the config's
+    mixedPrecision section) names its tensors explicitly in `names` instead."""
+
     pattern: str
     spec: QuantSpec
-    source: str = "rule"  # where the rule came from, for messages ("config rule 2", "embeddingBits")
+    source: str = "rule"  # where the rule came from, for messages ("config rules[2]", "mixedPrecision.embeddingBits")
+    names: frozenset[str] | None = None
+
+    def matches(self, name: str) -> bool:
+        return name in self.names if self.names is not None else fnmatch.fnmatchcase(name, self.pattern)
 
 
 @dataclass(frozen=True)
@@ -36,11 +44,13 @@ class PlanEntry:
 
     @property
     def bytes(self) -> int:
+        if not self.spec.fmt.quantized:  # kept as stored (a bundle widens float tensors to float32)
+            return math.prod(self.shape) * storage_dtype(self.dtype).itemsize
         return stored_bytes(self.spec, self.shape)
 
     @property
     def bits_per_weight(self) -> float:
-        return bits_per_weight(self.spec, self.shape)
+        return 8 * self.bytes / max(1, math.prod(self.shape))
 
     def to_json(self) -> dict:
         return {"name": self.name, "shape": list(self.shape), "dtype": self.dtype, **self.spec.to_json(),
@@ -107,7 +117,7 @@ def resolve_plan(tensors: list[tuple[str, tuple[int, ...], str]], default: Quant
     plan = Plan()
     for name, shape, dtype in tensors:
         for i, rule in enumerate(rules):
-            if fnmatch.fnmatchcase(name, rule.pattern):
+            if rule.matches(name):
                 used[i] = True
                 spec, reason = rule.spec, rule.source
                 if spec.fmt.quantized and not np.issubdtype(np.dtype(dtype if dtype != "bfloat16" else "float32"), np.floating):
@@ -124,6 +134,7 @@ def resolve_plan(tensors: list[tuple[str, tuple[int, ...], str]], default: Quant
         plan.entries.append(PlanEntry(name, tuple(shape), dtype, spec, reason))
     for rule, hit in zip(rules, used):
         if not hit:
-            raise UserError(f"{rule.source}: pattern {rule.pattern!r} matches no tensor of the {where}; "
-                            f"check the name (run `python -m ulpq_build inspect` to list them)")
+            what = f"pattern {rule.pattern!r} matches" if rule.names is None else "applies to"
+            raise UserError(f"{rule.source}: {what} no tensor of the {where} (or earlier rules take them all); "
+                            f"check the names with `python -m ulpq_build inspect`")
     return plan

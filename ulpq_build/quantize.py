@@ -30,14 +30,16 @@ from ulpq_build.packing import pack, unpack
 from ulpq_build.quantspec import PER_CHANNEL, PER_TENSOR, SCALE_DTYPES, QuantSpec, matrix_shape, part_layout
 
 CHUNK_ELEMENTS = 1 << 19  # values per processing chunk (scratch memory ~ a few x 2 MiB)
+SEARCH_SAMPLE = 128  # values per group that score the coarse clipping grid
 LLOYD_ITERATIONS = 24
+LLOYD_SAMPLES = 1 << 20  # values a per-tensor codebook is fitted on
 
 
 def clip_ratios(bits: int) -> tuple[np.ndarray, float]:
     """The coarse grid of clipping ratios searched for a bit width (low bits clip harder), and the
     half step tried either side of each group's best ratio afterwards."""
-    lowest = {1: 0.3, 2: 0.3, 3: 0.4, 4: 0.5}.get(bits, 0.7)
-    grid = np.linspace(1.0, lowest, 10, dtype=np.float32)
+    lowest, count = {1: (0.3, 10), 2: (0.3, 10), 3: (0.4, 10), 4: (0.5, 10)}.get(bits, (0.8, 5))
+    grid = np.linspace(1.0, lowest, count, dtype=np.float32)
     return grid, float(grid[0] - grid[1]) / 2
 
 
@@ -150,12 +152,7 @@ def _quantize_rows(matrix: np.ndarray, fmt: Format, spec: QuantSpec, *, k_row: i
 
 def _round_scale(s: np.ndarray, scale_dtype) -> np.ndarray:
     """Scales as they will be stored (f16 rounding included), so codes are chosen for those."""
-    return s.astype(scale_dtype).astype(np.float32)
-
-
-def _signed_absmax(groups: np.ndarray) -> np.ndarray:
-    idx = np.abs(groups).argmax(axis=1)
-    return groups[np.arange(groups.shape[0]), idx]
+    return np.asarray(s).astype(scale_dtype).astype(np.float32)
 
 
 def _sq_err(groups: np.ndarray, approx: np.ndarray) -> np.ndarray:
@@ -163,42 +160,59 @@ def _sq_err(groups: np.ndarray, approx: np.ndarray) -> np.ndarray:
     return np.einsum("ij,ij->i", d, d)
 
 
-def _search(groups: np.ndarray, candidates, evaluate):
-    """Keep, per group, the candidate scale with the least squared error.
+def _best_scale(groups: np.ndarray, bits: int, make_scale, error_of, *, signed: bool = False) -> np.ndarray:
+    """The scale per group with the least squared error among clipping ratios.
 
-    `candidates` yields scale arrays [n_groups]; `evaluate(scale)` returns (error, *outputs).
+    The coarse grid is scored on an evenly strided sample of each group (at least SEARCH_SAMPLE
+    values); the best ratio, its two half-step neighbours and plain max-abs (ratio 1) are then
+    scored on every value, so the result is never worse than max-abs. `make_scale(ratios)` maps
+    per-group ratios to stored scales; `error_of(values, scales)` gives per-group squared error.
+    With signed=True negative ratios (a negated scale) are searched too.
     """
-    best = None
-    for scale in candidates:
-        err, *outputs = evaluate(scale)
-        if best is None:
-            best = [err, scale, *outputs]
-            continue
-        better = err < best[0]
-        best[0] = np.where(better, err, best[0])
-        best[1] = np.where(better, scale, best[1])
-        for i, out in enumerate(outputs):
-            best[2 + i] = np.where(better[:, None] if out.ndim == 2 else better, out, best[2 + i])
-    return best[1:]
+    ratios, half = clip_ratios(bits)
+    n = groups.shape[0]
+    sample = groups[:, :: max(1, groups.shape[1] // SEARCH_SAMPLE)]
+    sign = np.ones(n, np.float32)
+    if signed:  # pick each group's sign once, at a mid-grid ratio, then search magnitudes
+        mid = np.full(n, ratios[len(ratios) // 2], np.float32)
+        sign = np.where(error_of(sample, make_scale(-mid)) < error_of(sample, make_scale(mid)), np.float32(-1), sign)
+    best_err = np.full(n, np.inf)
+    best = sign.copy()
+    for r in ratios:
+        err = error_of(sample, make_scale(sign * r))
+        better = err < best_err
+        best_err = np.where(better, err, best_err)
+        best = np.where(better, sign * r, best)
+    step = sign * np.float32(half)
+    scale = make_scale(np.ones(n, np.float32))
+    err = error_of(groups, scale)
+    for r in (best, best + step, best - step):
+        candidate = make_scale(r)
+        candidate_err = error_of(groups, candidate)
+        better = candidate_err < err
+        err = np.where(better, candidate_err, err)
+        scale = np.where(better, candidate, scale)
+    return scale
+
+
+def _uniform_error(values: np.ndarray, scale: np.ndarray, lo, hi) -> np.ndarray:
+    """Squared error per group of rounding values/scale to the integer levels [lo, hi] (in place, one buffer)."""
+    buf = values * (1.0 / scale)[:, None]
+    np.rint(buf, out=buf)
+    np.clip(buf, lo, hi, out=buf)
+    buf *= scale[:, None]
+    np.subtract(values, buf, out=buf)
+    return np.einsum("ij,ij->i", buf, buf)
 
 
 def _uniform_symmetric(groups: np.ndarray, fmt: Format, scale_dtype) -> tuple[np.ndarray, np.ndarray]:
     zero = fmt.symmetric_zero
-    top = fmt.n_levels - 1
-    m = _signed_absmax(groups)
+    lo, hi = -zero, fmt.n_levels - 1 - zero
+    m = groups[np.arange(groups.shape[0]), np.abs(groups).argmax(axis=1)]  # the signed max-abs value
     m = np.where(m == 0, np.float32(1.0), m)
-
-    def evaluate(scale):
-        u = np.clip(np.rint(groups / scale[:, None]) + zero, 0, top)
-        return _sq_err(groups, scale[:, None] * (u - zero)), u
-
-    def scales_for(ratio):
-        return _round_scale(-ratio * m / zero, scale_dtype)
-
-    ratios, half = clip_ratios(fmt.bits)
-    scale, codes = _search(groups, (scales_for(r) for r in ratios), evaluate)
-    best_ratio = -scale * zero / m
-    scale, codes = _search(groups, [scale, scales_for(best_ratio + half), scales_for(best_ratio - half)], evaluate)
+    scale = _best_scale(groups, fmt.bits, lambda r: _round_scale(-r * m / zero, scale_dtype),
+                        lambda v, s: _uniform_error(v, s, lo, hi))
+    codes = np.clip(np.rint(groups / scale[:, None]), lo, hi) + zero
     return codes.astype(np.uint8), scale
 
 
@@ -207,43 +221,47 @@ def _uniform_asymmetric(groups: np.ndarray, fmt: Format, scale_dtype):
     lo = np.minimum(groups.min(axis=1), 0)
     hi = np.maximum(groups.max(axis=1), 0)
     span = np.where(hi - lo == 0, np.float32(1.0), hi - lo)
-
-    def evaluate(ratio):
-        scale = _round_scale(ratio * span / top, scale_dtype)
-        z = np.clip(np.rint(-ratio * lo / scale), 0, top)
-        u = np.clip(np.rint(groups / scale[:, None]) + z[:, None], 0, top)
-        return _sq_err(groups, scale[:, None] * (u - z[:, None])), u, z
-
-    n = groups.shape[0]
-    ratios, half = clip_ratios(fmt.bits)
-    ratio, codes, zeros = _search(groups, (np.full(n, r, np.float32) for r in ratios), evaluate)
-    ratio, codes, zeros = _search(groups, [ratio, ratio + half, np.maximum(ratio - half, 0.05)], evaluate)
-    scale = _round_scale(ratio * span / top, scale_dtype)
+    # The zero point puts the group's minimum on level 0; shrinking the range by a ratio scales
+    # both ends alike, so z does not depend on the ratio.
+    zeros = np.clip(np.rint(-lo * top / span), 0, top).astype(np.float32)
+    lo_level, hi_level = -zeros[:, None], (top - zeros)[:, None]
+    scale = _best_scale(groups, fmt.bits, lambda r: _round_scale(r * span / top, scale_dtype),
+                        lambda v, s: _uniform_error(v, s, lo_level, hi_level))
+    codes = np.clip(np.rint(groups / scale[:, None]), lo_level, hi_level) + zeros[:, None]
     return codes.astype(np.uint8), scale, zeros.astype(np.uint8)
 
 
 def _nearest(values: np.ndarray, levels: np.ndarray) -> np.ndarray:
-    """Index of the nearest level (levels ascending) for every value."""
-    mids = (levels[1:] + levels[:-1]) / 2
-    return np.searchsorted(mids, values).astype(np.uint8)
+    """Index of the nearest level (levels ascending: [L], or [rows, L] one set per row of values).
+
+    Counting the midpoints below each value is one compare-and-add pass per midpoint, several
+    times faster than searchsorted for the 2 to 16 levels of these formats.
+    """
+    mids = (levels[..., 1:] + levels[..., :-1]) / 2
+    codes = np.zeros(values.shape, dtype=np.uint8)
+    for j in range(mids.shape[-1]):
+        codes += values > (mids[..., j, None] if mids.ndim == 2 else mids[j])
+    return codes
+
+
+def _table_error(values: np.ndarray, scale: np.ndarray, table: np.ndarray) -> np.ndarray:
+    v = values * (1.0 / scale)[:, None]
+    q = np.full(values.shape, table[0], dtype=np.float32)
+    mids = (table[1:] + table[:-1]) / 2
+    for j in range(len(mids)):
+        q += (v > mids[j]) * np.float32(table[j + 1] - table[j])
+    q *= scale[:, None]
+    np.subtract(values, q, out=q)
+    return np.einsum("ij,ij->i", q, q)
 
 
 def _table(groups: np.ndarray, table: np.ndarray, scale_dtype):
     absmax = np.abs(groups).max(axis=1)
     absmax = np.where(absmax == 0, np.float32(1.0), absmax)
-    signs = (1.0,) if np.allclose(table, -table[::-1]) else (1.0, -1.0)
-
-    def evaluate(scale):
-        u = _nearest(groups / scale[:, None], table)
-        return _sq_err(groups, scale[:, None] * table[u]), u
-
-    ratios, half = clip_ratios(2)
-    candidates = [_round_scale(sign * r * absmax, scale_dtype) for sign in signs for r in ratios]
-    scale, codes = _search(groups, candidates, evaluate)
-    ratio = scale / absmax
-    scale, codes = _search(groups, [scale, _round_scale((ratio + np.sign(ratio) * half) * absmax, scale_dtype),
-                                    _round_scale((ratio - np.sign(ratio) * half) * absmax, scale_dtype)], evaluate)
-    return codes, scale
+    mirror = np.allclose(table, -table[::-1])  # else try both signs: the finer side goes where it helps
+    scale = _best_scale(groups, 2, lambda r: _round_scale(r * absmax, scale_dtype),
+                        lambda v, s: _table_error(v, s, table), signed=not mirror)
+    return _nearest(groups / scale[:, None], table), scale
 
 
 def _sign(groups: np.ndarray, scale_dtype):
@@ -257,17 +275,29 @@ def _group_absmax(groups: np.ndarray, scale_dtype) -> np.ndarray:
 
 
 def _fit_codebooks(matrix: np.ndarray, fmt: Format, spec: QuantSpec, group: int) -> np.ndarray:
-    """Lloyd-Max levels for the max-abs-normalised values: [1, L] per tensor or [rows, L] per channel."""
+    """Lloyd-Max levels for the max-abs-normalised values: [1, L] per tensor or [rows, L] per channel.
+
+    Per tensor the levels are fitted on an evenly strided sample of at most LLOYD_SAMPLES values
+    (plenty for 16 levels, and memory stays bounded); per channel each row is fitted whole,
+    a chunk of rows at a time.
+    """
     scale_dtype = SCALE_DTYPES[spec.scale_dtype]
-    normalised = np.empty(matrix.shape, dtype=np.float32)
+    stride = max(1, matrix.size // LLOYD_SAMPLES)
     chunk_rows = max(1, CHUNK_ELEMENTS // matrix.shape[1])
+    books, samples, seen = [], [], 0
     for start in range(0, matrix.shape[0], chunk_rows):
         block = np.asarray(matrix[start : start + chunk_rows], dtype=np.float32)
         groups = block.reshape(-1, group)
-        normalised[start : start + block.shape[0]] = (groups / _group_absmax(groups, scale_dtype)[:, None]).reshape(block.shape)
+        normalised = (groups / _group_absmax(groups, scale_dtype)[:, None]).reshape(block.shape)
+        if spec.codebook == "channel":
+            books.append(lloyd_max(normalised, fmt.n_levels))
+        else:
+            flat = normalised.ravel()
+            samples.append(flat[(-seen) % stride :: stride])  # the global stride, continued across chunks
+            seen += flat.size
     if spec.codebook == "channel":
-        return lloyd_max(normalised, fmt.n_levels)
-    return lloyd_max(normalised.reshape(1, -1), fmt.n_levels)
+        return np.concatenate(books)
+    return lloyd_max(np.concatenate(samples)[None, :], fmt.n_levels)
 
 
 def lloyd_max(values: np.ndarray, n_levels: int, iterations: int = LLOYD_ITERATIONS) -> np.ndarray:
@@ -300,20 +330,14 @@ def _fitted(groups: np.ndarray, codebooks: np.ndarray, block_rows: int, scale_dt
     """Codes = nearest fitted level of the normalised values; then a least-squares scale per group."""
     scale = _group_absmax(groups, scale_dtype)
     normalised = groups / scale[:, None]
-    groups_per_row = groups.shape[0] // block_rows
     if codebooks.shape[0] == 1:
-        codes = _nearest(normalised, codebooks[0])
-        levels = codebooks[0][codes]
-    else:
-        # One searchsorted for all rows: shift row r's values and midpoints by 4r (all lie in [-1, 1]).
-        row_of_group = np.arange(groups.shape[0]) // groups_per_row
-        shift = 4.0 * np.arange(block_rows)[:, None]
-        mids = ((codebooks[:, 1:] + codebooks[:, :-1]) / 2 + shift).ravel()
-        found = np.searchsorted(mids, normalised + 4.0 * row_of_group[:, None])
-        codes = (found - row_of_group[:, None] * (codebooks.shape[1] - 1)).astype(np.uint8)
-        levels = np.take_along_axis(codebooks[row_of_group], codes.astype(np.int64), axis=1)
+        book = codebooks[0]
+    else:  # one codebook per output row, repeated for each of the row's groups
+        book = np.repeat(codebooks, groups.shape[0] // block_rows, axis=0)
+    codes = _nearest(normalised, book)
+    levels = book[codes] if book.ndim == 1 else np.take_along_axis(book, codes.astype(np.intp), axis=1)
     # For fixed codes, s = <w, c> / <c, c> minimises |w - s c|^2; keep the max-abs scale where the
-    # rescale would not be representable or better.
+    # rescale is not better once rounded to the stored dtype.
     energy = np.einsum("ij,ij->i", levels, levels)
     fitted = np.where(energy > 0, np.einsum("ij,ij->i", groups, levels) / np.maximum(energy, 1e-30), scale)
     fitted = _round_scale(fitted, scale_dtype)

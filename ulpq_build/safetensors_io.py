@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import math
+import mmap
 import os
 import struct
 from pathlib import Path
@@ -30,8 +31,8 @@ DTYPES = {
     "U64": np.dtype("<u8"), "U32": np.dtype("<u4"), "U16": np.dtype("<u2"), "U8": np.dtype("u1"),
     "BOOL": np.dtype("?"),
 }
-CODES = {"float64": "F64", "float32": "F32", "float16": "F16", "int64": "I64", "int32": "I32", "int16": "I16",
-         "int8": "I8", "uint64": "U64", "uint32": "U32", "uint16": "U16", "uint8": "U8", "bool": "BOOL"}
+CODES = {"float64": "F64", "float32": "F32", "float16": "F16", "bfloat16": "BF16", "int64": "I64", "int32": "I32",
+         "int16": "I16", "int8": "I8", "uint64": "U64", "uint32": "U32", "uint16": "U16", "uint8": "U8", "bool": "BOOL"}
 MAX_HEADER = 100 * 1024 * 1024
 
 
@@ -107,28 +108,57 @@ class SafetensorsFile:
         code = self.entries[name][0]
         return "bfloat16" if code == "BF16" else str(DTYPES[code])
 
+    def raw(self, name: str) -> np.ndarray:
+        """The stored values as numpy, a read-only view of the map (bfloat16 as its uint16 bits)."""
+        code, shape, begin, end = self.entries[name]
+        return self._map[self.data_start + begin : self.data_start + end].view(DTYPES[code]).reshape(shape)
+
     def tensor(self, name: str) -> np.ndarray:
         """The tensor as numpy (a read-only view of the map; bfloat16 is widened to float32)."""
-        code, shape, begin, end = self.entries[name]
-        raw = self._map[self.data_start + begin : self.data_start + end]
-        values = raw.view(DTYPES[code]).reshape(shape)
-        if code == "BF16":
+        values = self.raw(name)
+        if self.entries[name][0] == "BF16":
             return (values.astype(np.uint32) << 16).view(np.float32)
         return values
+
+    def release(self, name: str) -> None:
+        """Drop the pages of a tensor that has been used, so a streaming pass over a large file
+        keeps only about one tensor resident (the kernel re-reads them if touched again)."""
+        _, _, begin, end = self.entries[name]
+        raw = getattr(self._map, "_mmap", None)
+        if raw is None or not hasattr(raw, "madvise"):
+            return
+        page = mmap.PAGESIZE
+        start = (self.data_start + begin) // page * page
+        stop = -(-(self.data_start + end) // page) * page
+        if stop > start:
+            raw.madvise(mmap.MADV_DONTNEED, start, min(stop, len(raw)) - start)
 
     def __iter__(self) -> Iterator[str]:
         return iter(self.entries)
 
 
+def storage_dtype(dtype: str) -> np.dtype:
+    """The numpy dtype that holds a tensor of `dtype` on disk (bfloat16 as its uint16 bits)."""
+    return DTYPES["BF16"] if str(dtype) == "bfloat16" else np.dtype(dtype)
+
+
+def to_bfloat16_bits(values: np.ndarray) -> np.ndarray:
+    """float32 -> bfloat16 bits (uint16), rounding to nearest even."""
+    bits = np.ascontiguousarray(values, dtype=np.float32).view(np.uint32)
+    rounded = bits + 0x7FFF + ((bits >> 16) & 1)
+    return (rounded >> 16).astype(np.uint16)
+
+
 def write_safetensors(path: Path, specs: list[tuple[str, str, tuple[int, ...]]],
                       tensors: Iterable[np.ndarray], metadata: dict[str, str] | None = None) -> None:
-    """Stream a safetensors file: `specs` = [(name, numpy dtype name, shape)] in file order, then
-    `tensors` yields the arrays in that order (each checked against its spec as it arrives)."""
+    """Stream a safetensors file: `specs` = [(name, dtype name, shape)] in file order, then
+    `tensors` yields the arrays in that order (each checked against its spec as it arrives;
+    a "bfloat16" tensor comes as its uint16 bits)."""
     header: dict = {}
     offset = 0
     for name, dtype, shape in specs:
-        nbytes = math.prod(shape) * np.dtype(dtype).itemsize
-        header[name] = {"dtype": CODES[str(np.dtype(dtype))], "shape": list(shape), "data_offsets": [offset, offset + nbytes]}
+        nbytes = math.prod(shape) * storage_dtype(dtype).itemsize
+        header[name] = {"dtype": CODES[str(dtype)], "shape": list(shape), "data_offsets": [offset, offset + nbytes]}
         offset += nbytes
     if metadata:
         header["__metadata__"] = metadata
@@ -140,7 +170,7 @@ def write_safetensors(path: Path, specs: list[tuple[str, str, tuple[int, ...]]],
         count = 0
         for (name, dtype, shape), array in zip(specs, tensors):
             array = np.ascontiguousarray(array)
-            if str(array.dtype) != str(np.dtype(dtype)) or tuple(array.shape) != tuple(shape):
+            if array.dtype != storage_dtype(dtype) or tuple(array.shape) != tuple(shape):
                 raise ValueError(f"{name}: produced {array.dtype}{list(array.shape)}, header says {dtype}{list(shape)}")
             f.write(array.astype(array.dtype.newbyteorder("<"), copy=False).tobytes())
             count += 1
