@@ -27,6 +27,7 @@ from ulpq_build.default_model import write_default_model
 from ulpq_build.errors import UserError
 from ulpq_build.formats import FORMATS
 from ulpq_build.model_source import ModelSource, open_model
+from ulpq_build.checkpoint import iter_quantized
 from ulpq_build.config import resolve_options
 from ulpq_build.plan import Plan, resolve_plan
 from ulpq_build.profiles import PROFILES
@@ -143,8 +144,8 @@ def build_bundle(model_path: Path | None, out: Path, overrides: dict | None = No
 def _write_bundle(folder: Path, source: ModelSource, model_name: str, model: dict, plan: Plan, default: QuantSpec) -> dict:
     shards = ShardWriter(folder)
     tensors = []
-    for entry in plan.entries:
-        qt = quantize(entry.name, source.weights.tensor(entry.name), entry.spec)
+    for entry, qt in iter_quantized(source.weights, plan):
+        qt = qt or quantize(entry.name, source.weights.tensor(entry.name), entry.spec)  # float32 in bundles
         parts = {part: shards.add(array, f"tensor {entry.name!r} ({part})") for part, array in qt.parts.items()}
         tensors.append({"name": entry.name, "shape": list(qt.shape), "dtype": qt.dtype, "format": entry.spec.format,
                         "spec": entry.spec.to_json(), "matrix": qt.matrix_layout(),

@@ -19,7 +19,7 @@ import numpy as np
 
 from ulpq_build.atomic import atomic_file
 from ulpq_build.errors import UserError
-from ulpq_build.plan import Plan
+from ulpq_build.plan import Plan, PlanEntry
 from ulpq_build.quantize import QuantizedTensor, dequantize, quantize
 from ulpq_build.quantspec import QuantSpec, part_layout
 from ulpq_build.safetensors_io import SafetensorsFile, to_bfloat16_bits, write_safetensors
@@ -31,6 +31,16 @@ PART_SEPARATOR = ":"
 
 def part_name(tensor: str, part: str) -> str:
     return f"{tensor}{PART_SEPARATOR}{part}"
+
+
+def iter_quantized(source: SafetensorsFile, plan: Plan) -> Iterator[tuple[PlanEntry, QuantizedTensor | None]]:
+    """Yield (entry, quantized tensor) in plan order (None for tensors kept as stored); each
+    tensor's input pages are released once the caller is done with it, so about one tensor is
+    resident at a time."""
+    for entry in plan.entries:
+        quantized = entry.spec.fmt.quantized
+        yield entry, quantize(entry.name, source.tensor(entry.name), entry.spec) if quantized else None
+        source.release(entry.name)
 
 
 def write_quantized(source: SafetensorsFile, plan: Plan, out: Path, *, source_name: str) -> None:
@@ -48,12 +58,11 @@ def write_quantized(source: SafetensorsFile, plan: Plan, out: Path, *, source_na
                                           "plan": plan.to_json()}, separators=(",", ":"))}
 
     def produce() -> Iterator[np.ndarray]:
-        for entry in plan.entries:
-            if entry.spec.fmt.quantized:
-                yield from quantize(entry.name, source.tensor(entry.name), entry.spec).parts.values()
+        for entry, qt in iter_quantized(source, plan):
+            if qt is not None:
+                yield from qt.parts.values()
             else:
                 yield source.raw(entry.name)  # unchanged bytes (bfloat16 as its bits)
-            source.release(entry.name)
 
     with atomic_file(out) as tmp:
         write_safetensors(tmp, specs, produce(), metadata)

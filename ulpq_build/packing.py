@@ -22,18 +22,19 @@ def pack(codes: np.ndarray, fmt: Format) -> np.ndarray:
     n = codes.shape[-1]
     lead = codes.shape[:-1]
     n_blocks = -(-n // fmt.block_values)
-    padded = np.zeros((*lead, n_blocks * fmt.block_values), dtype=np.uint64)
-    padded[..., :n] = codes
-    blocks = padded.reshape(*lead, n_blocks, fmt.block_values)
-    words = np.zeros((*lead, n_blocks, fmt.block_words), dtype=np.uint64)
+    if n % fmt.block_values:
+        padded = np.zeros((*lead, n_blocks * fmt.block_values), dtype=codes.dtype)
+        padded[..., :n] = codes
+        codes = padded
+    blocks = codes.reshape(*lead, n_blocks, fmt.block_values)
+    words = np.zeros((*lead, n_blocks, fmt.block_words), dtype=np.uint32)
     for j in range(fmt.block_values):
-        bit = fmt.bits * j
-        word, offset = divmod(bit, 32)
-        value = blocks[..., j]
-        words[..., word] |= (value << np.uint64(offset)) & np.uint64(0xFFFFFFFF)
-        if offset + fmt.bits > 32:  # the value straddles: its high bits spill into the next word
-            words[..., word + 1] |= value >> np.uint64(32 - offset)
-    flat = words.reshape(*lead, n_blocks * fmt.block_words).astype(np.uint32)
+        word, offset = divmod(fmt.bits * j, 32)
+        value = blocks[..., j].astype(np.uint32)
+        words[..., word] |= value << np.uint32(offset)  # u32 shifts drop the bits that spill over
+        if offset + fmt.bits > 32:  # the value straddles: its high bits go to the next word
+            words[..., word + 1] |= value >> np.uint32(32 - offset)
+    flat = words.reshape(*lead, n_blocks * fmt.block_words)
     return np.ascontiguousarray(flat[..., : fmt.words_per_row(n)])
 
 
@@ -46,16 +47,17 @@ def unpack(words: np.ndarray, fmt: Format, n: int) -> np.ndarray:
     if words.shape[-1] != fmt.words_per_row(n):
         raise ValueError(f"{fmt.name}: {n} values take {fmt.words_per_row(n)} words, got {words.shape[-1]}")
     n_blocks = -(-n // fmt.block_values)
-    padded = np.zeros((*lead, n_blocks * fmt.block_words), dtype=np.uint64)
-    padded[..., : words.shape[-1]] = words
-    blocks = padded.reshape(*lead, n_blocks, fmt.block_words)
+    if words.shape[-1] != n_blocks * fmt.block_words:
+        padded = np.zeros((*lead, n_blocks * fmt.block_words), dtype=np.uint32)
+        padded[..., : words.shape[-1]] = words
+        words = padded
+    blocks = words.reshape(*lead, n_blocks, fmt.block_words)
     codes = np.empty((*lead, n_blocks, fmt.block_values), dtype=np.uint8)
-    mask = np.uint64(fmt.mask)
+    mask = np.uint32(fmt.mask)
     for j in range(fmt.block_values):
-        bit = fmt.bits * j
-        word, offset = divmod(bit, 32)
-        value = blocks[..., word] >> np.uint64(offset)
+        word, offset = divmod(fmt.bits * j, 32)
+        value = blocks[..., word] >> np.uint32(offset)
         if offset + fmt.bits > 32:
-            value |= blocks[..., word + 1] << np.uint64(32 - offset)
+            value |= blocks[..., word + 1] << np.uint32(32 - offset)
         codes[..., j] = value & mask
     return codes.reshape(*lead, n_blocks * fmt.block_values)[..., :n]

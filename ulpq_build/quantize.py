@@ -32,7 +32,7 @@ from ulpq_build.quantspec import PER_CHANNEL, PER_TENSOR, SCALE_DTYPES, QuantSpe
 CHUNK_ELEMENTS = 1 << 19  # values per processing chunk (scratch memory ~ a few x 2 MiB)
 SEARCH_SAMPLE = 128  # values per group that score the coarse clipping grid
 LLOYD_ITERATIONS = 24
-LLOYD_SAMPLES = 1 << 20  # values a per-tensor codebook is fitted on
+LLOYD_SAMPLES = 1 << 18  # values a per-tensor codebook is fitted on
 
 
 def clip_ratios(bits: int) -> tuple[np.ndarray, float]:
@@ -112,6 +112,14 @@ def quantize(name: str, w: np.ndarray, spec: QuantSpec) -> QuantizedTensor:
     return QuantizedTensor(name, tuple(int(d) for d in w.shape), str(w.dtype), spec, parts)
 
 
+def _row_chunks(matrix: np.ndarray, work) -> list:
+    """Apply work(start, float32 block) to consecutive row chunks of about CHUNK_ELEMENTS values,
+    in order: scratch memory stays a few chunks whatever the tensor size."""
+    chunk_rows = max(1, CHUNK_ELEMENTS // matrix.shape[1])
+    return [work(start, np.asarray(matrix[start : start + chunk_rows], dtype=np.float32))
+            for start in range(0, matrix.shape[0], chunk_rows)]
+
+
 def _quantize_rows(matrix: np.ndarray, fmt: Format, spec: QuantSpec, *, k_row: int, rows: int) -> dict[str, np.ndarray]:
     """Quantize the rows of `matrix` (one row per scale group set) and pack codes per output row.
 
@@ -120,17 +128,14 @@ def _quantize_rows(matrix: np.ndarray, fmt: Format, spec: QuantSpec, *, k_row: i
     """
     group = matrix.shape[1] if spec.group_size in (PER_CHANNEL, PER_TENSOR) else spec.group_size
     scale_dtype = SCALE_DTYPES[spec.scale_dtype]
-    codebook = None
-    if fmt.levels == "fitted":
-        codebook = _fit_codebooks(matrix, fmt, spec, group)
-    chunk_rows = max(1, CHUNK_ELEMENTS // matrix.shape[1])
-    codes_out, scales_out, zeros_out = [], [], []
-    for start in range(0, matrix.shape[0], chunk_rows):
-        block = np.asarray(matrix[start : start + chunk_rows], dtype=np.float32)
+    codebook = _fit_codebooks(matrix, fmt, spec, group) if fmt.levels == "fitted" else None
+
+    def work(start: int, block: np.ndarray):
         groups = block.reshape(-1, group)
+        zeros = None
         if fmt.levels == "uniform" and spec.asymmetric:
             codes, scales, zeros = _uniform_asymmetric(groups, fmt, scale_dtype)
-            zeros_out.append(zeros.reshape(block.shape[0], -1))
+            zeros = zeros.reshape(block.shape[0], -1)
         elif fmt.levels == "uniform":
             codes, scales = _uniform_symmetric(groups, fmt, scale_dtype)
         elif fmt.levels == "table" and fmt.scale_rule == "mean-abs":
@@ -140,8 +145,9 @@ def _quantize_rows(matrix: np.ndarray, fmt: Format, spec: QuantSpec, *, k_row: i
         else:
             books = codebook if codebook.shape[0] == 1 else codebook[start : start + block.shape[0]]
             codes, scales = _fitted(groups, books, block.shape[0], scale_dtype)
-        codes_out.append(pack(codes.reshape(-1, k_row), fmt))
-        scales_out.append(scales.reshape(block.shape[0], -1))
+        return pack(codes.reshape(-1, k_row), fmt), scales.reshape(block.shape[0], -1), zeros
+
+    codes_out, scales_out, zeros_out = zip(*_row_chunks(matrix, work))
     parts = {"codes": np.concatenate(codes_out), "scales": np.concatenate(scales_out).astype(scale_dtype)}
     if spec.asymmetric:
         parts["zeros"] = np.concatenate(zeros_out)
@@ -160,60 +166,64 @@ def _sq_err(groups: np.ndarray, approx: np.ndarray) -> np.ndarray:
     return np.einsum("ij,ij->i", d, d)
 
 
-def _best_scale(groups: np.ndarray, bits: int, make_scale, error_of, *, signed: bool = False) -> np.ndarray:
-    """The scale per group with the least squared error among clipping ratios.
+def _search(groups: np.ndarray, bits: int, make_scale, evaluate, *, signed: bool = False):
+    """The scale per group with the least squared error among clipping ratios, and its codes.
 
-    The coarse grid is scored on an evenly strided sample of each group (at least SEARCH_SAMPLE
-    values); the best ratio, its two half-step neighbours and plain max-abs (ratio 1) are then
-    scored on every value, so the result is never worse than max-abs. `make_scale(ratios)` maps
-    per-group ratios to stored scales; `error_of(values, scales)` gives per-group squared error.
-    With signed=True negative ratios (a negated scale) are searched too.
+    The coarse grid, then the two half-step neighbours of its best ratio, are scored on an
+    evenly strided sample of each group (at least SEARCH_SAMPLE values). The winner and plain
+    max-abs (ratio 1) are then scored on every value, so the result is never worse than max-abs,
+    and those two full passes also yield the codes. `make_scale(ratios)` maps per-group ratios
+    to stored scales; `evaluate(values, scales, codes)` returns the per-group squared error, and
+    with codes=True also the codes. With signed=True a negated scale is tried too (value sets
+    that are not mirror-symmetric), the sign chosen per group before the magnitude search.
     """
     ratios, half = clip_ratios(bits)
     n = groups.shape[0]
-    sample = groups[:, :: max(1, groups.shape[1] // SEARCH_SAMPLE)]
+    sample = np.ascontiguousarray(groups[:, :: max(1, groups.shape[1] // SEARCH_SAMPLE)])
     sign = np.ones(n, np.float32)
-    if signed:  # pick each group's sign once, at a mid-grid ratio, then search magnitudes
+    if signed:
         mid = np.full(n, ratios[len(ratios) // 2], np.float32)
-        sign = np.where(error_of(sample, make_scale(-mid)) < error_of(sample, make_scale(mid)), np.float32(-1), sign)
+        sign = np.where(evaluate(sample, make_scale(-mid), False) < evaluate(sample, make_scale(mid), False),
+                        np.float32(-1), sign)
     best_err = np.full(n, np.inf)
     best = sign.copy()
-    for r in ratios:
-        err = error_of(sample, make_scale(sign * r))
+    step = sign * np.float32(half)
+    candidates = [sign * r for r in ratios]
+    for i in range(len(candidates) + 2):
+        if i == len(candidates):  # refine around the grid's winner
+            candidates += [best + step, best - step]
+        err = evaluate(sample, make_scale(candidates[i]), False)
         better = err < best_err
         best_err = np.where(better, err, best_err)
-        best = np.where(better, sign * r, best)
-    step = sign * np.float32(half)
-    scale = make_scale(np.ones(n, np.float32))
-    err = error_of(groups, scale)
-    for r in (best, best + step, best - step):
-        candidate = make_scale(r)
-        candidate_err = error_of(groups, candidate)
-        better = candidate_err < err
-        err = np.where(better, candidate_err, err)
-        scale = np.where(better, candidate, scale)
-    return scale
+        best = np.where(better, candidates[i], best)
+    maxabs, chosen = make_scale(np.ones(n, np.float32)), make_scale(best)
+    err_maxabs, codes_maxabs = evaluate(groups, maxabs, True)
+    err_chosen, codes_chosen = evaluate(groups, chosen, True)
+    better = err_chosen < err_maxabs
+    return np.where(better, chosen, maxabs), np.where(better[:, None], codes_chosen, codes_maxabs)
 
 
-def _uniform_error(values: np.ndarray, scale: np.ndarray, lo, hi) -> np.ndarray:
-    """Squared error per group of rounding values/scale to the integer levels [lo, hi] (in place, one buffer)."""
-    buf = values * (1.0 / scale)[:, None]
-    np.rint(buf, out=buf)
-    np.clip(buf, lo, hi, out=buf)
-    buf *= scale[:, None]
-    np.subtract(values, buf, out=buf)
-    return np.einsum("ij,ij->i", buf, buf)
+def _uniform_evaluate(lo, hi):
+    """evaluate() for integer levels lo..hi (per-group arrays allowed): codes are the levels."""
+    def evaluate(values, scale, codes):
+        # The error in level units times scale^2: one pass fewer than rebuilding the values.
+        v = values * (1.0 / scale)[:, None]
+        levels = np.rint(v)
+        np.clip(levels, lo, hi, out=levels)
+        np.subtract(v, levels, out=v)
+        err = np.einsum("ij,ij->i", v, v) * (scale * scale)
+        return (err, levels) if codes else err
+
+    return evaluate
 
 
 def _uniform_symmetric(groups: np.ndarray, fmt: Format, scale_dtype) -> tuple[np.ndarray, np.ndarray]:
     zero = fmt.symmetric_zero
-    lo, hi = -zero, fmt.n_levels - 1 - zero
     m = groups[np.arange(groups.shape[0]), np.abs(groups).argmax(axis=1)]  # the signed max-abs value
     m = np.where(m == 0, np.float32(1.0), m)
-    scale = _best_scale(groups, fmt.bits, lambda r: _round_scale(-r * m / zero, scale_dtype),
-                        lambda v, s: _uniform_error(v, s, lo, hi))
-    codes = np.clip(np.rint(groups / scale[:, None]), lo, hi) + zero
-    return codes.astype(np.uint8), scale
+    scale, levels = _search(groups, fmt.bits, lambda r: _round_scale(-r * m / zero, scale_dtype),
+                            _uniform_evaluate(-zero, fmt.n_levels - 1 - zero))
+    return (levels + zero).astype(np.uint8), scale
 
 
 def _uniform_asymmetric(groups: np.ndarray, fmt: Format, scale_dtype):
@@ -224,11 +234,9 @@ def _uniform_asymmetric(groups: np.ndarray, fmt: Format, scale_dtype):
     # The zero point puts the group's minimum on level 0; shrinking the range by a ratio scales
     # both ends alike, so z does not depend on the ratio.
     zeros = np.clip(np.rint(-lo * top / span), 0, top).astype(np.float32)
-    lo_level, hi_level = -zeros[:, None], (top - zeros)[:, None]
-    scale = _best_scale(groups, fmt.bits, lambda r: _round_scale(r * span / top, scale_dtype),
-                        lambda v, s: _uniform_error(v, s, lo_level, hi_level))
-    codes = np.clip(np.rint(groups / scale[:, None]), lo_level, hi_level) + zeros[:, None]
-    return codes.astype(np.uint8), scale, zeros.astype(np.uint8)
+    scale, levels = _search(groups, fmt.bits, lambda r: _round_scale(r * span / top, scale_dtype),
+                            _uniform_evaluate(-zeros[:, None], (top - zeros)[:, None]))
+    return (levels + zeros[:, None]).astype(np.uint8), scale, zeros.astype(np.uint8)
 
 
 def _nearest(values: np.ndarray, levels: np.ndarray) -> np.ndarray:
@@ -244,24 +252,35 @@ def _nearest(values: np.ndarray, levels: np.ndarray) -> np.ndarray:
     return codes
 
 
-def _table_error(values: np.ndarray, scale: np.ndarray, table: np.ndarray) -> np.ndarray:
-    v = values * (1.0 / scale)[:, None]
-    q = np.full(values.shape, table[0], dtype=np.float32)
+def _table_evaluate(table: np.ndarray):
+    """evaluate() for a fixed value set: nearest level by counting midpoints, as in _nearest."""
     mids = (table[1:] + table[:-1]) / 2
-    for j in range(len(mids)):
-        q += (v > mids[j]) * np.float32(table[j + 1] - table[j])
-    q *= scale[:, None]
-    np.subtract(values, q, out=q)
-    return np.einsum("ij,ij->i", q, q)
+    steps = np.diff(table).astype(np.float32)
+
+    def evaluate(values, scale, codes):
+        v = values * (1.0 / scale)[:, None]
+        q = np.full(values.shape, table[0], dtype=np.float32)
+        u = np.zeros(values.shape, dtype=np.uint8) if codes else None
+        for mid, step in zip(mids, steps):
+            above = v > mid
+            q += above * step
+            if codes:
+                u += above
+        q *= scale[:, None]
+        np.subtract(values, q, out=q)
+        err = np.einsum("ij,ij->i", q, q)
+        return (err, u) if codes else err
+
+    return evaluate
 
 
 def _table(groups: np.ndarray, table: np.ndarray, scale_dtype):
     absmax = np.abs(groups).max(axis=1)
     absmax = np.where(absmax == 0, np.float32(1.0), absmax)
     mirror = np.allclose(table, -table[::-1])  # else try both signs: the finer side goes where it helps
-    scale = _best_scale(groups, 2, lambda r: _round_scale(r * absmax, scale_dtype),
-                        lambda v, s: _table_error(v, s, table), signed=not mirror)
-    return _nearest(groups / scale[:, None], table), scale
+    scale, codes = _search(groups, 2, lambda r: _round_scale(r * absmax, scale_dtype), _table_evaluate(table),
+                           signed=not mirror)
+    return codes, scale
 
 
 def _sign(groups: np.ndarray, scale_dtype):
@@ -283,21 +302,19 @@ def _fit_codebooks(matrix: np.ndarray, fmt: Format, spec: QuantSpec, group: int)
     """
     scale_dtype = SCALE_DTYPES[spec.scale_dtype]
     stride = max(1, matrix.size // LLOYD_SAMPLES)
-    chunk_rows = max(1, CHUNK_ELEMENTS // matrix.shape[1])
-    books, samples, seen = [], [], 0
-    for start in range(0, matrix.shape[0], chunk_rows):
-        block = np.asarray(matrix[start : start + chunk_rows], dtype=np.float32)
+
+    def work(start: int, block: np.ndarray):
         groups = block.reshape(-1, group)
         normalised = (groups / _group_absmax(groups, scale_dtype)[:, None]).reshape(block.shape)
         if spec.codebook == "channel":
-            books.append(lloyd_max(normalised, fmt.n_levels))
-        else:
-            flat = normalised.ravel()
-            samples.append(flat[(-seen) % stride :: stride])  # the global stride, continued across chunks
-            seen += flat.size
+            return lloyd_max(normalised, fmt.n_levels)
+        first = (-start * block.shape[1]) % stride  # the global stride, continued across chunks
+        return normalised.ravel()[first::stride]
+
+    results = _row_chunks(matrix, work)
     if spec.codebook == "channel":
-        return np.concatenate(books)
-    return lloyd_max(np.concatenate(samples)[None, :], fmt.n_levels)
+        return np.concatenate(results)
+    return lloyd_max(np.concatenate(results)[None, :], fmt.n_levels)
 
 
 def lloyd_max(values: np.ndarray, n_levels: int, iterations: int = LLOYD_ITERATIONS) -> np.ndarray:
