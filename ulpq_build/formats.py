@@ -113,6 +113,17 @@ class Format:
         return self.levels == "uniform"
 
     @property
+    def affine_table(self) -> tuple[float, float] | None:
+        """(a, c) when the table is a*u + c (int1: 2u - 1; int2-ternary: 2u/3 - 1), so a kernel
+        can take a dot product with the raw codes and correct once; None otherwise."""
+        if self.levels != "table":
+            return None
+        a, c = self.table[1] - self.table[0], self.table[0]
+        if all(abs(c + a * u - level) < 1e-12 for u, level in enumerate(self.table)):
+            return a, c
+        return None
+
+    @property
     def code_bits_per_value(self) -> float:
         """Storage bits per value for the codes alone (before scales), padding within words included."""
         return self.bits if self.layout in ("stream", "raw") else 32 / self.values_per_word

@@ -17,6 +17,8 @@ import numpy as np
 
 from ulpq_build.profiles import DEFAULT_LIMITS
 from ulpq_build.quantize import QuantizedTensor
+from ulpq_build.kernels import pack_params, workgroups
+from ulpq_build.kernels import render as kernel_render
 from ulpq_build.shaders import LinearVariant, render
 
 ENGINES = {"wgpu": "wgpu", "dawn": "wgpudawn"}
@@ -133,6 +135,69 @@ class LinearRunner:
         self.device.queue.submit([encoder.finish()])
         out = np.frombuffer(self.device.queue.read_buffer(buffers["y"]), dtype=np.float32)[: m * n]
         return out.reshape(m, n).copy()
+
+
+class KernelRunner:
+    """Executes any kernel variant on one device (pipelines cached by key): binds numpy arrays by
+    name, fills the Params uniform by name, dispatches by the kernel's rule, reads outputs back."""
+
+    def __init__(self, device):
+        self.device = device
+        self.wgpu = engine_module("dawn" if type(device).__module__.startswith("wgpudawn") else "wgpu")
+        self._pipelines: dict[str, object] = {}
+
+    def pipeline(self, variant):
+        if variant.key not in self._pipelines:
+            self._pipelines[variant.key] = compile_shader(self.device, kernel_render(variant))
+        return self._pipelines[variant.key]
+
+    def buffer(self, data: np.ndarray, *, readable: bool = False):
+        raw = np.ascontiguousarray(data).tobytes()
+        raw += b"\0" * (-len(raw) % 4 or (4 if not raw else 0))
+        usage = self.wgpu.BufferUsage.STORAGE | self.wgpu.BufferUsage.COPY_DST
+        if readable:
+            usage |= self.wgpu.BufferUsage.COPY_SRC
+        return self.device.create_buffer_with_data(data=raw, usage=usage)
+
+    def run(self, variant, arrays: dict[str, np.ndarray], params: dict, outputs: dict[str, int], *,
+            poison: bool = True, repeat: int = 1, timestamp=None) -> dict[str, np.ndarray]:
+        """arrays: binding name -> input data; outputs: binding name -> float32 count (poisoned
+        with NaN first, so an element the kernel never writes fails any comparison)."""
+        wgpu = self.wgpu
+        buffers = {name: self.buffer(np.asarray(a)) for name, a in arrays.items()}
+        for name, count in outputs.items():
+            buffers[name] = self.buffer(np.full(count, np.nan if poison else 0, np.float32), readable=True)
+        buffers["params"] = self.device.create_buffer_with_data(data=pack_params(variant, params),
+                                                                usage=wgpu.BufferUsage.UNIFORM)
+        pipeline = self.pipeline(variant)
+        missing = [n for n in variant.bindings if n not in buffers]
+        if missing:
+            raise ValueError(f"{variant.key}: no data for bindings {missing}")
+        entries = [{"binding": slot, "resource": {"buffer": buffers[name], "offset": 0, "size": buffers[name].size}}
+                   for name, slot in variant.bindings.items()]
+        bind_group = self.device.create_bind_group(layout=pipeline.get_bind_group_layout(0), entries=entries)
+        grid = workgroups(variant, params)
+        encoder = self.device.create_command_encoder()
+        for _ in range(repeat):
+            compute = encoder.begin_compute_pass()
+            compute.set_pipeline(pipeline)
+            compute.set_bind_group(0, bind_group)
+            compute.dispatch_workgroups(*grid)
+            compute.end()
+        self.device.queue.submit([encoder.finish()])
+        return {name: np.frombuffer(self.device.queue.read_buffer(buffers[name]), np.float32)[:count].copy()
+                for name, count in outputs.items()}
+
+
+def weight_arrays(qt: QuantizedTensor) -> dict[str, np.ndarray]:
+    """A quantized tensor's parts under the kernels' binding names (w.codes, w.scales, ...)."""
+    return {f"w.{part}": array for part, array in qt.parts.items()}
+
+
+def matmul_params(qt: QuantizedTensor, m: int) -> dict:
+    layout = qt.matrix_layout()
+    return {"m": m, "n": layout["rows"], **{k: layout[k] for k in ("k", "words_per_row", "groups_per_row",
+                                                                    "group_size", "codebook_stride")}}
 
 
 @lru_cache(maxsize=None)

@@ -1,0 +1,335 @@
+"""The kernel library: every WGSL kernel is a row of KERNELS (template, bindings, uniform params,
+dispatch rule, compile-time options, per-profile tiles). A variant is a kernel with one value per
+option, a weight storage (for kernels that read packed weights) and a browser profile; its key
+names all of them, heads the rendered shader and indexes the manifest.
+
+The uniform `Params` struct of each kernel is rendered from `params` (name, type) and the JS
+runtime fills it from the same list in the manifest; the workgroup grid comes from the kernel's
+`dispatch` rule, which both this module (`workgroups`) and the runtime (`dispatch.js`)
+implement from the variant's tiles. Adding a kernel is adding a row and a template.
+"""
+
+from __future__ import annotations
+
+import math
+import struct
+from dataclasses import dataclass, field
+from functools import lru_cache
+
+import jinja2
+
+from ulpq_build.formats import Format, get_format
+from ulpq_build.profiles import DEFAULT_LIMITS, Profile, get_profile
+from ulpq_build.resources import templates_dir
+
+MAX_WORKGROUPS_PER_DIM = 65535
+
+
+@dataclass(frozen=True)
+class WeightStorage:
+    """How a kernel's packed weight operand is stored: what a QuantSpec decides for the shader."""
+
+    format: str
+    scale_dtype: str = "float32"
+    asymmetric: bool = False
+
+    @classmethod
+    def of(cls, spec) -> "WeightStorage":
+        if not spec.fmt.quantized:  # raw float weights: scale options do not apply
+            return cls(spec.format)
+        return cls(spec.format, spec.scale_dtype, spec.asymmetric)
+
+    @property
+    def fmt(self) -> Format:
+        return get_format(self.format)
+
+    @property
+    def key(self) -> str:
+        if not self.fmt.quantized:
+            return self.format
+        return f"{self.format}.{'asym' if self.asymmetric else 'sym'}.{'f16' if self.scale_dtype == 'float16' else 'f32'}"
+
+    def parts(self) -> list[str]:
+        """The stored parts a kernel binds for this weight."""
+        if not self.fmt.quantized:
+            return ["codes"]
+        return ["codes", "scales"] + (["zeros"] if self.asymmetric else []) + (["codebook"] if self.fmt.levels == "fitted" else [])
+
+
+@dataclass(frozen=True)
+class Kernel:
+    name: str
+    template: str
+    summary: str
+    bindings: tuple[str, ...]  # storage (and the params uniform) in slot order; weight parts appear as "w.codes" etc.
+    params: tuple[tuple[str, str], ...]  # uniform fields: (name, "u32" | "f32")
+    dispatch: str  # a rule of `workgroups`
+    options: dict[str, tuple] = field(default_factory=dict)  # compile-time options and their allowed values
+    tiles: dict[str, dict] = field(default_factory=dict)  # per profile name; "*" for all
+    weighted: bool = False  # reads a packed weight (its WeightStorage is part of the variant)
+
+    def __post_init__(self) -> None:
+        if self.dispatch == "gemm":  # the template assumes 4x4 outputs per thread covering the tile exactly
+            from ulpq_build.profiles import PROFILES
+
+            for name, prof in PROFILES.items():
+                t = self.tiles_for(name)
+                if (t["reg_m"], t["reg_n"]) != (4, 4) or t["tile_m"] * t["tile_n"] != 16 * prof.workgroup_size:
+                    raise ValueError(f"{self.name}: tiles for {name} do not cover {prof.workgroup_size} threads")
+
+    def tiles_for(self, profile: str) -> dict:
+        return {**self.tiles.get("*", {}), **self.tiles.get(profile, {})}
+
+    def option_defaults(self) -> dict:
+        return {k: v[0] for k, v in self.options.items()}
+
+
+def _reg(*kernels: Kernel) -> dict[str, Kernel]:
+    return {k.name: k for k in kernels}
+
+
+EPILOGUE = {"activation": ("none", "gelu"), "bias": (False, True), "residual": (False, True)}
+
+KERNELS: dict[str, Kernel] = _reg(
+    Kernel(
+        "gemv", "gemv.wgsl.jinja",
+        "y[m, n] = act(x[m, :] . W[n, :] + b[n]) (+ r[m, n]) for few rows m: a workgroup owns `rows` outputs of "
+        "one m; its threads stride over K one packed word at a time, each x load feeding all `rows` rows",
+        ("params", "x", "w.codes", "w.scales", "w.zeros", "w.codebook", "bias", "residual", "y"),
+        (("m", "u32"), ("n", "u32"), ("k", "u32"), ("words_per_row", "u32"), ("groups_per_row", "u32"),
+         ("group_size", "u32"), ("codebook_stride", "u32")),
+        "gemv", dict(EPILOGUE),
+        {"*": {"rows": 4}, "safari": {"rows": 4}},
+        weighted=True,
+    ),
+    Kernel(
+        "gemm", "gemm.wgsl.jinja",
+        "y = act(x . W^T + b) (+ r): tiled; a workgroup computes a tile_m x tile_n block, staging x and the "
+        "dequantized W through workgroup memory tile_k inputs at a time; each thread holds a reg_m x reg_n block",
+        ("params", "x", "w.codes", "w.scales", "w.zeros", "w.codebook", "bias", "residual", "y"),
+        (("m", "u32"), ("n", "u32"), ("k", "u32"), ("words_per_row", "u32"), ("groups_per_row", "u32"),
+         ("group_size", "u32"), ("codebook_stride", "u32")),
+        "gemm", dict(EPILOGUE),
+        {"firefox": {"tile_m": 32, "tile_n": 64, "tile_k": 32, "reg_m": 4, "reg_n": 4},
+         "chrome": {"tile_m": 64, "tile_n": 64, "tile_k": 16, "reg_m": 4, "reg_n": 4},
+         "edge": {"tile_m": 64, "tile_n": 64, "tile_k": 16, "reg_m": 4, "reg_n": 4},
+         "safari": {"tile_m": 128, "tile_n": 64, "tile_k": 16, "reg_m": 4, "reg_n": 4}},
+        weighted=True,
+    ),
+    # Transformer operators. Activations are row-major float32: token t of sequence b is row b * seq + t.
+    Kernel(
+        "embed", "embed.wgsl.jinja",
+        "y[t, :] (+)= W[ids[t], :]: gathers rows of a packed table (word, position or token-type embeddings; "
+        "with float32 storage also any activation, e.g. the [CLS] rows); accumulate adds into y",
+        ("params", "ids", "w.codes", "w.scales", "w.zeros", "w.codebook", "y"),
+        (("tokens", "u32"), ("n", "u32"), ("k", "u32"), ("words_per_row", "u32"), ("groups_per_row", "u32"),
+         ("group_size", "u32"), ("codebook_stride", "u32")),
+        "elementwise", {"accumulate": (False, True)}, weighted=True,
+    ),
+    Kernel(
+        "add", "add.wgsl.jinja", "y[i] = a[i] + b[i % b_count] (b_count = count: elementwise; smaller: broadcast rows)",
+        ("params", "a", "b", "y"), (("count", "u32"), ("b_count", "u32")), "elementwise",
+    ),
+    Kernel(
+        "gelu", "gelu.wgsl.jinja", "y[i] = gelu(x[i]) (erf form)", ("params", "x", "y"), (("count", "u32"),), "elementwise",
+    ),
+    Kernel(
+        "layernorm", "layernorm.wgsl.jinja",
+        "y[r, :] = (x[r, :] - mean) / sqrt(var + eps) * gamma + beta; one workgroup per row",
+        ("params", "x", "gamma", "beta", "y"), (("rows", "u32"), ("cols", "u32"), ("eps", "f32")), "rows",
+    ),
+    Kernel(
+        "softmax", "softmax.wgsl.jinja", "y[r, :] = softmax(x[r, :]); one workgroup per row",
+        ("params", "x", "y"), (("rows", "u32"), ("cols", "u32")), "rows",
+    ),
+    Kernel(
+        "attention", "attention.wgsl.jinja",
+        "y[b*seq+s, h*d:(h+1)*d] = softmax(q_s . k_j^T * scale + mask_j) v_j over keys j of sequence b and head h; "
+        "q, k, v as the projections write them ([batch*seq, heads*head_dim]); mask[b*seq+j] = 1 keeps, 0 pads; "
+        "one workgroup per (query, head, sequence), scores in workgroup memory (seq <= max_seq)",
+        ("params", "q", "k", "v", "mask", "y"),
+        (("batch", "u32"), ("seq", "u32"), ("heads", "u32"), ("head_dim", "u32"), ("scale", "f32")), "attention",
+        {"mask": (True, False)}, {"*": {"max_seq": 512}},
+    ),
+    Kernel(
+        "meanpool", "meanpool.wgsl.jinja",
+        "y[b, :] = sum_s mask[b*seq+s] x[b*seq+s, :] / sum_s mask[b*seq+s], then / ||y[b, :]||_2 if normalize; "
+        "one workgroup per sequence",
+        ("params", "x", "mask", "y"), (("batch", "u32"), ("seq", "u32"), ("hidden", "u32")), "rows",
+        {"normalize": (True, False)},
+    ),
+    Kernel(
+        "im2col", "im2col.wgsl.jinja",
+        "patches[b*P + p, (c*patch + i)*patch + j] = image[b, c, py*patch + i, px*patch + j] for patch p = py*grid_w + px "
+        "of an NCHW image: the patch embedding becomes a gemm with the conv weight [hidden, C*patch*patch]",
+        ("params", "image", "y"),
+        (("batch", "u32"), ("channels", "u32"), ("height", "u32"), ("width", "u32"), ("patch", "u32"),
+         ("count", "u32")), "elementwise",
+    ),
+    Kernel(
+        "vit_tokens", "vit_tokens.wgsl.jinja",
+        "y[b*(P+1) + 0, :] = cls + pos[0, :]; y[b*(P+1) + 1 + p, :] = patches[b*P + p, :] + pos[1 + p, :]",
+        ("params", "patches", "cls", "pos", "y"), (("batch", "u32"), ("patches", "u32"), ("hidden", "u32"),
+                                                   ("count", "u32")), "elementwise",
+    ),
+)
+
+
+@dataclass(frozen=True)
+class KernelVariant:
+    kernel: str
+    profile: str
+    weight: WeightStorage | None = None
+    options: tuple[tuple[str, object], ...] = ()
+
+    @classmethod
+    def make(cls, kernel: str, profile: str, weight: WeightStorage | None = None, **options) -> "KernelVariant":
+        k = KERNELS[kernel]
+        if k.weighted != (weight is not None):
+            raise ValueError(f"{kernel}: {'needs' if k.weighted else 'takes no'} weight storage")
+        unknown = set(options) - set(k.options)
+        if unknown:
+            raise ValueError(f"{kernel}: unknown options {sorted(unknown)}")
+        merged = {**k.option_defaults(), **options}
+        for name, value in merged.items():
+            if value not in k.options[name]:
+                raise ValueError(f"{kernel}: option {name}={value!r} not in {k.options[name]}")
+        return cls(kernel, profile, weight, tuple(sorted(merged.items())))
+
+    @property
+    def spec(self) -> Kernel:
+        return KERNELS[self.kernel]
+
+    @property
+    def prof(self) -> Profile:
+        return get_profile(self.profile)
+
+    @property
+    def opts(self) -> dict:
+        return dict(self.options)
+
+    @property
+    def tiles(self) -> dict:
+        return self.spec.tiles_for(self.profile)
+
+    @property
+    def key(self) -> str:
+        parts = [self.kernel]
+        if self.weight is not None:
+            parts.append(self.weight.key)
+        for name, value in self.options:
+            parts.append(f"{name}-{value}" if not isinstance(value, bool) else (name if value else f"no{name}"))
+        parts.append(self.prof.variant)
+        return ".".join(parts)
+
+    @property
+    def file(self) -> str:
+        return f"shaders/{self.key}.wgsl"
+
+    @property
+    def bindings(self) -> dict[str, int]:
+        """name -> slot for what this variant binds (weight parts its storage lacks and disabled
+        options are left out; slots keep their kernel-wide numbers)."""
+        used = {}
+        weight_parts = set(self.weight.parts()) if self.weight else set()
+        for slot, name in enumerate(self.spec.bindings):
+            if name.startswith("w.") and name[2:] not in weight_parts:
+                continue
+            if name in self.spec.options and not self.opts[name]:
+                continue
+            used[name] = slot
+        return used
+
+    @property
+    def workgroup_storage_bytes(self) -> int:
+        t = self.tiles
+        if self.kernel == "gemm":
+            return 4 * t["tile_k"] * (t["tile_m"] + t["tile_n"])
+        if self.kernel == "gemv":
+            return 4 * self.prof.workgroup_size * t["rows"]
+        if self.kernel == "attention":
+            return 4 * (t["max_seq"] + self.prof.workgroup_size)
+        if self.kernel in ("layernorm", "softmax", "meanpool"):
+            return 4 * 2 * self.prof.workgroup_size
+        return 0
+
+    @property
+    def limits(self) -> dict[str, int]:
+        """Every limit this variant needs (checked against the adapter)."""
+        need = dict(self.prof.limits)
+        need["maxComputeWorkgroupStorageSize"] = self.workgroup_storage_bytes
+        need["maxStorageBuffersPerShaderStage"] = sum(1 for n in self.bindings if n != "params")
+        return need
+
+    @property
+    def required_limits(self) -> dict[str, int]:
+        """The limits above WebGPU's defaults, to name in requestDevice's requiredLimits."""
+        return {k: v for k, v in self.limits.items() if v > DEFAULT_LIMITS[k]}
+
+    def to_manifest(self) -> dict:
+        return {
+            "key": self.key, "file": self.file, "template": self.spec.template, "kernel": self.kernel,
+            "weight": None if self.weight is None else {"key": self.weight.key, "format": self.weight.format,
+                                                         "scale_dtype": self.weight.scale_dtype,
+                                                         "asymmetric": self.weight.asymmetric},
+            "options": self.opts, "profile": self.profile, "workgroup_size": self.prof.workgroup_size,
+            "tiles": self.tiles, "dispatch": self.spec.dispatch, "params": [list(p) for p in self.spec.params],
+            "bindings": self.bindings, "limits": self.limits, "required_limits": self.required_limits,
+        }
+
+
+def _wgsl_float(value: float) -> str:
+    text = repr(float(value))
+    return text if ("." in text or "e" in text) else text + ".0"
+
+
+@lru_cache(maxsize=1)
+def _environment() -> jinja2.Environment:
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(templates_dir())), undefined=jinja2.StrictUndefined,
+                             trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True, autoescape=False)
+    env.filters["wgsl_float"] = _wgsl_float
+    return env
+
+
+def render(variant: KernelVariant) -> str:
+    prof = variant.prof
+    required = ", ".join(f"{k} >= {v}" for k, v in variant.limits.items())
+    extra = variant.required_limits
+    required += f" (request {', '.join(extra)} in requiredLimits)" if extra else " (within WebGPU's defaults)"
+    weight = variant.weight
+    return _environment().get_template(variant.spec.template).render(
+        kernel=variant.spec, key=variant.key, profile=prof, wg=prof.workgroup_size, tiles=variant.tiles,
+        opts=variant.opts, bindings=variant.bindings, params=variant.spec.params, required_limits_text=required,
+        weight=weight, fmt=weight.fmt if weight else None,
+        scale_dtype=weight.scale_dtype if weight else None, asymmetric=weight.asymmetric if weight else False,
+    )
+
+
+def _grid(total: int) -> tuple[int, int]:
+    """Split a count of workgroups into (x, y) with x at most 65535."""
+    x = min(max(total, 1), MAX_WORKGROUPS_PER_DIM)
+    return x, math.ceil(max(total, 1) / x)
+
+
+def workgroups(variant: KernelVariant, dims: dict[str, int]) -> tuple[int, int, int]:
+    """The dispatch grid for `dims` (the kernel's params by name), by the kernel's rule.
+    web_runtime/dispatch.js implements the same rules."""
+    t, wg = variant.tiles, variant.prof.workgroup_size
+    rule = variant.spec.dispatch
+    if rule == "gemv":
+        return (*_grid(math.ceil(dims["n"] / t["rows"]) * dims["m"]), 1)
+    if rule == "gemm":
+        return math.ceil(dims["n"] / t["tile_n"]), math.ceil(dims["m"] / t["tile_m"]), 1
+    if rule == "elementwise":
+        return (*_grid(math.ceil(dims["count"] / wg)), 1)
+    if rule == "rows":
+        return (*_grid(dims["rows"] if "rows" in dims else dims["batch"]), 1)
+    if rule == "attention":  # x: query position, y: head, z: sequence
+        return dims["seq"], dims["heads"], dims["batch"]
+    raise ValueError(f"unknown dispatch rule {rule!r}")
+
+
+def pack_params(variant: KernelVariant, values: dict[str, float]) -> bytes:
+    """The uniform buffer for `values`: fields in the kernel's order, padded to 16 bytes."""
+    raw = b"".join(struct.pack("<I" if kind == "u32" else "<f", values[name]) for name, kind in variant.spec.params)
+    return raw + b"\0" * (-len(raw) % 16 or (16 if not raw else 0))
