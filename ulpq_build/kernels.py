@@ -69,13 +69,25 @@ class Kernel:
     weighted: bool = False  # reads a packed weight (its WeightStorage is part of the variant)
 
     def __post_init__(self) -> None:
-        if self.dispatch == "gemm":  # the template assumes 4x4 outputs per thread covering the tile exactly
-            from ulpq_build.profiles import PROFILES
+        from ulpq_build.profiles import PROFILES
 
-            for name, prof in PROFILES.items():
-                t = self.tiles_for(name)
-                if (t["reg_m"], t["reg_n"]) != (4, 4) or t["tile_m"] * t["tile_n"] != 16 * prof.workgroup_size:
-                    raise ValueError(f"{self.name}: tiles for {name} do not cover {prof.workgroup_size} threads")
+        reserved = {"patch", "filter", "target", "type", "set", "shared", "mod", "module", "layout", "resource"}
+        clash = [name for name, _ in self.params if name in reserved]
+        if clash:  # WGSL reserves these words: they cannot name a Params member
+            raise ValueError(f"{self.name}: param {clash[0]!r} is a WGSL reserved word")
+
+        for name in PROFILES:
+            self.check_tiles(name, self.tiles_for(name))
+
+    def check_tiles(self, profile: str, t: dict) -> None:
+        """Tiles must fit the template's assumptions for the profile's workgroup size."""
+        wg = get_profile(profile).workgroup_size
+        if self.dispatch == "gemm":  # reg_m x 4 outputs per thread cover the tile exactly
+            if t["reg_n"] != 4 or t["reg_m"] not in (4, 8) or t["tile_m"] * t["tile_n"] != t["reg_m"] * 4 * wg \
+                    or t["tile_m"] % t["reg_m"] or (t["tile_m"] // 4 * t["tile_k"]) % 1:
+                raise ValueError(f"{self.name}: tiles {t} do not cover {wg} threads of {profile}")
+        if self.dispatch == "gemv" and (wg % t["threads_per_row"] or t["threads_per_row"] & (t["threads_per_row"] - 1)):
+            raise ValueError(f"{self.name}: threads_per_row {t['threads_per_row']} must be a power of two dividing {wg}")
 
     def tiles_for(self, profile: str) -> dict:
         return {**self.tiles.get("*", {}), **self.tiles.get(profile, {})}
@@ -99,7 +111,7 @@ KERNELS: dict[str, Kernel] = _reg(
         (("m", "u32"), ("n", "u32"), ("k", "u32"), ("words_per_row", "u32"), ("groups_per_row", "u32"),
          ("group_size", "u32"), ("codebook_stride", "u32")),
         "gemv", dict(EPILOGUE),
-        {"*": {"rows": 4}, "safari": {"rows": 4}},
+        {"*": {"rows": 4, "threads_per_row": 32}},
         weighted=True,
     ),
     Kernel(
@@ -120,10 +132,11 @@ KERNELS: dict[str, Kernel] = _reg(
     Kernel(
         "embed", "embed.wgsl.jinja",
         "y[t, :] (+)= W[ids[t], :]: gathers rows of a packed table (word, position or token-type embeddings; "
-        "with float32 storage also any activation, e.g. the [CLS] rows); accumulate adds into y",
+        "with float32 storage also any activation, e.g. the [CLS] rows); accumulate adds into y; "
+        "count = tokens * k (the elementwise dispatch); an id >= n gives a zero row",
         ("params", "ids", "w.codes", "w.scales", "w.zeros", "w.codebook", "y"),
         (("tokens", "u32"), ("n", "u32"), ("k", "u32"), ("words_per_row", "u32"), ("groups_per_row", "u32"),
-         ("group_size", "u32"), ("codebook_stride", "u32")),
+         ("group_size", "u32"), ("codebook_stride", "u32"), ("count", "u32")),
         "elementwise", {"accumulate": (False, True)}, weighted=True,
     ),
     Kernel(
@@ -160,10 +173,10 @@ KERNELS: dict[str, Kernel] = _reg(
     ),
     Kernel(
         "im2col", "im2col.wgsl.jinja",
-        "patches[b*P + p, (c*patch + i)*patch + j] = image[b, c, py*patch + i, px*patch + j] for patch p = py*grid_w + px "
+        "patches[b*P + p, (c*patch_size + i)*patch_size + j] = image[b, c, py*patch_size + i, px*patch_size + j] for patch p = py*grid_w + px "
         "of an NCHW image: the patch embedding becomes a gemm with the conv weight [hidden, C*patch*patch]",
         ("params", "image", "y"),
-        (("batch", "u32"), ("channels", "u32"), ("height", "u32"), ("width", "u32"), ("patch", "u32"),
+        (("batch", "u32"), ("channels", "u32"), ("height", "u32"), ("width", "u32"), ("patch_size", "u32"),
          ("count", "u32")), "elementwise",
     ),
     Kernel(
@@ -181,9 +194,11 @@ class KernelVariant:
     profile: str
     weight: WeightStorage | None = None
     options: tuple[tuple[str, object], ...] = ()
+    tile_overrides: tuple[tuple[str, int], ...] = ()  # benchmarks try other tiles; bundles use the table's
 
     @classmethod
-    def make(cls, kernel: str, profile: str, weight: WeightStorage | None = None, **options) -> "KernelVariant":
+    def make(cls, kernel: str, profile: str, weight: WeightStorage | None = None, tiles: dict | None = None,
+             **options) -> "KernelVariant":
         k = KERNELS[kernel]
         if k.weighted != (weight is not None):
             raise ValueError(f"{kernel}: {'needs' if k.weighted else 'takes no'} weight storage")
@@ -194,7 +209,9 @@ class KernelVariant:
         for name, value in merged.items():
             if value not in k.options[name]:
                 raise ValueError(f"{kernel}: option {name}={value!r} not in {k.options[name]}")
-        return cls(kernel, profile, weight, tuple(sorted(merged.items())))
+        variant = cls(kernel, profile, weight, tuple(sorted(merged.items())), tuple(sorted((tiles or {}).items())))
+        k.check_tiles(profile, variant.tiles)
+        return variant
 
     @property
     def spec(self) -> Kernel:
@@ -210,7 +227,7 @@ class KernelVariant:
 
     @property
     def tiles(self) -> dict:
-        return self.spec.tiles_for(self.profile)
+        return {**self.spec.tiles_for(self.profile), **dict(self.tile_overrides)}
 
     @property
     def key(self) -> str:
@@ -219,6 +236,7 @@ class KernelVariant:
             parts.append(self.weight.key)
         for name, value in self.options:
             parts.append(f"{name}-{value}" if not isinstance(value, bool) else (name if value else f"no{name}"))
+        parts.extend(f"{name}{value}" for name, value in self.tile_overrides)
         parts.append(self.prof.variant)
         return ".".join(parts)
 
@@ -247,10 +265,10 @@ class KernelVariant:
             return 4 * t["tile_k"] * (t["tile_m"] + t["tile_n"])
         if self.kernel == "gemv":
             return 4 * self.prof.workgroup_size * t["rows"]
-        if self.kernel == "attention":
+        if self.kernel == "attention":  # the scores of one query row + the reduction array
             return 4 * (t["max_seq"] + self.prof.workgroup_size)
-        if self.kernel in ("layernorm", "softmax", "meanpool"):
-            return 4 * 2 * self.prof.workgroup_size
+        if self.kernel in ("layernorm", "softmax") or (self.kernel == "meanpool" and self.opts["normalize"]):
+            return 4 * self.prof.workgroup_size  # one f32 per thread for the tree reductions
         return 0
 
     @property
@@ -317,7 +335,8 @@ def workgroups(variant: KernelVariant, dims: dict[str, int]) -> tuple[int, int, 
     t, wg = variant.tiles, variant.prof.workgroup_size
     rule = variant.spec.dispatch
     if rule == "gemv":
-        return (*_grid(math.ceil(dims["n"] / t["rows"]) * dims["m"]), 1)
+        rows_per_workgroup = t["rows"] * wg // t["threads_per_row"]
+        return (*_grid(math.ceil(dims["n"] / rows_per_workgroup) * dims["m"]), 1)
     if rule == "gemm":
         return math.ceil(dims["n"] / t["tile_n"]), math.ceil(dims["m"] / t["tile_m"]), 1
     if rule == "elementwise":
@@ -327,6 +346,24 @@ def workgroups(variant: KernelVariant, dims: dict[str, int]) -> tuple[int, int, 
     if rule == "attention":  # x: query position, y: head, z: sequence
         return dims["seq"], dims["heads"], dims["batch"]
     raise ValueError(f"unknown dispatch rule {rule!r}")
+
+
+def check_attention_dims(variant: KernelVariant, dims: dict[str, int]) -> None:
+    """Refuse dims the attention kernel cannot compute: the scores of a query row live in a
+    workgroup array of tiles["max_seq"] floats, and the grid is (seq, heads, batch). The JS
+    runtime applies the same rule before it dispatches."""
+    if variant.kernel != "attention":
+        raise ValueError(f"check_attention_dims: {variant.key} is not an attention variant")
+    for name in ("batch", "seq", "heads", "head_dim"):
+        if int(dims[name]) < 1:
+            raise ValueError(f"attention: {name} = {dims[name]}; it must be at least 1")
+    max_seq = variant.tiles["max_seq"]
+    if dims["seq"] > max_seq:
+        raise ValueError(f"attention: sequence length {dims['seq']} exceeds max_seq {max_seq} of {variant.key} "
+                         f"(its scores live in workgroup memory); truncate the input to {max_seq} tokens")
+    for name in ("heads", "batch"):
+        if dims[name] > MAX_WORKGROUPS_PER_DIM:
+            raise ValueError(f"attention: {name} = {dims[name]} exceeds {MAX_WORKGROUPS_PER_DIM} workgroups per dimension")
 
 
 def pack_params(variant: KernelVariant, values: dict[str, float]) -> bytes:

@@ -1,0 +1,280 @@
+#!/usr/bin/env python3
+"""GPU kernel benchmark: copy bandwidth, a float32 GEMM reference, and the quantized GEMV and GEMM
+kernels per format, through one WebGPU engine per run (Dawn: `--engine dawn`, wgpu-native:
+`--engine wgpu`). Meant for a machine with a real GPU (the lent H100/H200); on lavapipe use
+`--quick` only to check that the script runs.
+
+    python scripts/bench_kernels.py --engine dawn --json out-dawn.json
+    python scripts/bench_kernels.py --report out-dawn.json out-wgpu.json --write-docs docs/benchmarks.md
+
+Each kernel is first checked against numpy on a small shape on the same device, then timed:
+`repeat` dispatches in one command buffer, best of `trials` submissions, wall clock around a
+blocking read. Weights are random codes and scales of the right layout (the kernels' speed does not
+depend on the values). Effective bandwidth counts the bytes of every stored weight part; the
+fraction is of the measured copy bandwidth (bytes read + written), the roofline for memory-bound
+kernels.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import math
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from ulpq_build.formats import FORMATS  # noqa: E402
+from ulpq_build.kernels import KernelVariant, WeightStorage, pack_params, workgroups  # noqa: E402
+from ulpq_build.native_webgpu import KernelRunner, engine_module, matmul_params, request_device, weight_arrays  # noqa: E402
+from ulpq_build.quantize import QuantizedTensor, dequantize, quantize  # noqa: E402
+from ulpq_build.quantspec import QuantSpec, part_layout  # noqa: E402
+from ulpq_build.reference import relative_error  # noqa: E402
+
+GEMV_SHAPES = [(768, 768), (3072, 768), (768, 3072), (16384, 8192)]  # (N outputs, K inputs)
+GEMM_SHAPES = [(128, 3072, 768), (4096, 4096, 4096)]  # (M, N, K)
+MARK_START, MARK_END = "<!-- bench_kernels:start -->", "<!-- bench_kernels:end -->"
+
+
+def random_weight(spec: QuantSpec, n: int, k: int, rng) -> QuantizedTensor:
+    """Random stored parts of the right dtypes and shapes (codes, scales in a sane range, ...)."""
+    parts = {}
+    for name, (dtype, shape) in part_layout(spec, (n, k)).items():
+        if name == "codes" and spec.fmt.quantized:
+            parts[name] = rng.integers(0, 2**32, size=shape, dtype=np.uint32)
+        elif name == "zeros":
+            parts[name] = rng.integers(0, spec.fmt.n_levels, size=shape, dtype=np.uint8)
+        else:
+            parts[name] = (rng.standard_normal(shape) * 0.02).astype(dtype)
+    return QuantizedTensor("w", (n, k), "float32", spec, parts)
+
+
+class Timer:
+    def __init__(self, runner: KernelRunner):
+        self.runner, self.device, self.wgpu = runner, runner.device, runner.wgpu
+        self.sync = self.device.create_buffer(size=4, usage=self.wgpu.BufferUsage.COPY_SRC | self.wgpu.BufferUsage.COPY_DST)
+
+    def seconds(self, encode, repeat: int, trials: int) -> float:
+        """Best over trials of the per-repeat time of `encode(encoder)` recorded `repeat` times."""
+        best = math.inf
+        for _ in range(trials):
+            encoder = self.device.create_command_encoder()
+            for _ in range(repeat):
+                encode(encoder)
+            start = time.perf_counter()
+            self.device.queue.submit([encoder.finish()])
+            self.device.queue.read_buffer(self.sync)  # blocks until the work is done
+            best = min(best, (time.perf_counter() - start) / repeat)
+        return best
+
+    def kernel(self, variant, arrays, params, outputs, repeat, trials) -> float:
+        runner, wgpu = self.runner, self.wgpu
+        buffers = {name: runner.buffer(np.asarray(a)) for name, a in arrays.items()}
+        for name, count in outputs.items():
+            buffers[name] = runner.buffer(np.zeros(count, np.float32), readable=True)
+        buffers["params"] = self.device.create_buffer_with_data(data=pack_params(variant, params), usage=wgpu.BufferUsage.UNIFORM)
+        pipeline = runner.pipeline(variant)
+        entries = [{"binding": slot, "resource": {"buffer": buffers[name], "offset": 0, "size": buffers[name].size}}
+                   for name, slot in variant.bindings.items()]
+        group = self.device.create_bind_group(layout=pipeline.get_bind_group_layout(0), entries=entries)
+        grid = workgroups(variant, params)
+
+        def encode(encoder):
+            p = encoder.begin_compute_pass()
+            p.set_pipeline(pipeline)
+            p.set_bind_group(0, group)
+            p.dispatch_workgroups(*grid)
+            p.end()
+
+        encode_once = self.device.create_command_encoder()  # warm-up (pipeline, caches)
+        encode(encode_once)
+        self.device.queue.submit([encode_once.finish()])
+        self.device.queue.read_buffer(self.sync)
+        return self.seconds(encode, repeat, trials)
+
+    def copy_bandwidth(self, nbytes: int, repeat: int, trials: int) -> float:
+        usage = self.wgpu.BufferUsage
+        a = self.device.create_buffer(size=nbytes, usage=usage.COPY_SRC | usage.COPY_DST)
+        b = self.device.create_buffer(size=nbytes, usage=usage.COPY_SRC | usage.COPY_DST)
+        self.seconds(lambda e: e.copy_buffer_to_buffer(a, 0, b, 0, nbytes), 2, 1)  # first use clears the buffers
+        seconds = self.seconds(lambda e: e.copy_buffer_to_buffer(a, 0, b, 0, nbytes), repeat, trials)
+        return 2 * nbytes / seconds
+
+
+def check(runner, kernel: str, profile: str, spec: QuantSpec, rng) -> float:
+    """Relative error against numpy on a small ragged shape, on this device."""
+    m, n, k = (1, 67, 320) if kernel == "gemv" else (45, 70, 320)
+    qt = quantize("w", (rng.standard_normal((n, k)) * 0.1).astype(np.float32), spec)
+    x = rng.standard_normal((m, k)).astype(np.float32)
+    variant = KernelVariant.make(kernel, profile, WeightStorage.of(spec))
+    y = runner.run(variant, {"x": x, **weight_arrays(qt)}, matmul_params(qt, m), {"y": m * n})["y"].reshape(m, n)
+    return relative_error(y, x.astype(np.float64) @ dequantize(qt).astype(np.float64).T)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--engine", choices=("dawn", "wgpu"))
+    parser.add_argument("--profile", default="chrome", help="the variant table row to time (default chrome: 256 threads)")
+    parser.add_argument("--formats", default=",".join(FORMATS))
+    parser.add_argument("--quick", action="store_true", help="small shapes only (lavapipe smoke run)")
+    parser.add_argument("--sweep", action="store_true", help="time other tile shapes per profile instead (to tune the table)")
+    parser.add_argument("--json", type=Path, help="write the results here")
+    parser.add_argument("--report", type=Path, nargs="+", help="format result files instead of measuring")
+    parser.add_argument("--write-docs", type=Path)
+    args = parser.parse_args()
+    if args.report:
+        results = [json.loads(p.read_text()) for p in args.report]
+        text = report(results)
+        print(text)
+        if args.write_docs:
+            write_docs(args.write_docs, text)
+        return 0
+
+    rng = np.random.default_rng(0)
+    gpu = engine_module(args.engine).gpu
+    adapter = gpu.request_adapter_sync(power_preference="high-performance")
+    big = int(min(adapter.limits["max-storage-buffer-binding-size"], adapter.limits["max-buffer-size"], 2**31 - 4))
+    device = request_device(args.engine, {"maxStorageBufferBindingSize": big, "maxBufferSize": big,
+                                          "maxComputeInvocationsPerWorkgroup": 512, "maxComputeWorkgroupSizeX": 512})
+    runner = KernelRunner(device)
+    timer = Timer(runner)
+    info = adapter.info
+    result = {"engine": {"dawn": "Dawn (wgpudawn 0.32.0.4)", "wgpu": "wgpu-native (wgpu-py 0.32.0)"}[args.engine],
+              "adapter": f"{info.get('device', '?')} ({info.get('backend_type', '?')}, driver {info.get('description', '?')})",
+              "date": datetime.date.today().isoformat(), "host": platform.node(), "profile": args.profile,
+              "quick": args.quick, "gemv": [], "gemm": []}
+    print(result["engine"], "on", result["adapter"], flush=True)
+    copy_bytes = 1 << (24 if args.quick else 30)
+    copy = lambda: timer.copy_bandwidth(copy_bytes, 4 if args.quick else 20, 5)  # noqa: E731
+    result["copy_bandwidth"] = copy()
+    print(f"copy bandwidth: {result['copy_bandwidth'] / 1e12:.3f} TB/s (read + write)", flush=True)
+    if args.sweep:
+        result["sweep"] = sweep(timer, rng, args.quick)
+        result["copy_bandwidth"] = max(result["copy_bandwidth"], copy())
+        if args.json:
+            args.json.write_text(json.dumps(result, indent=1) + "\n")
+        return 0
+    gemv_shapes = [(768, 768), (3072, 768)] if args.quick else GEMV_SHAPES
+    gemm_shapes = [(64, 256, 256)] if args.quick else GEMM_SHAPES
+    for name in args.formats.split(","):
+        spec = QuantSpec(name, 0)
+        errors = {kern: check(runner, kern, args.profile, spec, rng) for kern in ("gemv", "gemm")}
+        for n, k in gemv_shapes:
+            qt = random_weight(spec, n, k, rng)
+            x = rng.standard_normal((1, k)).astype(np.float32)
+            variant = KernelVariant.make("gemv", args.profile, WeightStorage.of(spec))
+            repeat = 50 if n * k < 1 << 24 else 20
+            seconds = timer.kernel(variant, {"x": x, **weight_arrays(qt)}, matmul_params(qt, 1), {"y": n},
+                                   2 if args.quick else repeat, 2 if args.quick else 5)
+            row = {"format": name, "n": n, "k": k, "seconds": seconds, "weight_bytes": qt.nbytes,
+                   "bandwidth": qt.nbytes / seconds, "fraction_of_copy": qt.nbytes / seconds / result["copy_bandwidth"],
+                   "check_rel_error": errors["gemv"]}
+            result["gemv"].append(row)
+            print(f"gemv {name:13s} {n}x{k}: {seconds * 1e6:9.1f} us  {row['bandwidth'] / 1e9:8.1f} GB/s  "
+                  f"{100 * row['fraction_of_copy']:5.1f}% of copy  (check {errors['gemv']:.1e})", flush=True)
+        for m, n, k in gemm_shapes:
+            qt = random_weight(spec, n, k, rng)
+            x = rng.standard_normal((m, k)).astype(np.float32)
+            variant = KernelVariant.make("gemm", args.profile, WeightStorage.of(spec))
+            flops = 2 * m * n * k
+            probe = timer.kernel(variant, {"x": x, **weight_arrays(qt)}, matmul_params(qt, m), {"y": m * n}, 1, 1)
+            repeat = max(1, min(50, int(0.2 / max(probe, 1e-6))))
+            seconds = timer.kernel(variant, {"x": x, **weight_arrays(qt)}, matmul_params(qt, m), {"y": m * n}, repeat, 3)
+            row = {"format": name, "m": m, "n": n, "k": k, "seconds": seconds, "tflops": flops / seconds / 1e12,
+                   "check_rel_error": errors["gemm"]}
+            result["gemm"].append(row)
+            print(f"gemm {name:13s} {m}x{n}x{k}: {seconds * 1e3:9.3f} ms  {row['tflops']:7.2f} TFLOP/s", flush=True)
+    result["copy_bandwidth"] = max(result["copy_bandwidth"], copy())  # clocks may have been low at the start
+    print(f"copy bandwidth, best of start and end: {result['copy_bandwidth'] / 1e12:.3f} TB/s", flush=True)
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=1) + "\n")
+    return 0
+
+
+SWEEP_GEMV = [{"threads_per_row": t, "rows": r} for t in (8, 16, 32, 64) for r in (1, 2, 4, 8)]
+SWEEP_GEMM = {
+    "firefox": [dict(tile_m=32, tile_n=64, tile_k=32, reg_m=4, reg_n=4), dict(tile_m=64, tile_n=32, tile_k=16, reg_m=4, reg_n=4),
+                dict(tile_m=64, tile_n=64, tile_k=16, reg_m=8, reg_n=4), dict(tile_m=128, tile_n=32, tile_k=16, reg_m=8, reg_n=4)],
+    "chrome": [dict(tile_m=64, tile_n=64, tile_k=16, reg_m=4, reg_n=4), dict(tile_m=128, tile_n=64, tile_k=16, reg_m=8, reg_n=4),
+               dict(tile_m=64, tile_n=128, tile_k=16, reg_m=8, reg_n=4), dict(tile_m=128, tile_n=64, tile_k=8, reg_m=8, reg_n=4)],
+    "safari": [dict(tile_m=128, tile_n=64, tile_k=16, reg_m=4, reg_n=4), dict(tile_m=128, tile_n=128, tile_k=8, reg_m=8, reg_n=4),
+               dict(tile_m=128, tile_n=128, tile_k=16, reg_m=8, reg_n=4), dict(tile_m=256, tile_n=64, tile_k=8, reg_m=8, reg_n=4)],
+}
+
+
+def sweep(timer: Timer, rng, quick: bool) -> list[dict]:
+    """Time candidate tiles per profile: GEMV at the large shape, GEMM at 4096^3 and 128 tokens."""
+    rows = []
+    n, k = (768, 768) if quick else (16384, 8192)
+    for name in ("int4", "int2", "int8", "float32", "int3-dense"):
+        spec = QuantSpec(name)
+        qt = random_weight(spec, n, k, rng)
+        x = rng.standard_normal((1, k)).astype(np.float32)
+        for profile in ("firefox", "chrome", "safari"):
+            for tiles in SWEEP_GEMV:
+                if tiles["threads_per_row"] * 1 > 512:
+                    continue
+                variant = KernelVariant.make("gemv", profile, WeightStorage.of(spec), tiles=tiles)
+                seconds = timer.kernel(variant, {"x": x, **weight_arrays(qt)}, matmul_params(qt, 1), {"y": n}, 2 if quick else 20, 3)
+                rows.append({"kernel": "gemv", "profile": profile, "format": name, "tiles": tiles, "shape": [1, n, k],
+                             "seconds": seconds, "bandwidth": qt.nbytes / seconds})
+                print(f"gemv {profile:8s} {name:10s} {tiles}: {seconds * 1e6:8.1f} us {qt.nbytes / seconds / 1e9:7.1f} GB/s", flush=True)
+    for name in ("float32", "int4"):
+        spec = QuantSpec(name)
+        for m, n, k in ([(64, 256, 256)] if quick else [(4096, 4096, 4096), (128, 3072, 768)]):
+            qt = random_weight(spec, n, k, rng)
+            x = rng.standard_normal((m, k)).astype(np.float32)
+            for profile, options in SWEEP_GEMM.items():
+                for tiles in options:
+                    variant = KernelVariant.make("gemm", profile, WeightStorage.of(spec), tiles=tiles)
+                    seconds = timer.kernel(variant, {"x": x, **weight_arrays(qt)}, matmul_params(qt, m), {"y": m * n}, 2 if quick else 10, 3)
+                    rows.append({"kernel": "gemm", "profile": profile, "format": name, "tiles": tiles, "shape": [m, n, k],
+                                 "seconds": seconds, "tflops": 2 * m * n * k / seconds / 1e12})
+                    print(f"gemm {profile:8s} {name:8s} {m}x{n}x{k} {tiles}: {2 * m * n * k / seconds / 1e12:6.2f} TFLOP/s", flush=True)
+    return rows
+
+
+def report(results: list[dict]) -> str:
+    lines = [MARK_START, ""]
+    for r in results:
+        lines += [f"### {r['engine']}, {r['adapter']}, {r['date']} ({'quick smoke run' if r['quick'] else 'full run'}, "
+                  f"`{r['profile']}` variants)", "",
+                  f"Copy bandwidth (read + written): **{r['copy_bandwidth'] / 1e12:.2f} TB/s**.", "",
+                  "| GEMV (1 token) | " + " | ".join(f"{n}x{k}" for n, k in _shapes(r['gemv'], ('n', 'k'))) + " |",
+                  "|---|" + "---:|" * len(_shapes(r['gemv'], ('n', 'k')))]
+        for fmt in dict.fromkeys(row["format"] for row in r["gemv"]):
+            cells = [f"{row['seconds'] * 1e6:.1f} us, {100 * row['fraction_of_copy']:.0f}%" for row in r["gemv"] if row["format"] == fmt]
+            lines.append(f"| {fmt} | " + " | ".join(cells) + " |")
+        lines += ["", "(time per product; % = weight bytes per second as a fraction of the copy bandwidth)", "",
+                  "| GEMM | " + " | ".join(f"{m}x{n}x{k}" for m, n, k in _shapes(r['gemm'], ('m', 'n', 'k'))) + " |",
+                  "|---|" + "---:|" * len(_shapes(r['gemm'], ('m', 'n', 'k')))]
+        for fmt in dict.fromkeys(row["format"] for row in r["gemm"]):
+            cells = [f"{row['tflops']:.2f} TFLOP/s" for row in r["gemm"] if row["format"] == fmt]
+            lines.append(f"| {fmt} | " + " | ".join(cells) + " |")
+        lines.append("")
+    lines.append(MARK_END)
+    return "\n".join(lines)
+
+
+def _shapes(rows, keys):
+    return list(dict.fromkeys(tuple(row[k] for k in keys) for row in rows))
+
+
+def write_docs(path: Path, block: str) -> None:
+    text = path.read_text() if path.exists() else "# Benchmarks\n"
+    if MARK_START in text:
+        text = text[: text.index(MARK_START)] + block + text[text.index(MARK_END) + len(MARK_END):]
+    else:
+        text = text.rstrip() + "\n\n## Kernels on a GPU (WebGPU through Dawn and wgpu-native)\n\n" + block + "\n"
+    path.write_text(text)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
