@@ -54,9 +54,10 @@ UA = {
     "firefox": "Mozilla/5.0 (X11; Linux x86_64; rv:153.0) Gecko/20100101 Firefox/153.0",
     "safari": "Mozilla/5.0 (Macintosh; Intel Mac OS X 10_15_7) AppleWebKit/605.1.15 (KHTML, like Gecko) Version/26.0 Safari/605.1.15",
 }
-BIG = {"maxComputeInvocationsPerWorkgroup": 1024, "maxComputeWorkgroupSizeX": 1024}
-SMALL = {"maxComputeInvocationsPerWorkgroup": 256, "maxComputeWorkgroupSizeX": 256}
-TINY = {"maxComputeInvocationsPerWorkgroup": 128, "maxComputeWorkgroupSizeX": 128}
+STORAGE = {"maxComputeWorkgroupStorageSize": 16384, "maxStorageBuffersPerShaderStage": 8}
+BIG = {"maxComputeInvocationsPerWorkgroup": 1024, "maxComputeWorkgroupSizeX": 1024, **STORAGE}
+SMALL = {"maxComputeInvocationsPerWorkgroup": 256, "maxComputeWorkgroupSizeX": 256, **STORAGE}
+TINY = {"maxComputeInvocationsPerWorkgroup": 128, "maxComputeWorkgroupSizeX": 128, **STORAGE}
 
 
 def test_variant_choice(tmp_path):

@@ -1,22 +1,29 @@
-"""Every linear-kernel variant (format x scale storage x activation x bias x profile) compiles in
-both WGSL compilers browsers use (naga: Firefox, Tint: Chrome) and, executed on lavapipe
-through wgpu, matches numpy over the same dequantized weights."""
+"""The matrix-product kernels (gemv, its vec4 form, gemm with small and large tiles) for every
+weight storage (format x scale dtype x zero points) and every profile: they compile in both WGSL
+compilers browsers use (naga: Firefox, Tint: Chrome), and, executed on lavapipe through wgpu, match
+numpy over the same dequantized weights. The JS runtime's dispatch rules and params packing are
+checked against Python's here too."""
 
 import itertools
+import json
+import shutil
+import subprocess
 
 import numpy as np
 import pytest
 
+from support import ROOT
 from ulpq_build.formats import FORMATS
-from ulpq_build.native_webgpu import LinearRunner, cached_device, compile_shader
+from ulpq_build.kernels import KernelVariant, WeightStorage, gemv_vec4_fits, pack_params, render, vec4_capable, workgroups
+from ulpq_build.native_webgpu import COMPILERS, KernelRunner, cached_device, compile_shader, matmul_params, validate, weight_arrays
 from ulpq_build.profiles import PROFILES
 from ulpq_build.quantize import dequantize, quantize
 from ulpq_build.quantspec import QuantSpec
 from ulpq_build.reference import ACTIVATIONS, relative_error
-from ulpq_build.shaders import LinearVariant, linear_variant, render
 
-# float32 accumulation over K = 128 products against a float64 reference
-LINEAR_TOLERANCE = 1e-5
+# float32 accumulation over K <= 256 products against a float64 reference
+MATMUL_TOLERANCE = 1e-5
+EPILOGUE = {"activation": "gelu", "bias": True, "residual": True}
 
 
 def weight_specs():
@@ -25,50 +32,85 @@ def weight_specs():
             yield QuantSpec(name)
             continue
         for scale_dtype, asym in itertools.product(("float32", "float16"), (False, True) if fmt.supports_asymmetric else (False,)):
-            yield QuantSpec(name, 0, asym, scale_dtype)
+            yield QuantSpec(name, 32, asym, scale_dtype)
 
 
-ALL_VARIANTS = sorted({linear_variant(spec, act, bias, profile).key: linear_variant(spec, act, bias, profile)
-                       for spec in weight_specs() for act in ("none", "gelu") for bias in (True, False)
-                       for profile in PROFILES}.items())
-SPEC_OF = {}
-for spec in weight_specs():
-    SPEC_OF.setdefault(linear_variant(spec, "none", True, "chrome").weight_key, spec)
+def matmul_variants():
+    for spec in weight_specs():
+        weight = WeightStorage.of(spec)
+        for profile in PROFILES:
+            yield spec, KernelVariant.make("gemv", profile, weight, vec4=False, **EPILOGUE)
+            if vec4_capable(weight):
+                yield spec, KernelVariant.make("gemv", profile, weight, vec4=True, **EPILOGUE)
+            for size in ("small", "large"):
+                yield spec, KernelVariant.make("gemm", profile, weight, size=size, **EPILOGUE)
 
 
-def device_for(variant, engine="wgpu"):
-    return cached_device(engine, max(256, variant.prof.workgroup_size))
+VARIANTS = list(matmul_variants())
+IDS = [v.key for _, v in VARIANTS]
+
+
+def device_for(variant):
+    return cached_device("wgpu", max(256, variant.prof.workgroup_size))
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("key, variant", ALL_VARIANTS, ids=[k for k, _ in ALL_VARIANTS])
-def test_compiles_in_naga_and_tint(key, variant):
+@pytest.mark.parametrize("compiler", COMPILERS)
+@pytest.mark.parametrize("spec, variant", VARIANTS, ids=IDS)
+def test_compiles(spec, variant, compiler):
     code = render(variant)
-    assert code.startswith("// ulpq_build shader") and f"key: {key}" in code
-    compile_shader(device_for(variant, "wgpu"), code)  # naga, pipeline included
-    tint = cached_device("dawn", 256, null_backend=True)
-    # Dawn's Null adapter stops at 256 invocations: 512 variants are validated as modules there
-    compile_shader(tint, code, pipeline=variant.prof.workgroup_size <= 256)
+    assert code.startswith("// ulpq_build shader") and f"key: {variant.key}" in code
+    assert f"workgroup_size: {variant.prof.workgroup_size}" in code and "requires: " in code
+    validate(code, variant.prof.workgroup_size, compiler)
 
 
-def run_and_compare(variant, spec, rng, m=3, n=37, k=128):
+def run_and_compare(variant, spec, rng, m, n, k):
     w = (rng.standard_normal((n, k)) * 0.2).astype(np.float32)
     qt = quantize("w", w, spec)
     x = rng.standard_normal((m, k)).astype(np.float32)
-    bias = rng.standard_normal(n).astype(np.float32) if variant.has_bias else None
+    opts = variant.opts
+    arrays = {"x": x, **weight_arrays(qt)}
     expected = x.astype(np.float64) @ dequantize(qt).astype(np.float64).T
-    if bias is not None:
-        expected += bias
-    expected = ACTIVATIONS[variant.activation](expected)
-    y = LinearRunner(device_for(variant)).run(variant, qt, x, bias)
+    if opts["bias"]:
+        arrays["bias"] = rng.standard_normal(n).astype(np.float32)
+        expected += arrays["bias"]
+    expected = ACTIVATIONS[opts["activation"]](expected)
+    if opts["residual"]:
+        arrays["residual"] = rng.standard_normal((m, n)).astype(np.float32)
+        expected += arrays["residual"]
+    y = KernelRunner(device_for(variant)).run(variant, arrays, matmul_params(qt, m), {"y": m * n})["y"].reshape(m, n)
     assert np.isfinite(y).all(), "an output element was never written (still NaN)"
-    assert relative_error(y, expected) < LINEAR_TOLERANCE
+    assert relative_error(y, expected) < MATMUL_TOLERANCE
+
+
+def shape_for(variant):
+    """Ragged shapes: rows that no tile divides, K with a partial word where the variant allows."""
+    if variant.kernel == "gemm":
+        return 37, 45, 96
+    if variant.opts["vec4"]:
+        return 2, 45, 256  # whole quads of words for every vec4-capable format
+    return 2, 45, 100 if variant.weight.format == "float32" or QuantSpec(variant.weight.format).fmt.layout == "stream" else 96
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("key, variant", ALL_VARIANTS, ids=[k for k, _ in ALL_VARIANTS])
-def test_executes_and_matches_numpy(key, variant, rng):
-    run_and_compare(variant, SPEC_OF[variant.weight_key], rng)
+@pytest.mark.parametrize("spec, variant", VARIANTS, ids=IDS)
+def test_executes_and_matches_numpy(spec, variant, rng):
+    m, n, k = shape_for(variant)
+    if k % 32:
+        spec = QuantSpec(spec.format, 0, spec.asymmetric, spec.scale_dtype)  # groups of 32 need K % 32 == 0
+    assert not variant.opts.get("vec4") or gemv_vec4_fits(variant.weight, k)
+    run_and_compare(variant, spec, rng, m, n, k)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("kernel, options", [("gemv", {"vec4": False}), ("gemv", {"vec4": True}), ("gemm", {"size": "small"})])
+@pytest.mark.parametrize("activation, bias, residual", list(itertools.product(("none", "gelu"), (False, True), (False, True))))
+def test_epilogues(kernel, options, activation, bias, residual, rng):
+    spec = QuantSpec("int4", 32)
+    variant = KernelVariant.make(kernel, "chrome", WeightStorage.of(spec), activation=activation, bias=bias,
+                                 residual=residual, **options)
+    assert (("bias" in variant.bindings) == bias) and (("residual" in variant.bindings) == residual)
+    run_and_compare(variant, spec, rng, 3 if kernel == "gemm" else 1, 29, 128)
 
 
 GRANULARITIES = [(name, group, codebook) for name, fmt in FORMATS.items() if fmt.quantized
@@ -82,22 +124,66 @@ def test_scale_granularities(name, group, codebook, rng):
     fmt = FORMATS[name]
     for asym in (False, True) if fmt.supports_asymmetric else (False,):
         spec = QuantSpec(name, group, asym, codebook=codebook)
-        variant = linear_variant(spec, "gelu", True, "firefox")
-        run_and_compare(variant, spec, rng, m=5, n=19, k=256)
+        weight = WeightStorage.of(spec)
+        for kernel, options in [("gemv", {"vec4": False}), ("gemv", {"vec4": vec4_capable(weight)}), ("gemm", {"size": "small"})]:
+            variant = KernelVariant.make(kernel, "firefox", weight, activation="gelu", bias=True, **options)
+            run_and_compare(variant, spec, rng, 5, 19, 256)
 
 
 @pytest.mark.gpu
-def test_large_outputs_use_a_2d_grid(rng):
-    spec = QuantSpec("int4")
-    variant = linear_variant(spec, "none", False, "firefox")
-    # 4100 x 2049 outputs at 128 per workgroup: 65,635 workgroups, more than one dimension holds
-    run_and_compare(variant, spec, rng, m=4100, n=2049, k=32)
+def test_gemv_grid_beyond_65535_workgroups(rng):
+    spec = QuantSpec("int8")
+    variant = KernelVariant.make("gemv", "firefox", WeightStorage.of(spec))
+    m, n, k = 1100, 1921, 8  # 61 workgroups (32 rows each) per input row: 67,100 in all, split over 2 dims
+    assert workgroups(variant, {"m": m, "n": n})[1] > 1
+    run_and_compare(variant, spec, rng, m, n, k)
 
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("engine", ["wgpu", "dawn"])
 def test_512_variants_need_the_raised_limit(engine):
-    variant = LinearVariant("int4", "float32", False, "none", True, "safari")
-    default_device = cached_device(engine, 256, null_backend=engine == "dawn")
+    variant = KernelVariant.make("gemm", "safari", WeightStorage("int4"))
+    assert variant.required_limits["maxComputeInvocationsPerWorkgroup"] == 512
+    default_device = cached_device(engine, 256, null_backend=engine == "dawn")  # WebGPU's default limits
     with pytest.raises(Exception, match="(?i)workgroup|invocations|limit"):
         compile_shader(default_device, render(variant))
+
+
+def test_vec4_is_refused_where_it_cannot_read_words():
+    for name in ("int3", "int3-dense", "int3-optimal"):
+        with pytest.raises(ValueError, match="vec4"):
+            KernelVariant.make("gemv", "chrome", WeightStorage(name), vec4=True)
+    assert gemv_vec4_fits(WeightStorage("int4"), 768) and not gemv_vec4_fits(WeightStorage("int4"), 776)
+
+
+def test_js_dispatch_matches_python(tmp_path):
+    node = shutil.which("node")
+    if node is None:
+        pytest.fail("node is not installed (.ci/run installs it)")
+    cases = []
+    for kernel, opts, dims in [
+        ("gemv", {"vec4": True}, {"m": 3, "n": 1000, "k": 768}), ("gemv", {}, {"m": 5000, "n": 16384, "k": 96}),
+        ("gemm", {"size": "small"}, {"m": 130, "n": 3072, "k": 768}), ("gemm", {"size": "large"}, {"m": 4096, "n": 100, "k": 64}),
+    ]:
+        for profile in PROFILES:
+            variant = KernelVariant.make(kernel, profile, WeightStorage("int4"), **opts)
+            params = {**dims, "words_per_row": 96, "groups_per_row": 1, "group_size": 768, "codebook_stride": 0}
+            cases.append({"shader": variant.to_manifest(), "dims": params, "grid": list(workgroups(variant, params)),
+                          "params": list(pack_params(variant, params))})
+    for kernel, dims in [("layernorm", {"rows": 70000, "cols": 384, "eps": 1e-12}), ("add", {"count": 9_000_000, "b_count": 384}),
+                         ("attention", {"batch": 2, "seq": 18, "heads": 12, "head_dim": 32, "scale": 0.17677669})]:
+        variant = KernelVariant.make(kernel, "firefox")
+        cases.append({"shader": variant.to_manifest(), "dims": dims, "grid": list(workgroups(variant, dims)),
+                      "params": list(pack_params(variant, dims))})
+    script = tmp_path / "check.mjs"
+    script.write_text(f"""
+import {{ workgroups, packParams }} from '{(ROOT / "web_runtime/dispatch.js").as_uri()}';
+const cases = JSON.parse(process.argv[2]);
+const out = cases.map((c) => ({{ grid: workgroups(c.shader, c.dims), params: Array.from(new Uint8Array(packParams(c.shader, c.dims))) }}));
+process.stdout.write(JSON.stringify(out));
+""")
+    proc = subprocess.run([node, script, json.dumps(cases)], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    for case, got in zip(cases, json.loads(proc.stdout)):
+        assert got["grid"] == case["grid"], case["shader"]["key"]
+        assert got["params"] == case["params"], case["shader"]["key"]

@@ -5,7 +5,7 @@ sub-path; the same input gives byte-identical output; a failure leaves no folder
     <out>/index.html            demo page (runs the model, shows output, path, variant, progress)
     <out>/manifest.json         see `MANIFEST_SCHEMA_VERSION` and `build_manifest`
     <out>/weights-000.bin ...   weight shards, at most SHARD_LIMIT bytes each
-    <out>/shaders/*.wgsl        one file per kernel variant (see shaders.py)
+    <out>/shaders/*.wgsl        one file per kernel variant (see kernels.py)
     <out>/ulpq.js, *.js         the runtime (ES modules, no build step)
 """
 
@@ -34,7 +34,7 @@ from ulpq_build.profiles import PROFILES
 from ulpq_build.quantize import quantize
 from ulpq_build.quantspec import QuantSpec
 from ulpq_build.resources import web_runtime_dir
-from ulpq_build.shaders import LinearVariant, linear_variant, render
+from ulpq_build.kernels import GEMM_LARGE_ROWS, GEMV_MAX_ROWS, KernelVariant, WeightStorage, gemv_vec4_fits, render
 
 MANIFEST_SCHEMA_VERSION = 1
 SHARD_LIMIT = 128 * 1024 * 1024  # Firefox caps storage bindings at 128 MiB (environment.md)
@@ -100,17 +100,37 @@ class ShardWriter:
         return self.shards
 
 
-def plan_shaders(model: dict, specs: dict[str, QuantSpec]) -> list[LinearVariant]:
-    """Decide the shader variants the bundle ships: each layer's kernel for every profile.
-    Records the chosen key per profile in each layer (`layer["shaders"]`) for the runtime."""
-    variants: dict[str, LinearVariant] = {}
+def plan_shaders(model: dict, specs: dict[str, QuantSpec]) -> list[KernelVariant]:
+    """Decide the shader variants the bundle ships, and record in each layer which one serves it
+    per profile: layer["kernels"][profile] = {"gemv": key, "gemm_small": key, "gemm_large": key}.
+    The runtime picks among the three by row count (kernels.matmul_choice's rule)."""
+    variants: dict[str, KernelVariant] = {}
     for layer in model["layers"]:
-        layer["shaders"] = {}
+        weight = WeightStorage.of(specs[layer["weight"]])
+        epilogue = {"activation": layer["activation"], "bias": bool(layer["bias"]), "residual": False}
+        layer["kernels"] = {}
         for profile in PROFILES:
-            variant = linear_variant(specs[layer["weight"]], layer["activation"], bool(layer["bias"]), profile)
-            variants.setdefault(variant.key, variant)
-            layer["shaders"][profile] = variant.key
+            chosen = {
+                "gemv": KernelVariant.make("gemv", profile, weight, vec4=gemv_vec4_fits(weight, layer["in_features"]), **epilogue),
+                "gemm_small": KernelVariant.make("gemm", profile, weight, size="small", **epilogue),
+                "gemm_large": KernelVariant.make("gemm", profile, weight, size="large", **epilogue),
+            }
+            for variant in chosen.values():
+                variants.setdefault(variant.key, variant)
+            layer["kernels"][profile] = {role: variant.key for role, variant in chosen.items()}
     return sorted(variants.values(), key=lambda v: v.key)
+
+
+def profile_entry(profile, variants: list[KernelVariant]) -> dict:
+    """The profile row of the manifest, with the limits of this bundle's shaders for it combined
+    (the runtime checks `limits` against the adapter and requests `required_limits`)."""
+    entry = profile.to_manifest()
+    for variant in variants:
+        if variant.profile == profile.name:
+            for field in ("limits", "required_limits"):
+                for name, value in getattr(variant, field).items():
+                    entry[field][name] = max(entry[field].get(name, 0), value)
+    return entry
 
 
 def demo_inputs(model: dict) -> list[list[float]]:
@@ -171,10 +191,11 @@ def _write_bundle(folder: Path, source: ModelSource, model_name: str, model: dic
         "model": {"name": model_name, **model},
         "quantization": {"default": default.to_json(), **plan.summary()},
         "formats": {name: FORMATS[name].to_manifest() for name in used_formats},
-        "profiles": [p.to_manifest() for p in PROFILES.values()],
+        "profiles": [profile_entry(p, variants) for p in PROFILES.values()],
         "tensors": tensors,
         "shards": shard_list,
         "shaders": shader_entries,
+        "matmul": {"gemv_max_rows": GEMV_MAX_ROWS, "gemm_large_rows": GEMM_LARGE_ROWS},
         "runtime": {"module": "ulpq.js", "page": "index.html", "files": runtime_files},
         "demo": {"inputs": demo_inputs(model)},
     }

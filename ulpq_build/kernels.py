@@ -77,7 +77,8 @@ class Kernel:
             raise ValueError(f"{self.name}: param {clash[0]!r} is a WGSL reserved word")
 
         for name in PROFILES:
-            self.check_tiles(name, self.tiles_for(name))
+            for size in self.options.get("size", (None,)):
+                self.check_tiles(name, self.tiles_for(name, {"size": size}))
 
     def check_tiles(self, profile: str, t: dict) -> None:
         """Tiles must fit the template's assumptions for the profile's workgroup size."""
@@ -89,8 +90,10 @@ class Kernel:
         if self.dispatch == "gemv" and (wg % t["threads_per_row"] or t["threads_per_row"] & (t["threads_per_row"] - 1)):
             raise ValueError(f"{self.name}: threads_per_row {t['threads_per_row']} must be a power of two dividing {wg}")
 
-    def tiles_for(self, profile: str) -> dict:
-        return {**self.tiles.get("*", {}), **self.tiles.get(profile, {})}
+    def tiles_for(self, profile: str, opts: dict | None = None) -> dict:
+        """Tiles: the "*" row, then the profile's, then "profile:size" when the kernel has a size option."""
+        size = (opts or {}).get("size")
+        return {**self.tiles.get("*", {}), **self.tiles.get(profile, {}), **self.tiles.get(f"{profile}:{size}", {})}
 
     def option_defaults(self) -> dict:
         return {k: v[0] for k, v in self.options.items()}
@@ -105,27 +108,37 @@ EPILOGUE = {"activation": ("none", "gelu"), "bias": (False, True), "residual": (
 KERNELS: dict[str, Kernel] = _reg(
     Kernel(
         "gemv", "gemv.wgsl.jinja",
-        "y[m, n] = act(x[m, :] . W[n, :] + b[n]) (+ r[m, n]) for few rows m: a workgroup owns `rows` outputs of "
-        "one m; its threads stride over K one packed word at a time, each x load feeding all `rows` rows",
+        "y[m, n] = act(x[m, :] . W[n, :] + b[n]) (+ r[m, n]) for few rows m: groups of threads_per_row threads own "
+        "`rows` outputs each and stride over K, each x load feeding all their rows; vec4 loads 4 code words per row "
+        "per step (shapes with words_per_row % 4 == 0 and no partial word)",
         ("params", "x", "w.codes", "w.scales", "w.zeros", "w.codebook", "bias", "residual", "y"),
         (("m", "u32"), ("n", "u32"), ("k", "u32"), ("words_per_row", "u32"), ("groups_per_row", "u32"),
          ("group_size", "u32"), ("codebook_stride", "u32")),
-        "gemv", dict(EPILOGUE),
-        {"*": {"rows": 4, "threads_per_row": 32}},
+        "gemv", {**EPILOGUE, "vec4": (False, True)},
+        # From an H200 sweep (docs/benchmarks.md): 8 rows per thread group; 32 threads per row at 128
+        # threads per workgroup, 64 at 256 and 512.
+        {"*": {"rows": 8, "threads_per_row": 64}, "firefox": {"threads_per_row": 32}},
         weighted=True,
     ),
     Kernel(
         "gemm", "gemm.wgsl.jinja",
         "y = act(x . W^T + b) (+ r): tiled; a workgroup computes a tile_m x tile_n block, staging x and the "
-        "dequantized W through workgroup memory tile_k inputs at a time; each thread holds a reg_m x reg_n block",
+        "dequantized W through workgroup memory tile_k inputs at a time; each thread holds a reg_m x reg_n block. "
+        "size=large tiles suit many rows (thousands), size=small fill the GPU at about a hundred",
         ("params", "x", "w.codes", "w.scales", "w.zeros", "w.codebook", "bias", "residual", "y"),
         (("m", "u32"), ("n", "u32"), ("k", "u32"), ("words_per_row", "u32"), ("groups_per_row", "u32"),
          ("group_size", "u32"), ("codebook_stride", "u32")),
-        "gemm", dict(EPILOGUE),
-        {"firefox": {"tile_m": 32, "tile_n": 64, "tile_k": 32, "reg_m": 4, "reg_n": 4},
-         "chrome": {"tile_m": 64, "tile_n": 64, "tile_k": 16, "reg_m": 4, "reg_n": 4},
-         "edge": {"tile_m": 64, "tile_n": 64, "tile_k": 16, "reg_m": 4, "reg_n": 4},
-         "safari": {"tile_m": 128, "tile_n": 64, "tile_k": 16, "reg_m": 4, "reg_n": 4}},
+        "gemm", {**EPILOGUE, "size": ("small", "large")},
+        # Chosen on an H200 (scripts/bench_kernels.py --sweep, docs/benchmarks.md): at 4096^3 the 8x4
+        # register tiles win, at 128 rows the smaller tiles fill more of the GPU.
+        {"firefox:large": {"tile_m": 64, "tile_n": 64, "tile_k": 16, "reg_m": 8, "reg_n": 4},
+         "firefox:small": {"tile_m": 32, "tile_n": 64, "tile_k": 32, "reg_m": 4, "reg_n": 4},
+         "chrome:large": {"tile_m": 128, "tile_n": 64, "tile_k": 16, "reg_m": 8, "reg_n": 4},
+         "chrome:small": {"tile_m": 64, "tile_n": 64, "tile_k": 16, "reg_m": 4, "reg_n": 4},
+         "edge:large": {"tile_m": 128, "tile_n": 64, "tile_k": 16, "reg_m": 8, "reg_n": 4},
+         "edge:small": {"tile_m": 64, "tile_n": 64, "tile_k": 16, "reg_m": 4, "reg_n": 4},
+         "safari:large": {"tile_m": 128, "tile_n": 128, "tile_k": 16, "reg_m": 8, "reg_n": 4},
+         "safari:small": {"tile_m": 128, "tile_n": 64, "tile_k": 16, "reg_m": 4, "reg_n": 4}},
         weighted=True,
     ),
     # Transformer operators. Activations are row-major float32: token t of sequence b is row b * seq + t.
@@ -188,6 +201,35 @@ KERNELS: dict[str, Kernel] = _reg(
 )
 
 
+def vec4_capable(weight: "WeightStorage | None") -> bool:
+    """Can the vec4 GEMV read this storage 4 words at a time (a word never splits a block)?"""
+    if weight is None:
+        return False
+    fmt = weight.fmt
+    return not fmt.quantized or (fmt.layout == "words" and 32 % fmt.values_per_word == 0)
+
+
+def gemv_vec4_fits(weight: "WeightStorage", k: int) -> bool:
+    """A GEMV shape the vec4 variant serves: whole quads of words, no partial word (K = words * values)."""
+    fmt = weight.fmt
+    if not vec4_capable(weight):
+        return False
+    per_word = 1 if not fmt.quantized else fmt.values_per_word
+    return k % per_word == 0 and (k // per_word) % 4 == 0
+
+
+GEMV_MAX_ROWS = 2  # up to this many rows a GEMV (weights read once per row) beats a GEMM tile
+GEMM_LARGE_ROWS = 1024  # from this many rows the large GEMM tiles win (H200 sweep)
+
+
+def matmul_choice(m: int, k: int, weight: "WeightStorage") -> tuple[str, dict]:
+    """Which matrix-product kernel and options serve m rows of x against W[:, k].
+    web_runtime/dispatch.js applies the same rule (its thresholds come from the manifest)."""
+    if m <= GEMV_MAX_ROWS:
+        return "gemv", {"vec4": gemv_vec4_fits(weight, k)}
+    return "gemm", {"size": "large" if m >= GEMM_LARGE_ROWS else "small"}
+
+
 @dataclass(frozen=True)
 class KernelVariant:
     kernel: str
@@ -209,6 +251,8 @@ class KernelVariant:
         for name, value in merged.items():
             if value not in k.options[name]:
                 raise ValueError(f"{kernel}: option {name}={value!r} not in {k.options[name]}")
+        if merged.get("vec4") and not vec4_capable(weight):
+            raise ValueError(f"{kernel}: vec4 needs a words layout whose blocks align with 32 (or float32), not {weight.format}")
         variant = cls(kernel, profile, weight, tuple(sorted(merged.items())), tuple(sorted((tiles or {}).items())))
         k.check_tiles(profile, variant.tiles)
         return variant
@@ -227,7 +271,7 @@ class KernelVariant:
 
     @property
     def tiles(self) -> dict:
-        return {**self.spec.tiles_for(self.profile), **dict(self.tile_overrides)}
+        return {**self.spec.tiles_for(self.profile, self.opts), **dict(self.tile_overrides)}
 
     @property
     def key(self) -> str:

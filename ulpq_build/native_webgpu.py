@@ -1,6 +1,6 @@
 """Run rendered WGSL outside a browser, through the two engines browsers ship: wgpu-native
 (`wgpu`, naga, as Firefox) and Dawn (`wgpudawn`, Tint, as Chrome). Used by the kernel tests
-(validation in both compilers, execution on lavapipe) and the GPU benchmark.
+(validation in both compilers, execution on lavapipe), the support matrix and the GPU benchmark.
 
 Limits are always requested explicitly: a device asked for nothing gets WebGPU's defaults, as in
 a browser, so a variant that needs more is rejected here exactly as it would be there.
@@ -19,7 +19,6 @@ from ulpq_build.profiles import DEFAULT_LIMITS
 from ulpq_build.quantize import QuantizedTensor
 from ulpq_build.kernels import pack_params, workgroups
 from ulpq_build.kernels import render as kernel_render
-from ulpq_build.shaders import LinearVariant, render
 
 ENGINES = {"wgpu": "wgpu", "dawn": "wgpudawn"}
 
@@ -79,62 +78,6 @@ def compile_shader(device, code: str, *, pipeline: bool = True):
     if not pipeline:
         return module
     return device.create_compute_pipeline(layout="auto", compute={"module": module, "entry_point": "main"})
-
-
-class LinearRunner:
-    """Executes the linear kernel for quantized tensors on one device, caching pipelines."""
-
-    def __init__(self, device):
-        self.device = device
-        self.wgpu = engine_module("dawn" if type(device).__module__.startswith("wgpudawn") else "wgpu")
-        self._pipelines: dict[str, object] = {}
-
-    def pipeline(self, variant: LinearVariant):
-        if variant.key not in self._pipelines:
-            self._pipelines[variant.key] = compile_shader(self.device, render(variant))
-        return self._pipelines[variant.key]
-
-    def _storage(self, data: np.ndarray, extra_usage=0):
-        raw = np.ascontiguousarray(data).tobytes()
-        raw += b"\0" * (-len(raw) % 4 or (4 if not raw else 0))
-        usage = self.wgpu.BufferUsage.STORAGE | self.wgpu.BufferUsage.COPY_DST | extra_usage
-        return self.device.create_buffer_with_data(data=raw, usage=usage)
-
-    def run(self, variant: LinearVariant, qt: QuantizedTensor, x: np.ndarray, bias: np.ndarray | None = None,
-            *, poison: bool = True, repeat: int = 1) -> np.ndarray:
-        """y = act(x W^T + b) on the device. Output is poisoned with NaN before the run."""
-        wgpu = self.wgpu
-        layout = qt.matrix_layout()
-        m = x.shape[0]
-        n = layout["rows"]
-        params = np.array([m, n, layout["k"], layout["words_per_row"], layout["groups_per_row"], layout["group_size"],
-                           layout["codebook_stride"], 0], dtype=np.uint32)
-        y_init = np.full(m * n, np.nan if poison else 0, dtype=np.float32)
-        buffers = {
-            "params": self.device.create_buffer_with_data(data=params.tobytes(), usage=wgpu.BufferUsage.UNIFORM),
-            "x": self._storage(x.astype(np.float32)),
-            "y": self._storage(y_init, wgpu.BufferUsage.COPY_SRC),
-        }
-        for part, array in qt.parts.items():
-            buffers[part] = self._storage(array)
-        if variant.has_bias:
-            buffers["bias"] = self._storage(np.asarray(bias, np.float32))
-        pipeline = self.pipeline(variant)
-        entries = [{"binding": slot, "resource": {"buffer": buffers[name], "offset": 0, "size": buffers[name].size}}
-                   for name, slot in variant.bindings.items()]
-        bind_group = self.device.create_bind_group(layout=pipeline.get_bind_group_layout(0), entries=entries)
-        groups = -(-m * n // variant.prof.workgroup_size)
-        gx = min(groups, 65535)
-        encoder = self.device.create_command_encoder()
-        for _ in range(repeat):
-            compute = encoder.begin_compute_pass()
-            compute.set_pipeline(pipeline)
-            compute.set_bind_group(0, bind_group)
-            compute.dispatch_workgroups(gx, -(-groups // gx), 1)
-            compute.end()
-        self.device.queue.submit([encoder.finish()])
-        out = np.frombuffer(self.device.queue.read_buffer(buffers["y"]), dtype=np.float32)[: m * n]
-        return out.reshape(m, n).copy()
 
 
 class KernelRunner:
@@ -198,6 +141,21 @@ def matmul_params(qt: QuantizedTensor, m: int) -> dict:
     layout = qt.matrix_layout()
     return {"m": m, "n": layout["rows"], **{k: layout[k] for k in ("k", "words_per_row", "groups_per_row",
                                                                     "group_size", "codebook_stride")}}
+
+
+COMPILERS = {"naga": "wgpu-native, as Firefox", "tint": "Dawn, as Chrome"}
+
+
+def validate(code: str, workgroup_size: int, compiler: str) -> None:
+    """Compile WGSL with naga (wgpu, a pipeline on lavapipe, limits raised for 512-thread variants)
+    or Tint (Dawn's Null backend, no driver: it stops at 256 invocations, so 512-thread variants are
+    validated as modules there). Raises with the compiler's message."""
+    if compiler == "naga":
+        compile_shader(cached_device("wgpu", max(256, workgroup_size)), code)
+    elif compiler == "tint":
+        compile_shader(cached_device("dawn", 256, null_backend=True), code, pipeline=workgroup_size <= 256)
+    else:
+        raise ValueError(f"unknown compiler {compiler!r}")
 
 
 @lru_cache(maxsize=None)

@@ -4,6 +4,7 @@
 
 import { chooseProfiles, detectProfile } from './variants.js';
 import { fetchVerifiedText } from './bundle_loader.js';
+import { matmulKey, packParams, workgroups } from './dispatch.js';
 
 export class GpuUnavailable extends Error {
   constructor(message) { super(message); this.name = 'GpuUnavailable'; }
@@ -56,9 +57,9 @@ const ceil4 = (n) => Math.ceil(n / 4) * 4;
 export class GpuBackend {
   static async create(adapter, manifest, tensors, profile, baseUrl, poison) {
     const device = await adapter.requestDevice({ requiredLimits: { ...profile.required_limits } });
-    const backend = new GpuBackend(device, manifest, tensors, profile, poison);
+    const backend = new GpuBackend(device, manifest, tensors, profile, poison, baseUrl);
     try {
-      await backend.#compile(baseUrl);
+      await backend.prepare(1);  // the one-row kernels now, so a variant that fails to compile fails here
       backend.#upload();
     } catch (err) {
       device.destroy();
@@ -67,8 +68,9 @@ export class GpuBackend {
     return backend;
   }
 
-  constructor(device, manifest, tensors, profile, poison) {
+  constructor(device, manifest, tensors, profile, poison, baseUrl) {
     this.path = 'webgpu';
+    this.baseUrl = baseUrl;
     this.device = device;
     this.manifest = manifest;
     this.tensors = tensors;
@@ -80,11 +82,14 @@ export class GpuBackend {
     this.weights = new Map();
   }
 
-  async #compile(baseUrl) {
-    const needed = new Set(this.manifest.model.layers.map((l) => l.shaders[this.profile.name]));
-    for (const shader of this.manifest.shaders) {
-      if (!needed.has(shader.key)) continue;
-      const code = await fetchVerifiedText(baseUrl, shader.file, shader.sha256);
+  /** Compile (once) the shaders that serve `rows` rows of input; the others wait until needed. */
+  async prepare(rows) {
+    const keys = new Set(this.manifest.model.layers.map((l) => matmulKey(l.kernels[this.profile.name], rows, this.manifest.matmul)));
+    for (const key of keys) {
+      if (this.pipelines.has(key)) continue;
+      const shader = this.manifest.shaders.find((s) => s.key === key);
+      if (!shader) throw new Error(`the manifest has no shader ${key}`);
+      const code = await fetchVerifiedText(this.baseUrl, shader.file, shader.sha256);
       this.device.pushErrorScope('validation');
       const module = this.device.createShaderModule({ code, label: shader.key });
       const pipeline = await this.device.createComputePipelineAsync({
@@ -135,28 +140,40 @@ export class GpuBackend {
     return { buffer, rows, cols };
   }
 
+  /** Record one dispatch of the shader `key` with buffers by binding name and params by name. */
+  #dispatch(key, resources, dims, label) {
+    const { shader, pipeline } = this.pipelines.get(key);
+    const params = this.#transient(16 * Math.ceil(shader.params.length / 4), GPUBufferUsage.UNIFORM | GPUBufferUsage.COPY_DST, 'params');
+    this.device.queue.writeBuffer(params, 0, packParams(shader, dims));
+    const entries = Object.entries(shader.bindings).map(([name, binding]) => {
+      const buffer = name === 'params' ? params : resources[name];
+      if (!buffer) throw new Error(`${shader.key}: nothing bound to '${name}'`);
+      return { binding, resource: { buffer } };
+    });
+    const bindGroup = this.device.createBindGroup({ layout: pipeline.getBindGroupLayout(0), entries });
+    const pass = this.encoder.beginComputePass({ label });
+    pass.setPipeline(pipeline);
+    pass.setBindGroup(0, bindGroup);
+    pass.dispatchWorkgroups(...workgroups(shader, dims));
+    pass.end();
+  }
+
+  /** The weight parts of a tensor under the kernels' binding names (w.codes, w.scales, ...). */
+  #weightResources(name) {
+    const parts = this.weights.get(name);
+    return Object.fromEntries(Object.entries(parts).map(([part, buffer]) => [`w.${part}`, buffer]));
+  }
+
   linear(h, layer) {
-    const { shader, pipeline } = this.pipelines.get(layer.shaders[this.profile.name]);
     const weight = this.tensors.get(layer.weight).entry;
     const m = weight.matrix;
     const out = this.#activation(h.rows, m.rows, `${layer.weight}:out`);
-    const params = this.#transient(32, GPUBufferUsage.UNIFORM | GPUBufferUsage.COPY_DST, 'params');
-    this.device.queue.writeBuffer(params, 0, new Uint32Array([
-      h.rows, m.rows, m.k, m.words_per_row, m.groups_per_row, m.group_size, m.codebook_stride, 0]));
-    const w = this.weights.get(layer.weight);
-    const resources = {
-      params, x: h.buffer, codes: w.codes, scales: w.scales, zeros: w.zeros, codebook: w.codebook,
-      bias: layer.bias ? this.weights.get(layer.bias).codes : undefined, y: out,
-    };
-    const entries = Object.entries(shader.bindings).map(([name, binding]) => ({ binding, resource: { buffer: resources[name] } }));
-    const bindGroup = this.device.createBindGroup({ layout: pipeline.getBindGroupLayout(0), entries });
-    const pass = this.encoder.beginComputePass({ label: layer.weight });
-    pass.setPipeline(pipeline);
-    pass.setBindGroup(0, bindGroup);
-    const groups = Math.ceil((h.rows * m.rows) / shader.workgroup_size);
-    const gx = Math.min(groups, 65535);
-    pass.dispatchWorkgroups(gx, Math.ceil(groups / gx));
-    pass.end();
+    const key = matmulKey(layer.kernels[this.profile.name], h.rows, this.manifest.matmul);
+    const resources = { x: h.buffer, ...this.#weightResources(layer.weight), y: out };
+    if (layer.bias) resources.bias = this.weights.get(layer.bias).codes;
+    const dims = { m: h.rows, n: m.rows, k: m.k, words_per_row: m.words_per_row, groups_per_row: m.groups_per_row,
+      group_size: m.group_size, codebook_stride: m.codebook_stride };
+    this.#dispatch(key, resources, dims, layer.weight);
     return { buffer: out, rows: h.rows, cols: m.rows };
   }
 

@@ -77,6 +77,7 @@ export class UlpqModel {
     const t0 = performance.now();
     let result;
     try {
+      await this.backend.prepare?.(rows);
       result = await GRAPHS[model.architecture](this.backend, model, data, rows);
     } catch (err) {
       if (this.backend.path !== 'webgpu' || this.options.hardware === 'webgpu') throw err;

@@ -1,0 +1,44 @@
+// Kernel plumbing shared by every WebGPU operator, driven by the manifest's shader entries: the
+// uniform Params buffer from the entry's (name, type) list, and the workgroup grid from its
+// dispatch rule and tiles. ulpq_build/kernels.py (`pack_params`, `workgroups`) is the same code in
+// Python; the kernel tests run both against numpy.
+
+const MAX_PER_DIM = 65535;
+
+function grid(total) {
+  const x = Math.min(Math.max(total, 1), MAX_PER_DIM);
+  return [x, Math.ceil(Math.max(total, 1) / x), 1];
+}
+
+/** Workgroup counts [x, y, z] for a shader entry and its params (by name). */
+export function workgroups(shader, dims) {
+  const t = shader.tiles;
+  const wg = shader.workgroup_size;
+  switch (shader.dispatch) {
+    case 'gemv': return grid(Math.ceil(dims.n / ((t.rows * wg) / t.threads_per_row)) * dims.m);
+    case 'gemm': return [Math.ceil(dims.n / t.tile_n), Math.ceil(dims.m / t.tile_m), 1];
+    case 'elementwise': return grid(Math.ceil(dims.count / wg));
+    case 'rows': return grid(dims.rows ?? dims.batch);
+    case 'attention': return [dims.seq, dims.heads, dims.batch];
+    default: throw new Error(`${shader.key}: unknown dispatch rule '${shader.dispatch}'`);
+  }
+}
+
+/** The Params uniform for a shader entry: its fields in order, u32 or f32, padded to 16 bytes. */
+export function packParams(shader, dims) {
+  const bytes = Math.max(16, Math.ceil((shader.params.length * 4) / 16) * 16);
+  const view = new DataView(new ArrayBuffer(bytes));
+  shader.params.forEach(([name, type], i) => {
+    const value = dims[name];
+    if (value === undefined) throw new Error(`${shader.key}: no value for param '${name}'`);
+    if (type === 'f32') view.setFloat32(i * 4, value, true);
+    else view.setUint32(i * 4, value, true);
+  });
+  return view.buffer;
+}
+
+/** Which matrix-product shader serves `rows` rows of x (kernels.py: matmul_choice; thresholds in the manifest). */
+export function matmulKey(layerKernels, rows, thresholds) {
+  if (rows <= thresholds.gemv_max_rows) return layerKernels.gemv;
+  return rows >= thresholds.gemm_large_rows ? layerKernels.gemm_large : layerKernels.gemm_small;
+}
