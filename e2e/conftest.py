@@ -19,7 +19,7 @@ from e2e_support import E2E_FORMATS, WAIT_FOR_DEMO
 def site(tmp_path_factory):
     root = tmp_path_factory.mktemp("site")
     for fmt in E2E_FORMATS:
-        assert cli_main(["bundle", "--format", fmt, "--out", str(root / fmt)]) == 0
+        assert cli_main(["bundle", "--model", "builtin:mlp", "--format", fmt, "--out", str(root / fmt)]) == 0
     tampered = root / "int4-tampered"
     shutil.copytree(root / "int4", tampered)
     shard = tampered / "weights-000.bin"

@@ -33,6 +33,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from ulpq_build.formats import FORMATS  # noqa: E402
+from ulpq_build.markdown import write_section  # noqa: E402
 from ulpq_build.kernels import KernelVariant, WeightStorage, gemv_vec4_fits, pack_params, workgroups  # noqa: E402
 from ulpq_build.native_webgpu import KernelRunner, engine_module, matmul_params, request_device, weight_arrays  # noqa: E402
 from ulpq_build.quantize import QuantizedTensor, dequantize, quantize  # noqa: E402
@@ -42,7 +43,6 @@ from ulpq_build.reference import relative_error  # noqa: E402
 L2_DEFEAT_BYTES = 256 << 20  # GEMV weights cycle through copies this large together (H200 L2: 60 MB)
 GEMV_SHAPES = [(768, 768), (3072, 768), (768, 3072), (16384, 8192)]  # (N outputs, K inputs)
 GEMM_SHAPES = [(128, 3072, 768), (4096, 4096, 4096)]  # (M, N, K)
-MARK_START, MARK_END = "<!-- bench_kernels:start -->", "<!-- bench_kernels:end -->"
 
 
 def random_weight(spec: QuantSpec, n: int, k: int, rng) -> QuantizedTensor:
@@ -309,7 +309,7 @@ def sweep(timer: Timer, rng, quick: bool) -> list[dict]:
 
 
 def report(results: list[dict]) -> str:
-    lines = [MARK_START, ""]
+    lines = []
     for r in results:
         lines += [f"### {r['engine']}, {r['adapter']}, {r['date']} ({'quick smoke run' if r['quick'] else 'full run'}, "
                   f"`{r['profile']}` variants)", "",
@@ -327,7 +327,6 @@ def report(results: list[dict]) -> str:
             cells = [f"{row['tflops']:.2f} TFLOP/s" for row in r["gemm"] if row["format"] == fmt]
             lines.append(f"| {fmt} | " + " | ".join(cells) + " |")
         lines.append("")
-    lines.append(MARK_END)
     return "\n".join(lines)
 
 
@@ -336,12 +335,7 @@ def _shapes(rows, keys):
 
 
 def write_docs(path: Path, block: str) -> None:
-    text = path.read_text() if path.exists() else "# Benchmarks\n"
-    if MARK_START in text:
-        text = text[: text.index(MARK_START)] + block + text[text.index(MARK_END) + len(MARK_END):]
-    else:
-        text = text.rstrip() + "\n\n## Kernels on a GPU (WebGPU through Dawn and wgpu-native)\n\n" + block + "\n"
-    path.write_text(text)
+    write_section(path, "bench_kernels", block, "## Kernels on a GPU (WebGPU through Dawn and wgpu-native)")
 
 
 if __name__ == "__main__":

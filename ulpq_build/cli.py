@@ -36,7 +36,7 @@ def _overrides(args) -> dict:
 def cmd_bundle(args) -> int:
     from ulpq_build.bundle import build_bundle
 
-    result = build_bundle(Path(args.model) if args.model else None, Path(args.out), _overrides(args),
+    result = build_bundle(args.model, Path(args.out), _overrides(args),
                           Path(args.config) if args.config else None)
     files = sum(1 for p in result.out.rglob("*") if p.is_file())
     print(f"wrote {result.out}/ ({files} files): open it with `python -m ulpq_build serve {result.out}`")
@@ -106,8 +106,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("bundle", help="quantize a model and write a static web bundle",
                        description="Quantize a model and write a static web bundle (manifest, shards, shaders, runtime, demo page).")
     p.add_argument("--model", metavar="PATH",
-                   help="a .safetensors file or a folder holding model.safetensors (+ config.json); "
-                        "default: the built-in demo MLP")
+                   help="a .safetensors file, a model folder (config.json, model.safetensors, tokenizer files) or a "
+                        "built-in: builtin:minilm (all-MiniLM-L6-v2, the default), builtin:vit (a small Fashion-MNIST "
+                        "ViT), builtin:mlp (a demo MLP)")
     p.add_argument("--out", default="ulpq-bundle", metavar="DIR", help="output folder (default ./ulpq-bundle)")
     _add_quant_options(p)
     p.set_defaults(run=cmd_bundle)

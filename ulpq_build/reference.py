@@ -36,3 +36,94 @@ def relative_error(actual: np.ndarray, expected: np.ndarray) -> float:
         raise ValueError(f"shape {actual.shape} vs reference {expected.shape}")
     scale = float(np.abs(expected).max()) or 1.0
     return float(np.abs(actual - expected).max()) / scale
+
+
+def layernorm(x: np.ndarray, node: dict, weights: dict, eps: float) -> np.ndarray:
+    mean = x.mean(axis=-1, keepdims=True)
+    var = ((x - mean) ** 2).mean(axis=-1, keepdims=True)
+    return (x - mean) / np.sqrt(var + eps) * np.asarray(weights[node["weight"]], np.float64) \
+        + np.asarray(weights[node["bias"]], np.float64)
+
+
+def linear(x: np.ndarray, node: dict, weights: dict, residual: np.ndarray | None = None) -> np.ndarray:
+    w = np.asarray(weights[node["weight"]], np.float64).reshape(node["out_features"], node["in_features"])
+    y = x @ w.T
+    if node["bias"]:
+        y = y + np.asarray(weights[node["bias"]], np.float64)
+    y = ACTIVATIONS[node["activation"]](y)
+    return y + residual if node.get("residual") else y
+
+
+def attention(q, k, v, keep, batch: int, seq: int, heads: int, head_dim: int) -> np.ndarray:
+    """Scaled dot-product attention over heads; q, k, v [batch*seq, heads*head_dim]; keep [batch, seq] (1/0)."""
+    shape = (batch, seq, heads, head_dim)
+    q, k, v = (a.reshape(shape).transpose(0, 2, 1, 3) for a in (q, k, v))
+    scores = q @ k.transpose(0, 1, 3, 2) / math.sqrt(head_dim)
+    scores = np.where(keep[:, None, None, :] > 0.5, scores, -np.inf)
+    scores -= scores.max(axis=-1, keepdims=True)
+    p = np.exp(scores)
+    p /= p.sum(axis=-1, keepdims=True)
+    return (p @ v).transpose(0, 2, 1, 3).reshape(batch * seq, heads * head_dim)
+
+
+def bert_forward(model: dict, weights: dict, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Sentence embeddings [batch, hidden] for padded token ids [batch, seq] and mask (1 token, 0 pad)."""
+    batch, seq = ids.shape
+    emb = model["embeddings"]
+    table = lambda name: np.asarray(weights[emb[name]["table"]], np.float64)  # noqa: E731
+    h = table("word")[ids] + table("position")[np.arange(seq)][None] + table("token_type")[0][None, None]
+    h = layernorm(h.reshape(batch * seq, -1), emb["norm"], weights, model["layer_norm_eps"])
+    keep = mask.astype(np.float64)
+    for layer in model["layers"]:
+        q, k, v = (linear(h, layer[role], weights) for role in ("query", "key", "value"))
+        ctx = attention(q, k, v, keep, batch, seq, model["num_heads"], model["head_dim"])
+        a = layernorm(linear(ctx, layer["attn_out"], weights, residual=h), layer["attn_norm"], weights, model["layer_norm_eps"])
+        h = layernorm(linear(linear(a, layer["intermediate"], weights), layer["output"], weights, residual=a),
+                      layer["out_norm"], weights, model["layer_norm_eps"])
+    h = h.reshape(batch, seq, -1)
+    pooled = (h * keep[..., None]).sum(axis=1) / np.maximum(keep.sum(axis=1, keepdims=True), 1e-9)
+    if model["normalize"]:
+        pooled /= np.maximum(np.linalg.norm(pooled, axis=1, keepdims=True), 1e-12)
+    return pooled
+
+
+def vit_forward(model: dict, weights: dict, pixels: np.ndarray) -> np.ndarray:
+    """Logits [batch, labels] (or [CLS] features) for preprocessed images [batch, channels, size, size]."""
+    batch = pixels.shape[0]
+    p, grid = model["patch_size"], model["image_size"] // model["patch_size"]
+    c = model["num_channels"]
+    patches = pixels[:, :, : grid * p, : grid * p].reshape(batch, c, grid, p, grid, p).transpose(0, 2, 4, 1, 3, 5)
+    x = linear(patches.reshape(batch * grid * grid, c * p * p).astype(np.float64), model["patch"], weights)
+    hidden = model["hidden_size"]
+    cls = np.asarray(weights[model["cls_token"]], np.float64).reshape(1, 1, hidden)
+    pos = np.asarray(weights[model["position_embeddings"]], np.float64).reshape(1, grid * grid + 1, hidden)
+    h = (np.concatenate([np.repeat(cls, batch, axis=0), x.reshape(batch, grid * grid, hidden)], axis=1) + pos)
+    seq = grid * grid + 1
+    h = h.reshape(batch * seq, hidden)
+    keep = np.ones((batch, seq))
+    eps = model["layer_norm_eps"]
+    for layer in model["layers"]:
+        n = layernorm(h, layer["norm_before"], weights, eps)
+        q, k, v = (linear(n, layer[role], weights) for role in ("query", "key", "value"))
+        h = linear(attention(q, k, v, keep, batch, seq, model["num_heads"], model["head_dim"]), layer["attn_out"], weights, residual=h)
+        n = layernorm(h, layer["norm_after"], weights, eps)
+        h = linear(linear(n, layer["intermediate"], weights), layer["output"], weights, residual=h)
+    cls_out = layernorm(h.reshape(batch, seq, hidden)[:, 0], model["final_norm"], weights, eps)
+    return linear(cls_out, model["classifier"], weights) if model["classifier"] else cls_out
+
+
+def vit_preprocess(rgba: np.ndarray, spec: dict) -> np.ndarray:
+    """RGBA uint8 images [batch, H, W, 4] already at image_size -> normalised [batch, channels, H, W]
+    (grey-scale models take the luma of RGB), as the JS runtime does."""
+    rgb = rgba[..., :3].astype(np.float64)
+    if spec["channels"] == 1:
+        rgb = (0.299 * rgb[..., 0] + 0.587 * rgb[..., 1] + 0.114 * rgb[..., 2])[..., None]
+    x = rgb * spec["rescale"]
+    x = (x - np.asarray(spec["mean"])) / np.asarray(spec["std"])
+    return x.transpose(0, 3, 1, 2)
+
+
+def cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Row-wise cosine similarity."""
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    return (a * b).sum(-1) / (np.linalg.norm(a, axis=-1) * np.linalg.norm(b, axis=-1))

@@ -25,3 +25,8 @@ def templates_dir() -> Path:
 
 def web_runtime_dir() -> Path:
     return data_dir("web_runtime")
+
+
+def models_dir() -> Path:
+    """The models that ship inside the package (the small Fashion-MNIST ViT)."""
+    return _PACKAGE_DIR / "models"

@@ -4,7 +4,7 @@
 
 import { chooseProfiles, detectProfile } from './variants.js';
 import { fetchVerifiedText } from './bundle_loader.js';
-import { matmulKey, packParams, workgroups } from './dispatch.js';
+import { graphNodes, matmulKey, packParams, workgroups } from './dispatch.js';
 
 export class GpuUnavailable extends Error {
   constructor(message) { super(message); this.name = 'GpuUnavailable'; }
@@ -19,10 +19,11 @@ export function webgpuPresence() {
 }
 
 /**
- * Try the variants this adapter allows, best first; return {backend, variant, notes}.
- * Throws GpuUnavailable (with every reason) when none works.
+ * Try the variants this adapter allows, best first; return {backend, variant, notes}. A variant
+ * whose device, pipelines or `selfTest(backend)` fail is skipped with a note. Throws GpuUnavailable
+ * (with every reason) when none works.
  */
-export async function createGpuBackend(manifest, tensors, baseUrl, { profile = null, poison = false } = {}) {
+export async function createGpuBackend(manifest, tensors, baseUrl, { profile = null, poison = false, selfTest = null } = {}) {
   const presence = webgpuPresence();
   if (!presence.available) throw new GpuUnavailable(presence.reason);
   const probe = await navigator.gpu.requestAdapter();
@@ -38,6 +39,12 @@ export async function createGpuBackend(manifest, tensors, baseUrl, { profile = n
       adapter = adapter ?? await navigator.gpu.requestAdapter();
       const backend = await GpuBackend.create(adapter, manifest, tensors, candidate, baseUrl, poison);
       adapter = null;
+      try {
+        await selfTest?.(backend);
+      } catch (err) {
+        backend.destroy();
+        throw err;
+      }
       const variant = {
         profile: candidate.name, workgroup_size: candidate.workgroup_size, name: candidate.variant,
         requested, detected, fallback: candidate.name !== requested,
@@ -59,7 +66,7 @@ export class GpuBackend {
     const device = await adapter.requestDevice({ requiredLimits: { ...profile.required_limits } });
     const backend = new GpuBackend(device, manifest, tensors, profile, poison, baseUrl);
     try {
-      await backend.prepare(1);  // the one-row kernels now, so a variant that fails to compile fails here
+      await backend.prepare([1]);  // the one-row kernels now, so a variant that fails to compile fails here
       backend.#upload();
     } catch (err) {
       device.destroy();
@@ -82,9 +89,15 @@ export class GpuBackend {
     this.weights = new Map();
   }
 
-  /** Compile (once) the shaders that serve `rows` rows of input; the others wait until needed. */
-  async prepare(rows) {
-    const keys = new Set(this.manifest.model.layers.map((l) => matmulKey(l.kernels[this.profile.name], rows, this.manifest.matmul)));
+  /** Compile (once) the shaders a run with these matrix-product row counts needs; the rest wait. */
+  async prepare(rowCounts) {
+    const keys = new Set(Object.values(this.manifest.model.op_kernels?.[this.profile.name] ?? {}));
+    for (const node of graphNodes(this.manifest.model, 'in_features')) {
+      for (const rows of rowCounts) keys.add(matmulKey(node.kernels[this.profile.name], rows, this.manifest.matmul));
+    }
+    for (const node of graphNodes(this.manifest.model, 'table')) {
+      for (const key of Object.values(node.kernels[this.profile.name])) keys.add(key);
+    }
     for (const key of keys) {
       if (this.pipelines.has(key)) continue;
       const shader = this.manifest.shaders.find((s) => s.key === key);
@@ -129,15 +142,24 @@ export class GpuBackend {
     return buffer;
   }
 
-  input(data, rows, cols) {
+  /** Start recording a run: one command encoder, error scopes around everything it records. */
+  begin() {
     if (this.lost) throw new Error(`the GPU device was lost (${this.lost.message})`);
     this.scratch = [];
     this.encoder = this.device.createCommandEncoder();
     this.device.pushErrorScope('validation');
     this.device.pushErrorScope('out-of-memory');
-    const buffer = this.#transient(data.byteLength, GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_DST, 'input');
-    this.device.queue.writeBuffer(buffer, 0, data);
-    return { buffer, rows, cols };
+  }
+
+  input(data, rows, cols) {
+    return { buffer: this.upload(data), rows, cols };
+  }
+
+  /** A storage buffer holding a typed array (activations, token ids, masks). */
+  upload(typed) {
+    const buffer = this.#transient(typed.byteLength, GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_DST, 'upload');
+    this.device.queue.writeBuffer(buffer, 0, typed);
+    return buffer;
   }
 
   /** Record one dispatch of the shader `key` with buffers by binding name and params by name. */
@@ -164,17 +186,84 @@ export class GpuBackend {
     return Object.fromEntries(Object.entries(parts).map(([part, buffer]) => [`w.${part}`, buffer]));
   }
 
-  linear(h, layer) {
-    const weight = this.tensors.get(layer.weight).entry;
-    const m = weight.matrix;
-    const out = this.#activation(h.rows, m.rows, `${layer.weight}:out`);
-    const key = matmulKey(layer.kernels[this.profile.name], h.rows, this.manifest.matmul);
-    const resources = { x: h.buffer, ...this.#weightResources(layer.weight), y: out };
-    if (layer.bias) resources.bias = this.weights.get(layer.bias).codes;
+  #op(role) {
+    return this.manifest.model.op_kernels[this.profile.name][role];
+  }
+
+  #plain(name) {
+    return this.weights.get(name).codes; // float32 tensors: their values
+  }
+
+  linear(h, node, residual = null) {
+    const m = this.tensors.get(node.weight).entry.matrix;
+    const out = this.#activation(h.rows, m.rows, `${node.weight}:out`);
+    const key = matmulKey(node.kernels[this.profile.name], h.rows, this.manifest.matmul);
+    const resources = { x: h.buffer, ...this.#weightResources(node.weight), y: out };
+    if (node.bias) resources.bias = this.#plain(node.bias);
+    if (residual) resources.residual = residual.buffer;
     const dims = { m: h.rows, n: m.rows, k: m.k, words_per_row: m.words_per_row, groups_per_row: m.groups_per_row,
       group_size: m.group_size, codebook_stride: m.codebook_stride };
-    this.#dispatch(key, resources, dims, layer.weight);
+    this.#dispatch(key, resources, dims, node.weight);
     return { buffer: out, rows: h.rows, cols: m.rows };
+  }
+
+  embed(node, ids, count, into = null) {
+    const m = this.tensors.get(node.table).entry.matrix;
+    const out = into ? into.buffer : this.#activation(count, m.k, `${node.table}:rows`);
+    const key = node.kernels[this.profile.name][into ? 'accumulate' : 'first'];
+    const dims = { tokens: count, n: m.rows, k: m.k, words_per_row: m.words_per_row, groups_per_row: m.groups_per_row,
+      group_size: m.group_size, codebook_stride: m.codebook_stride, count: count * m.k };
+    this.#dispatch(key, { ids, ...this.#weightResources(node.table), y: out }, dims, node.table);
+    return into ?? { buffer: out, rows: count, cols: m.k };
+  }
+
+  layernorm(h, node, eps) {
+    const out = this.#activation(h.rows, h.cols, 'layernorm');
+    this.#dispatch(this.#op('layernorm'), { x: h.buffer, gamma: this.#plain(node.weight), beta: this.#plain(node.bias), y: out },
+      { rows: h.rows, cols: h.cols, eps }, 'layernorm');
+    return { buffer: out, rows: h.rows, cols: h.cols };
+  }
+
+  attention(q, k, v, mask, dims) {
+    const key = this.#op('attention');
+    const maxSeq = this.pipelines.get(key).shader.tiles.max_seq;
+    if (dims.seq > maxSeq) throw new Error(`attention over ${dims.seq} tokens exceeds this bundle's ${maxSeq}`);
+    const out = this.#activation(q.rows, q.cols, 'attention');
+    const resources = { q: q.buffer, k: k.buffer, v: v.buffer, y: out };
+    if (mask) resources.mask = mask;
+    this.#dispatch(key, resources, { ...dims, scale: 1 / Math.sqrt(dims.head_dim) }, 'attention');
+    return { buffer: out, rows: q.rows, cols: q.cols };
+  }
+
+  meanpool(h, mask, dims) {
+    const out = this.#activation(dims.batch, dims.hidden, 'meanpool');
+    this.#dispatch(this.#op('meanpool'), { x: h.buffer, mask, y: out }, dims, 'meanpool');
+    return { buffer: out, rows: dims.batch, cols: dims.hidden };
+  }
+
+  im2col(image, dims) {
+    const grid = Math.floor(dims.height / dims.patch_size) * Math.floor(dims.width / dims.patch_size);
+    const cols = dims.channels * dims.patch_size * dims.patch_size;
+    const out = this.#activation(dims.batch * grid, cols, 'im2col');
+    this.#dispatch(this.#op('im2col'), { image: image.buffer, y: out }, { ...dims, count: dims.batch * grid * cols }, 'im2col');
+    return { buffer: out, rows: dims.batch * grid, cols };
+  }
+
+  vitTokens(patches, clsName, posName, dims) {
+    const rows = dims.batch * (dims.patches + 1);
+    const out = this.#activation(rows, dims.hidden, 'vit_tokens');
+    this.#dispatch(this.#op('vit_tokens'), { patches: patches.buffer, cls: this.#plain(clsName), pos: this.#plain(posName), y: out },
+      { ...dims, count: rows * dims.hidden }, 'vit_tokens');
+    return { buffer: out, rows, cols: dims.hidden };
+  }
+
+  /** Rows `ids` of an activation (an embed over float32 storage: the activation is the table). */
+  rows(h, ids, count) {
+    const out = this.#activation(count, h.cols, 'rows');
+    const dims = { tokens: count, n: h.rows, k: h.cols, words_per_row: h.cols, groups_per_row: 0, group_size: h.cols,
+      codebook_stride: 0, count: count * h.cols };
+    this.#dispatch(this.#op('rows'), { ids, 'w.codes': h.buffer, y: out }, dims, 'rows');
+    return { buffer: out, rows: count, cols: h.cols };
   }
 
   async output(h) {

@@ -1,7 +1,10 @@
-// The demo page: loads the bundle beside it, runs the demo input, and shows output, path,
-// variant, notes, load progress and timings. Tests read window.ulpqDemo.
+// The demo page: loads the bundle beside it and runs it: sentence similarity for text models,
+// classification of built-in samples or a picked image for image models, a fixed input for the demo
+// MLP. Shows precision, path and variant, load progress, bundle size and timings. Tests read
+// window.ulpqDemo (status, result, model, progress).
 
 import * as ulpq from './ulpq.js';
+import { sampleToImage } from './images.js';
 
 window.ulpq = ulpq;
 const state = { status: 'loading', result: null, error: null, model: null, progress: [] };
@@ -12,14 +15,18 @@ const params = new URLSearchParams(location.search);
 const hardware = params.get('hardware') ?? 'auto';
 const profile = params.get('profile');
 const poison = params.has('poison'); // tests: NaN-fill GPU outputs before each run
+const autorun = params.get('run') !== '0'; // tests: ?run=0 loads and initializes only (status 'ready')
 
 function fact(name, value) {
-  const dt = document.createElement('dt');
-  dt.textContent = name;
-  const dd = document.createElement('dd');
+  let dd = document.getElementById(`fact-${name.toLowerCase().replace(/[^a-z]+/g, '-')}`);
+  if (!dd) {
+    const dt = document.createElement('dt');
+    dt.textContent = name;
+    dd = document.createElement('dd');
+    dd.id = `fact-${name.toLowerCase().replace(/[^a-z]+/g, '-')}`;
+    $('facts').append(dt, dd);
+  }
   dd.textContent = value;
-  dd.id = `fact-${name.toLowerCase().replace(/[^a-z]+/g, '-')}`;
-  $('facts').append(dt, dd);
 }
 
 function showProgress({ phase, file, loaded, total }) {
@@ -29,20 +36,59 @@ function showProgress({ phase, file, loaded, total }) {
   const mb = (n) => (n / 1048576).toFixed(2);
   $('progress-text').textContent = phase === 'weights'
     ? `downloading weights${file ? ` (${file})` : ''}: ${mb(loaded)} / ${mb(total)} MiB`
-    : phase === 'verified' ? 'weights verified (sha256), compiling shaders...' : 'ready';
+    : phase === 'verified' ? 'weights verified (sha256), preparing the runtime...' : 'ready';
 }
 
-function showOutput(result) {
-  const table = document.createElement('table');
-  const head = table.insertRow();
-  head.append(...['row', ...result.output[0].map((_, j) => `y${j}`)].map((t) => Object.assign(document.createElement('th'), { textContent: t })));
-  result.output.forEach((row, i) => {
-    const tr = table.insertRow();
-    tr.insertCell().textContent = i;
-    for (const v of row) tr.insertCell().textContent = v.toFixed(5);
-  });
-  $('output').replaceChildren(table);
+function table(head, rows) {
+  const t = document.createElement('table');
+  const h = t.insertRow();
+  for (const text of head) h.append(Object.assign(document.createElement('th'), { textContent: text }));
+  for (const row of rows) {
+    const tr = t.insertRow();
+    row.forEach((cell, i) => {
+      const td = tr.insertCell();
+      td.textContent = typeof cell === 'number' ? cell.toFixed(4) : cell;
+      if (i === 0 && typeof cell === 'string') td.className = 'text';
+    });
+  }
+  return t;
+}
+
+function showResult(result) {
+  fact('Path', result.path);
+  fact('Variant', result.variant ? `${result.variant.name}${result.variant.fallback ? ` (requested ${result.variant.requested})` : ''}` : 'none (CPU)');
+  fact('WebGPU', result.webgpu.available ? 'available' : `absent: ${result.webgpu.reason}`);
+  fact('Notes', result.notes.join(' | ') || '-');
+  fact('Timings', `load ${result.timings.load_ms.toFixed(0)} ms, init ${result.timings.init_ms.toFixed(0)} ms, `
+    + `run ${result.timings.run_ms.toFixed(1)} ms`);
   $('output').classList.remove('muted');
+  state.result = result;
+}
+
+async function runText(model, sentences) {
+  const result = await model.process(sentences);
+  const e = result.embeddings;
+  const cos = (a, b) => a.reduce((s, v, i) => s + v * b[i], 0) / Math.sqrt(a.reduce((s, v) => s + v * v, 0) * b.reduce((s, v) => s + v * v, 0));
+  $('output').replaceChildren(table(['sentence', ...sentences.map((_, i) => `#${i + 1}`)],
+    sentences.map((s, i) => [`#${i + 1} ${s}`, ...e.map((_, j) => cos(e[i], e[j]))])));
+  showResult(result);
+  return result;
+}
+
+async function runImages(model, images, names) {
+  const result = await model.process(images);
+  $('output').replaceChildren(table(['image', 'predicted class', 'probability'],
+    result.predictions.map((p, i) => [names[i], p.label, p.probability])));
+  showResult(result);
+  return result;
+}
+
+function drawImage(image) {
+  const canvas = document.createElement('canvas');
+  canvas.width = image.width;
+  canvas.height = image.height;
+  canvas.getContext('2d').putImageData(new ImageData(new Uint8ClampedArray(image.data), image.width, image.height), 0, 0);
+  return canvas;
 }
 
 async function main() {
@@ -50,17 +96,45 @@ async function main() {
   state.model = model;
   await model.initialize();
   const m = model.manifest;
+  const q = m.quantization;
   $('title').textContent = `${m.model.name} (${m.model.architecture})`;
-  $('subtitle').textContent = `${m.quantization.default.format} weights, ${m.quantization.quantized_bits_per_weight} bits per quantized weight, `
-    + `${(m.quantization.bytes / 1024).toFixed(1)} KiB (${m.quantization.reduction_vs_float32}x smaller than float32)`;
-  const result = await model.process(m.demo.inputs);
-  fact('Path', result.path);
-  fact('Variant', result.variant ? `${result.variant.name}${result.variant.fallback ? ` (requested ${result.variant.requested})` : ''}` : 'none (CPU)');
-  fact('WebGPU', result.webgpu.available ? 'available' : `absent: ${result.webgpu.reason}`);
-  fact('Notes', result.notes.join(' | ') || '-');
-  fact('Timings', `load ${result.timings.load_ms.toFixed(0)} ms, init ${result.timings.init_ms.toFixed(0)} ms, run ${result.timings.run_ms.toFixed(1)} ms`);
-  showOutput(result);
-  state.result = result;
+  $('subtitle').textContent = `${q.default.format} weights, ${q.quantized_bits_per_weight} bits per quantized weight; `
+    + `${(q.bytes / 1048576).toFixed(2)} MiB of weights (${q.reduction_vs_float32}x smaller than float32)`;
+  fact('Precision', `${q.default.format}${q.default.group_size > 0 ? `, groups of ${q.default.group_size}` : ''}`);
+  fact('Bundle size', `${(m.shards.reduce((a, s) => a + s.bytes, 0) / 1048576).toFixed(2)} MiB of shards`);
+  if (!autorun) {
+    fact('Path', model.backend.path);
+    state.status = 'ready';
+    return;
+  }
+  if (m.model.architecture === 'bert') {
+    $('text-demo').hidden = false;
+    $('sentences').value = m.demo.sentences.join('\n');
+    $('embed').onclick = () => runText(model, $('sentences').value.split('\n').map((s) => s.trim()).filter(Boolean));
+    await runText(model, m.demo.sentences);
+  } else if (m.model.architecture === 'vit') {
+    $('image-demo').hidden = false;
+    const samples = m.demo.samples ? await (await fetch(m.demo.samples)).json() : [];
+    const images = samples.map(sampleToImage);
+    samples.forEach((s, i) => {
+      const div = Object.assign(document.createElement('div'), { className: 'sample', title: 'classify this image' });
+      div.append(drawImage(images[i]), s.label);
+      div.onclick = () => runImages(model, [images[i]], [s.label]);
+      $('samples').append(div);
+    });
+    $('picker').onchange = async () => {
+      const bitmap = await createImageBitmap($('picker').files[0]);
+      const size = m.model.image_size;
+      const canvas = Object.assign(document.createElement('canvas'), { width: size, height: size });
+      canvas.getContext('2d').drawImage(bitmap, 0, 0, size, size);
+      await runImages(model, [canvas.getContext('2d').getImageData(0, 0, size, size)], [$('picker').files[0].name]);
+    };
+    await runImages(model, images, samples.map((s) => `sample: ${s.label}`));
+  } else {
+    const result = await model.process(m.demo.inputs);
+    $('output').replaceChildren(table(['row', ...result.output[0].map((_, j) => `y${j}`)], result.output.map((r, i) => [String(i), ...r])));
+    showResult(result);
+  }
   state.status = 'done';
 }
 

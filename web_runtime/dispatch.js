@@ -42,3 +42,14 @@ export function matmulKey(layerKernels, rows, thresholds) {
   if (rows <= thresholds.gemv_max_rows) return layerKernels.gemv;
   return rows >= thresholds.gemm_large_rows ? layerKernels.gemm_large : layerKernels.gemm_small;
 }
+
+/** Every object in the model description holding key `has` ("in_features": linear nodes; "table": embedding tables). */
+export function graphNodes(tree, has, out = []) {
+  if (Array.isArray(tree)) {
+    for (const item of tree) graphNodes(item, has, out);
+  } else if (tree && typeof tree === 'object') {
+    if (has in tree) out.push(tree);
+    for (const [key, value] of Object.entries(tree)) if (key !== 'kernels') graphNodes(value, has, out);
+  }
+  return out;
+}

@@ -1,13 +1,74 @@
-// Model graphs, written once against the backend interface (input, linear, ..., output) so the
-// WebGPU and CPU paths run the same sequence of operators.
+// Model graphs, written once against the backend interface (begin, input/upload, embed, linear,
+// layernorm, attention, meanpool, im2col, vitTokens, rows, output), so the WebGPU and CPU paths run
+// the same sequence of operators. ulpq_build/reference.py is the numpy twin of each graph.
 
-async function mlp(backend, model, x, rows) {
-  let h = backend.input(x, rows, model.input_size);
+async function mlp(backend, model, x) {
+  backend.begin();
+  let h = backend.input(x.data, x.rows, model.input_size);
   for (const layer of model.layers) h = backend.linear(h, layer);
   return backend.output(h);
 }
 
-export const GRAPHS = { mlp };
+/** BERT encoder + mean pooling (+ L2 normalisation): x = a tokenizer batch (ids, mask, positions, types). */
+async function bert(backend, model, x) {
+  backend.begin();
+  const count = x.batch * x.seq;
+  const ids = backend.upload(x.ids);
+  const mask = backend.upload(x.mask);
+  const e = model.embeddings;
+  let h = backend.embed(e.word, ids, count);
+  backend.embed(e.position, backend.upload(x.positions), count, h);
+  backend.embed(e.token_type, backend.upload(x.types), count, h);
+  h = backend.layernorm(h, e.norm, model.layer_norm_eps);
+  const dims = { batch: x.batch, seq: x.seq, heads: model.num_heads, head_dim: model.head_dim };
+  for (const layer of model.layers) {
+    const q = backend.linear(h, layer.query);
+    const k = backend.linear(h, layer.key);
+    const v = backend.linear(h, layer.value);
+    const context = backend.attention(q, k, v, mask, dims);
+    const a = backend.layernorm(backend.linear(context, layer.attn_out, h), layer.attn_norm, model.layer_norm_eps);
+    const inter = backend.linear(a, layer.intermediate);
+    h = backend.layernorm(backend.linear(inter, layer.output, a), layer.out_norm, model.layer_norm_eps);
+  }
+  const pooled = backend.meanpool(h, mask, { batch: x.batch, seq: x.seq, hidden: model.hidden_size }, model.normalize);
+  return backend.output(pooled);
+}
+
+/** ViT: patches -> [CLS] + positions -> pre-LN encoder -> final LayerNorm of [CLS] -> classifier. x = images. */
+async function vit(backend, model, x) {
+  backend.begin();
+  const size = model.image_size;
+  const image = backend.input(x.data, x.batch * model.num_channels * size, size);
+  const patches = backend.im2col(image, { batch: x.batch, channels: model.num_channels, height: size, width: size,
+    patch_size: model.patch_size });
+  const embedded = backend.linear(patches, model.patch);
+  let h = backend.vitTokens(embedded, model.cls_token, model.position_embeddings,
+    { batch: x.batch, patches: model.num_patches, hidden: model.hidden_size });
+  const seq = model.num_patches + 1;
+  const dims = { batch: x.batch, seq, heads: model.num_heads, head_dim: model.head_dim };
+  const eps = model.layer_norm_eps;
+  for (const layer of model.layers) {
+    const n = backend.layernorm(h, layer.norm_before, eps);
+    const q = backend.linear(n, layer.query);
+    const k = backend.linear(n, layer.key);
+    const v = backend.linear(n, layer.value);
+    h = backend.linear(backend.attention(q, k, v, null, dims), layer.attn_out, h);
+    const n2 = backend.layernorm(h, layer.norm_after, eps);
+    h = backend.linear(backend.linear(n2, layer.intermediate), layer.output, h);
+  }
+  const clsRows = Uint32Array.from({ length: x.batch }, (_, b) => b * seq);
+  const cls = backend.layernorm(backend.rows(h, backend.upload(clsRows), x.batch), model.final_norm, eps);
+  return backend.output(model.classifier ? backend.linear(cls, model.classifier) : cls);
+}
+
+export const GRAPHS = { mlp, bert, vit };
+
+/** The matrix-product row counts a graph runs for an input, so their shaders can be compiled up front. */
+export function matmulRows(model, x) {
+  if (model.architecture === 'bert') return [x.batch * x.seq];
+  if (model.architecture === 'vit') return [x.batch * model.num_patches, x.batch * (model.num_patches + 1), x.batch];
+  return [x.rows];
+}
 
 /** Turn an array of rows (arrays of numbers) into a Float32Array; check the width. */
 export function toMatrix(input, width) {

@@ -25,8 +25,8 @@ const tensors = tensorTable(manifest, shards);
 const out = { tensors: {}, outputs: null, choices: [] };
 for (const [name, tensor] of tensors) out.tensors[name] = Array.from(decodeTensor(tensor, manifest.formats));
 if (request.inputs) {
-  const { data, rows } = toMatrix(request.inputs, manifest.model.input_size);
-  const result = await GRAPHS[manifest.model.architecture](new CpuBackend(manifest, tensors), manifest.model, data, rows);
+  const x = toMatrix(request.inputs, manifest.model.input_size);
+  const result = await GRAPHS[manifest.model.architecture](new CpuBackend(manifest, tensors), manifest.model, x);
   out.outputs = Array.from(result.data);
 }
 for (const c of request.choices ?? []) {
