@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -25,12 +26,13 @@ from ulpq_build.architectures import describe_model, float_operands, model_tenso
 from ulpq_build.atomic import atomic_folder
 from ulpq_build.checkpoint import iter_quantized
 from ulpq_build.config import resolve_options
+from ulpq_build.strategy import plan_and_quantize
 from ulpq_build.default_model import write_default_model
 from ulpq_build.errors import UserError
 from ulpq_build.formats import FORMATS
 from ulpq_build.kernels import GEMM_LARGE_ROWS, GEMV_MAX_ROWS, KernelVariant, WeightStorage, gemv_vec4_fits, render
 from ulpq_build.model_source import ModelSource, open_model
-from ulpq_build.plan import FLOAT32, Plan, Rule, resolve_plan
+from ulpq_build.plan import Plan
 from ulpq_build.profiles import PROFILES
 from ulpq_build.quantize import quantize
 from ulpq_build.quantspec import QuantSpec
@@ -207,25 +209,37 @@ def resolve_model(model: str | Path | None, scratch: Path) -> tuple[Path, str]:
 
 
 def build_bundle(model_path: str | Path | None, out: Path, overrides: dict | None = None, config: Path | None = None,
-                 log=print) -> BundleResult:
+                 log=print, method: str = "rtn", target_bpw: float | None = None, target_mb: float | None = None) -> BundleResult:
     """Quantize the model `model_path` names (a path or a BUILTIN_MODELS name; None: builtin:minilm) and
     write the bundle to `out`. `overrides` are QuantSpec fields given on the command line; `config` a
-    config file."""
+    config file; method / target_*: see strategy.plan_and_quantize."""
     with tempfile.TemporaryDirectory(prefix="ulpq-model-") as scratch:
         path, model_name = resolve_model(model_path, Path(scratch))
         source = open_model(path)
         model = describe_model(source)
         names = model_tensors(model)
         tensors = [(n, source.weights.shape(n), source.weights.dtype(n)) for n in names]
-        default, rules = resolve_options(config, overrides or {}, tensors)
-        plain = float_operands(model)
-        if plain:  # read directly by a kernel: never packed, whatever the rules say
-            rules = [Rule("<float operands>", FLOAT32, "architecture (kernels read these as float32)", frozenset(plain)), *rules]
-        plan = resolve_plan(tensors, default, rules)
+        plan, precomputed = plan_and_quantize(source, tensors, overrides or {}, config, method, target_bpw, target_mb,
+                                              model, log)
         log(plan.table())
         with atomic_folder(out) as tmp:
-            manifest = _write_bundle(tmp, source, model_name, model, plan, default)
+            manifest = _write_bundle(tmp, source, model_name, model, plan, default_spec(plan, overrides or {}, config),
+                                     precomputed, method)
     return BundleResult(Path(out), plan, manifest)
+
+
+def default_spec(plan: Plan, overrides: dict, config) -> QuantSpec:
+    """The spec the manifest reports as the bundle's precision: the flags' (or config's) default, else
+    the spec that covers most weights (a planned mix)."""
+    if overrides or config:
+        return resolve_options(config, overrides, [])[0]
+    quantized = [e for e in plan.entries if e.spec.fmt.quantized]
+    if not quantized:
+        return QuantSpec()
+    counts: dict = {}
+    for e in quantized:
+        counts[e.spec] = counts.get(e.spec, 0) + math.prod(e.shape)
+    return max(counts, key=counts.get)
 
 
 def _copy_files(folder: Path, source: ModelSource, model: dict) -> list[dict]:
@@ -249,10 +263,11 @@ def demo_section(model: dict) -> dict:
     return {"inputs": demo_inputs(model)}
 
 
-def _write_bundle(folder: Path, source: ModelSource, model_name: str, model: dict, plan: Plan, default: QuantSpec) -> dict:
+def _write_bundle(folder: Path, source: ModelSource, model_name: str, model: dict, plan: Plan, default: QuantSpec,
+                  precomputed: dict | None = None, method: str = "rtn") -> dict:
     shards = ShardWriter(folder)
     tensors = []
-    for entry, qt in iter_quantized(source.weights, plan):
+    for entry, qt in iter_quantized(source.weights, plan, precomputed):
         qt = qt or quantize(entry.name, source.weights.tensor(entry.name), entry.spec)  # float32 in bundles
         parts = {part: shards.add(array, f"tensor {entry.name!r} ({part})") for part, array in qt.parts.items()}
         tensors.append({"name": entry.name, "shape": list(qt.shape), "dtype": qt.dtype, "format": entry.spec.format,
@@ -278,7 +293,8 @@ def _write_bundle(folder: Path, source: ModelSource, model_name: str, model: dic
         "schema_version": MANIFEST_SCHEMA_VERSION,
         "generator": {"name": "ulpq_build", "version": __version__},
         "model": {"name": model_name, **model},
-        "quantization": {"default": default.to_json(), **plan.summary()},
+        "quantization": {"default": default.to_json(), "method": method,
+                         "mixed": len({e.spec for e in plan.entries if e.spec.fmt.quantized}) > 1, **plan.summary()},
         "formats": {name: FORMATS[name].to_manifest() for name in used_formats},
         "profiles": [profile_entry(p, variants) for p in PROFILES.values()],
         "tensors": tensors,

@@ -33,17 +33,22 @@ def part_name(tensor: str, part: str) -> str:
     return f"{tensor}{PART_SEPARATOR}{part}"
 
 
-def iter_quantized(source: SafetensorsFile, plan: Plan) -> Iterator[tuple[PlanEntry, QuantizedTensor | None]]:
-    """Yield (entry, quantized tensor) in plan order (None for tensors kept as stored); each
-    tensor's input pages are released once the caller is done with it, so about one tensor is
-    resident at a time."""
+def iter_quantized(source: SafetensorsFile, plan: Plan, precomputed: dict[str, QuantizedTensor] | None = None
+                   ) -> Iterator[tuple[PlanEntry, QuantizedTensor | None]]:
+    """Yield (entry, quantized tensor) in plan order (None for tensors kept as stored): from
+    `precomputed` (GPTQ) where given, else rounded to nearest as we go; each tensor's input pages are
+    released once the caller is done with it, so about one tensor is resident at a time."""
     for entry in plan.entries:
-        quantized = entry.spec.fmt.quantized
-        yield entry, quantize(entry.name, source.tensor(entry.name), entry.spec) if quantized else None
+        if precomputed and entry.name in precomputed:
+            yield entry, precomputed[entry.name]
+        else:
+            quantized = entry.spec.fmt.quantized
+            yield entry, quantize(entry.name, source.tensor(entry.name), entry.spec) if quantized else None
         source.release(entry.name)
 
 
-def write_quantized(source: SafetensorsFile, plan: Plan, out: Path, *, source_name: str) -> None:
+def write_quantized(source: SafetensorsFile, plan: Plan, out: Path, *, source_name: str,
+                    precomputed: dict[str, QuantizedTensor] | None = None, method: str = "rtn") -> None:
     """Quantize `source` under `plan` into a checkpoint at `out` (all-or-nothing)."""
     specs, tensors = [], {}
     for entry in plan.entries:
@@ -54,11 +59,11 @@ def write_quantized(source: SafetensorsFile, plan: Plan, out: Path, *, source_na
                                    "parts": list(layout)}
         else:
             specs.append((entry.name, entry.dtype, entry.shape))
-    metadata = {METADATA_KEY: json.dumps({"version": CHECKPOINT_VERSION, "source": source_name, "tensors": tensors,
-                                          "plan": plan.to_json()}, separators=(",", ":"))}
+    metadata = {METADATA_KEY: json.dumps({"version": CHECKPOINT_VERSION, "source": source_name, "method": method,
+                                          "tensors": tensors, "plan": plan.to_json()}, separators=(",", ":"))}
 
     def produce() -> Iterator[np.ndarray]:
-        for entry, qt in iter_quantized(source, plan):
+        for entry, qt in iter_quantized(source, plan, precomputed):
             if qt is not None:
                 yield from qt.parts.values()
             else:

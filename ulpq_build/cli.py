@@ -24,6 +24,12 @@ def _add_quant_options(p: argparse.ArgumentParser) -> None:
                    help="-optimal formats: one fitted codebook per tensor (default) or per output channel")
     p.add_argument("--config", metavar="FILE", help="a .json or .toml quantization config (mixed precision, rules); "
                                                      "the flags above override its defaults")
+    p.add_argument("--method", default="rtn", choices=("rtn", "gptq"),
+                   help="rtn: round to nearest with searched scales (default); gptq: error compensation over "
+                        "calibration inputs (BERT and ViT models; needs the calibration data, see the README)")
+    p.add_argument("--target-bpw", type=float, metavar="B",
+                   help="automatic mixed precision: the most accurate per-tensor formats within B bits per weight")
+    p.add_argument("--target-size", type=float, metavar="MB", help="automatic mixed precision within MB megabytes (10^6) of weights")
 
 
 def _overrides(args) -> dict:
@@ -36,8 +42,8 @@ def _overrides(args) -> dict:
 def cmd_bundle(args) -> int:
     from ulpq_build.bundle import build_bundle
 
-    result = build_bundle(args.model, Path(args.out), _overrides(args),
-                          Path(args.config) if args.config else None)
+    result = build_bundle(args.model, Path(args.out), _overrides(args), Path(args.config) if args.config else None,
+                          method=args.method, target_bpw=args.target_bpw, target_mb=args.target_size)
     files = sum(1 for p in result.out.rglob("*") if p.is_file())
     print(f"wrote {result.out}/ ({files} files): open it with `python -m ulpq_build serve {result.out}`")
     return 0
@@ -45,9 +51,8 @@ def cmd_bundle(args) -> int:
 
 def cmd_quantize(args) -> int:
     from ulpq_build.checkpoint import Checkpoint, write_quantized
-    from ulpq_build.config import resolve_options
     from ulpq_build.model_source import open_model
-    from ulpq_build.plan import resolve_plan
+    from ulpq_build.strategy import plan_and_quantize
 
     source = open_model(args.model)
     if Checkpoint(source.weights.path).quantized:
@@ -55,10 +60,10 @@ def cmd_quantize(args) -> int:
                         f"(or `dequantize` this one first)")
     weights = source.weights
     tensors = [(n, weights.shape(n), weights.dtype(n)) for n in weights.names]
-    base, rules = resolve_options(Path(args.config) if args.config else None, _overrides(args), tensors)
-    plan = resolve_plan(tensors, base, rules)
+    plan, precomputed = plan_and_quantize(source, tensors, _overrides(args), Path(args.config) if args.config else None,
+                                          args.method, args.target_bpw, args.target_size)
     print(plan.table())
-    write_quantized(weights, plan, Path(args.out), source_name=weights.path.name)
+    write_quantized(weights, plan, Path(args.out), source_name=weights.path.name, precomputed=precomputed, method=args.method)
     print(f"wrote {args.out}")
     return 0
 
@@ -97,6 +102,29 @@ def cmd_serve(args) -> int:
     return 0
 
 
+def cmd_bench(args) -> int:
+    from ulpq_build.bench import run_bench
+
+    presets = [f.strip() for f in args.formats.split(",") if f.strip()] if args.formats else None
+    browsers = [b.strip() for b in args.browsers.split(",") if b.strip()]
+    result = run_bench(args.model, presets, browsers, Path(args.out), repeats=args.repeats,
+                       log=lambda message: print(message, flush=True))
+    failed = [(r["preset"], b["browser"]) for r in result["rows"] for b in r["browsers"] if not b.get("passed")]
+    if failed:
+        print(f"{len(failed)} browser check(s) failed: {', '.join(f'{p} in {b}' for p, b in failed)}")
+    return 1 if failed else 0
+
+
+def cmd_verify(args) -> int:
+    from ulpq_build.verify import format_table, verify_bundle
+
+    results = verify_bundle(Path(args.bundle), [b.strip() for b in args.browsers.split(",") if b.strip()])
+    print(format_table(results))
+    failed = [r for r in results if not r.passed]
+    print(f"{len(results) - len(failed)} of {len(results)} passed")
+    return 1 if failed else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m ulpq_build",
                                      description="Quantize models to 8/4/3/2/1 bits and emit static WebGPU web bundles.")
@@ -133,6 +161,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reference", metavar="MODEL", help="the float model to measure errors against")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(run=cmd_inspect)
+
+    p = sub.add_parser("bench", help="accuracy, size and speed per precision and browser, with a report",
+                       description="Build the bundle for each precision preset, measure accuracy on real data (numpy), and "
+                                   "agreement, speed and memory in each browser; write results.json and report.html.")
+    p.add_argument("--model", metavar="PATH", help="a model folder or builtin:minilm (default) / builtin:vit")
+    p.add_argument("--formats", metavar="LIST", help="comma-separated presets: formats (int4, ...), <format>-gptq, "
+                                                    "mixed-<bits>; default: a set per architecture")
+    p.add_argument("--browsers", default="chromium,firefox,webkit", help="comma-separated (empty: numpy only)")
+    p.add_argument("--repeats", type=int, default=3, help="timed runs per preset and browser (median reported)")
+    p.add_argument("--out", default="ulpq-bench", metavar="DIR")
+    p.set_defaults(run=cmd_bench)
+
+    p = sub.add_parser("verify", help="check a bundle in real browsers against the numpy reference",
+                       description="Run a bundle in each browser and compare its output with the numpy reference over "
+                                   "the bundle's own weights; exit status 1 on any failure.")
+    p.add_argument("bundle", metavar="BUNDLE", help="a bundle folder")
+    p.add_argument("--browsers", default="chromium,firefox,webkit", help="comma-separated: chromium, firefox, webkit")
+    p.set_defaults(run=cmd_verify)
 
     p = sub.add_parser("serve", help="serve a bundle on 127.0.0.1", description="Serve a bundle folder on 127.0.0.1.")
     p.add_argument("folder", metavar="DIR")

@@ -391,3 +391,59 @@ def dequantize_parts(parts: dict[str, np.ndarray], spec: QuantSpec, shape: tuple
         book = parts["codebook"]
         levels = book[0][codes] if book.shape[0] == 1 else np.take_along_axis(book, codes.astype(np.int64), axis=1)
     return (per_value_scale * levels).astype(np.float32).reshape(shape)
+
+
+# --- pieces for quantizers that choose codes themselves (GPTQ) ------------------------------------------
+
+def group_scales(block: np.ndarray, fmt: Format, spec: QuantSpec, codebook: np.ndarray | None = None):
+    """Scale (and zero point, for asymmetric formats) per row of `block` [rows, G], as the
+    round-to-nearest quantizer chooses them (clipping search included)."""
+    scale_dtype = SCALE_DTYPES[spec.scale_dtype]
+    block = np.asarray(block, np.float32)
+    if fmt.levels == "uniform" and spec.asymmetric:
+        _, scale, zeros = _uniform_asymmetric(block, fmt, scale_dtype)
+        return scale, zeros.astype(np.float32)
+    if fmt.levels == "uniform":
+        return _uniform_symmetric(block, fmt, scale_dtype)[1], None
+    if fmt.levels == "table" and fmt.scale_rule == "mean-abs":
+        return _sign(block, scale_dtype)[1], None
+    if fmt.levels == "table":
+        return _table(block, np.asarray(fmt.table, np.float32), scale_dtype)[1], None
+    return _fitted(block, codebook, block.shape[0] if codebook.shape[0] > 1 else 1, scale_dtype)[1], None
+
+
+def quantize_column(values: np.ndarray, scale: np.ndarray, zero: np.ndarray | None, fmt: Format,
+                    codebook: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Codes and dequantized values of one input column (one value per row) under given scales."""
+    if fmt.levels == "uniform":
+        z = fmt.symmetric_zero if zero is None else zero
+        codes = np.clip(np.rint(values / scale) + z, 0, fmt.n_levels - 1)
+        return codes.astype(np.uint8), scale * (codes - z)
+    if fmt.levels == "table":
+        table = np.asarray(fmt.table, np.float64)
+        codes = (values >= 0).astype(np.uint8) if fmt.scale_rule == "mean-abs" else _nearest((values / scale)[:, None], table)[:, 0]
+        return codes, scale * table[codes]
+    books = np.broadcast_to(codebook, (len(values), codebook.shape[1]))
+    codes = _nearest((values / scale)[:, None], books)[:, 0]
+    return codes, scale * books[np.arange(len(values)), codes]
+
+
+def assemble(name: str, shape: tuple[int, ...], dtype: str, spec: QuantSpec, codes: np.ndarray, scales: np.ndarray,
+             zeros: np.ndarray | None, codebook: np.ndarray | None) -> QuantizedTensor:
+    """A QuantizedTensor from unpacked codes [rows, K] and per-group scales [rows, groups]."""
+    fmt = spec.fmt
+    parts = {"codes": pack(codes.astype(np.uint8), fmt), "scales": scales.astype(SCALE_DTYPES[spec.scale_dtype])}
+    if spec.asymmetric:
+        parts["zeros"] = zeros.astype(np.uint8)
+    if fmt.levels == "fitted":
+        parts["codebook"] = codebook.astype(np.float32)
+    expected = part_layout(spec, shape)
+    assert {p: (str(a.dtype), a.shape) for p, a in parts.items()} == expected, (name, expected)
+    return QuantizedTensor(name, tuple(shape), dtype, spec, parts)
+
+
+def fit_codebook(name: str, w: np.ndarray, spec: QuantSpec) -> np.ndarray:
+    """The fitted levels a -optimal format uses for `w` (as quantize fits them)."""
+    rows, k = matrix_shape(w.shape)
+    group = k if spec.group_size in (PER_CHANNEL, PER_TENSOR) else spec.group_size
+    return _fit_codebooks(np.asarray(w, np.float32).reshape(rows, k), spec.fmt, spec, group)

@@ -45,7 +45,13 @@ def layernorm(x: np.ndarray, node: dict, weights: dict, eps: float) -> np.ndarra
         + np.asarray(weights[node["bias"]], np.float64)
 
 
-def linear(x: np.ndarray, node: dict, weights: dict, residual: np.ndarray | None = None) -> np.ndarray:
+def linear(x: np.ndarray, node: dict, weights: dict, residual: np.ndarray | None = None, hook=None,
+           rows: np.ndarray | None = None) -> np.ndarray:
+    """y = act(x W^T + b) (+ residual). `hook(node, x)` runs first with the input rows that are real
+    tokens (`rows`, a boolean mask; all rows when None): calibration reads them, and may replace
+    weights[node["weight"]] (GPTQ quantizes each layer right before it is used)."""
+    if hook is not None:
+        hook(node, x if rows is None else x[rows])
     w = np.asarray(weights[node["weight"]], np.float64).reshape(node["out_features"], node["in_features"])
     y = x @ w.T
     if node["bias"]:
@@ -66,20 +72,22 @@ def attention(q, k, v, keep, batch: int, seq: int, heads: int, head_dim: int) ->
     return (p @ v).transpose(0, 2, 1, 3).reshape(batch * seq, heads * head_dim)
 
 
-def bert_forward(model: dict, weights: dict, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """Sentence embeddings [batch, hidden] for padded token ids [batch, seq] and mask (1 token, 0 pad)."""
+def bert_forward(model: dict, weights: dict, ids: np.ndarray, mask: np.ndarray, hook=None) -> np.ndarray:
+    """Sentence embeddings [batch, hidden] for padded token ids [batch, seq] and mask (1 token, 0 pad);
+    `hook`: see `linear`."""
     batch, seq = ids.shape
     emb = model["embeddings"]
     table = lambda name: np.asarray(weights[emb[name]["table"]], np.float64)  # noqa: E731
     h = table("word")[ids] + table("position")[np.arange(seq)][None] + table("token_type")[0][None, None]
     h = layernorm(h.reshape(batch * seq, -1), emb["norm"], weights, model["layer_norm_eps"])
     keep = mask.astype(np.float64)
+    rows = keep.reshape(-1) > 0.5
+    lin = lambda x, node, residual=None: linear(x, node, weights, residual, hook, rows)  # noqa: E731
     for layer in model["layers"]:
-        q, k, v = (linear(h, layer[role], weights) for role in ("query", "key", "value"))
+        q, k, v = (lin(h, layer[role]) for role in ("query", "key", "value"))
         ctx = attention(q, k, v, keep, batch, seq, model["num_heads"], model["head_dim"])
-        a = layernorm(linear(ctx, layer["attn_out"], weights, residual=h), layer["attn_norm"], weights, model["layer_norm_eps"])
-        h = layernorm(linear(linear(a, layer["intermediate"], weights), layer["output"], weights, residual=a),
-                      layer["out_norm"], weights, model["layer_norm_eps"])
+        a = layernorm(lin(ctx, layer["attn_out"], h), layer["attn_norm"], weights, model["layer_norm_eps"])
+        h = layernorm(lin(lin(a, layer["intermediate"]), layer["output"], a), layer["out_norm"], weights, model["layer_norm_eps"])
     h = h.reshape(batch, seq, -1)
     pooled = (h * keep[..., None]).sum(axis=1) / np.maximum(keep.sum(axis=1, keepdims=True), 1e-9)
     if model["normalize"]:
@@ -87,13 +95,14 @@ def bert_forward(model: dict, weights: dict, ids: np.ndarray, mask: np.ndarray) 
     return pooled
 
 
-def vit_forward(model: dict, weights: dict, pixels: np.ndarray) -> np.ndarray:
-    """Logits [batch, labels] (or [CLS] features) for preprocessed images [batch, channels, size, size]."""
+def vit_forward(model: dict, weights: dict, pixels: np.ndarray, hook=None) -> np.ndarray:
+    """Logits [batch, labels] (or [CLS] features) for preprocessed images [batch, channels, size, size];
+    `hook`: see `linear`."""
     batch = pixels.shape[0]
     p, grid = model["patch_size"], model["image_size"] // model["patch_size"]
     c = model["num_channels"]
     patches = pixels[:, :, : grid * p, : grid * p].reshape(batch, c, grid, p, grid, p).transpose(0, 2, 4, 1, 3, 5)
-    x = linear(patches.reshape(batch * grid * grid, c * p * p).astype(np.float64), model["patch"], weights)
+    x = linear(patches.reshape(batch * grid * grid, c * p * p).astype(np.float64), model["patch"], weights, hook=hook)
     hidden = model["hidden_size"]
     cls = np.asarray(weights[model["cls_token"]], np.float64).reshape(1, 1, hidden)
     pos = np.asarray(weights[model["position_embeddings"]], np.float64).reshape(1, grid * grid + 1, hidden)
@@ -102,14 +111,15 @@ def vit_forward(model: dict, weights: dict, pixels: np.ndarray) -> np.ndarray:
     h = h.reshape(batch * seq, hidden)
     keep = np.ones((batch, seq))
     eps = model["layer_norm_eps"]
+    lin = lambda x, node, residual=None: linear(x, node, weights, residual, hook)  # noqa: E731
     for layer in model["layers"]:
         n = layernorm(h, layer["norm_before"], weights, eps)
-        q, k, v = (linear(n, layer[role], weights) for role in ("query", "key", "value"))
-        h = linear(attention(q, k, v, keep, batch, seq, model["num_heads"], model["head_dim"]), layer["attn_out"], weights, residual=h)
+        q, k, v = (lin(n, layer[role]) for role in ("query", "key", "value"))
+        h = lin(attention(q, k, v, keep, batch, seq, model["num_heads"], model["head_dim"]), layer["attn_out"], h)
         n = layernorm(h, layer["norm_after"], weights, eps)
-        h = linear(linear(n, layer["intermediate"], weights), layer["output"], weights, residual=h)
+        h = lin(lin(n, layer["intermediate"]), layer["output"], h)
     cls_out = layernorm(h.reshape(batch, seq, hidden)[:, 0], model["final_norm"], weights, eps)
-    return linear(cls_out, model["classifier"], weights) if model["classifier"] else cls_out
+    return lin(cls_out, model["classifier"]) if model["classifier"] else cls_out
 
 
 def vit_preprocess(rgba: np.ndarray, spec: dict) -> np.ndarray:

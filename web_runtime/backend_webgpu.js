@@ -287,6 +287,13 @@ export class GpuBackend {
     }
   }
 
+  /** Bytes of GPU buffers holding the weights (activations come and go per run). */
+  memoryBytes() {
+    let total = 0;
+    for (const parts of this.weights.values()) for (const buffer of Object.values(parts)) total += buffer.size;
+    return { gpu_buffer_bytes: total };
+  }
+
   destroy() {
     this.device.destroy();
   }

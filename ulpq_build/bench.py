@@ -1,0 +1,212 @@
+"""`bench`: the numbers users decide by. For each precision preset it builds the bundle, measures
+accuracy on real data with the numpy reference (evaluation.py), and, in each browser, the bundle's
+agreement with numpy, load and run times, and memory. Writes results.json, report.html (charts,
+tables, screenshots of the demo page per browser) under --out.
+
+Presets (names accepted by --formats):
+    <format>          round to nearest, per-channel scales (float32 is the baseline)
+    <format>-gptq     GPTQ over calibration data, per-channel scales (int2-gptq: int2-ternary,
+                      groups of 32 with float16 scales when the rows allow, 2.5 bits per weight)
+    mixed-<bits>      automatic mixed precision at that many bits per weight, then GPTQ
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import math
+import platform
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ulpq_build import evaluation as ev
+from ulpq_build.browser_check import check_in_browser, fixed_input
+from ulpq_build.browsers import BROWSERS, launch
+from ulpq_build.bundle import build_bundle, resolve_model
+from ulpq_build.bundle_reader import load_bundle
+from ulpq_build.errors import UserError
+from ulpq_build.formats import FORMATS
+from ulpq_build.serve import BundleServer
+
+DEFAULT_PRESETS = {
+    "bert": ["float32", "int8", "int4", "int3", "int2", "int4-gptq", "int3-gptq", "int2-gptq", "mixed-2.5", "mixed-3", "mixed-3.32"],
+    "vit": ["float32", "int8", "int4", "int3", "int2", "int4-gptq", "int3-gptq", "int2-gptq", "mixed-2.5", "mixed-3"],
+}
+# The original SDK guide's table, for comparison (its models: BERT-base and ViT-base).
+GUIDE = [("BERT-base FP32", "440 MB", "145 ms", "-"), ("BERT-base INT8", "110 MB", "", "99.5 %"),
+         ("BERT-base INT4", "55 MB", "", "98 %"), ("BERT-base INT3", "41 MB", "", "96 %"),
+         ("BERT-base INT2", "28 MB", "", "92 %"), ("ViT-base INT4", "43 MB", "", "99 %"), ("ViT-base INT2", "22 MB", "", "94 %")]
+
+
+@dataclass
+class Preset:
+    name: str
+    options: dict  # build_bundle keyword arguments
+
+    @classmethod
+    def parse(cls, name: str, arch: str) -> "Preset":
+        if name.startswith("mixed-"):
+            try:
+                bits = float(name.removeprefix("mixed-"))
+            except ValueError:
+                raise UserError(f"--formats: {name!r} should be mixed-<bits per weight>, e.g. mixed-2.5") from None
+            return cls(name, {"target_bpw": bits, "method": "gptq"})
+        method = "rtn"
+        fmt = name
+        if name.endswith("-gptq"):
+            method, fmt = "gptq", name.removesuffix("-gptq")
+        if fmt not in FORMATS:
+            raise UserError(f"--formats: unknown preset {name!r}; use a format ({', '.join(FORMATS)}), <format>-gptq or mixed-<bits>")
+        overrides = {"format": fmt}
+        if fmt == "int2" and method == "gptq":
+            overrides = {"format": "int2-ternary"} if arch == "vit" else {"format": "int2-ternary", "group_size": 32,
+                                                                           "scale_dtype": "float16"}
+        return cls(name, {"overrides": overrides, "method": method})
+
+
+@dataclass
+class Row:
+    preset: str
+    bits_per_weight: float = 0.0
+    weight_bytes: int = 0
+    bundle_bytes: int = 0
+    accuracy: dict = field(default_factory=dict)
+    browsers: list = field(default_factory=list)
+    build_seconds: float = 0.0
+
+
+class Evaluator:
+    """Accuracy of a bundle's weights on the model's real data, relative to float32."""
+
+    def __init__(self, model: dict, folder: Path, fp32_weights: dict):
+        self.model, self.arch = model, model["architecture"]
+        if self.arch == "bert":
+            self.docs, self.human = ev.lee_corpus()
+            self.batch = ev.tokenize(folder / "tokenizer.json", self.docs, model["tokenizer"]["max_length"])
+            self.reference = ev.embed(model, fp32_weights, self.batch)
+            self.base = ev.pearson_with_scores(self.reference, self.human)
+        elif self.arch == "vit":
+            images, self.labels = ev.fashion_mnist("t10k")
+            self.pixels = ev.grey_to_pixels(images, model["preprocess"])
+            self.base = float((ev.classify(model, fp32_weights, self.pixels).argmax(1) == self.labels).mean())
+        else:
+            raise UserError(f"bench measures accuracy for bert and vit models, not {self.arch!r}")
+
+    def __call__(self, weights: dict) -> dict:
+        if self.arch == "bert":
+            e = ev.embed(self.model, weights, self.batch)
+            p = ev.pearson_with_scores(e, self.human)
+            return {"metric": "Lee Pearson", "value": round(p, 4), "ratio": round(100 * p / self.base, 2),
+                    "mean_cosine_to_float32": round(ev.mean_cosine(e, self.reference), 4), "float32": round(self.base, 4)}
+        top1 = float((ev.classify(self.model, weights, self.pixels).argmax(1) == self.labels).mean())
+        return {"metric": "Fashion-MNIST top-1", "value": round(top1, 4), "ratio": round(100 * top1 / self.base, 2),
+                "float32": round(self.base, 4)}
+
+
+def run_bench(model_arg: str | None, presets: list[str] | None, browsers: list[str], out: Path, repeats: int = 3,
+              log=print) -> dict:
+    unknown = [b for b in browsers if b not in BROWSERS]
+    if unknown:
+        raise UserError(f"--browsers: unknown browser {unknown[0]!r}; choose from {', '.join(BROWSERS)}")
+    out.mkdir(parents=True, exist_ok=True)
+    bundles = out / "bundles"
+    start = time.time()
+    path, model_name = resolve_model(model_arg, out)
+    log(f"[bench] {model_name}: building the float32 reference bundle")
+    fp32 = _build(path, bundles / "float32", {"overrides": {"format": "float32"}})
+    arch = fp32.model["architecture"]
+    chosen = presets or DEFAULT_PRESETS.get(arch, ["float32", "int8", "int4"])
+    parsed = [Preset.parse(p, arch) for p in chosen]
+    evaluator = Evaluator(fp32.model, fp32.folder, fp32.weights)
+    log(f"[bench] float32 {evaluator(fp32.weights)['metric']}: {evaluator.base:.4f} ({time.time() - start:.0f} s)")
+    rows = []
+    for i, preset in enumerate(parsed, 1):
+        t0 = time.time()
+        bundle = fp32 if preset.name == "float32" else _build(path, bundles / preset.name, preset.options)
+        q = bundle.manifest["quantization"]
+        row = Row(preset.name, q["quantized_bits_per_weight"], q["bytes"], _folder_bytes(bundle.folder),
+                  evaluator(bundle.weights), build_seconds=round(time.time() - t0, 1))
+        rows.append(row)
+        a = row.accuracy
+        log(f"[bench] {i}/{len(parsed)} {preset.name}: {row.bits_per_weight:.3f} bits/weight, {row.weight_bytes / 1e6:.2f} MB, "
+            f"{a['metric']} {a['value']} ({a['ratio']}% of float32) ({time.time() - t0:.0f} s)")
+    screenshots = _browser_runs(rows, bundles, browsers, out, repeats, log)
+    result = {"model": model_name, "architecture": arch, "date": datetime.date.today().isoformat(),
+              "machine": f"{platform.machine()} {platform.system()}, {_cpu()}", "browsers": browsers,
+              "float32": evaluator.base, "rows": [r.__dict__ for r in rows], "screenshots": screenshots,
+              "seconds": round(time.time() - start)}
+    (out / "results.json").write_text(json.dumps(result, indent=1) + "\n")
+    from ulpq_build.report import write_report
+
+    write_report(result, out / "report.html")
+    log(f"[bench] wrote {out / 'results.json'} and {out / 'report.html'} ({result['seconds']} s)")
+    return result
+
+
+def _build(path: Path, folder: Path, options: dict):
+    if folder.exists():
+        shutil.rmtree(folder)
+    build_bundle(path, folder, options.get("overrides"), None, log=lambda *a: None, method=options.get("method", "rtn"),
+                 target_bpw=options.get("target_bpw"))
+    return load_bundle(folder)
+
+
+def _folder_bytes(folder: Path) -> int:
+    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+
+
+def _browser_runs(rows: list[Row], bundles: Path, browsers: list[str], out: Path, repeats: int, log) -> dict:
+    """Every preset in every browser: agreement with numpy, timings, memory; one demo screenshot each."""
+    if not browsers:
+        return {}
+    server = BundleServer(bundles, 0).start_in_background()
+    shots = {}
+    (out / "screenshots").mkdir(exist_ok=True)
+    try:
+        for browser in browsers:
+            log(f"[bench] {browser}: starting")
+            try:
+                session = launch(browser)
+            except Exception as exc:
+                for row in rows:
+                    row.browsers.append({"browser": browser, "error": f"cannot start: {str(exc).splitlines()[0]}", "passed": False})
+                continue
+            try:
+                for row in rows:
+                    bundle = load_bundle(bundles / row.preset)
+                    check = check_in_browser(session, f"{server.url}{row.preset}/index.html", bundle, browser,
+                                             repeats=repeats, prepared=fixed_input(bundle))
+                    row.browsers.append(check.to_json())
+                    log(f"[bench]   {browser} {row.preset}: {check.path or 'error'} {check.variant or ''} "
+                        f"{check.metric} {check.value if check.value is not None else check.error} "
+                        f"median {check.median_ms and round(check.median_ms)} ms")
+                shot_preset = next((r.preset for r in rows if r.preset != "float32"), rows[0].preset)
+                try:
+                    session.goto(f"{server.url}{shot_preset}/index.html")
+                    session.evaluate("""async () => { for (let i = 0; i < 6000 && (!window.ulpqDemo || window.ulpqDemo.status === 'loading'); i++)
+                                        await new Promise((r) => setTimeout(r, 100)); }""")
+                    file = out / "screenshots" / f"{browser}.png"
+                    session.screenshot(file)
+                    shots[browser] = f"screenshots/{browser}.png"
+                except Exception as exc:
+                    log(f"[bench]   {browser}: no screenshot ({exc})")
+            finally:
+                session.close()
+    finally:
+        server.shutdown()
+        server.server_close()
+    return shots
+
+
+def _cpu() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip() + f", {__import__('os').cpu_count()} cores"
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"

@@ -1,0 +1,141 @@
+"""Run a bundle in a browser and compare its output with the numpy reference over the bundle's own
+dequantized weights: what `verify` prints and `bench` records. Fixed inputs per architecture:
+sentences for text models, the bundle's sample images (else seeded random images) for image models,
+the demo input for the MLP."""
+
+from __future__ import annotations
+
+import base64
+import json
+import statistics
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ulpq_build.bundle_reader import LoadedBundle
+from ulpq_build.evaluation import tokenize
+from ulpq_build.reference import bert_forward, cosine, mlp_forward, relative_error, vit_forward, vit_preprocess
+
+SENTENCES = [
+    "A man is playing a guitar on the stage.",
+    "Café owners in Zürich said the crème brûlée sold out by noon!",
+    "Is this the right way to the railway station?",
+    "The weather forecast predicts heavy rain tomorrow afternoon.",
+]
+MIN_COSINE = 0.9999  # text: per input, browser vs numpy
+MAX_LOGITS_ERROR = 1e-3  # images: relative error of the logits
+MAX_OUTPUT_ERROR = 1e-4  # MLP
+
+WAIT_READY = """async () => {
+  for (let i = 0; i < 6000; i++) {
+    const d = window.ulpqDemo;
+    if (d && d.status !== 'loading') return { status: d.status, error: d.error };
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  return { status: 'timeout' };
+}"""
+RUN = """async ({ kind, input, repeats }) => {
+  const model = window.ulpqDemo.model;
+  let x = input;
+  if (kind === 'images') x = input.map((im) => ({ width: im.width, height: im.height, data: Uint8ClampedArray.from(im.data) }));
+  const t0 = performance.now();
+  const first = await model.process(x);
+  const firstMs = performance.now() - t0;
+  const runs = [];
+  for (let i = 0; i < repeats; i++) { const t = performance.now(); await model.process(x); runs.push(performance.now() - t); }
+  const heap = performance.memory ? performance.memory.usedJSHeapSize : null;
+  return { result: first, first_ms: firstMs, runs_ms: runs, js_heap_bytes: heap,
+           memory: model.backend.memoryBytes ? model.backend.memoryBytes() : null,
+           timings: model.timings };
+}"""
+
+
+@dataclass
+class CheckResult:
+    browser: str
+    query: str
+    path: str | None = None
+    variant: str | None = None
+    metric: str = ""
+    value: float | None = None
+    passed: bool = False
+    notes: list[str] = field(default_factory=list)
+    error: str | None = None
+    load_ms: float | None = None
+    init_ms: float | None = None
+    first_ms: float | None = None
+    median_ms: float | None = None
+    js_heap_bytes: int | None = None
+    gpu_buffer_bytes: int | None = None
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+def fixed_input(bundle: LoadedBundle, images: int = 8) -> tuple[str, object, np.ndarray, callable]:
+    """(kind, browser input, numpy reference output, compare) for a bundle."""
+    model = bundle.model
+    arch = model["architecture"]
+    if arch == "bert":
+        batch = tokenize(bundle.folder / "tokenizer.json", SENTENCES, model["tokenizer"]["max_length"])
+        expected = bert_forward(model, bundle.weights, batch.ids, batch.mask)
+        return "texts", SENTENCES, expected, lambda got: ("min cosine", float(cosine(got, expected).min()))
+    if arch == "vit":
+        rgba = sample_rgba(bundle.folder, model, images)
+        expected = vit_forward(model, bundle.weights, vit_preprocess(rgba, model["preprocess"]))
+        payload = [{"width": int(im.shape[1]), "height": int(im.shape[0]), "data": im.reshape(-1).tolist()} for im in rgba]
+        return "images", payload, expected, lambda got: ("logits rel. error", relative_error(got, expected))
+    x = np.asarray(bundle.manifest["demo"]["inputs"])
+    expected = mlp_forward(model, bundle.weights, x)
+    return "rows", x.tolist(), expected, lambda got: ("rel. error", relative_error(got, expected))
+
+
+def sample_rgba(folder: Path, model: dict, count: int) -> np.ndarray:
+    size = model["image_size"]
+    samples_file = folder / "samples.json"
+    if samples_file.is_file():
+        samples = json.loads(samples_file.read_text())[:count]
+        grey = np.stack([np.frombuffer(base64.b64decode(s["grey_base64"]), np.uint8).reshape(s["height"], s["width"])
+                         for s in samples])
+        return np.stack([grey, grey, grey, np.full_like(grey, 255)], axis=-1)
+    rng = np.random.default_rng(0)
+    rgba = rng.integers(0, 256, (count, size, size, 4), dtype=np.uint8)
+    rgba[..., 3] = 255
+    return rgba
+
+
+def passes(metric: str, value: float) -> bool:
+    if metric == "min cosine":
+        return value >= MIN_COSINE
+    return value < (MAX_LOGITS_ERROR if metric.startswith("logits") else MAX_OUTPUT_ERROR)
+
+
+def check_in_browser(session, page_url: str, bundle: LoadedBundle, browser: str, query: str = "", repeats: int = 0,
+                     prepared=None) -> CheckResult:
+    """Open the bundle's page (initialise only), run the fixed input, compare; timings if repeats > 0."""
+    result = CheckResult(browser, query)
+    kind, payload, expected, compare = prepared or fixed_input(bundle)
+    try:
+        session.goto(page_url + ("&" if "?" in page_url else "?") + "run=0&poison=1" + query)
+        state = session.evaluate(WAIT_READY)
+        if state["status"] != "ready":
+            result.error = f"page {state['status']}: {state.get('error')}"
+            return result
+        out = session.evaluate(RUN, {"kind": kind, "input": payload, "repeats": repeats})
+    except Exception as exc:  # a browser failure is a failed check, reported, not a crash
+        result.error = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+        return result
+    r = out["result"]
+    result.path = r["path"]
+    result.variant = r["variant"]["name"] if r["variant"] else None
+    result.notes = r["notes"]
+    got = np.asarray(r.get("embeddings") or r.get("logits") or r["output"], np.float64)
+    result.metric, result.value = compare(got)
+    result.passed = passes(result.metric, result.value)
+    result.load_ms, result.init_ms = out["timings"].get("load_ms"), out["timings"].get("init_ms")
+    result.first_ms = out["first_ms"]
+    result.median_ms = statistics.median(out["runs_ms"]) if out["runs_ms"] else None
+    result.js_heap_bytes = out["js_heap_bytes"]
+    result.gpu_buffer_bytes = (out["memory"] or {}).get("gpu_buffer_bytes")
+    return result

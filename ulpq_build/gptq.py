@@ -1,0 +1,124 @@
+"""GPTQ: quantize a linear layer's weights column by column, folding each column's rounding error
+into the columns not yet quantized, weighted by the inverse Hessian of the layer's inputs
+(H = X^T X over calibration tokens). Frantar et al., "GPTQ: Accurate Post-Training Quantization for
+Generative Pre-trained Transformers" (2022); this follows their reference algorithm (Cholesky of
+H^-1, lazy block updates), for every format of the registry: a column is rounded with the format's
+own levels and the scales of its group, which are chosen (clipping search included) from the
+error-updated weights when the group starts.
+
+Layers are quantized in graph order while the calibration inputs run through the model, so each
+layer sees the outputs of the layers already quantized before it (`quantize_model`).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ulpq_build.quantize import QuantizedTensor, assemble, dequantize, fit_codebook, group_scales, quantize, quantize_column
+from ulpq_build.quantspec import PER_CHANNEL, PER_TENSOR, QuantSpec, matrix_shape
+
+DAMPING = 0.01  # fraction of the mean Hessian diagonal added for stability (the paper's default)
+BLOCK = 128  # columns per lazy update
+
+
+def hessian(x: np.ndarray) -> np.ndarray:
+    x = np.asarray(x, np.float64).reshape(-1, x.shape[-1])
+    return 2.0 * (x.T @ x) / max(len(x), 1)
+
+
+def gptq_quantize(name: str, w: np.ndarray, spec: QuantSpec, h: np.ndarray, act_order: bool = True) -> QuantizedTensor:
+    """Quantize W [rows, K] (any shape viewed as a matrix) under `spec`, compensating with Hessian h [K, K].
+
+    act_order: quantize the columns with the largest Hessian diagonal (the most active inputs) first,
+    so their errors can still be spread over many columns; scales are then fixed per group from the
+    original weights before any column moves ("static groups"), so a group's scale does not depend
+    on the order."""
+    fmt = spec.fmt
+    if not fmt.quantized or spec.group_size == PER_TENSOR:
+        return quantize(name, w, spec)  # nothing to compensate / one scale for everything: plain rounding
+    rows, k = matrix_shape(w.shape)
+    W0 = np.asarray(w, np.float64).reshape(rows, k)
+    group = k if spec.group_size == PER_CHANNEL else spec.group_size
+    codebook = fit_codebook(name, w, spec) if fmt.levels == "fitted" else None
+    n_groups = k // group
+    scales = np.zeros((rows, n_groups), np.float32)
+    zeros = np.zeros((rows, n_groups), np.float32) if spec.asymmetric else None
+    for g in range(n_groups):
+        scales[:, g], z = group_scales(W0[:, g * group : (g + 1) * group], fmt, spec, codebook)
+        if zeros is not None:
+            zeros[:, g] = z
+    H = np.array(h, np.float64, copy=True)
+    dead = np.diag(H) == 0
+    H[dead, dead] = 1.0
+    order = np.argsort(-np.diag(H), kind="stable") if act_order else np.arange(k)
+    W = W0[:, order].copy()
+    W[:, dead[order]] = 0.0
+    H = H[np.ix_(order, order)]
+    H[np.diag_indices(k)] += DAMPING * np.mean(np.diag(H))
+    Hinv = np.linalg.cholesky(np.linalg.inv(H)).T  # upper Cholesky factor of H^-1
+    codes = np.zeros((rows, k), np.uint8)
+    for i1 in range(0, k, BLOCK):
+        i2 = min(i1 + BLOCK, k)
+        W1 = W[:, i1:i2].copy()
+        E1 = np.zeros_like(W1)
+        Hinv1 = Hinv[i1:i2, i1:i2]
+        for i in range(i2 - i1):
+            col = order[i1 + i]
+            g = col // group
+            c, q = quantize_column(W1[:, i], scales[:, g].astype(np.float64), None if zeros is None else zeros[:, g],
+                                   fmt, codebook)
+            codes[:, col] = c
+            err = (W1[:, i] - q) / Hinv1[i, i]
+            W1[:, i:] -= np.outer(err, Hinv1[i, i:])
+            E1[:, i] = err
+        W[:, i2:] -= E1 @ Hinv[i1:i2, i2:]
+    return assemble(name, tuple(int(d) for d in w.shape), str(np.asarray(w).dtype), spec, codes, scales, zeros, codebook)
+
+
+def quantize_model(model: dict, weights: dict[str, np.ndarray], specs: dict[str, QuantSpec], run_calibration,
+                   log=lambda message: None) -> dict[str, QuantizedTensor]:
+    """Quantize every tensor of `specs`: linear layers by GPTQ in graph order, others (embedding
+    tables) by rounding. `run_calibration(weights, hook)` runs the model's reference forward over
+    the calibration inputs with `hook(node, x)` called before each linear layer."""
+    current = dict(weights)
+    result: dict[str, QuantizedTensor] = {}
+    for name, spec in specs.items():
+        if name not in _linear_weights(model) and spec.fmt.quantized:
+            result[name] = quantize(name, weights[name], spec)
+            current[name] = dequantize(result[name])
+    hessians: dict[str, np.ndarray] = {}
+
+    def hook(node, x):
+        name = node["weight"]
+        if name not in specs or name in result:
+            return
+        h = hessian(x)
+        hessians[name] = hessians.get(name, 0) + h
+        qt = gptq_quantize(name, weights[name], specs[name], hessians[name])
+        result[name] = qt
+        current[name] = dequantize(qt)
+        log(f"gptq {name}: {specs[name].format}")
+
+    run_calibration(current, hook)
+    missing = [n for n in specs if specs[n].fmt.quantized and n not in result]
+    for name in missing:  # layers the calibration never reached
+        result[name] = quantize(name, weights[name], specs[name])
+    return result
+
+
+def _linear_weights(model: dict) -> set[str]:
+    names = set()
+
+    def walk(node):
+        if isinstance(node, dict):
+            if "in_features" in node:
+                names.add(node["weight"])
+            for key, value in node.items():
+                if key != "kernels":
+                    walk(value)
+        elif isinstance(node, list):
+            for item in node:
+                walk(item)
+
+    walk(model)
+    return names

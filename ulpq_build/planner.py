@@ -1,0 +1,99 @@
+"""Automatic mixed precision: give every matrix the format that buys the most accuracy per byte,
+under a budget of bits per weight or bytes.
+
+1. Sensitivity: for each matrix and each candidate storage, quantize that matrix alone (round to
+   nearest), run the calibration subset, and measure how far the model's outputs moved from the
+   float32 model's (calibration.distortion).
+2. Allocation: start every matrix at its cheapest candidate; repeatedly take the upgrade (a matrix
+   to a costlier candidate) with the largest drop in distortion per byte added, while it fits the
+   budget. Distortions of different matrices are treated as additive, the usual approximation.
+
+The result is a Plan of explicit per-tensor rules, printed and stored like any other plan.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from ulpq_build.calibration import Calibration, distortion
+from ulpq_build.errors import UserError
+from ulpq_build.plan import FLOAT32, Plan, Rule, is_matrix, resolve_plan
+from ulpq_build.quantize import dequantize, quantize
+from ulpq_build.quantspec import QuantSpec, matrix_shape, stored_bytes
+
+# Ascending in bits; a matrix gets the ones its row length admits (groups must divide it).
+CANDIDATES = [
+    QuantSpec("int2-ternary", 64, scale_dtype="float16"),
+    QuantSpec("int2-ternary", 32, scale_dtype="float16"),
+    QuantSpec("int3-dense", 64, scale_dtype="float16"),
+    QuantSpec("int3-dense", 32, scale_dtype="float16"),
+    QuantSpec("int4", 64, scale_dtype="float16"),
+    QuantSpec("int4", 32, scale_dtype="float16"),
+    QuantSpec("int8", 0),
+    FLOAT32,
+]
+PER_CHANNEL_FALLBACK = [QuantSpec("int2-ternary", 0), QuantSpec("int3-dense", 0), QuantSpec("int4", 0), QuantSpec("int8", 0), FLOAT32]
+
+
+def candidates_for(shape: tuple[int, ...]) -> list[QuantSpec]:
+    k = matrix_shape(shape)[1]
+    fitting = [c for c in CANDIDATES if c.group_size <= 0 or k % c.group_size == 0]
+    return fitting if any(c.group_size > 0 for c in fitting) else PER_CHANNEL_FALLBACK
+
+
+def plan_for_budget(tensors: list[tuple[str, tuple[int, ...], str]], weights: dict[str, np.ndarray], calibration: Calibration,
+                    *, target_bpw: float | None = None, target_bytes: int | None = None, keep_float: set[str] = frozenset(),
+                    log=print) -> Plan:
+    """The plan that minimises calibration distortion within the budget (bits per weight over the
+    matrices, or total bytes of every tensor). `keep_float`: tensors that must stay float32."""
+    matrices = [(n, s) for n, s, d in tensors if is_matrix(s, d) and n not in keep_float]
+    fixed_bytes = sum(4 * math.prod(s) for n, s, d in tensors if not is_matrix(s, d) or n in keep_float)
+    params = sum(math.prod(s) for _, s in matrices)
+    budget = (target_bpw * params / 8) if target_bpw is not None else (target_bytes - fixed_bytes)
+    options = {n: candidates_for(s) for n, s in matrices}
+    cheapest = sum(stored_bytes(options[n][0], s) for n, s in matrices)
+    if budget < cheapest:
+        floor = 8 * cheapest / params
+        what = f"--target-bpw {target_bpw}" if target_bpw is not None else f"--target-size {target_bytes / 1e6:.2f} MB"
+        raise UserError(f"{what} is below the smallest plan ({floor:.3f} bits per weight, "
+                        f"{(cheapest + fixed_bytes) / 1e6:.2f} MB); raise the target")
+    reference = calibration.run_subset(weights)
+    cost: dict[str, list[float]] = {}
+    for i, (name, shape) in enumerate(matrices):
+        cost[name] = []
+        for spec in options[name]:
+            if not spec.fmt.quantized:
+                cost[name].append(0.0)
+                continue
+            trial = dict(weights)
+            trial[name] = dequantize(quantize(name, weights[name], spec))
+            cost[name].append(distortion(calibration.model, reference, calibration.run_subset(trial)))
+        log(f"sensitivity {i + 1}/{len(matrices)} {name}: " + ", ".join(
+            f"{c.format}/{c.group_size or 'chan'}:{d:.2e}" for c, d in zip(options[name], cost[name])))
+    choice = {n: 0 for n, _ in matrices}
+    size = {n: s for n, s in matrices}
+    used = cheapest
+    while True:
+        best = None
+        for name, _ in matrices:
+            here = choice[name]
+            here_bytes = stored_bytes(options[name][here], size[name])
+            for j in range(here + 1, len(options[name])):
+                extra = stored_bytes(options[name][j], size[name]) - here_bytes
+                gain = cost[name][here] - cost[name][j]
+                if extra <= 0 or gain <= 0 or used + extra > budget:
+                    continue
+                ratio = gain / extra
+                if best is None or ratio > best[0]:
+                    best = (ratio, name, j, extra)
+        if best is None:
+            break
+        _, name, j, extra = best
+        choice[name] = j
+        used += extra
+    rules = [Rule(name, options[name][choice[name]], f"planner (distortion {cost[name][choice[name]]:.2e})", frozenset([name]))
+             for name, _ in matrices]
+    rules += [Rule(name, FLOAT32, "kept float32", frozenset([name])) for name in sorted(keep_float)]
+    return resolve_plan(tensors, FLOAT32, rules)

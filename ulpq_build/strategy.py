@@ -1,0 +1,56 @@
+"""How a model's tensors get their quantized form, shared by `quantize` and `bundle`: which format
+each tensor gets (flags and config, or the planner under a --target-bpw / --target-size budget),
+and how its codes are chosen (round to nearest, or GPTQ over calibration inputs)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ulpq_build.architectures import describe_model, float_operands
+from ulpq_build.calibration import calibration_for
+from ulpq_build.config import resolve_options
+from ulpq_build.errors import UserError
+from ulpq_build.model_source import ModelSource
+from ulpq_build.plan import FLOAT32, Plan, Rule, resolve_plan
+from ulpq_build.quantize import QuantizedTensor
+
+METHODS = ("rtn", "gptq")
+
+
+def plan_and_quantize(source: ModelSource, tensors: list[tuple[str, tuple[int, ...], str]], overrides: dict, config,
+                      method: str = "rtn", target_bpw: float | None = None, target_mb: float | None = None,
+                      model: dict | None = None, log=print) -> tuple[Plan, dict[str, QuantizedTensor] | None]:
+    """The plan for `tensors`, and (for GPTQ) the quantized tensors; None means round each tensor to
+    nearest as it is written."""
+    if method not in METHODS:
+        raise UserError(f"--method {method!r}: choose one of {', '.join(METHODS)}")
+    targeted = target_bpw is not None or target_mb is not None
+    keep_float = float_operands(model) if model else set()
+    pinned = [Rule("<float operands>", FLOAT32, "architecture (kernels read these as float32)", frozenset(keep_float))] if keep_float else []
+    needs_model = targeted or method == "gptq"
+    if needs_model:
+        model = model or describe_model(source)
+        calibration = calibration_for(model, source.folder)
+        names = {n for n, _, _ in tensors}
+        weights = {n: np.asarray(source.weights.tensor(n), np.float32) for n in names
+                   if np.issubdtype(np.dtype(source.weights.dtype(n) if source.weights.dtype(n) != "bfloat16" else "float32"), np.floating)}
+    if targeted:
+        if overrides or config:
+            raise UserError("--target-bpw / --target-size choose every format themselves; drop --format, --group-size, "
+                            "--asymmetric, --scale-dtype, --codebook and --config")
+        if target_bpw is not None and target_mb is not None:
+            raise UserError("give --target-bpw or --target-size, not both")
+        from ulpq_build.planner import plan_for_budget
+
+        plan = plan_for_budget(tensors, weights, calibration, target_bpw=target_bpw,
+                               target_bytes=None if target_mb is None else int(target_mb * 1e6), keep_float=keep_float,
+                               log=log)
+    else:
+        default, rules = resolve_options(config, overrides, tensors)
+        plan = resolve_plan(tensors, default, [*pinned, *rules])
+    if method != "gptq":
+        return plan, None
+    from ulpq_build.gptq import quantize_model
+
+    specs = {e.name: e.spec for e in plan.entries if e.spec.fmt.quantized}
+    return plan, quantize_model(model, weights, specs, calibration.run, log)
