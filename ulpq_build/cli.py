@@ -109,6 +109,13 @@ def cmd_bench(args) -> int:
     browsers = [b.strip() for b in args.browsers.split(",") if b.strip()]
     result = run_bench(args.model, presets, browsers, Path(args.out), repeats=args.repeats,
                        log=lambda message: print(message, flush=True))
+    if args.write_docs:
+        from ulpq_build.markdown import write_section
+        from ulpq_build.report import markdown_tables
+
+        write_section(Path(args.write_docs), f"bench_{result['architecture']}", markdown_tables(result),
+                      f"## Accuracy, size and speed per precision: {result['model']}")
+        print(f"[bench] wrote the tables into {args.write_docs}")
     failed = [(r["preset"], b["browser"]) for r in result["rows"] for b in r["browsers"] if not b.get("passed")]
     if failed:
         print(f"{len(failed)} browser check(s) failed: {', '.join(f'{p} in {b}' for p, b in failed)}")
@@ -171,6 +178,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--browsers", default="chromium,firefox,webkit", help="comma-separated (empty: numpy only)")
     p.add_argument("--repeats", type=int, default=3, help="timed runs per preset and browser (median reported)")
     p.add_argument("--out", default="ulpq-bench", metavar="DIR")
+    p.add_argument("--write-docs", metavar="FILE", help="also write the tables into this markdown file (its "
+                   "bench_<architecture> section), e.g. docs/benchmarks.md")
     p.set_defaults(run=cmd_bench)
 
     p = sub.add_parser("verify", help="check a bundle in real browsers against the numpy reference",

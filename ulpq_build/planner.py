@@ -23,31 +23,43 @@ from ulpq_build.plan import FLOAT32, Plan, Rule, is_matrix, resolve_plan
 from ulpq_build.quantize import dequantize, quantize
 from ulpq_build.quantspec import QuantSpec, matrix_shape, stored_bytes
 
-# Ascending in bits; a matrix gets the ones its row length admits (groups must divide it).
+# The storages a matrix may get (those whose groups divide its rows), tried from the cheapest. Scales
+# per output channel give the small steps between bit widths (a 1-bit or 2-bit table beside 3-4-bit
+# matrices); groups of 64 or 32 with float16 scales buy accuracy for a quarter or half bit more.
 CANDIDATES = [
+    QuantSpec("int1", 0),
+    QuantSpec("int2-ternary", 0),
     QuantSpec("int2-ternary", 64, scale_dtype="float16"),
     QuantSpec("int2-ternary", 32, scale_dtype="float16"),
+    QuantSpec("int3-dense", 0),
     QuantSpec("int3-dense", 64, scale_dtype="float16"),
     QuantSpec("int3-dense", 32, scale_dtype="float16"),
+    QuantSpec("int4", 0),
     QuantSpec("int4", 64, scale_dtype="float16"),
     QuantSpec("int4", 32, scale_dtype="float16"),
     QuantSpec("int8", 0),
     FLOAT32,
 ]
-PER_CHANNEL_FALLBACK = [QuantSpec("int2-ternary", 0), QuantSpec("int3-dense", 0), QuantSpec("int4", 0), QuantSpec("int8", 0), FLOAT32]
 
 
 def candidates_for(shape: tuple[int, ...]) -> list[QuantSpec]:
+    """The candidates that fit this matrix, in ascending order of stored bytes."""
     k = matrix_shape(shape)[1]
     fitting = [c for c in CANDIDATES if c.group_size <= 0 or k % c.group_size == 0]
-    return fitting if any(c.group_size > 0 for c in fitting) else PER_CHANNEL_FALLBACK
+    return sorted(fitting, key=lambda c: stored_bytes(c, shape))
+
+
+# Sensitivities depend only on the model, the calibration inputs and the candidates, not on the
+# budget: `bench` plans several budgets for one model and measures them once.
+_SENSITIVITY_CACHE: dict[tuple, dict[str, list[float]]] = {}
 
 
 def plan_for_budget(tensors: list[tuple[str, tuple[int, ...], str]], weights: dict[str, np.ndarray], calibration: Calibration,
                     *, target_bpw: float | None = None, target_bytes: int | None = None, keep_float: set[str] = frozenset(),
-                    log=print) -> Plan:
+                    cache_key: tuple | None = None, log=print) -> Plan:
     """The plan that minimises calibration distortion within the budget (bits per weight over the
-    matrices, or total bytes of every tensor). `keep_float`: tensors that must stay float32."""
+    matrices, or total bytes of every tensor). `keep_float`: tensors that must stay float32;
+    `cache_key`: identifies the model's weights, to reuse sensitivities measured in this process."""
     matrices = [(n, s) for n, s, d in tensors if is_matrix(s, d) and n not in keep_float]
     fixed_bytes = sum(4 * math.prod(s) for n, s, d in tensors if not is_matrix(s, d) or n in keep_float)
     params = sum(math.prod(s) for _, s in matrices)
@@ -59,19 +71,15 @@ def plan_for_budget(tensors: list[tuple[str, tuple[int, ...], str]], weights: di
         what = f"--target-bpw {target_bpw}" if target_bpw is not None else f"--target-size {target_bytes / 1e6:.2f} MB"
         raise UserError(f"{what} is below the smallest plan ({floor:.3f} bits per weight, "
                         f"{(cheapest + fixed_bytes) / 1e6:.2f} MB); raise the target")
-    reference = calibration.run_subset(weights)
-    cost: dict[str, list[float]] = {}
-    for i, (name, shape) in enumerate(matrices):
-        cost[name] = []
-        for spec in options[name]:
-            if not spec.fmt.quantized:
-                cost[name].append(0.0)
-                continue
-            trial = dict(weights)
-            trial[name] = dequantize(quantize(name, weights[name], spec))
-            cost[name].append(distortion(calibration.model, reference, calibration.run_subset(trial)))
-        log(f"sensitivity {i + 1}/{len(matrices)} {name}: " + ", ".join(
-            f"{c.format}/{c.group_size or 'chan'}:{d:.2e}" for c, d in zip(options[name], cost[name])))
+    key = None if cache_key is None else (cache_key, tuple(matrices), tuple(tuple(o) for o in options.values()))
+    cost = _SENSITIVITY_CACHE.get(key) if key is not None else None
+    if cost is None:
+        cost = sensitivities(matrices, options, weights, calibration, log)
+        if key is not None:
+            _SENSITIVITY_CACHE.clear()  # one model at a time: the table is small, the weights behind it are not
+            _SENSITIVITY_CACHE[key] = cost
+    else:
+        log("sensitivities: measured earlier in this run")
     choice = {n: 0 for n, _ in matrices}
     size = {n: s for n, s in matrices}
     used = cheapest
@@ -97,3 +105,22 @@ def plan_for_budget(tensors: list[tuple[str, tuple[int, ...], str]], weights: di
              for name, _ in matrices]
     rules += [Rule(name, FLOAT32, "kept float32", frozenset([name])) for name in sorted(keep_float)]
     return resolve_plan(tensors, FLOAT32, rules)
+
+
+def sensitivities(matrices: list[tuple[str, tuple[int, ...]]], options: dict[str, list[QuantSpec]], weights: dict[str, np.ndarray],
+                  calibration: Calibration, log) -> dict[str, list[float]]:
+    """cost[name][j]: the calibration distortion with only matrix `name` quantized to options[name][j]."""
+    reference = calibration.run_subset(weights)
+    cost: dict[str, list[float]] = {}
+    for i, (name, shape) in enumerate(matrices):
+        cost[name] = []
+        for spec in options[name]:
+            if not spec.fmt.quantized:
+                cost[name].append(0.0)
+                continue
+            trial = dict(weights)
+            trial[name] = dequantize(quantize(name, weights[name], spec))
+            cost[name].append(distortion(calibration.model, reference, calibration.run_subset(trial)))
+        log(f"sensitivity {i + 1}/{len(matrices)} {name}: " + ", ".join(
+            f"{c.format}/{c.group_size or 'chan'}:{d:.2e}" for c, d in zip(options[name], cost[name])))
+    return cost

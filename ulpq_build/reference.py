@@ -7,13 +7,12 @@ from __future__ import annotations
 import math
 
 import numpy as np
-
-_erf = np.vectorize(math.erf, otypes=[np.float64])
+from scipy.special import erf  # a ufunc accurate to float64 (math.erf per element took seconds per BERT run)
 
 
 def gelu(x: np.ndarray) -> np.ndarray:
     """GELU in its exact erf form, as BERT uses it."""
-    return 0.5 * x * (1.0 + _erf(x / math.sqrt(2.0)))
+    return 0.5 * x * (1.0 + erf(x / math.sqrt(2.0)))
 
 
 ACTIVATIONS = {"gelu": gelu, "none": lambda x: x}
@@ -41,8 +40,8 @@ def relative_error(actual: np.ndarray, expected: np.ndarray) -> float:
 def layernorm(x: np.ndarray, node: dict, weights: dict, eps: float) -> np.ndarray:
     mean = x.mean(axis=-1, keepdims=True)
     var = ((x - mean) ** 2).mean(axis=-1, keepdims=True)
-    return (x - mean) / np.sqrt(var + eps) * np.asarray(weights[node["weight"]], np.float64) \
-        + np.asarray(weights[node["bias"]], np.float64)
+    return (x - mean) / np.sqrt(var + eps) * np.asarray(weights[node["weight"]], x.dtype) \
+        + np.asarray(weights[node["bias"]], x.dtype)
 
 
 def linear(x: np.ndarray, node: dict, weights: dict, residual: np.ndarray | None = None, hook=None,
@@ -52,10 +51,10 @@ def linear(x: np.ndarray, node: dict, weights: dict, residual: np.ndarray | None
     weights[node["weight"]] (GPTQ quantizes each layer right before it is used)."""
     if hook is not None:
         hook(node, x if rows is None else x[rows])
-    w = np.asarray(weights[node["weight"]], np.float64).reshape(node["out_features"], node["in_features"])
+    w = np.asarray(weights[node["weight"]], x.dtype).reshape(node["out_features"], node["in_features"])
     y = x @ w.T
     if node["bias"]:
-        y = y + np.asarray(weights[node["bias"]], np.float64)
+        y = y + np.asarray(weights[node["bias"]], x.dtype)
     y = ACTIVATIONS[node["activation"]](y)
     return y + residual if node.get("residual") else y
 
@@ -72,15 +71,17 @@ def attention(q, k, v, keep, batch: int, seq: int, heads: int, head_dim: int) ->
     return (p @ v).transpose(0, 2, 1, 3).reshape(batch * seq, heads * head_dim)
 
 
-def bert_forward(model: dict, weights: dict, ids: np.ndarray, mask: np.ndarray, hook=None) -> np.ndarray:
+def bert_forward(model: dict, weights: dict, ids: np.ndarray, mask: np.ndarray, hook=None, dtype=np.float64) -> np.ndarray:
     """Sentence embeddings [batch, hidden] for padded token ids [batch, seq] and mask (1 token, 0 pad);
-    `hook`: see `linear`."""
+    `hook`: see `linear`. `dtype`: float64 for the oracle; float32 where only differences between
+    runs matter and speed does (the planner's many runs)."""
     batch, seq = ids.shape
     emb = model["embeddings"]
-    table = lambda name: np.asarray(weights[emb[name]["table"]], np.float64)  # noqa: E731
-    h = table("word")[ids] + table("position")[np.arange(seq)][None] + table("token_type")[0][None, None]
+    table = lambda name: np.asarray(weights[emb[name]["table"]])  # noqa: E731
+    h = (table("word")[ids].astype(dtype) + table("position")[np.arange(seq)][None].astype(dtype)
+         + table("token_type")[0][None, None].astype(dtype))
     h = layernorm(h.reshape(batch * seq, -1), emb["norm"], weights, model["layer_norm_eps"])
-    keep = mask.astype(np.float64)
+    keep = mask.astype(dtype)
     rows = keep.reshape(-1) > 0.5
     lin = lambda x, node, residual=None: linear(x, node, weights, residual, hook, rows)  # noqa: E731
     for layer in model["layers"]:
@@ -95,21 +96,21 @@ def bert_forward(model: dict, weights: dict, ids: np.ndarray, mask: np.ndarray, 
     return pooled
 
 
-def vit_forward(model: dict, weights: dict, pixels: np.ndarray, hook=None) -> np.ndarray:
+def vit_forward(model: dict, weights: dict, pixels: np.ndarray, hook=None, dtype=np.float64) -> np.ndarray:
     """Logits [batch, labels] (or [CLS] features) for preprocessed images [batch, channels, size, size];
-    `hook`: see `linear`."""
+    `hook`, `dtype`: see `linear`, `bert_forward`."""
     batch = pixels.shape[0]
     p, grid = model["patch_size"], model["image_size"] // model["patch_size"]
     c = model["num_channels"]
     patches = pixels[:, :, : grid * p, : grid * p].reshape(batch, c, grid, p, grid, p).transpose(0, 2, 4, 1, 3, 5)
-    x = linear(patches.reshape(batch * grid * grid, c * p * p).astype(np.float64), model["patch"], weights, hook=hook)
+    x = linear(patches.reshape(batch * grid * grid, c * p * p).astype(dtype), model["patch"], weights, hook=hook)
     hidden = model["hidden_size"]
-    cls = np.asarray(weights[model["cls_token"]], np.float64).reshape(1, 1, hidden)
-    pos = np.asarray(weights[model["position_embeddings"]], np.float64).reshape(1, grid * grid + 1, hidden)
+    cls = np.asarray(weights[model["cls_token"]], dtype).reshape(1, 1, hidden)
+    pos = np.asarray(weights[model["position_embeddings"]], dtype).reshape(1, grid * grid + 1, hidden)
     h = (np.concatenate([np.repeat(cls, batch, axis=0), x.reshape(batch, grid * grid, hidden)], axis=1) + pos)
     seq = grid * grid + 1
     h = h.reshape(batch * seq, hidden)
-    keep = np.ones((batch, seq))
+    keep = np.ones((batch, seq), dtype)
     eps = model["layer_norm_eps"]
     lin = lambda x, node, residual=None: linear(x, node, weights, residual, hook)  # noqa: E731
     for layer in model["layers"]:

@@ -94,18 +94,21 @@ def write_report(result: dict, path: Path) -> None:
             series[f"{b['browser']} {b.get('path') or 'error'}"][gi] = b.get("median_ms")
     if series:
         charts.append(bars([r["preset"] for r in rows], series, "median ms per run (fixed input)", "Latency per browser and path"))
-    head = ["preset", "bits/weight", "weights MB", "bundle MB", metric, "% of float32"]
+    base_bytes = result.get("float32_weight_bytes") or 0
+    head = ["preset", "method", "bits/weight", "weights MB", "x smaller than float32", "bundle MB", metric, "% of float32"]
     if rows and "mean_cosine_to_float32" in rows[0]["accuracy"]:
         head.append("mean cosine to float32")
     table = ["<table><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in head) + "</tr>"]
     for r in rows:
         a = r["accuracy"]
-        cells = [r["preset"], f"{r['bits_per_weight']:.3f}", f"{r['weight_bytes'] / 1e6:.2f}", f"{r['bundle_bytes'] / 1e6:.2f}",
+        cells = [r["preset"], r.get("method", "-"), f"{r['bits_per_weight']:.3f}", f"{r['weight_bytes'] / 1e6:.2f}",
+                 f"{base_bytes / r['weight_bytes']:.2f}" if base_bytes else "-", f"{r['bundle_bytes'] / 1e6:.2f}",
                  f"{a['value']}", f"{a['ratio']}"] + ([f"{a['mean_cosine_to_float32']}"] if "mean_cosine_to_float32" in a else [])
         table.append("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in cells) + "</tr>")
     table.append("</table>")
     btable = ["<table><tr><th>preset</th><th>browser</th><th>path</th><th>variant</th><th>check vs numpy</th><th>pass</th>"
-              "<th>load ms</th><th>init ms</th><th>first run ms</th><th>median ms</th><th>GPU weight MB</th><th>JS heap MB</th></tr>"]
+              "<th>load ms</th><th>init ms</th><th>first run ms</th><th>median ms</th><th>downloaded MB</th><th>GPU buffers MB</th>"
+              "<th>JS heap MB</th></tr>"]
     fmt = lambda v, d=0: "-" if v is None else f"{v:.{d}f}"  # noqa: E731
     for r in rows:
         for b in r["browsers"]:
@@ -113,9 +116,17 @@ def write_report(result: dict, path: Path) -> None:
                 r["preset"], b["browser"], b.get("path") or "-", b.get("variant") or "-",
                 f"{b.get('metric', '')} {fmt(b.get('value'), 6)}" if b.get("value") is not None else (b.get("error") or "-"),
                 "yes" if b.get("passed") else "NO", fmt(b.get("load_ms")), fmt(b.get("init_ms")), fmt(b.get("first_ms")),
-                fmt(b.get("median_ms")), fmt((b.get("gpu_buffer_bytes") or 0) / 1e6, 2) if b.get("gpu_buffer_bytes") else "-",
+                fmt(b.get("median_ms")), fmt(b["downloaded_bytes"] / 1e6, 2) if b.get("downloaded_bytes") else "-",
+                fmt((b.get("gpu_buffer_bytes") or 0) / 1e6, 2) if b.get("gpu_buffer_bytes") else "-",
                 fmt((b.get("js_heap_bytes") or 0) / 1e6, 1) if b.get("js_heap_bytes") else "-"]) + "</tr>")
     btable.append("</table>")
+    goals = ["<table><tr><th>goal (% of float32)</th><th>best qualifying preset</th><th>bits/weight</th><th>% of float32</th>"
+             "<th>result</th></tr>"]
+    for g in result.get("goals", []):
+        verdict = "no qualifying preset measured" if g["best"] is None else ("met" if g["met"] else f"missed by {g['gap']} points")
+        goals.append("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in [
+            g["goal"], g["best"] or "-", g["bits_per_weight"] or "-", g["ratio"] if g["ratio"] is not None else "-", verdict]) + "</tr>")
+    goals.append("</table>")
     guide = ["<table><tr><th>original guide</th><th>size</th><th>latency</th><th>accuracy</th></tr>"]
     guide += ["<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in g) + "</tr>" for g in GUIDE]
     guide.append("</table>")
@@ -131,9 +142,58 @@ Accuracy: {html.escape(metric)} with the numpy reference over each bundle's own 
 Browser columns: the bundle run in that browser on a fixed input and compared with numpy; times are wall-clock on this machine
 (software WebGPU on CPU-only machines: compare ratios between presets, not absolute speed).</p>
 {''.join(charts)}
+<h2>Goals</h2>{''.join(goals) if result.get("goals") else '<p>(no goals for this architecture)</p>'}
 <h2>Accuracy and size</h2>{''.join(table)}
 <h2>In the browsers</h2>{''.join(btable)}
 <h2>The original SDK guide's figures (BERT-base, ViT-base), for comparison</h2>{''.join(guide)}
 <h2>Demo page</h2>{shots or '<p>(no screenshots)</p>'}
 </body></html>"""
     path.write_text(page, encoding="utf-8")
+
+
+def markdown_tables(result: dict) -> str:
+    """The bench result as markdown for docs/benchmarks.md: goals, accuracy and size, browsers."""
+    rows = result["rows"]
+    metric = rows[0]["accuracy"]["metric"] if rows else "accuracy"
+    base_bytes = result.get("float32_weight_bytes") or 0
+    cosine = bool(rows) and "mean_cosine_to_float32" in rows[0]["accuracy"]
+    out = [f"{result['model']} ({result['architecture']}), measured {result['date']} on {result['machine']}; "
+           f"{metric} of float32: {result['float32']:.4f}. Command: `python -m ulpq_build bench --model "
+           f"{result.get('model_arg') or '...'} --formats {','.join(r['preset'] for r in rows)} --browsers "
+           f"{','.join(result['browsers'])}`.", ""]
+    if result.get("goals"):
+        out += ["| goal | best qualifying preset | bits/weight | % of float32 | result |", "|---|---|---:|---:|---|"]
+        for g in result["goals"]:
+            verdict = "no qualifying preset" if g["best"] is None else ("met" if g["met"] else f"missed by {g['gap']} points")
+            out.append(f"| {g['goal']} | {g['best'] or '-'} | {g['bits_per_weight'] or '-'} | "
+                       f"{g['ratio'] if g['ratio'] is not None else '-'} | {verdict} |")
+        out.append("")
+    out += [f"| preset | method | bits/weight | weights MB | x smaller | {metric} | % of float32 |"
+            + (" mean cosine to float32 |" if cosine else ""),
+            "|---|---|---:|---:|---:|---:|---:|" + ("---:|" if cosine else "")]
+    for r in rows:
+        a = r["accuracy"]
+        out.append(f"| {r['preset']} | {r.get('method', '-')} | {r['bits_per_weight']:.3f} | {r['weight_bytes'] / 1e6:.2f} | "
+                   f"{base_bytes / r['weight_bytes']:.2f} | {a['value']} | {a['ratio']} |"
+                   + (f" {a['mean_cosine_to_float32']} |" if cosine else ""))
+    browsers = result["browsers"]
+    if browsers:
+        out += ["", "In the browsers (a fixed input, checked against numpy; median of the timed runs, and its ratio to "
+                "float32's in the same browser; software WebGPU or the CPU path on this machine, so compare ratios):", "",
+                "| preset | " + " | ".join(f"{b}: path, check, median ms (x float32)" for b in browsers) + " | downloaded MB |",
+                "|---|" + "---|" * len(browsers) + "---:|"]
+        base = {b["browser"]: b.get("median_ms") for r in rows if r["preset"] == "float32" for b in r["browsers"]}
+        for r in rows:
+            cells = []
+            for name in browsers:
+                b = next((x for x in r["browsers"] if x["browser"] == name), None)
+                if b is None or b.get("path") is None:
+                    cells.append(f"FAIL: {(b or {}).get('error') or 'not run'}")
+                    continue
+                ms = b.get("median_ms") or b.get("first_ms")
+                ratio = f" (x{ms / base[name]:.2f})" if ms and base.get(name) else ""
+                cells.append(f"{b['path']}, {'pass' if b['passed'] else 'FAIL'}, {ms:.0f}{ratio}")
+            downloaded = max((b.get("downloaded_bytes") or 0 for b in r["browsers"]), default=0)
+            out.append(f"| {r['preset']} | " + " | ".join(cells) + f" | {downloaded / 1e6:.2f} |" if downloaded else
+                       f"| {r['preset']} | " + " | ".join(cells) + " | - |")
+    return "\n".join(out)

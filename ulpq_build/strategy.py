@@ -44,7 +44,7 @@ def plan_and_quantize(source: ModelSource, tensors: list[tuple[str, tuple[int, .
 
         plan = plan_for_budget(tensors, weights, calibration, target_bpw=target_bpw,
                                target_bytes=None if target_mb is None else int(target_mb * 1e6), keep_float=keep_float,
-                               log=log)
+                               cache_key=_weights_identity(source), log=log)
     else:
         default, rules = resolve_options(config, overrides, tensors)
         plan = resolve_plan(tensors, default, [*pinned, *rules])
@@ -54,3 +54,9 @@ def plan_and_quantize(source: ModelSource, tensors: list[tuple[str, tuple[int, .
 
     specs = {e.name: e.spec for e in plan.entries if e.spec.fmt.quantized}
     return plan, quantize_model(model, weights, specs, calibration.run, log)
+
+
+def _weights_identity(source: ModelSource) -> tuple:
+    """Names one version of a weights file (path, size, modification time) for the planner's cache."""
+    stat = source.weights.path.stat()
+    return str(source.weights.path.resolve()), stat.st_size, stat.st_mtime_ns
