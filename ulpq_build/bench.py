@@ -180,7 +180,7 @@ def run_bench(model_arg: str | None, presets: list[str] | None, browsers: list[s
     rows = []
     for i, preset in enumerate(parsed, 1):
         t0 = time.time()
-        bundle = fp32 if preset.name == "float32" else _build(path, bundles / preset.name, preset.options)
+        bundle = fp32 if preset.name == "float32" else _build(path, bundles / preset.name, preset.options, log)
         q = bundle.manifest["quantization"]
         row = Row(preset.name, preset.format, preset.options.get("method", "rtn"), q["quantized_bits_per_weight"],
                   q["bytes"], _folder_bytes(bundle.folder), evaluator(bundle.weights), build_seconds=round(time.time() - t0, 1))
@@ -207,10 +207,15 @@ def run_bench(model_arg: str | None, presets: list[str] | None, browsers: list[s
     return result
 
 
-def _build(path: Path, folder: Path, options: dict):
+def _build(path: Path, folder: Path, options: dict, log=None):
     if folder.exists():
         shutil.rmtree(folder)
-    build_bundle(path, folder, options.get("overrides"), None, log=lambda *a: None, method=options.get("method", "rtn"),
+
+    def progress(message: str) -> None:  # the planner's and GPTQ's steps, one short line each (not the plan table)
+        if log and message.startswith(("sensitivit", "gptq")):
+            log(f"[bench]     {message[:110]}")
+
+    build_bundle(path, folder, options.get("overrides"), None, log=progress, method=options.get("method", "rtn"),
                  target_bpw=options.get("target_bpw"))
     return load_bundle(folder)
 
