@@ -6,7 +6,7 @@ import json
 import pytest
 
 from support import run_cli
-from ulpq_build.bench import GOALS, Preset, Row, evaluate_goals
+from ulpq_build.bench import GOALS, Preset, Row, evaluate_goals, model_folders, write_index
 from ulpq_build.errors import UserError
 from ulpq_build.report import markdown_tables, write_report
 
@@ -87,4 +87,26 @@ def test_bench_rejects_bad_options_at_once(tmp_path, args, words):
     out = tmp_path / "out"
     proc = run_cli("bench", "--model", "builtin:vit", "--out", out, *args, check=2)
     assert words in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert not out.exists()
+
+
+def test_several_models_get_a_folder_each_and_an_index(tmp_path):
+    out = tmp_path / "bench"
+    assert model_folders(["builtin:vit"], out) == [out]
+    assert model_folders(["builtin:minilm", "builtin:vit"], out) == [out / "minilm", out / "vit"]
+    with pytest.raises(UserError, match="share result folders"):
+        model_folders(["builtin:vit", "builtin:vit"], out)
+    with pytest.raises(UserError, match="unknown built-in model"):
+        model_folders(["builtin:vit", "builtin:resnet"], out)
+    rows = [row("int4", "int4", 4.07, 99.1)]
+    results = [({"model": "vit-fashion-mnist", "goals": evaluate_goals("vit", rows)}, out / "vit")]
+    out.mkdir()
+    html = write_index(results, out).read_text()
+    assert 'href="vit/report.html"' in html and "int4 &gt;= 99 %: int4 99.1% (met)" in html
+
+
+def test_bench_checks_every_model_name_before_starting(tmp_path):
+    out = tmp_path / "out"
+    proc = run_cli("bench", "--model", f"builtin:vit,{tmp_path / 'missing'}", "--browsers", "", "--out", out, check=2)
+    assert "missing: no such file or folder" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
     assert not out.exists()

@@ -159,6 +159,41 @@ class Evaluator:
                 "float32": round(self.base, 4)}
 
 
+def model_folders(models: list[str], out: Path) -> list[Path]:
+    """Where each model's results go: --out itself for one model, a folder per model for several.
+    Every name is checked first, so a typo in the last model does not wait for the first's hour."""
+    from ulpq_build.bundle import BUILTIN_MODELS
+
+    for m in models:
+        if m.startswith("builtin:") and m not in BUILTIN_MODELS:
+            raise UserError(f"--model {m}: unknown built-in model; choose one of {', '.join(BUILTIN_MODELS)}")
+        if not m.startswith("builtin:") and not Path(m).exists():
+            raise UserError(f"--model {m}: no such file or folder; pass a model folder, a .safetensors file or a built-in")
+    if len(models) == 1:
+        return [out]
+    names = [Path(m.removeprefix("builtin:")).name or "model" for m in models]
+    if len(set(names)) != len(names):
+        raise UserError(f"--model: {', '.join(models)} would share result folders; bench them one at a time")
+    return [out / n for n in names]
+
+
+def write_index(results: list[tuple[dict, Path]], out: Path) -> Path:
+    """A page linking each model's report, with its goals."""
+    import html
+
+    items = []
+    for result, folder in results:
+        goals = "".join(f"<li>{html.escape(g['goal'])}: {html.escape(str(g['best']))} {g['ratio']}% "
+                        f"({'met' if g['met'] else 'missed by ' + str(g['gap']) + ' points'})</li>"
+                        for g in result.get("goals", []) if g["best"] is not None)
+        items.append(f'<li><a href="{html.escape(folder.relative_to(out).as_posix())}/report.html">'
+                     f"{html.escape(result['model'])}</a><ul>{goals}</ul></li>")
+    page = out / "index.html"
+    page.write_text(f"<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>ulpq bench</title></head>"
+                    f"<body><h1>ulpq bench</h1><ul>{''.join(items)}</ul></body></html>\n", encoding="utf-8")
+    return page
+
+
 def run_bench(model_arg: str | None, presets: list[str] | None, browsers: list[str], out: Path, repeats: int = 3,
               log=print) -> dict:
     unknown = [b for b in browsers if b not in BROWSERS]

@@ -103,20 +103,28 @@ def cmd_serve(args) -> int:
 
 
 def cmd_bench(args) -> int:
-    from ulpq_build.bench import run_bench
+    from ulpq_build.bench import model_folders, run_bench, write_index
 
     presets = [f.strip() for f in args.formats.split(",") if f.strip()] if args.formats else None
     browsers = [b.strip() for b in args.browsers.split(",") if b.strip()]
-    result = run_bench(args.model, presets, browsers, Path(args.out), repeats=args.repeats,
-                       log=lambda message: print(message, flush=True))
-    if args.write_docs:
-        from ulpq_build.markdown import write_section
-        from ulpq_build.report import markdown_tables
+    models = [m.strip() for m in (args.model or "builtin:minilm").split(",") if m.strip()]
+    outs = model_folders(models, Path(args.out))
+    failed = []
+    results = []
+    for model, out in zip(models, outs):
+        result = run_bench(model, presets, browsers, out, repeats=args.repeats, log=lambda message: print(message, flush=True))
+        results.append((result, out))
+        if args.write_docs:
+            from ulpq_build.markdown import write_section
+            from ulpq_build.report import markdown_tables
 
-        write_section(Path(args.write_docs), f"bench_{result['architecture']}", markdown_tables(result),
-                      f"## Accuracy, size and speed per precision: {result['model']}")
-        print(f"[bench] wrote the tables into {args.write_docs}")
-    failed = [(r["preset"], b["browser"]) for r in result["rows"] for b in r["browsers"] if not b.get("passed")]
+            write_section(Path(args.write_docs), f"bench_{result['architecture']}", markdown_tables(result),
+                          f"## Accuracy, size and speed per precision: {result['model']}")
+            print(f"[bench] wrote the tables into {args.write_docs}")
+        failed += [(f"{result['model']} {r['preset']}", b["browser"]) for r in result["rows"] for b in r["browsers"]
+                   if not b.get("passed")]
+    if len(results) > 1:
+        print(f"[bench] wrote {write_index(results, Path(args.out))}")
     if failed:
         print(f"{len(failed)} browser check(s) failed: {', '.join(f'{p} in {b}' for p, b in failed)}")
     return 1 if failed else 0
@@ -172,7 +180,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("bench", help="accuracy, size and speed per precision and browser, with a report",
                        description="Build the bundle for each precision preset, measure accuracy on real data (numpy), and "
                                    "agreement, speed and memory in each browser; write results.json and report.html.")
-    p.add_argument("--model", metavar="PATH", help="a model folder or builtin:minilm (default) / builtin:vit")
+    p.add_argument("--model", metavar="PATH", help="a model folder or builtin:minilm (default) / builtin:vit; several, "
+                   "comma-separated, bench each into a folder of --out (with an index.html)")
     p.add_argument("--formats", metavar="LIST", help="comma-separated presets: formats (int4, ...), <format>-gptq, "
                                                     "mixed-<bits>; default: a set per architecture")
     p.add_argument("--browsers", default="chromium,firefox,webkit", help="comma-separated (empty: numpy only)")
