@@ -40,13 +40,19 @@ def planned_distortion(model, weights, calibration, plan):
 def test_budgets_are_kept_and_more_budget_never_hurts(vit):
     model, tensors, weights, calibration = vit
     keep = float_operands(model)
-    results = []
+    results, logs = [], []
     for bits in (2.5, 3.5, 5.0):
-        plan = plan_for_budget(tensors, weights, calibration, target_bpw=bits, keep_float=keep, log=lambda m: None)
+        lines = []
+        plan = plan_for_budget(tensors, weights, calibration, target_bpw=bits, keep_float=keep, cache_key=("vit", "test"),
+                               log=lines.append)
+        logs.append(lines)
         assert plan.quantized_bits_per_weight <= bits + 1e-9
         assert all(e.spec.format == "float32" for e in plan.entries if e.name in keep)
         results.append(planned_distortion(model, weights, calibration, plan))
     assert results[0] >= results[1] >= results[2]
+    # sensitivities do not depend on the budget: measured for the first plan, reused by the others
+    assert any(line.startswith("sensitivity 1/") for line in logs[0]) and "measured earlier" not in " ".join(logs[0])
+    assert logs[1] == logs[2] == ["sensitivities: measured earlier in this run"]
     size = plan_for_budget(tensors, weights, calibration, target_bytes=80_000, keep_float=keep, log=lambda m: None)
     assert size.bytes <= 80_000
 
