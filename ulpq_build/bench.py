@@ -204,9 +204,10 @@ def run_bench(model_arg: str | None, presets: list[str] | None, browsers: list[s
     out.mkdir(parents=True, exist_ok=True)
     bundles = out / "bundles"
     start = time.time()
-    path, model_name = resolve_model(model_arg, out)
+    _, model_name = resolve_model(model_arg, out)  # checks it; builds re-resolve it, so bundles carry its name
+    source = model_arg or "builtin:minilm"
     log(f"[bench] {model_name}: building the float32 reference bundle")
-    fp32 = _build(path, bundles / "float32", {"overrides": {"format": "float32"}})
+    fp32 = _build(source, bundles / "float32", {"overrides": {"format": "float32"}})
     arch = fp32.model["architecture"]
     chosen = presets or DEFAULT_PRESETS.get(arch, ["float32", "int8", "int4"])
     parsed = [Preset.parse(p, arch) for p in chosen]
@@ -215,7 +216,7 @@ def run_bench(model_arg: str | None, presets: list[str] | None, browsers: list[s
     rows = []
     for i, preset in enumerate(parsed, 1):
         t0 = time.time()
-        bundle = fp32 if preset.name == "float32" else _build(path, bundles / preset.name, preset.options, log)
+        bundle = fp32 if preset.name == "float32" else _build(source, bundles / preset.name, preset.options, log)
         q = bundle.manifest["quantization"]
         row = Row(preset.name, preset.format, preset.options.get("method", "rtn"), q["quantized_bits_per_weight"],
                   q["bytes"], _folder_bytes(bundle.folder), evaluator(bundle.weights), build_seconds=round(time.time() - t0, 1))
@@ -242,7 +243,7 @@ def run_bench(model_arg: str | None, presets: list[str] | None, browsers: list[s
     return result
 
 
-def _build(path: Path, folder: Path, options: dict, log=None):
+def _build(source: str, folder: Path, options: dict, log=None):
     if folder.exists():
         shutil.rmtree(folder)
 
@@ -250,7 +251,7 @@ def _build(path: Path, folder: Path, options: dict, log=None):
         if log and message.startswith(("sensitivit", "gptq")):
             log(f"[bench]     {message[:110]}")
 
-    build_bundle(path, folder, options.get("overrides"), None, log=progress, method=options.get("method", "rtn"),
+    build_bundle(source, folder, options.get("overrides"), None, log=progress, method=options.get("method", "rtn"),
                  target_bpw=options.get("target_bpw"))
     return load_bundle(folder)
 
