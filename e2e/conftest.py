@@ -5,13 +5,12 @@ tests that need it (never a skip)."""
 from __future__ import annotations
 
 import shutil
-from pathlib import Path
 
 import pytest
 
 from ulpq_build.browsers import launch
 from ulpq_build.cli import main as cli_main
-from ulpq_build.serve import BundleServer
+from ulpq_build.serve import serving
 
 from e2e_support import E2E_FORMATS, WAIT_FOR_DEMO
 
@@ -31,10 +30,8 @@ def site(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def server(site):
-    srv = BundleServer(site, 0).start_in_background()
-    yield srv
-    srv.shutdown()
-    srv.server_close()
+    with serving(site) as srv:
+        yield srv
 
 
 _sessions: dict[str, object] = {}

@@ -10,7 +10,7 @@ import time
 import pytest
 
 from support import ROOT
-from ulpq_build.serve import BundleServer
+from ulpq_build.serve import serving
 
 
 @pytest.fixture
@@ -25,10 +25,8 @@ def served(tmp_path):
     (root / "shaders" / "k.wgsl").write_text("// wgsl")
     (tmp_path / "secret.txt").write_text("outside")
     os.symlink(tmp_path / "secret.txt", root / "link.txt")
-    server = BundleServer(root, 0).start_in_background()
-    yield server
-    server.shutdown()
-    server.server_close()
+    with serving(root) as server:
+        yield server
 
 
 def get(server, path):

@@ -25,12 +25,12 @@ import numpy as np
 
 from ulpq_build import evaluation as ev
 from ulpq_build.browser_check import check_in_browser, fixed_input
-from ulpq_build.browsers import BROWSERS, launch
+from ulpq_build.browsers import check_browser_names, started
 from ulpq_build.bundle import build_bundle, resolve_model
 from ulpq_build.bundle_reader import load_bundle
 from ulpq_build.errors import UserError
 from ulpq_build.formats import FORMATS
-from ulpq_build.serve import BundleServer
+from ulpq_build.serve import serving
 
 DEFAULT_PRESETS = {
     "bert": ["float32", "int8", "int4", "int3", "int2", "int4-gptq", "int3-gptq", "int2-gptq", "mixed-2.5", "mixed-3", "mixed-3.32"],
@@ -196,9 +196,7 @@ def write_index(results: list[tuple[dict, Path]], out: Path) -> Path:
 
 def run_bench(model_arg: str | None, presets: list[str] | None, browsers: list[str], out: Path, repeats: int = 3,
               log=print) -> dict:
-    unknown = [b for b in browsers if b not in BROWSERS]
-    if unknown:
-        raise UserError(f"--browsers: unknown browser {unknown[0]!r}; choose from {', '.join(BROWSERS)}")
+    check_browser_names(browsers)
     for name in presets or []:
         Preset.parse(name, "any")  # names checked before minutes of building
     out.mkdir(parents=True, exist_ok=True)
@@ -264,19 +262,16 @@ def _browser_runs(rows: list[Row], bundles: Path, browsers: list[str], out: Path
     """Every preset in every browser: agreement with numpy, timings, memory; one demo screenshot each."""
     if not browsers:
         return {}
-    server = BundleServer(bundles, 0).start_in_background()
     shots = {}
     (out / "screenshots").mkdir(exist_ok=True)
-    try:
+    with serving(bundles) as server:
         for browser in browsers:
             log(f"[bench] {browser}: starting")
-            try:
-                session = launch(browser)
-            except Exception as exc:
-                for row in rows:
-                    row.browsers.append({"browser": browser, "error": f"cannot start: {str(exc).splitlines()[0]}", "passed": False})
-                continue
-            try:
+            with started(browser) as (session, error):
+                if error:
+                    for row in rows:
+                        row.browsers.append({"browser": browser, "error": error, "passed": False})
+                    continue
                 for row in rows:
                     bundle = load_bundle(bundles / row.preset)
                     check = check_in_browser(session, f"{server.url}{row.preset}/index.html", bundle, browser,
@@ -295,11 +290,6 @@ def _browser_runs(rows: list[Row], bundles: Path, browsers: list[str], out: Path
                     shots[browser] = f"screenshots/{browser}.png"
                 except Exception as exc:
                     log(f"[bench]   {browser}: no screenshot ({exc})")
-            finally:
-                session.close()
-    finally:
-        server.shutdown()
-        server.server_close()
     return shots
 
 

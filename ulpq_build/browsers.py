@@ -27,6 +27,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -271,6 +272,28 @@ class WebKitDriverSession:
             except subprocess.TimeoutExpired:
                 proc.kill()
         self._tmp.cleanup()
+
+
+def check_browser_names(names: list[str]) -> None:
+    """--browsers: refuse an unknown name before anything starts."""
+    unknown = [b for b in names if b not in BROWSERS]
+    if unknown:
+        raise UserError(f"--browsers: unknown browser {unknown[0]!r}; choose from {', '.join(BROWSERS)}")
+
+
+@contextmanager
+def started(name: str):
+    """(session, None) for the `with` block, closed after it; (None, "cannot start: ...") when the
+    browser does not start, so a report can record it as a failed check."""
+    try:
+        session = launch(name)
+    except Exception as exc:  # any launch failure is that browser's failed check, not a crash
+        yield None, f"cannot start: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
+        return
+    try:
+        yield session, None
+    finally:
+        session.close()
 
 
 def launch(name: str):

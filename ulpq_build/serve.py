@@ -8,6 +8,7 @@ import http.server
 import os
 import threading
 import urllib.parse
+from contextlib import contextmanager
 from pathlib import Path
 
 from ulpq_build.errors import UserError
@@ -89,3 +90,14 @@ class BundleServer(http.server.ThreadingHTTPServer):
     def start_in_background(self) -> "BundleServer":
         threading.Thread(target=self.serve_forever, daemon=True).start()
         return self
+
+
+@contextmanager
+def serving(folder: Path):
+    """A BundleServer for `folder` on a free port, running in the background for the `with` block."""
+    server = BundleServer(folder, 0).start_in_background()
+    try:
+        yield server
+    finally:
+        server.shutdown()
+        server.server_close()

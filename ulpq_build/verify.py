@@ -7,35 +7,22 @@ from __future__ import annotations
 from pathlib import Path
 
 from ulpq_build.browser_check import CheckResult, check_in_browser, fixed_input
-from ulpq_build.browsers import BROWSERS, launch
+from ulpq_build.browsers import check_browser_names, started
 from ulpq_build.bundle_reader import load_bundle
-from ulpq_build.errors import UserError
-from ulpq_build.serve import BundleServer
+from ulpq_build.serve import serving
 
 
 def verify_bundle(folder: Path, browsers: list[str], log=print) -> list[CheckResult]:
-    unknown = [b for b in browsers if b not in BROWSERS]
-    if unknown:
-        raise UserError(f"--browsers: unknown browser {unknown[0]!r}; choose from {', '.join(BROWSERS)}")
+    check_browser_names(browsers)
     bundle = load_bundle(folder)  # checks every shard's sha256 first
     prepared = fixed_input(bundle)
-    server = BundleServer(folder, 0).start_in_background()
     results = []
-    try:
+    with serving(folder) as server:
         for name in browsers:
             log(f"{name}: starting...")
-            try:
-                session = launch(name)
-            except Exception as exc:
-                results.append(CheckResult(name, "", error=f"cannot start: {str(exc).splitlines()[0]}"))
-                continue
-            try:
-                results.append(check_in_browser(session, server.url + "index.html", bundle, name, prepared=prepared))
-            finally:
-                session.close()
-    finally:
-        server.shutdown()
-        server.server_close()
+            with started(name) as (session, error):
+                results.append(CheckResult(name, "", error=error) if error else
+                               check_in_browser(session, server.url + "index.html", bundle, name, prepared=prepared))
     return results
 
 
