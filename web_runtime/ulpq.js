@@ -11,6 +11,7 @@
 
 import { BundleError, IntegrityError, fetchManifest, fetchShards, fetchVerifiedText, tensorTable } from './bundle_loader.js';
 import { CpuBackend } from './backend_cpu.js';
+import { createCpuBackend } from './cpu_select.js';
 import { GpuUnavailable, createGpuBackend, webgpuPresence } from './backend_webgpu.js';
 import { GRAPHS, matmulRows, toMatrix } from './graphs.js';
 import { preprocessImages } from './images.js';
@@ -110,7 +111,9 @@ export class UlpqModel {
     } else {
       this.notes.push('CPU path requested');
     }
-    this.backend = new CpuBackend(this.manifest, this.tensors);
+    const cpu = await createCpuBackend(this.manifest, this.tensors, this.options);
+    this.backend = cpu.backend;
+    this.notes.push(...cpu.notes);
     this.variant = null;
   }
 
@@ -176,7 +179,9 @@ export class UlpqModel {
       // Never fail silently: say the GPU failed, then answer from the CPU.
       this.notes.push(`WebGPU run failed (${err.message}); switched to the CPU path`);
       this.backend.destroy?.();
-      this.backend = new CpuBackend(this.manifest, this.tensors);
+      const cpu = await createCpuBackend(this.manifest, this.tensors, this.options);
+      this.backend = cpu.backend;
+      this.notes.push(...cpu.notes);
       this.variant = null;
       result = await GRAPHS[model.architecture](this.backend, model, x);
     }
