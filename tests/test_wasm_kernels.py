@@ -1,0 +1,252 @@
+"""The CPU path's WebAssembly kernels, run in wasmtime and compared with numpy: GEMM/GEMV for every
+registry storage (format x scale dtype x zero points, per channel / per group / per tensor, K with
+and without a multiple of 4 or of the word) and every transformer operator. Outputs are poisoned
+with NaN before each call, inputs are seeded random values."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import wasmtime
+
+from ulpq_build import wasm_kernels as wk
+from ulpq_build.quantize import dequantize, quantize
+from ulpq_build.quantspec import QuantSpec
+from ulpq_build.reference import gelu
+
+# float32 accumulation in a different order than numpy's float64: relative to the output's scale
+GEMM_TOLERANCE = 2e-5
+# GELU through A&S erf (|err| < 1.5e-7) and the kernel's exp (rel. 2e-7)
+GELU_TOLERANCE = 1e-5
+OPS_TOLERANCE = 1e-5
+POISON = np.float32(np.nan)
+
+
+class Wasm:
+    """One kernel module over one memory, with a bump allocator for the test's arrays."""
+
+    def __init__(self, variants, rows_per_tile=wk.ROWS_PER_TILE):
+        self.engine = wasmtime.Engine()
+        self.store = wasmtime.Store(self.engine)
+        module = wasmtime.Module(self.engine, wk.build(variants, shared=False, rows_per_tile=rows_per_tile))
+        self.memory = wasmtime.Memory(self.store, wasmtime.MemoryType(wasmtime.Limits(512, None)))
+        self.exports = wasmtime.Instance(self.store, module, [self.memory]).exports(self.store)
+        self.top = 1024
+
+    def reset(self):
+        self.top = 1024
+
+    def put(self, array) -> int:
+        data = np.ascontiguousarray(array).tobytes()
+        ptr = self.top
+        self.memory.write(self.store, data, ptr)
+        self.top = (ptr + len(data) + 8 + 15) & ~15  # +8: the bit-stream decoder reads 64 bits
+        return ptr
+
+    def poisoned(self, n) -> int:
+        return self.put(np.full(n, POISON, np.float32))
+
+    def scratch(self, nbytes=1 << 16) -> int:
+        return self.put(np.full(nbytes // 4, POISON, np.float32))
+
+    def get(self, ptr, n, dtype=np.float32):
+        return np.frombuffer(self.memory.read(self.store, ptr, ptr + n * np.dtype(dtype).itemsize), dtype).copy()
+
+    def __call__(self, name, *args):
+        return self.exports[name](self.store, *args)
+
+
+@pytest.fixture(scope="module")
+def wasm():
+    return Wasm(wk.all_variants())
+
+
+def rel(actual, expected):
+    return float(np.max(np.abs(actual - expected)) / max(np.max(np.abs(expected)), 1e-30))
+
+
+def put_tensor(wasm, qt):
+    """Pointers for a quantized tensor's parts (table formats: the registry's table as the codebook)."""
+    p = qt.parts
+    fmt = qt.fmt
+    book = p.get("codebook")
+    if fmt.levels == "table":
+        book = np.asarray(fmt.table, np.float32)
+    return {
+        "codes": wasm.put(p["codes"]),
+        "scales": wasm.put(p["scales"]) if "scales" in p else 0,
+        "zeros": wasm.put(p["zeros"]) if "zeros" in p else 0,
+        "book": wasm.put(book) if book is not None else 0,
+    }
+
+
+SPECS = []
+for variant in wk.all_variants():
+    f = variant.fmt
+    if not f.quantized:
+        SPECS.append((QuantSpec("float32"), 99))
+        SPECS.append((QuantSpec("float32"), 96))
+        continue
+    base = dict(format=variant.format, scale_dtype=variant.scale_dtype, asymmetric=variant.zeros)
+    SPECS.append((QuantSpec(**base, group_size=32), 96))
+    SPECS.append((QuantSpec(**base, group_size=0), 99))
+    if f.levels == "fitted":
+        SPECS.append((QuantSpec(**base, group_size=0, codebook="channel"), 96))
+    elif not variant.zeros:
+        SPECS.append((QuantSpec(**base, group_size=-1), 64))
+
+
+@pytest.mark.parametrize("spec,k", SPECS, ids=lambda v: str(v) if isinstance(v, int) else
+                         f"{v.format}-{v.scale_dtype}-{'asym' if v.asymmetric else 'sym'}-g{v.group_size}-{v.codebook}")
+@pytest.mark.parametrize("rows", [1, 5])
+def test_gemm_matches_numpy(wasm, spec, k, rows, rng):
+    n = 13  # not a multiple of 4: the right edge stores fewer lanes
+    w = rng.standard_normal((n, k)).astype(np.float32)
+    qt = quantize("w", w, spec)
+    dense = dequantize(qt).astype(np.float64)
+    x = rng.standard_normal((rows, k)).astype(np.float32)
+    bias = rng.standard_normal(n).astype(np.float32)
+    res = rng.standard_normal((rows, n)).astype(np.float32)
+    layout = qt.matrix_layout()
+    key = wk.variant_of(spec).key
+    wasm.reset()
+    ptrs = put_tensor(wasm, qt)
+    xp, bp, rp = wasm.put(x), wasm.put(bias), wasm.put(res)
+    for act, use_bias, use_res in [(0, False, False), (1, True, True), (0, True, False)]:
+        y = wasm.poisoned(rows * n)
+        wasm(f"gemm_{key}", xp, rows, k, y, n, 0, n, ptrs["codes"], ptrs["scales"], ptrs["zeros"], ptrs["book"],
+             layout["words_per_row"], layout["groups_per_row"], layout["group_size"], layout["codebook_stride"],
+             bp if use_bias else 0, rp if use_res else 0, act, wasm.scratch())
+        got = wasm.get(y, rows * n).reshape(rows, n)
+        want = x.astype(np.float64) @ dense.T + (bias if use_bias else 0)
+        if act:
+            want = gelu(want)
+        if use_res:
+            want = want + res
+        assert np.isfinite(got).all(), "an output was left unwritten"
+        assert rel(got, want) < (GELU_TOLERANCE if act else GEMM_TOLERANCE), (key, act, use_bias, use_res)
+
+
+def test_gemm_column_ranges_split_the_work(wasm, rng):
+    """Threads each take a range of output columns (multiples of 4); together they cover y exactly."""
+    n, k, rows = 24, 64, 7
+    qt = quantize("w", rng.standard_normal((n, k)).astype(np.float32), QuantSpec("int4", group_size=32))
+    x = rng.standard_normal((rows, k)).astype(np.float32)
+    wasm.reset()
+    ptrs = put_tensor(wasm, qt)
+    xp, y = wasm.put(x), wasm.poisoned(rows * n)
+    L = qt.matrix_layout()
+    for lo, hi in [(0, 8), (8, 20), (20, 24)]:
+        wasm("gemm_" + wk.variant_of(qt.spec).key, xp, rows, k, y, n, lo, hi, ptrs["codes"], ptrs["scales"], 0, 0,
+             L["words_per_row"], L["groups_per_row"], L["group_size"], 0, 0, 0, 0, wasm.scratch())
+    got = wasm.get(y, rows * n).reshape(rows, n)
+    assert rel(got, x.astype(np.float64) @ dequantize(qt).astype(np.float64).T) < GEMM_TOLERANCE
+
+
+@pytest.mark.parametrize("spec", [QuantSpec("float32"), QuantSpec("int4", group_size=32), QuantSpec("int3-dense", asymmetric=True),
+                                  QuantSpec("int2-4values", scale_dtype="float16"), QuantSpec("int4-optimal", codebook="channel")],
+                         ids=lambda s: s.format)
+def test_embed_matches_numpy(wasm, spec, rng):
+    rows, k = 20, 64
+    qt = quantize("table", rng.standard_normal((rows, k)).astype(np.float32), spec)
+    table = dequantize(qt)
+    ids = np.array([3, 0, 19, 3, 25, 7], np.uint32)  # 25 >= rows: a zero row
+    base = rng.standard_normal((len(ids), k)).astype(np.float32)
+    L = qt.matrix_layout()
+    wasm.reset()
+    ptrs = put_tensor(wasm, qt)
+    idp = wasm.put(ids)
+    want = np.where((ids < rows)[:, None], table[np.minimum(ids, rows - 1)], 0)
+    for accumulate in (0, 1):
+        y = wasm.put(base) if accumulate else wasm.poisoned(len(ids) * k)
+        wasm("embed_" + wk.variant_of(spec).key, idp, y, accumulate, ptrs["codes"], ptrs["scales"], ptrs["zeros"], ptrs["book"],
+             rows, k, L["words_per_row"], L["groups_per_row"], L["group_size"], L["codebook_stride"], 0, len(ids), wasm.scratch())
+        got = wasm.get(y, len(ids) * k).reshape(len(ids), k)
+        np.testing.assert_allclose(got, want + (base if accumulate else 0), rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("cols", [384, 30])
+def test_layernorm(wasm, cols, rng):
+    rows = 5
+    x = (rng.standard_normal((rows, cols)) * 3 + 1).astype(np.float32)
+    g, b = rng.standard_normal(cols).astype(np.float32), rng.standard_normal(cols).astype(np.float32)
+    wasm.reset()
+    xp, gp, bp, y = wasm.put(x), wasm.put(g), wasm.put(b), wasm.poisoned(rows * cols)
+    wasm("layernorm", xp, y, cols, gp, bp, 1e-12, 0, rows)
+    x64 = x.astype(np.float64)
+    want = (x64 - x64.mean(1, keepdims=True)) / np.sqrt(x64.var(1, keepdims=True) + 1e-12) * g + b
+    assert rel(wasm.get(y, rows * cols).reshape(rows, cols), want) < OPS_TOLERANCE
+
+
+@pytest.mark.parametrize("d,masked", [(32, True), (6, False)])
+def test_attention(wasm, d, masked, rng):
+    batch, seq, heads = 3, 7, 2
+    q, k, v = (rng.standard_normal((batch * seq, heads * d)).astype(np.float32) for _ in range(3))
+    mask = (rng.random(batch * seq) > 0.3).astype(np.float32)
+    mask[::seq] = 1
+    mask[seq:2 * seq] = 0  # a sequence with every key masked gives zeros, as the JS path does
+    wasm.reset()
+    qp, kp, vp, mp, y = wasm.put(q), wasm.put(k), wasm.put(v), wasm.put(mask), wasm.poisoned(batch * seq * heads * d)
+    wasm("attention", qp, kp, vp, mp if masked else 0, y, seq, heads, d, 0, batch * heads, wasm.scratch())
+    want = np.zeros((batch * seq, heads * d))
+    for bi in range(batch):
+        for h in range(heads):
+            sl = slice(bi * seq, (bi + 1) * seq)
+            hs = slice(h * d, (h + 1) * d)
+            s = q[sl, hs].astype(np.float64) @ k[sl, hs].T.astype(np.float64) / np.sqrt(d)
+            keep = mask[sl] > 0.5 if masked else np.ones(seq, bool)
+            s = np.where(keep[None, :], s, -np.inf)
+            if keep.any():
+                p = np.exp(s - s.max(1, keepdims=True))
+                want[sl, hs] = (p / p.sum(1, keepdims=True)) @ v[sl, hs]
+    assert rel(wasm.get(y, batch * seq * heads * d).reshape(want.shape), want) < OPS_TOLERANCE
+
+
+def test_meanpool_gelu_free_ops(wasm, rng):
+    batch, seq, hidden = 3, 5, 40
+    x = rng.standard_normal((batch * seq, hidden)).astype(np.float32)
+    mask = np.array([1, 1, 1, 0, 0, 1, 0, 0, 0, 0, 1, 1, 1, 1, 1], np.float32)
+    wasm.reset()
+    xp, mp = wasm.put(x), wasm.put(mask)
+    for normalize in (0, 1):
+        y = wasm.poisoned(batch * hidden)
+        wasm("meanpool", xp, mp, y, seq, hidden, normalize, 0, batch)
+        m = mask.reshape(batch, seq, 1)
+        want = (x.reshape(batch, seq, hidden) * m).sum(1) / m.sum(1)
+        if normalize:
+            want = want / np.linalg.norm(want, axis=1, keepdims=True)
+        assert rel(wasm.get(y, batch * hidden).reshape(batch, hidden), want) < OPS_TOLERANCE
+
+
+def test_im2col_vit_tokens_gather(wasm, rng):
+    batch, channels, size, patch, hidden = 2, 3, 8, 4, 12
+    img = rng.standard_normal((batch, channels, size, size)).astype(np.float32)
+    g = size // patch
+    n_rows, cols = batch * g * g, channels * patch * patch
+    wasm.reset()
+    ip, y = wasm.put(img), wasm.poisoned(n_rows * cols)
+    wasm("im2col", ip, y, channels, size, size, patch, 0, n_rows)
+    want = img.reshape(batch, channels, g, patch, g, patch).transpose(0, 2, 4, 1, 3, 5).reshape(n_rows, cols)
+    np.testing.assert_array_equal(wasm.get(y, n_rows * cols).reshape(n_rows, cols), want)
+
+    n_patches = g * g
+    patches = rng.standard_normal((batch * n_patches, hidden)).astype(np.float32)
+    cls, pos = rng.standard_normal(hidden).astype(np.float32), rng.standard_normal((n_patches + 1, hidden)).astype(np.float32)
+    pp, cp, op, y = wasm.put(patches), wasm.put(cls), wasm.put(pos), wasm.poisoned(batch * (n_patches + 1) * hidden)
+    wasm("vit_tokens", pp, cp, op, y, n_patches, hidden, 0, batch * (n_patches + 1))
+    tokens = np.concatenate([np.broadcast_to(cls, (batch, 1, hidden)), patches.reshape(batch, n_patches, hidden)], 1) + pos
+    np.testing.assert_allclose(wasm.get(y, tokens.size).reshape(tokens.shape), tokens.reshape(-1, hidden)[None].reshape(tokens.shape), rtol=1e-7)
+
+    ids = np.array([4, 0, 2], np.uint32)
+    idp, y = wasm.put(ids), wasm.poisoned(3 * hidden)
+    wasm("gather_rows", pp, idp, y, hidden, 0, 3)
+    np.testing.assert_array_equal(wasm.get(y, 3 * hidden).reshape(3, hidden), patches[ids])
+
+
+def test_kernels_cover_every_registry_format_and_assemble_deterministically():
+    """A new format row gets kernels without hand-written wasm; the same input gives the same bytes."""
+    keys = {v.key for v in wk.all_variants()}
+    text = wk.render_wat(wk.all_variants(), shared=True)
+    for key in keys:
+        assert f'(export "gemm_{key}")' in text and f'(export "embed_{key}")' in text
+    assert wk.build(wk.all_variants(), shared=True) == wk.build(wk.all_variants(), shared=True)

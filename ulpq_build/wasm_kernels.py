@@ -1,0 +1,120 @@
+"""The CPU path's WebAssembly kernels: WAT rendered from templates/wasm/kernels.wat.jinja for the
+storages a bundle uses, assembled to .wasm at bundle time.
+
+Why generate and assemble at bundle time (and not commit prebuilt .wasm): the kernels are
+specialised per format row of the registry (bits, layout, level kind, values per word become
+constants and unrolled lane shifts), exactly like the WGSL. A new format row then needs no
+hand-written wasm and no rebuild step a contributor could forget; a committed binary would have to
+cover every format x scale dtype x zero-point combination up front and be re-generated and
+checked by a test on every registry change. The cost is one runtime dependency, the `wasmtime`
+wheel (its `wat2wasm` is a pure text-to-binary assembler; binary wheels exist for manylinux
+x86_64 and aarch64, macOS x86_64 and arm64, and Windows), which the tests also use to run the
+kernels against numpy without a browser. Assembly is deterministic, so bundles stay
+byte-identical across builds.
+
+Two binaries are written per bundle: one importing an ordinary memory (one thread) and one
+importing a shared memory (worker threads over a SharedArrayBuffer when the page is cross-origin
+isolated). Browsers only create shared memories in that case, and a module must declare which it
+imports.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from jinja2 import Environment, FileSystemLoader, StrictUndefined
+
+from ulpq_build.formats import FORMATS, Format
+from ulpq_build.resources import templates_dir
+
+# x rows multiplied against one decoded block of four weight rows at a time: 2 rows x 4 columns
+# keeps 8 accumulators + 2 x + 1 weight vector in the 16 SIMD registers of x86-64 and arm64.
+ROWS_PER_TILE = 2
+# Upper bound of the shared memory (64 KiB pages): 4 GiB, wasm32's address space. Engines reserve
+# it virtually, not physically.
+MAX_PAGES = 65536
+FILES = {"single": "cpu-kernels.wasm", "shared": "cpu-kernels-shared.wasm"}
+
+
+@dataclass(frozen=True, order=True)
+class WasmVariant:
+    """One packed storage the kernels decode: a registry format, its scale dtype, zero points or not."""
+
+    format: str
+    scale_dtype: str = "float32"
+    zeros: bool = False
+
+    @property
+    def fmt(self) -> Format:
+        return FORMATS[self.format]
+
+    @property
+    def key(self) -> str:
+        """The export suffix (gemm_<key>, embed_<key>); web_runtime/backend_wasm.js derives the same."""
+        if not self.fmt.quantized:
+            return "float32"
+        dtype = {"float32": "f32", "float16": "f16"}[self.scale_dtype]
+        return f"{re.sub(r'[^a-z0-9]', '_', self.format)}_{dtype}_{'z' if self.zeros else 's'}"
+
+    @property
+    def simd_decode(self) -> bool:
+        """Whole words decode four lanes at a time when codes are uniform levels and a word holds a
+        multiple of 4 of them (int8/4/2/1 layouts); tables, fitted levels, int3's 10 per word and the
+        bit stream decode one value at a time (the GEMM amortises decoding over all rows of x)."""
+        f = self.fmt
+        return f.layout == "words" and f.levels == "uniform" and f.values_per_word % 4 == 0
+
+
+def variant_of(spec) -> WasmVariant:
+    """The kernel variant a QuantSpec's tensors need."""
+    if not spec.fmt.quantized:
+        return WasmVariant("float32")
+    return WasmVariant(spec.format, spec.scale_dtype, bool(spec.asymmetric))
+
+
+def all_variants() -> list[WasmVariant]:
+    """Every storage the registry allows (tests build all of them)."""
+    out = []
+    for f in FORMATS.values():
+        if not f.quantized:
+            out.append(WasmVariant(f.name))
+            continue
+        for dtype in ("float32", "float16"):
+            for zeros in ((False, True) if f.supports_asymmetric else (False,)):
+                out.append(WasmVariant(f.name, dtype, zeros))
+    return out
+
+
+def render_wat(variants, *, shared: bool, rows_per_tile: int = ROWS_PER_TILE) -> str:
+    """The kernel module's text for these variants (float32 is always included: biases, tables)."""
+    chosen = sorted(set(variants) | {WasmVariant("float32")})
+    env = Environment(loader=FileSystemLoader(str(templates_dir())), undefined=StrictUndefined,
+                      keep_trailing_newline=True)
+    tiles = (rows_per_tile, 1) if rows_per_tile > 1 else (1,)
+    return env.get_template("wasm/kernels.wat.jinja").render(
+        variants=chosen, shared=shared, max_pages=MAX_PAGES, rows_per_tile=rows_per_tile, tiles=tiles)
+
+
+def assemble(text: str) -> bytes:
+    """WAT to a wasm binary (wasmtime's assembler; no engine is started)."""
+    import wasmtime  # a declared dependency; imported here so modules that never assemble don't load it
+
+    return bytes(wasmtime.wat2wasm(text))
+
+
+def build(variants, *, shared: bool, rows_per_tile: int = ROWS_PER_TILE) -> bytes:
+    return assemble(render_wat(variants, shared=shared, rows_per_tile=rows_per_tile))
+
+
+def write_cpu_kernels(folder: Path, specs) -> dict:
+    """Write both kernel binaries for the specs a bundle uses; the manifest's `wasm` section."""
+    variants = sorted({variant_of(s) for s in specs} | {WasmVariant("float32")})
+    files = {}
+    for kind, name in FILES.items():
+        data = build(variants, shared=kind == "shared")
+        (folder / name).write_bytes(data)
+        files[kind] = {"file": name, "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+    return {"files": files, "variants": [v.key for v in variants], "rows_per_tile": ROWS_PER_TILE}
