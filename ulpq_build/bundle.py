@@ -37,6 +37,7 @@ from ulpq_build.profiles import PROFILES
 from ulpq_build.quantize import quantize
 from ulpq_build.quantspec import QuantSpec
 from ulpq_build.resources import web_runtime_dir
+from ulpq_build.wasm_kernels import write_cpu_kernels
 
 MANIFEST_SCHEMA_VERSION = 1
 SHARD_LIMIT = 128 * 1024 * 1024  # Firefox caps storage bindings at 128 MiB (environment.md)
@@ -284,6 +285,8 @@ def _write_bundle(folder: Path, source: ModelSource, model_name: str, model: dic
         shader_entries.append({**variant.to_manifest(), "sha256": hashlib.sha256(text).hexdigest()})
 
     files = _copy_files(folder, source, model)
+    cpu_kernels = write_cpu_kernels(folder, [e.spec for e in plan.entries])  # the CPU path's wasm
+    files += cpu_kernels["files"].values()  # listed with sha256 like every other file
     runtime_files = sorted(p.name for p in web_runtime_dir().iterdir() if p.suffix in (".js", ".html", ".css"))
     for name in runtime_files:
         shutil.copyfile(web_runtime_dir() / name, folder / name)
@@ -303,6 +306,7 @@ def _write_bundle(folder: Path, source: ModelSource, model_name: str, model: dic
         "matmul": {"gemv_max_rows": GEMV_MAX_ROWS, "gemm_large_rows": GEMM_LARGE_ROWS},
         "runtime": {"module": "ulpq.js", "page": "index.html", "files": runtime_files},
         "files": files,
+        "wasm": cpu_kernels,
         "demo": demo_section(model),
     }
     (folder / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n", encoding="utf-8")
