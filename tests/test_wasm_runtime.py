@@ -1,0 +1,106 @@
+"""The wasm CPU path end to end under Node: cpu_select.js picks it, the bundle's kernels run every
+format on one and on two worker threads (worker_threads over a shared memory), and whole models
+match numpy over the bundle's own weights (MiniLM cosine per sentence, ViT logits). Without wasm
+SIMD (or without kernels in the bundle) the plain-JS path runs and says why."""
+
+import json
+import shutil
+import subprocess
+
+import numpy as np
+import pytest
+
+from support import ROOT, run_cli
+from ulpq_build.bundle_reader import load_bundle
+from ulpq_build.reference import bert_forward, cosine, mlp_forward, relative_error, vit_forward
+from test_models import sample_pixels
+
+# float32 sums in the kernels vs numpy's float64, relative to the output's scale
+MLP_TOLERANCE = 1e-5
+MINILM_COSINE = 0.9999  # issue 11: per sentence, vs numpy over the same weights
+VIT_LOGITS_TOLERANCE = 1e-3
+SENTENCES = ["A man is playing a guitar on the stage tonight.", "Someone is playing an instrument.",
+             "The new movie is awesome, everyone says so.", "A cheetah is running behind its prey across the plain.",
+             "The weather is cold and rainy today.", "She reads a book in the quiet library.",
+             "Stock markets fell sharply after the announcement.", "Naïve façades, résumés — and [MASK]!"]
+
+
+def run(bundle, request, tmp_path):
+    node = shutil.which("node")
+    if node is None:
+        pytest.fail("node is not installed (.ci/run installs it): the wasm runtime tests need it")
+    req = tmp_path / "request.json"
+    req.write_text(json.dumps(request))
+    proc = subprocess.run([node, ROOT / "tests/js/run_cpu_backend.mjs", bundle, req], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout)
+
+
+MLP_CASES = [["float32"], ["int8"], ["int4"], ["int3"], ["int2"], ["int2-4values"], ["int2-ternary"], ["int2-optimal"],
+             ["int3-optimal"], ["int4-optimal"], ["int1"], ["int3-dense", "--group-size", "32", "--asymmetric"],
+             ["int4", "--group-size", "32"], ["int2", "--asymmetric"], ["int8", "--group-size", "-1", "--scale-dtype", "float16"],
+             ["int3-optimal", "--codebook", "channel", "--group-size", "32"], ["int2-4values", "--scale-dtype", "float16"],
+             ["int1", "--group-size", "32"]]
+
+
+@pytest.mark.parametrize("options", MLP_CASES, ids=lambda o: " ".join(o))
+def test_mlp_every_format_on_wasm(options, tmp_path, rng):
+    bundle = tmp_path / "b"
+    run_cli("bundle", "--model", "builtin:mlp", "--format", *options, "--out", bundle, check=0)
+    loaded = load_bundle(bundle)
+    x = rng.standard_normal((5, loaded.model["input_size"])).round(5)
+    expected = mlp_forward(loaded.model, loaded.weights, x)
+    threads = [1, 2] if options[0] in ("int4", "int3-dense") else [1]
+    for n in threads:
+        out = run(bundle, {"options": {"cpu": "wasm", "threads": n}, "rows": x.tolist()}, tmp_path)
+        assert out["kind"] == "wasm-simd" and out["threads"] == n, out["notes"]
+        assert relative_error(np.asarray(out["output"]).reshape(expected.shape), expected) < MLP_TOLERANCE, n
+
+
+@pytest.fixture(scope="module")
+def minilm_int4(tmp_path_factory):
+    bundle = tmp_path_factory.mktemp("minilm") / "b"
+    run_cli("bundle", "--format", "int4", "--group-size", "32", "--out", bundle, check=0)
+    return bundle
+
+
+def test_minilm_on_two_threads_matches_numpy(minilm_int4, tmp_path):
+    out = run(minilm_int4, {"options": {"threads": 2}, "sentences": SENTENCES}, tmp_path)
+    assert out["kind"] == "wasm-simd" and out["threads"] == 2 and "2 threads" in " ".join(out["notes"])
+    bundle = load_bundle(minilm_int4)
+    seq = out["seq"]
+    ids, mask = np.array(out["ids"]).reshape(-1, seq), np.array(out["mask"]).reshape(-1, seq)
+    expected = bert_forward(bundle.model, bundle.weights, ids, mask)
+    got = np.array(out["output"]).reshape(len(SENTENCES), -1)
+    assert cosine(got, expected).min() >= MINILM_COSINE
+    # the weights stay packed: wasm memory holds the packed parts (plus activations), not float32 copies
+    packed = sum(t["bytes"] for t in bundle.manifest["tensors"])
+    assert packed <= out["memory"]["weights"] < 1.01 * packed + (1 << 20)
+
+
+@pytest.mark.parametrize("fmt", ["float32", "int3-dense"])
+def test_vit_on_wasm_matches_numpy(fmt, tmp_path):
+    run_cli("bundle", "--model", "builtin:vit", "--format", fmt, "--out", tmp_path / "b", check=0)
+    bundle = load_bundle(tmp_path / "b")
+    pixels, _ = sample_pixels(tmp_path / "b", bundle.model)
+    expected = vit_forward(bundle.model, bundle.weights, pixels)
+    for threads in (1, 2):
+        out = run(tmp_path / "b", {"options": {"cpu": "wasm", "threads": threads}}, tmp_path)
+        assert out["kind"] == "wasm-simd" and out["threads"] == threads
+        assert relative_error(np.array(out["output"]).reshape(expected.shape), expected) < VIT_LOGITS_TOLERANCE
+
+
+def test_plain_js_path_when_wasm_cannot_run(tmp_path, rng):
+    bundle = tmp_path / "b"
+    run_cli("bundle", "--model", "builtin:mlp", "--format", "int4", "--out", bundle, check=0)
+    loaded = load_bundle(bundle)
+    x = rng.standard_normal((2, loaded.model["input_size"]))
+    expected = mlp_forward(loaded.model, loaded.weights, x)
+    out = run(bundle, {"rows": x.tolist(), "hideSimd": True}, tmp_path)
+    assert out["kind"] == "js" and out["threads"] == 1 and "no WebAssembly SIMD" in " ".join(out["notes"])
+    assert relative_error(np.asarray(out["output"]).reshape(expected.shape), expected) < MLP_TOLERANCE
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    del manifest["wasm"]
+    (bundle / "manifest.json").write_text(json.dumps(manifest))
+    out = run(bundle, {"rows": x.tolist()}, tmp_path)
+    assert out["kind"] == "js" and "has no wasm kernels" in " ".join(out["notes"])

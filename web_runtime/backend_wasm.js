@@ -1,0 +1,308 @@
+// The wasm CPU backend: the same interface as CpuBackend (backend_cpu.js), run by the bundle's
+// WebAssembly SIMD kernels (cpu-kernels*.wasm, generated per format by ulpq_build/wasm_kernels.py).
+//
+// Packed weights are copied once into the wasm memory and stay packed there (GEMMs decode blocks
+// of four weight rows into a per-thread scratch; float32 tensors are read in place). Graph calls
+// only record kernel calls and reserve activations in an arena; output() runs the recording, on
+// this thread or split over worker threads that share the memory (SharedArrayBuffer; browsers
+// allow it when the page is cross-origin isolated, Node always). Handles are {ptr, rows, cols}.
+
+import { sha256Hex } from './bundle_loader.js';
+import { runOps } from './wasm_exec.js';
+
+const inNode = typeof process !== 'undefined' && !!process.versions?.node && typeof window === 'undefined';
+const PAGE = 65536;
+const BARRIER = 64; // two i32 cells for the workers' barrier
+const WEIGHTS_BASE = 1024;
+const MAX_THREADS = 8;
+
+// (module (func (result v128) (i32x4.splat (i32.const 0)))): validates only where wasm SIMD exists
+const SIMD_PROBE = new Uint8Array([0, 97, 115, 109, 1, 0, 0, 0, 1, 5, 1, 96, 0, 1, 123, 3, 2, 1, 0, 10, 8, 1, 6, 0, 65, 0, 253, 17, 11]);
+
+export function wasmSimdSupported() {
+  try {
+    return typeof WebAssembly === 'object' && WebAssembly.validate(SIMD_PROBE);
+  } catch {
+    return false;
+  }
+}
+
+const align = (n, a = 16) => Math.ceil(n / a) * a;
+const bytesOf = (typed) => new Uint8Array(typed.buffer, typed.byteOffset, typed.byteLength);
+
+/** The export suffix of a tensor's storage; ulpq_build/wasm_kernels.py WasmVariant.key names the same. */
+export function variantKey(entry, fmt, parts) {
+  if (fmt.levels === 'float') return 'float32';
+  const dtype = entry.spec.scale_dtype === 'float16' ? 'f16' : 'f32';
+  return `${fmt.name.replace(/[^a-z0-9]/g, '_')}_${dtype}_${parts.zeros ? 'z' : 's'}`;
+}
+
+async function readBytes(url) {
+  if (url.protocol === 'file:' && inNode) {
+    const { readFile } = await import('node:fs/promises');
+    const { fileURLToPath } = await import('node:url');
+    return new Uint8Array(await readFile(fileURLToPath(url)));
+  }
+  const response = await fetch(url);
+  if (!response.ok) throw new Error(`${url}: HTTP ${response.status}`);
+  return new Uint8Array(await response.arrayBuffer());
+}
+
+/** Worker threads available here: 1 unless memory can be shared (cross-origin isolated page, or Node). */
+async function threadBudget(requested) {
+  let cores = 1;
+  let shareable = false;
+  if (inNode) {
+    const os = await import('node:os');
+    cores = os.availableParallelism?.() ?? os.cpus().length;
+    shareable = true;
+  } else {
+    cores = globalThis.navigator?.hardwareConcurrency ?? 1;
+    shareable = globalThis.crossOriginIsolated === true && typeof SharedArrayBuffer === 'function';
+  }
+  if (!shareable) return { threads: 1, why: 'one thread (the page is not cross-origin isolated: no shared memory)' };
+  const threads = Math.max(1, Math.min(MAX_THREADS, requested ?? cores));
+  return { threads, why: `${threads} thread${threads > 1 ? 's' : ''}` };
+}
+
+function spawnWorker(url) {
+  if (inNode) {
+    return import('node:worker_threads').then(({ Worker }) => {
+      const w = new Worker(url);
+      w.unref(); // a finished script may exit with the backend still alive; runs ref() it
+      return { post: (m) => w.postMessage(m), on: (fn) => w.on('message', fn), onError: (fn) => w.on('error', fn),
+        terminate: () => w.terminate(), ref: () => w.ref(), unref: () => w.unref() };
+    });
+  }
+  const w = new Worker(url, { type: 'module' });
+  return Promise.resolve({ post: (m) => w.postMessage(m), on: (fn) => w.addEventListener('message', (e) => fn(e.data)),
+    onError: (fn) => w.addEventListener('error', fn), terminate: () => w.terminate(), ref() {}, unref() {} });
+}
+
+export class WasmBackend {
+  /** Use createWasmBackend(). */
+  constructor(manifest, tensors, module, memory, threads) {
+    this.path = 'cpu';
+    this.kind = 'wasm-simd';
+    this.threads = threads;
+    this.formats = manifest.formats;
+    this.module = module;
+    this.memory = memory;
+    this.workers = [];
+    this.ops = [];
+    this.runs = 0;
+    this.exports = null;
+    this.#placeWeights(manifest, tensors);
+  }
+
+  #grow(end) {
+    const have = this.memory.buffer.byteLength;
+    if (end > have) this.memory.grow(Math.ceil((end - have) / PAGE));
+  }
+
+  #reserve(bytes) {
+    const ptr = this.top;
+    this.top = align(ptr + bytes + 8); // +8: the bit-stream decoder reads 64 bits at a time
+    this.#grow(this.top);
+    return ptr;
+  }
+
+  #copyIn(typed) {
+    const ptr = this.#reserve(typed.byteLength);
+    new Uint8Array(this.memory.buffer, ptr, typed.byteLength).set(bytesOf(typed));
+    return ptr;
+  }
+
+  /** Every tensor's parts into the memory, once; table formats get their level table there too. */
+  #placeWeights(manifest, tensors) {
+    this.top = WEIGHTS_BASE;
+    const tables = new Map();
+    this.weights = new Map();
+    let maxK = 0;
+    for (const [name, tensor] of tensors) {
+      const { entry, parts } = tensor;
+      const fmt = manifest.formats[entry.format];
+      const m = entry.matrix;
+      maxK = Math.max(maxK, m.k);
+      const w = { key: variantKey(entry, fmt, parts), rows: m.rows, k: m.k, wpr: m.words_per_row, gpr: m.groups_per_row,
+        gsize: m.group_size, bstride: m.codebook_stride, codes: this.#copyIn(parts.codes.values), scales: 0, zeros: 0, book: 0 };
+      if (parts.scales) w.scales = this.#copyIn(parts.scales.values);
+      if (parts.zeros) w.zeros = this.#copyIn(parts.zeros.values);
+      if (parts.codebook) w.book = this.#copyIn(parts.codebook.values);
+      else if (fmt.levels === 'table') {
+        if (!tables.has(fmt.name)) tables.set(fmt.name, this.#copyIn(Float32Array.from(fmt.table)));
+        w.book = tables.get(fmt.name);
+        w.bstride = 0;
+      }
+      this.weights.set(name, w);
+    }
+    this.weightBytes = this.top - WEIGHTS_BASE;
+    // per thread: four decoded weight rows (k rounded up to 32), or one row of attention scores
+    this.scratchBytes = Math.max(16 * align(maxK, 32), 1 << 16);
+    this.scratch = this.#reserve(this.scratchBytes * this.threads);
+    this.arena = this.top;
+  }
+
+  async start() {
+    const instance = await WebAssembly.instantiate(this.module, { env: { memory: this.memory } });
+    this.exports = instance.exports;
+    if (this.threads === 1) return;
+    const url = new URL('./wasm_worker.js', import.meta.url);
+    this.workers = await Promise.all(Array.from({ length: this.threads }, () => spawnWorker(url)));
+    this.pending = new Map();
+    await Promise.all(this.workers.map((w, thread) => new Promise((resolve, reject) => {
+      w.on((m) => {
+        if (m.type === 'ready') resolve();
+        else if (m.type === 'done') this.pending.get(m.run)?.resolve();
+        else if (m.type === 'error') (this.pending.get(m.run) ?? { reject }).reject(new Error(m.message));
+      });
+      w.onError((e) => {
+        const err = new Error(`wasm worker failed: ${e.message ?? e}`);
+        reject(err);
+        for (const p of this.pending.values()) p.reject(err);
+      });
+      w.post({ type: 'init', module: this.module, memory: this.memory, thread, threads: this.threads,
+        scratch: this.scratch + thread * this.scratchBytes, barrier: BARRIER });
+    })));
+  }
+
+  /** Bytes the backend holds in wasm memory: packed weights, and the whole memory (activations included). */
+  get memoryBytes() {
+    return { weights: this.weightBytes, total: this.memory.buffer.byteLength };
+  }
+
+  #tensor(name) {
+    const w = this.weights.get(name);
+    if (!w) throw new Error(`tensor ${name} is missing from the bundle`);
+    return w;
+  }
+
+  #op(fn, args, range, total, unit = 1, scratch = -1) {
+    if (typeof this.exports[fn] !== 'function') throw new Error(`the bundle's wasm kernels have no ${fn}; rebuild the bundle`);
+    this.ops.push({ fn, args, range, total, unit, scratch });
+  }
+
+  #out(rows, cols) {
+    return { ptr: this.#reserve(rows * cols * 4), rows, cols };
+  }
+
+  begin() {
+    this.ops = [];
+    this.top = this.arena;
+  }
+
+  input(data, rows, cols) {
+    return { ptr: this.#copyIn(data instanceof Float32Array ? data : Float32Array.from(data)), rows, cols };
+  }
+
+  upload(typed) {
+    return { ptr: this.#copyIn(typed), rows: typed.length, cols: 1 };
+  }
+
+  embed(node, ids, count, into = null) {
+    const t = this.#tensor(node.table);
+    const y = into ?? this.#out(count, t.k);
+    this.#op(`embed_${t.key}`, [ids.ptr, y.ptr, into ? 1 : 0, t.codes, t.scales, t.zeros, t.book, t.rows, t.k, t.wpr, t.gpr,
+      t.gsize, t.bstride, 0, 0, 0], 13, count, 1, 15);
+    return y;
+  }
+
+  linear(h, node, residual = null) {
+    const w = this.#tensor(node.weight);
+    if (h.cols !== w.k) throw new Error(`${node.weight}: input has ${h.cols} columns, the weight takes ${w.k}`);
+    const act = { none: 0, gelu: 1 }[node.activation ?? 'none'];
+    if (act === undefined) throw new Error(`${node.weight}: activation ${node.activation} is not supported by the wasm kernels`);
+    const y = this.#out(h.rows, w.rows);
+    const bias = node.bias ? this.#tensor(node.bias).codes : 0;
+    this.#op(`gemm_${w.key}`, [h.ptr, h.rows, w.k, y.ptr, w.rows, 0, 0, w.codes, w.scales, w.zeros, w.book, w.wpr, w.gpr,
+      w.gsize, w.bstride, bias, residual ? residual.ptr : 0, act, 0], 5, w.rows, 4, 18);
+    return y;
+  }
+
+  layernorm(h, node, eps) {
+    const y = this.#out(h.rows, h.cols);
+    this.#op('layernorm', [h.ptr, y.ptr, h.cols, this.#tensor(node.weight).codes, this.#tensor(node.bias).codes, eps, 0, 0],
+      6, h.rows);
+    return y;
+  }
+
+  attention(q, k, v, mask, dims) {
+    const y = this.#out(q.rows, q.cols);
+    this.#op('attention', [q.ptr, k.ptr, v.ptr, mask ? mask.ptr : 0, y.ptr, dims.seq, dims.heads, dims.head_dim, 0, 0, 0],
+      8, dims.batch * dims.heads, 1, 10);
+    return y;
+  }
+
+  meanpool(h, mask, dims, normalize) {
+    const y = this.#out(dims.batch, dims.hidden);
+    this.#op('meanpool', [h.ptr, mask.ptr, y.ptr, dims.seq, dims.hidden, normalize ? 1 : 0, 0, 0], 6, dims.batch);
+    return y;
+  }
+
+  im2col(image, dims) {
+    const p = dims.patch_size;
+    const rows = dims.batch * Math.floor(dims.height / p) * Math.floor(dims.width / p);
+    const y = this.#out(rows, dims.channels * p * p);
+    this.#op('im2col', [image.ptr, y.ptr, dims.channels, dims.height, dims.width, p, 0, 0], 6, rows);
+    return y;
+  }
+
+  vitTokens(patches, clsName, posName, dims) {
+    const rows = dims.batch * (dims.patches + 1);
+    const y = this.#out(rows, dims.hidden);
+    this.#op('vit_tokens', [patches.ptr, this.#tensor(clsName).codes, this.#tensor(posName).codes, y.ptr, dims.patches,
+      dims.hidden, 0, 0], 6, rows);
+    return y;
+  }
+
+  rows(h, ids, count) {
+    const y = this.#out(count, h.cols);
+    this.#op('gather_rows', [h.ptr, ids.ptr, y.ptr, h.cols, 0, 0], 4, count);
+    return y;
+  }
+
+  /** Run what was recorded since begin(); h's values as {data: Float32Array, rows, cols}. */
+  async output(h) {
+    const ops = this.ops;
+    this.ops = [];
+    if (this.threads === 1) {
+      runOps(this.exports, ops, 0, 1, this.scratch);
+    } else {
+      const run = ++this.runs;
+      const done = new Promise((resolve, reject) => this.pending.set(run, { resolve, reject }));
+      for (const w of this.workers) { w.ref(); w.post({ type: 'run', run, ops }); }
+      try {
+        await done;
+      } finally {
+        this.pending.delete(run);
+        for (const w of this.workers) w.unref();
+      }
+    }
+    return { data: new Float32Array(this.memory.buffer, h.ptr, h.rows * h.cols).slice(), rows: h.rows, cols: h.cols };
+  }
+
+  destroy() {
+    for (const w of this.workers) w.terminate();
+    this.workers = [];
+  }
+}
+
+/** A started wasm backend for this bundle, or an Error saying why none can run here. */
+export async function createWasmBackend(manifest, tensors, options = {}) {
+  if (!manifest.wasm) throw new Error('the bundle has no wasm kernels (built by an older ulpq_build)');
+  if (!wasmSimdSupported()) throw new Error('this engine has no WebAssembly SIMD');
+  const budget = await threadBudget(options.threads);
+  const file = manifest.wasm.files[budget.threads > 1 ? 'shared' : 'single'];
+  const bytes = await readBytes(new URL(file.file, options.baseUrl ?? import.meta.url));
+  if (await sha256Hex(bytes) !== file.sha256) throw new Error(`${file.file}: sha256 does not match the manifest`);
+  const module = await WebAssembly.compile(bytes);
+  let weightBytes = 0;
+  for (const [, t] of tensors) for (const p of Object.values(t.parts)) weightBytes += align(p.values.byteLength + 8);
+  const pages = Math.ceil((WEIGHTS_BASE + weightBytes + (16 << 20)) / PAGE);
+  const memory = budget.threads > 1
+    ? new WebAssembly.Memory({ initial: pages, maximum: 65536, shared: true })
+    : new WebAssembly.Memory({ initial: pages });
+  const backend = new WasmBackend(manifest, tensors, module, memory, budget.threads);
+  await backend.start();
+  return { backend, notes: [`CPU path: WebAssembly SIMD kernels, ${budget.why}`] };
+}
