@@ -171,7 +171,8 @@ def test_js_dispatch_matches_python(tmp_path):
             cases.append({"shader": variant.to_manifest(), "dims": params, "grid": list(workgroups(variant, params)),
                           "params": list(pack_params(variant, params))})
     for kernel, dims in [("layernorm", {"rows": 70000, "cols": 384, "eps": 1e-12}), ("add", {"count": 9_000_000, "b_count": 384}),
-                         ("attention", {"batch": 2, "seq": 18, "heads": 12, "head_dim": 32, "scale": 0.17677669})]:
+                         ("attention", {"batch": 2, "seq": 18, "heads": 12, "head_dim": 32, "scale": 0.17677669,
+                                        "in_stride": 384, "q_off": 0, "k_off": 0, "v_off": 0})]:
         variant = KernelVariant.make(kernel, "firefox")
         cases.append({"shader": variant.to_manifest(), "dims": dims, "grid": list(workgroups(variant, dims)),
                       "params": list(pack_params(variant, dims))})

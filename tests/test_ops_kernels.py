@@ -285,13 +285,20 @@ def test_attention(key, variant, rng):
             keep = (np.arange(seq)[None, :] < np.array(lengths)[:, None]).ravel()
             k[~keep] = np.nan  # padded keys must get no weight at all: not even 0 * NaN
             v[~keep] = np.nan
-        dims = {"batch": batch, "seq": seq, "heads": heads, "head_dim": d, "scale": 1.0 / math.sqrt(d)}
+        dims = {"batch": batch, "seq": seq, "heads": heads, "head_dim": d, "scale": 1.0 / math.sqrt(d),
+                "in_stride": heads * d, "q_off": 0, "k_off": 0, "v_off": 0}
         check_attention_dims(variant, dims)
         arrays = {"q": q, "k": k, "v": v}
         if masked:
             arrays["mask"] = keep.astype(np.float32)
+        want = attention_ref(q, k, v, keep, batch, seq, heads, d, dims["scale"])
         y = run(variant, arrays, dims, q.size)  # every query row, padded or not, is written
-        check(y, attention_ref(q, k, v, keep, batch, seq, heads, d, dims["scale"]), ATTENTION_TOLERANCE)
+        check(y, want, ATTENTION_TOLERANCE)
+        # the fused Q|K|V product: one [rows, 3H] buffer (bound three times), columns q | k | v
+        qkv = np.concatenate([q, k, v], axis=1)
+        fused = {**dims, "in_stride": 3 * heads * d, "q_off": 0, "k_off": heads * d, "v_off": 2 * heads * d}
+        y = run(variant, {**arrays, "q": qkv, "k": qkv, "v": qkv}, fused, q.size)
+        check(y, want, ATTENTION_TOLERANCE)
 
 
 def test_attention_refuses_sequences_longer_than_max_seq():

@@ -171,10 +171,13 @@ KERNELS: dict[str, Kernel] = _reg(
     Kernel(
         "attention", "attention.wgsl.jinja",
         "y[b*seq+s, h*d:(h+1)*d] = softmax(q_s . k_j^T * scale + mask_j) v_j over keys j of sequence b and head h; "
-        "q, k, v as the projections write them ([batch*seq, heads*head_dim]); mask[b*seq+j] = 1 keeps, 0 pads; "
+        "q, k, v read as row r, column c at r * in_stride + {q,k,v}_off + c (separate projections: in_stride = "
+        "heads*head_dim, offsets 0; the fused Q|K|V product: one buffer, in_stride = 3*heads*head_dim, offsets 0, "
+        "H, 2H); y is [batch*seq, heads*head_dim]; mask[b*seq+j] = 1 keeps, 0 pads; "
         "one workgroup per (query, head, sequence), scores in workgroup memory (seq <= max_seq)",
         ("params", "q", "k", "v", "mask", "y"),
-        (("batch", "u32"), ("seq", "u32"), ("heads", "u32"), ("head_dim", "u32"), ("scale", "f32")), "attention",
+        (("batch", "u32"), ("seq", "u32"), ("heads", "u32"), ("head_dim", "u32"), ("scale", "f32"),
+         ("in_stride", "u32"), ("q_off", "u32"), ("k_off", "u32"), ("v_off", "u32")), "attention",
         {"mask": (True, False)}, {"*": {"max_seq": 512}},
     ),
     Kernel(

@@ -1,9 +1,20 @@
 // The WebGPU backend: picks the shader variant for this browser and adapter, creates the device
-// with the limits that variant needs, uploads the packed weights once, and records one compute
-// pass per operator. Values are {buffer, rows, cols} living on the GPU until `output`.
+// with the limits that variant needs, compiles every pipeline the model can use and uploads the
+// packed weights once. Runs are planned once per input shape and then replayed.
+//
+// Why plans: a model's work at one input shape never changes, only the input values do. The first
+// run at a shape records the graph's operators as a list of steps; the plan then assigns every
+// activation a buffer (buffers are shared between values whose lifetimes do not overlap), writes
+// every dispatch's uniform params into one buffer and creates every bind group. A later run at
+// that shape re-runs the graph function only to walk the same steps: it writes the inputs, encodes
+// the recorded dispatches into ONE compute pass, copies the output to a mapped buffer and reads
+// it. A steady run creates no pipelines, bind groups or buffers (tests count them).
+//
+// Values handed to the graph are {id, rows, cols} handles (plus {stride, offset} for the column
+// views that the fused Q/K/V projection returns); buffers exist only once a plan is built.
 
+import { IntegrityError, fetchVerifiedText } from './bundle_loader.js';
 import { chooseProfiles, detectProfile } from './variants.js';
-import { fetchVerifiedText } from './bundle_loader.js';
 import { graphNodes, matmulKey, packParams, workgroups } from './dispatch.js';
 
 export class GpuUnavailable extends Error {
@@ -11,24 +22,33 @@ export class GpuUnavailable extends Error {
 }
 
 const FALLBACK_PROFILE = 'chrome';
+const MAX_PLANS = 8; // shapes kept ready per model (least recently used beyond that are freed)
+const UNIFORM_ALIGN = 256; // minUniformBufferOffsetAlignment's largest allowed value
+const STORAGE_ALIGN = 256; // minStorageBufferOffsetAlignment's largest allowed value
 
 /** Is WebGPU exposed at all? {available, reason}. */
 export function webgpuPresence() {
-  if (!globalThis.navigator?.gpu) return { available: false, reason: 'navigator.gpu is undefined: this browser exposes no WebGPU' };
+  if (!globalThis.navigator?.gpu) return { available: false, reason: 'navigator.gpu is undefined: this environment exposes no WebGPU' };
   return { available: true, reason: null };
 }
 
 /**
  * Try the variants this adapter allows, best first; return {backend, variant, notes}. A variant
  * whose device, pipelines or `selfTest(backend)` fail is skipped with a note. Throws GpuUnavailable
- * (with every reason) when none works.
+ * (with every reason) when none works, and IntegrityError at once when a shader was tampered with
+ * (that is the bundle's fault, not the adapter's: no other variant or path may hide it).
  */
 export async function createGpuBackend(manifest, tensors, baseUrl, { profile = null, poison = false, selfTest = null } = {}) {
   const presence = webgpuPresence();
   if (!presence.available) throw new GpuUnavailable(presence.reason);
-  const probe = await navigator.gpu.requestAdapter();
+  let probe;
+  try {
+    probe = await navigator.gpu.requestAdapter();
+  } catch (err) {
+    throw new GpuUnavailable(`navigator.gpu.requestAdapter() failed: ${err.message}`);
+  }
   if (!probe) throw new GpuUnavailable('navigator.gpu.requestAdapter() returned null: no usable WebGPU adapter');
-  const detected = detectProfile(navigator.userAgent, manifest.profiles);
+  const detected = detectProfile(globalThis.navigator?.userAgent ?? '', manifest.profiles);
   const requested = profile ?? detected ?? FALLBACK_PROFILE;
   const choice = chooseProfiles(manifest.profiles, requested, probe.limits);
   const notes = choice.fallback ? [choice.fallback] : [];
@@ -51,6 +71,7 @@ export async function createGpuBackend(manifest, tensors, baseUrl, { profile = n
       };
       return { backend, variant, notes };
     } catch (err) {
+      if (err instanceof IntegrityError) throw err;
       adapter = null;
       notes.push(`${candidate.variant} failed (${err.message}); trying the next variant`);
     }
@@ -60,13 +81,58 @@ export async function createGpuBackend(manifest, tensors, baseUrl, { profile = n
 }
 
 const ceil4 = (n) => Math.ceil(n / 4) * 4;
+const alignUp = (n, a) => Math.ceil(n / a) * a;
+const ACTIVATION_USAGE = () => GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_SRC | GPUBufferUsage.COPY_DST;
+
+/**
+ * Q, K and V of one attention layer as one matrix product: when the three weights share storage,
+ * kernels, shape and per-row layout, each part (codes, scales, ...) of the three is uploaded into
+ * one buffer, q|k|v (each part is row-major with whole bytes per row, so the concatenation is the
+ * [3 * hidden, k] matrix), and one GEMM writes [rows, 3 * hidden]. The separate tensors stay
+ * usable as 256-byte-aligned views of the same buffers, so nothing is stored twice. Returns null
+ * when they cannot be fused (mixed formats, per-tensor scales or codebooks, unaligned parts).
+ */
+function qkvLayout(tensors, layer) {
+  const nodes = [layer.query, layer.key, layer.value];
+  if (nodes.some((n) => !n?.weight)) return null;
+  const weights = nodes.map((n) => tensors.get(n.weight));
+  const same = (f) => nodes.every((n) => f(n) === f(nodes[0]));
+  if (!same((n) => JSON.stringify(n.kernels)) || !same((n) => Boolean(n.bias)) || !same((n) => n.activation)) return null;
+  const m = weights[0].entry.matrix;
+  if (weights.some((w) => JSON.stringify(w.entry.matrix) !== JSON.stringify(m))) return null;
+  if (m.groups_per_row === 0 && 'scales' in weights[0].parts) return null; // one scale for the whole tensor
+  if ('codebook' in weights[0].parts && !(m.codebook_stride > 0)) return null; // one codebook for the whole tensor
+  const aligned = (pieces) => pieces.every((p) => p && p.length === pieces[0].length && p.length % m.rows === 0
+    && p.length % STORAGE_ALIGN === 0);
+  const parts = {};
+  for (const part of Object.keys(weights[0].parts)) {
+    const pieces = weights.map((w) => w.parts[part]?.bytes);
+    if (!aligned(pieces)) return null;
+    parts[part] = pieces;
+  }
+  const bias = nodes[0].bias ? nodes.map((n) => tensors.get(n.bias).parts.codes.bytes) : null;
+  if (bias && !aligned(bias)) return null;
+  return { nodes, parts, bias, matrix: { ...m, rows: m.rows * 3 }, hidden: m.rows };
+}
+
+function concat(pieces) {
+  const out = new Uint8Array(pieces.reduce((s, p) => s + p.length, 0));
+  let at = 0;
+  for (const p of pieces) { out.set(p, at); at += p.length; }
+  return out;
+}
 
 export class GpuBackend {
   static async create(adapter, manifest, tensors, profile, baseUrl, poison) {
-    const device = await adapter.requestDevice({ requiredLimits: { ...profile.required_limits } });
+    // Benchmarks set globalThis.ULPQ_GPU_TIMING = true to time every dispatch (timestamp queries,
+    // one pass per dispatch: slower, for finding where the time goes, never for a real run).
+    const timing = globalThis.ULPQ_GPU_TIMING === true && adapter.features.has('timestamp-query');
+    const device = await adapter.requestDevice({ requiredLimits: { ...profile.required_limits },
+      requiredFeatures: timing ? ['timestamp-query'] : [] });
     const backend = new GpuBackend(device, manifest, tensors, profile, poison, baseUrl);
+    backend.timing = timing;
     try {
-      await backend.prepare([1]);  // the one-row kernels now, so a variant that fails to compile fails here
+      await backend.#compileAll();
       backend.#upload();
     } catch (err) {
       device.destroy();
@@ -87,100 +153,162 @@ export class GpuBackend {
     device.lost.then((info) => { this.lost = info; });
     this.pipelines = new Map();
     this.weights = new Map();
+    this.weightBuffers = [];
+    this.fused = new Map(); // query weight name -> {resources, bias, matrix, node, hidden}
+    this.plans = new Map(); // shape key -> plan (Map order = least recently used first)
+    this.run = null; // the plan being recorded or replayed
+    this.stats = { plansBuilt: 0, buffersCreated: 0, bindGroupsCreated: 0, pipelinesCreated: 0, dispatches: 0, passes: 0 };
   }
 
-  /** Compile (once) the shaders a run with these matrix-product row counts needs; the rest wait. */
-  async prepare(rowCounts) {
-    const keys = new Set(Object.values(this.manifest.model.op_kernels?.[this.profile.name] ?? {}));
-    for (const node of graphNodes(this.manifest.model, 'in_features')) {
-      for (const rows of rowCounts) keys.add(matmulKey(node.kernels[this.profile.name], rows, this.manifest.matmul));
-    }
-    for (const node of graphNodes(this.manifest.model, 'table')) {
-      for (const key of Object.values(node.kernels[this.profile.name])) keys.add(key);
-    }
-    for (const key of keys) {
-      if (this.pipelines.has(key)) continue;
+  /** Every shader this model can run on this profile: each matrix-product size class, each table, each operator. */
+  #shaderKeys() {
+    const p = this.profile.name;
+    const keys = new Set(Object.values(this.manifest.model.op_kernels?.[p] ?? {}));
+    for (const node of graphNodes(this.manifest.model, 'in_features')) for (const key of Object.values(node.kernels[p])) keys.add(key);
+    for (const node of graphNodes(this.manifest.model, 'table')) for (const key of Object.values(node.kernels[p])) keys.add(key);
+    return [...keys].sort();
+  }
+
+  /**
+   * Fetch (sha256-checked), compile and create every pipeline up front, all in flight at once:
+   * a tampered shader fails the load, and the first run at any shape compiles nothing.
+   */
+  async #compileAll() {
+    const shaders = this.#shaderKeys().map((key) => {
       const shader = this.manifest.shaders.find((s) => s.key === key);
       if (!shader) throw new Error(`the manifest has no shader ${key}`);
-      const code = await fetchVerifiedText(this.baseUrl, shader.file, shader.sha256);
-      this.device.pushErrorScope('validation');
-      const module = this.device.createShaderModule({ code, label: shader.key });
-      const pipeline = await this.device.createComputePipelineAsync({
-        layout: 'auto', compute: { module, entryPoint: 'main' }, label: shader.key,
-      });
-      const error = await this.device.popErrorScope();
-      if (error) throw new Error(`${shader.file}: ${error.message}`);
-      this.pipelines.set(shader.key, { shader, pipeline });
-    }
-  }
-
-  #upload() {
-    for (const [name, tensor] of this.tensors) {
-      const buffers = {};
-      for (const [part, { bytes }] of Object.entries(tensor.parts)) {
-        const buffer = this.device.createBuffer({
-          size: Math.max(4, ceil4(bytes.length)), usage: GPUBufferUsage.STORAGE, mappedAtCreation: true, label: `${name}:${part}`,
-        });
-        new Uint8Array(buffer.getMappedRange()).set(bytes);
-        buffer.unmap();
-        buffers[part] = buffer;
-      }
-      this.weights.set(name, buffers);
-    }
-  }
-
-  #transient(size, usage, label) {
-    const buffer = this.device.createBuffer({ size: Math.max(4, ceil4(size)), usage, label });
-    this.scratch.push(buffer);
-    return buffer;
-  }
-
-  #activation(rows, cols, label) {
-    const buffer = this.#transient(rows * cols * 4, GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_SRC | GPUBufferUsage.COPY_DST, label);
-    // Poisoned outputs: any element a kernel fails to write stays NaN and fails the comparison.
-    if (this.poison) this.device.queue.writeBuffer(buffer, 0, new Float32Array(rows * cols).fill(NaN));
-    return buffer;
-  }
-
-  /** Start recording a run: one command encoder, error scopes around everything it records. */
-  begin() {
-    if (this.lost) throw new Error(`the GPU device was lost (${this.lost.message})`);
-    this.scratch = [];
-    this.encoder = this.device.createCommandEncoder();
+      return shader;
+    });
+    const codes = await Promise.all(shaders.map((s) => fetchVerifiedText(this.baseUrl, s.file, s.sha256)));
     this.device.pushErrorScope('validation');
-    this.device.pushErrorScope('out-of-memory');
+    const results = await Promise.allSettled(shaders.map((shader, i) => {
+      const module = this.device.createShaderModule({ code: codes[i], label: shader.key });
+      return this.device.createComputePipelineAsync({ layout: 'auto', compute: { module, entryPoint: 'main' }, label: shader.key });
+    }));
+    const error = await this.device.popErrorScope();
+    results.forEach((r, i) => {
+      if (r.status === 'rejected') throw new Error(`${shaders[i].file}: ${r.reason?.message ?? r.reason}`);
+    });
+    if (error) throw new Error(`shader validation: ${error.message}`);
+    shaders.forEach((shader, i) => this.pipelines.set(shader.key, { shader, pipeline: results[i].value }));
+    this.stats.pipelinesCreated += shaders.length;
+  }
+
+  /** Kept for callers that compile ahead of a run: every pipeline already exists. */
+  async prepare() {}
+
+  #buffer(bytes, label) {
+    const buffer = this.device.createBuffer({ size: Math.max(4, ceil4(bytes.length)), usage: GPUBufferUsage.STORAGE, mappedAtCreation: true, label });
+    new Uint8Array(buffer.getMappedRange()).set(bytes);
+    buffer.unmap();
+    this.weightBuffers.push(buffer);
+    return buffer;
+  }
+
+  /**
+   * Every tensor part as a binding resource {buffer, offset?, size?}. Q/K/V triples that can be
+   * fused share one buffer per part (`this.fused` maps the query weight to the fused matrix).
+   */
+  #upload() {
+    const placed = new Set();
+    for (const layer of this.manifest.model.layers ?? []) {
+      const qkv = qkvLayout(this.tensors, layer);
+      if (!qkv) continue;
+      const view = (buffer, pieces, i) => ({ buffer, offset: i * pieces[0].length, size: pieces[0].length });
+      const whole = {};
+      qkv.nodes.forEach((n) => this.weights.set(n.weight, {}));
+      for (const [part, pieces] of Object.entries(qkv.parts)) {
+        const buffer = this.#buffer(concat(pieces), `${layer.query.weight}+k+v:${part}`);
+        whole[`w.${part}`] = { buffer };
+        qkv.nodes.forEach((n, i) => { this.weights.get(n.weight)[part] = view(buffer, pieces, i); });
+      }
+      let bias = null;
+      if (qkv.bias) {
+        const buffer = this.#buffer(concat(qkv.bias), `${layer.query.weight}+k+v:bias`);
+        bias = { buffer };
+        qkv.nodes.forEach((n, i) => { this.weights.set(n.bias, { codes: view(buffer, qkv.bias, i) }); placed.add(n.bias); });
+      }
+      qkv.nodes.forEach((n) => placed.add(n.weight));
+      this.fused.set(layer.query.weight, { resources: whole, bias, matrix: qkv.matrix, node: qkv.nodes[0], hidden: qkv.hidden });
+    }
+    for (const [name, tensor] of this.tensors) {
+      if (placed.has(name)) continue;
+      const parts = {};
+      for (const [part, { bytes }] of Object.entries(tensor.parts)) parts[part] = { buffer: this.#buffer(bytes, `${name}:${part}`) };
+      this.weights.set(name, parts);
+    }
+  }
+
+  // ---- recording and replaying -------------------------------------------------------------
+
+  /**
+   * Start a run. `shapeKey` names the input shape (the graph passes e.g. 'bert:8x18'); a run with
+   * a key seen before replays its plan, a new key records one. Without a key the run is recorded
+   * and its plan discarded afterwards (one-off runs such as the self-test).
+   */
+  begin(shapeKey = null) {
+    if (this.lost) throw new GpuUnavailable(`the GPU device was lost (${this.lost.message || this.lost.reason})`);
+    // A run left unfinished was abandoned by an exception in the graph (graphs are synchronous
+    // up to output(), which clears `run` before it awaits): its recording is simply dropped.
+    const plan = shapeKey === null ? null : this.plans.get(shapeKey);
+    if (plan) {
+      this.plans.delete(shapeKey); // re-insert: most recently used last
+      this.plans.set(shapeKey, plan);
+      this.run = { plan, cursor: 0, replay: true };
+    } else {
+      this.run = { plan: { key: shapeKey, steps: [], values: [] }, cursor: 0, replay: false };
+    }
+  }
+
+  /** The next step: replayed (checked against the recording) or recorded by `make`. */
+  #step(kind, make) {
+    const run = this.run;
+    if (!run) throw new Error('begin() must start a run');
+    if (run.replay) {
+      const step = run.plan.steps[run.cursor++];
+      if (!step || step.kind !== kind) throw new Error(`plan ${run.plan.key}: step ${run.cursor - 1} is ${step?.kind}, the graph asked for ${kind}`);
+      return step;
+    }
+    const step = { kind, ...make() };
+    run.plan.steps.push(step);
+    run.cursor++;
+    return step;
+  }
+
+  /** A new activation value (its buffer is assigned when the plan is built). */
+  #value(rows, cols, extra = {}) {
+    const plan = this.run.plan;
+    const value = { id: plan.values.length, rows, cols, bytes: rows * cols * 4, ...extra };
+    plan.values.push(value);
+    return value;
+  }
+
+  #dispatchStep(kind, key, resources, dims, out) {
+    const entry = this.pipelines.get(key);
+    if (!entry) throw new Error(`no pipeline ${key} for profile ${this.profile.name}`);
+    return this.#step(kind, () => ({ key, resources: resources(), dims, out: out() })).out;
   }
 
   input(data, rows, cols) {
-    return { buffer: this.upload(data), rows, cols };
+    const step = this.#step('input', () => ({ out: this.#value(rows, cols, { input: true, bytes: data.byteLength }) }));
+    this.#write(step.out, data);
+    return step.out;
   }
 
-  /** A storage buffer holding a typed array (activations, token ids, masks). */
+  /** A storage buffer holding a typed array (token ids, masks, positions): a plan input. */
   upload(typed) {
-    const buffer = this.#transient(typed.byteLength, GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_DST, 'upload');
-    this.device.queue.writeBuffer(buffer, 0, typed);
-    return buffer;
+    const step = this.#step('upload', () => ({ out: this.#value(1, typed.length, { input: true, bytes: typed.byteLength }) }));
+    this.#write(step.out, typed);
+    return step.out;
   }
 
-  /** Record one dispatch of the shader `key` with buffers by binding name and params by name. */
-  #dispatch(key, resources, dims, label) {
-    const { shader, pipeline } = this.pipelines.get(key);
-    const params = this.#transient(16 * Math.ceil(shader.params.length / 4), GPUBufferUsage.UNIFORM | GPUBufferUsage.COPY_DST, 'params');
-    this.device.queue.writeBuffer(params, 0, packParams(shader, dims));
-    const entries = Object.entries(shader.bindings).map(([name, binding]) => {
-      const buffer = name === 'params' ? params : resources[name];
-      if (!buffer) throw new Error(`${shader.key}: nothing bound to '${name}'`);
-      return { binding, resource: { buffer } };
-    });
-    const bindGroup = this.device.createBindGroup({ layout: pipeline.getBindGroupLayout(0), entries });
-    const pass = this.encoder.beginComputePass({ label });
-    pass.setPipeline(pipeline);
-    pass.setBindGroup(0, bindGroup);
-    pass.dispatchWorkgroups(...workgroups(shader, dims));
-    pass.end();
+  #write(value, typed) {
+    if (typed.byteLength !== value.bytes) {
+      throw new Error(`plan ${this.run.plan.key}: input of ${typed.byteLength} bytes where the plan holds ${value.bytes}`);
+    }
+    (this.run.writes ??= []).push([value, typed]);
   }
 
-  /** The weight parts of a tensor under the kernels' binding names (w.codes, w.scales, ...). */
   #weightResources(name) {
     const parts = this.weights.get(name);
     return Object.fromEntries(Object.entries(parts).map(([part, buffer]) => [`w.${part}`, buffer]));
@@ -194,107 +322,308 @@ export class GpuBackend {
     return this.weights.get(name).codes; // float32 tensors: their values
   }
 
+  static #matrixDims(m, rows) {
+    return { m: rows, n: m.rows, k: m.k, words_per_row: m.words_per_row, groups_per_row: m.groups_per_row,
+      group_size: m.group_size, codebook_stride: m.codebook_stride };
+  }
+
   linear(h, node, residual = null) {
     const m = this.tensors.get(node.weight).entry.matrix;
-    const out = this.#activation(h.rows, m.rows, `${node.weight}:out`);
     const key = matmulKey(node.kernels[this.profile.name], h.rows, this.manifest.matmul);
-    const resources = { x: h.buffer, ...this.#weightResources(node.weight), y: out };
-    if (node.bias) resources.bias = this.#plain(node.bias);
-    if (residual) resources.residual = residual.buffer;
-    const dims = { m: h.rows, n: m.rows, k: m.k, words_per_row: m.words_per_row, groups_per_row: m.groups_per_row,
-      group_size: m.group_size, codebook_stride: m.codebook_stride };
-    this.#dispatch(key, resources, dims, node.weight);
-    return { buffer: out, rows: h.rows, cols: m.rows };
+    return this.#dispatchStep('linear', key, () => {
+      const resources = { x: h, ...this.#weightResources(node.weight) };
+      if (node.bias) resources.bias = this.#plain(node.bias);
+      if (residual) resources.residual = residual;
+      return resources;
+    }, GpuBackend.#matrixDims(m, h.rows), () => this.#value(h.rows, m.rows));
+  }
+
+  /**
+   * Q, K and V of an attention layer from one GEMM when the bundle's weights allow it (else null:
+   * the graph then runs three projections). Returns column views into one [rows, 3 * hidden] value.
+   */
+  linearQKV(h, layer) {
+    const fused = this.fused.get(layer.query.weight);
+    if (!fused) return null;
+    const key = matmulKey(fused.node.kernels[this.profile.name], h.rows, this.manifest.matmul);
+    const out = this.#dispatchStep('qkv', key, () => {
+      const resources = { x: h, ...fused.resources };
+      if (fused.bias) resources.bias = fused.bias;
+      return resources;
+    }, GpuBackend.#matrixDims(fused.matrix, h.rows), () => this.#value(h.rows, fused.matrix.rows));
+    const view = (offset) => ({ ...out, cols: fused.hidden, stride: fused.matrix.rows, offset, base: out });
+    return { q: view(0), k: view(fused.hidden), v: view(2 * fused.hidden) };
   }
 
   embed(node, ids, count, into = null) {
     const m = this.tensors.get(node.table).entry.matrix;
-    const out = into ? into.buffer : this.#activation(count, m.k, `${node.table}:rows`);
     const key = node.kernels[this.profile.name][into ? 'accumulate' : 'first'];
     const dims = { tokens: count, n: m.rows, k: m.k, words_per_row: m.words_per_row, groups_per_row: m.groups_per_row,
       group_size: m.group_size, codebook_stride: m.codebook_stride, count: count * m.k };
-    this.#dispatch(key, { ids, ...this.#weightResources(node.table), y: out }, dims, node.table);
-    return into ?? { buffer: out, rows: count, cols: m.k };
+    const out = this.#dispatchStep('embed', key, () => ({ ids, ...this.#weightResources(node.table), y: into }), dims,
+      () => into ?? this.#value(count, m.k));
+    return into ?? out;
   }
 
   layernorm(h, node, eps) {
-    const out = this.#activation(h.rows, h.cols, 'layernorm');
-    this.#dispatch(this.#op('layernorm'), { x: h.buffer, gamma: this.#plain(node.weight), beta: this.#plain(node.bias), y: out },
-      { rows: h.rows, cols: h.cols, eps }, 'layernorm');
-    return { buffer: out, rows: h.rows, cols: h.cols };
+    return this.#dispatchStep('layernorm', this.#op('layernorm'),
+      () => ({ x: h, gamma: this.#plain(node.weight), beta: this.#plain(node.bias) }),
+      { rows: h.rows, cols: h.cols, eps }, () => this.#value(h.rows, h.cols));
   }
 
   attention(q, k, v, mask, dims) {
     const key = this.#op('attention');
     const maxSeq = this.pipelines.get(key).shader.tiles.max_seq;
     if (dims.seq > maxSeq) throw new Error(`attention over ${dims.seq} tokens exceeds this bundle's ${maxSeq}`);
-    const out = this.#activation(q.rows, q.cols, 'attention');
-    const resources = { q: q.buffer, k: k.buffer, v: v.buffer, y: out };
-    if (mask) resources.mask = mask;
-    this.#dispatch(key, resources, { ...dims, scale: 1 / Math.sqrt(dims.head_dim) }, 'attention');
-    return { buffer: out, rows: q.rows, cols: q.cols };
+    const cols = dims.heads * dims.head_dim;
+    const stride = q.stride ?? cols;
+    if ((k.stride ?? cols) !== stride || (v.stride ?? cols) !== stride) throw new Error('attention: q, k and v must share a row stride');
+    const full = { ...dims, scale: 1 / Math.sqrt(dims.head_dim), in_stride: stride,
+      q_off: q.offset ?? 0, k_off: k.offset ?? 0, v_off: v.offset ?? 0 };
+    return this.#dispatchStep('attention', key, () => {
+      const resources = { q: q.base ?? q, k: k.base ?? k, v: v.base ?? v };
+      if (mask) resources.mask = mask;
+      return resources;
+    }, full, () => this.#value(q.rows, cols));
   }
 
   meanpool(h, mask, dims) {
-    const out = this.#activation(dims.batch, dims.hidden, 'meanpool');
-    this.#dispatch(this.#op('meanpool'), { x: h.buffer, mask, y: out }, dims, 'meanpool');
-    return { buffer: out, rows: dims.batch, cols: dims.hidden };
+    return this.#dispatchStep('meanpool', this.#op('meanpool'), () => ({ x: h, mask }), dims,
+      () => this.#value(dims.batch, dims.hidden));
   }
 
   im2col(image, dims) {
     const grid = Math.floor(dims.height / dims.patch_size) * Math.floor(dims.width / dims.patch_size);
     const cols = dims.channels * dims.patch_size * dims.patch_size;
-    const out = this.#activation(dims.batch * grid, cols, 'im2col');
-    this.#dispatch(this.#op('im2col'), { image: image.buffer, y: out }, { ...dims, count: dims.batch * grid * cols }, 'im2col');
-    return { buffer: out, rows: dims.batch * grid, cols };
+    return this.#dispatchStep('im2col', this.#op('im2col'), () => ({ image }), { ...dims, count: dims.batch * grid * cols },
+      () => this.#value(dims.batch * grid, cols));
   }
 
   vitTokens(patches, clsName, posName, dims) {
     const rows = dims.batch * (dims.patches + 1);
-    const out = this.#activation(rows, dims.hidden, 'vit_tokens');
-    this.#dispatch(this.#op('vit_tokens'), { patches: patches.buffer, cls: this.#plain(clsName), pos: this.#plain(posName), y: out },
-      { ...dims, count: rows * dims.hidden }, 'vit_tokens');
-    return { buffer: out, rows, cols: dims.hidden };
+    return this.#dispatchStep('vit_tokens', this.#op('vit_tokens'),
+      () => ({ patches, cls: this.#plain(clsName), pos: this.#plain(posName) }),
+      { ...dims, count: rows * dims.hidden }, () => this.#value(rows, dims.hidden));
   }
 
   /** Rows `ids` of an activation (an embed over float32 storage: the activation is the table). */
   rows(h, ids, count) {
-    const out = this.#activation(count, h.cols, 'rows');
     const dims = { tokens: count, n: h.rows, k: h.cols, words_per_row: h.cols, groups_per_row: 0, group_size: h.cols,
       codebook_stride: 0, count: count * h.cols };
-    this.#dispatch(this.#op('rows'), { ids, 'w.codes': h.buffer, y: out }, dims, 'rows');
-    return { buffer: out, rows: count, cols: h.cols };
+    return this.#dispatchStep('rows', this.#op('rows'), () => ({ ids, 'w.codes': h }), dims, () => this.#value(count, h.cols));
   }
 
+  // ---- building a plan ---------------------------------------------------------------------
+
+  /**
+   * Turn a recorded run into GPU objects: resolve each step's resources, give every value a
+   * buffer (values whose lifetimes do not overlap share one; inputs and the output keep their
+   * own), write all params into one uniform buffer, create every bind group.
+   */
+  #build(plan, output) {
+    const steps = plan.steps.filter((s) => s.key);
+    for (const step of steps) {
+      if (!step.resources.y) step.resources.y = step.out;
+    }
+    // lifetimes in step order: a value lives from its first write to its last read
+    const last = new Map();
+    steps.forEach((step, i) => {
+      for (const r of Object.values(step.resources)) if (r && r.id !== undefined) last.set(r.id, i);
+      last.set(step.out.id, Math.max(last.get(step.out.id) ?? i, i));
+    });
+    const created = [];
+    const make = (bytes, usage, label) => {
+      const buffer = this.device.createBuffer({ size: Math.max(4, ceil4(bytes)), usage, label });
+      created.push(buffer);
+      return buffer;
+    };
+    for (const value of plan.values) {
+      if (value.input) value.buffer = make(value.bytes, GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_DST, `input ${value.id}`);
+    }
+    output.pinned = true;
+    const free = []; // {buffer, size, until}
+    steps.forEach((step, i) => {
+      const value = step.out;
+      if (value.buffer) return; // an input, or an accumulate into an existing value
+      if (!value.pinned) {
+        let best = -1;
+        free.forEach((f, j) => {
+          if (f.until < i && f.size >= value.bytes && (best < 0 || f.size < free[best].size)) best = j;
+        });
+        if (best >= 0) {
+          value.buffer = free[best].buffer;
+          free.splice(best, 1);
+        }
+      }
+      value.buffer ??= make(value.bytes, ACTIVATION_USAGE(), `activation ${value.id}`);
+      if (!value.pinned) free.push({ buffer: value.buffer, size: value.buffer.size, until: last.get(value.id), owner: value });
+    });
+    // a buffer becomes free again only after its current owner's last read
+    // (free entries carry `until`; an entry is reusable by steps after it)
+    const stride = (shader) => alignUp(Math.max(16, Math.ceil((shader.params.length * 4) / 16) * 16), UNIFORM_ALIGN);
+    let total = 0;
+    for (const step of steps) {
+      step.entry = this.pipelines.get(step.key);
+      step.paramsOffset = total;
+      total += stride(step.entry.shader);
+    }
+    const params = make(total, GPUBufferUsage.UNIFORM | GPUBufferUsage.COPY_DST, `params ${plan.key}`);
+    const staging = new Uint8Array(total);
+    for (const step of steps) {
+      const { shader, pipeline } = step.entry;
+      staging.set(new Uint8Array(packParams(shader, step.dims)), step.paramsOffset);
+      const entries = Object.entries(shader.bindings).map(([name, binding]) => {
+        if (name === 'params') return { binding, resource: { buffer: params, offset: step.paramsOffset, size: stride(shader) } };
+        const r = step.resources[name];
+        if (!r?.buffer) throw new Error(`${shader.key}: nothing bound to '${name}'`);
+        const resource = r.id === undefined && r.offset !== undefined ? { buffer: r.buffer, offset: r.offset, size: r.size } : { buffer: r.buffer };
+        return { binding, resource };
+      });
+      step.bindGroup = this.device.createBindGroup({ layout: pipeline.getBindGroupLayout(0), entries, label: step.key });
+      step.grid = workgroups(shader, step.dims);
+      this.stats.bindGroupsCreated++;
+    }
+    this.device.queue.writeBuffer(params, 0, staging);
+    plan.dispatches = steps;
+    plan.output = output;
+    plan.buffers = created;
+    plan.readbacks = [];
+    plan.activationBytes = created.reduce((s, b) => s + b.size, 0);
+    plan.poison = this.poison ? steps.map((s) => s.out).filter((v, i, all) => !v.input && all.indexOf(v) === i) : [];
+    this.stats.buffersCreated += created.length;
+    this.stats.plansBuilt++;
+  }
+
+  #readback(plan) {
+    const bytes = plan.output.rows * plan.output.cols * 4;
+    let rb = plan.readbacks.find((r) => !r.busy);
+    if (!rb) {
+      rb = { buffer: this.device.createBuffer({ size: Math.max(4, ceil4(bytes)), usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST, label: 'readback' }), busy: false };
+      plan.readbacks.push(rb);
+      this.stats.buffersCreated++;
+    }
+    rb.busy = true;
+    return rb;
+  }
+
+  /** Finish the run: write the inputs, one pass over every dispatch, copy `h` out and read it. */
   async output(h) {
-    const size = h.rows * h.cols * 4;
-    const readback = this.#transient(size, GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST, 'readback');
-    this.encoder.copyBufferToBuffer(h.buffer, 0, readback, 0, size);
-    this.device.queue.submit([this.encoder.finish()]);
-    this.encoder = null;
+    const run = this.run;
+    this.run = null;
+    const { plan } = run;
+    if (run.replay && run.cursor !== plan.steps.length) throw new Error(`plan ${plan.key}: the graph stopped after ${run.cursor} of ${plan.steps.length} steps`);
+    if (!run.replay) {
+      this.#build(plan, h.base ?? h);
+      if (plan.key !== null) {
+        this.plans.set(plan.key, plan);
+        while (this.plans.size > MAX_PLANS) {
+          const [oldest, evicted] = this.plans.entries().next().value;
+          this.plans.delete(oldest);
+          this.#free(evicted);
+        }
+      }
+    } else if ((h.base ?? h) !== plan.output) {
+      throw new Error(`plan ${plan.key}: the graph's output is not the recorded one`);
+    }
+    const queue = this.device.queue;
+    this.device.pushErrorScope('validation');
+    this.device.pushErrorScope('out-of-memory');
+    for (const [value, typed] of run.writes ?? []) queue.writeBuffer(value.buffer, 0, typed.buffer, typed.byteOffset, typed.byteLength);
+    // Poisoned outputs (tests): any element a kernel fails to write stays NaN and fails the comparison.
+    for (const value of plan.poison) queue.writeBuffer(value.buffer, 0, new Float32Array(value.buffer.size / 4).fill(NaN));
+    const rb = this.#readback(plan);
+    const encoder = this.device.createCommandEncoder();
+    if (this.timing) {
+      this.#timedPasses(plan, encoder);
+    } else {
+      const pass = encoder.beginComputePass();
+      for (const step of plan.dispatches) {
+        pass.setPipeline(step.entry.pipeline);
+        pass.setBindGroup(0, step.bindGroup);
+        pass.dispatchWorkgroups(...step.grid);
+      }
+      pass.end();
+    }
+    const bytes = plan.output.rows * plan.output.cols * 4;
+    encoder.copyBufferToBuffer(plan.output.buffer, 0, rb.buffer, 0, bytes);
+    queue.submit([encoder.finish()]);
+    if (this.timing) this.lastTiming = await this.#readTimes(plan);
+    this.stats.dispatches += plan.dispatches.length;
+    this.stats.passes++;
     const oom = await this.device.popErrorScope();
     const invalid = await this.device.popErrorScope();
-    const scratch = this.scratch;
     try {
       if (oom || invalid) throw new Error(`WebGPU error: ${(oom ?? invalid).message}`);
-      await readback.mapAsync(GPUMapMode.READ);
-      const data = new Float32Array(readback.getMappedRange().slice(0));
-      readback.unmap();
-      if (this.lost) throw new Error(`the GPU device was lost (${this.lost.message})`);
-      return { data, rows: h.rows, cols: h.cols };
+      try {
+        await rb.buffer.mapAsync(GPUMapMode.READ, 0, ceil4(bytes));
+      } catch (err) {
+        if (this.lost) throw new GpuUnavailable(`the GPU device was lost (${this.lost.message || this.lost.reason})`);
+        throw new Error(`reading the output back failed: ${err.message}`);
+      }
+      const data = new Float32Array(rb.buffer.getMappedRange(0, ceil4(bytes)).slice(0, bytes));
+      rb.buffer.unmap();
+      if (this.lost) throw new GpuUnavailable(`the GPU device was lost (${this.lost.message || this.lost.reason})`);
+      const out = h.stride && h.stride !== h.cols ? null : data;
+      if (!out) throw new Error('a column view cannot be the output of a run');
+      return { data: out, rows: h.rows, cols: h.cols };
     } finally {
-      for (const b of scratch) b.destroy();
+      rb.busy = false;
+      if (plan.key === null) this.#free(plan);
     }
   }
 
-  /** Bytes of GPU buffers holding the weights (activations come and go per run). */
+  /** Timing mode: each dispatch in its own pass, bracketed by timestamps. */
+  #timedPasses(plan, encoder) {
+    const n = plan.dispatches.length;
+    if (!plan.querySet) {
+      plan.querySet = this.device.createQuerySet({ type: 'timestamp', count: 2 * n });
+      plan.resolve = this.device.createBuffer({ size: 16 * n, usage: GPUBufferUsage.QUERY_RESOLVE | GPUBufferUsage.COPY_SRC });
+      plan.times = this.device.createBuffer({ size: 16 * n, usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST });
+    }
+    plan.dispatches.forEach((step, i) => {
+      const pass = encoder.beginComputePass({ timestampWrites: { querySet: plan.querySet, beginningOfPassWriteIndex: 2 * i,
+        endOfPassWriteIndex: 2 * i + 1 } });
+      pass.setPipeline(step.entry.pipeline);
+      pass.setBindGroup(0, step.bindGroup);
+      pass.dispatchWorkgroups(...step.grid);
+      pass.end();
+    });
+    encoder.resolveQuerySet(plan.querySet, 0, 2 * n, plan.resolve, 0);
+    encoder.copyBufferToBuffer(plan.resolve, 0, plan.times, 0, 16 * n);
+  }
+
+  /** Per dispatch {kind, key, us}, in graph order. */
+  async #readTimes(plan) {
+    await plan.times.mapAsync(GPUMapMode.READ);
+    const t = new BigInt64Array(plan.times.getMappedRange().slice(0));
+    plan.times.unmap();
+    return plan.dispatches.map((step, i) => ({ kind: step.kind, key: step.key, grid: step.grid,
+      us: Number(t[2 * i + 1] - t[2 * i]) / 1000 }));
+  }
+
+  #free(plan) {
+    plan.querySet?.destroy();
+    plan.resolve?.destroy();
+    plan.times?.destroy();
+    for (const b of plan.buffers ?? []) b.destroy();
+    for (const r of plan.readbacks ?? []) r.buffer.destroy();
+  }
+
+  /** Bytes of GPU buffers: the weights, and the activations of the plans kept. */
   memoryBytes() {
-    let total = 0;
-    for (const parts of this.weights.values()) for (const buffer of Object.values(parts)) total += buffer.size;
-    return { gpu_buffer_bytes: total };
+    const weights = this.weightBuffers.reduce((sum, b) => sum + b.size, 0);
+    let activations = 0;
+    for (const plan of this.plans.values()) activations += plan.activationBytes ?? 0;
+    return { gpu_buffer_bytes: weights, gpu_activation_bytes: activations, plans: this.plans.size };
   }
 
   destroy() {
+    for (const plan of this.plans.values()) this.#free(plan);
+    this.plans.clear();
+    for (const b of this.weightBuffers) b.destroy();
+    this.weightBuffers = [];
+    this.weights.clear();
+    this.fused.clear();
     this.device.destroy();
   }
 }

@@ -1,9 +1,19 @@
 // Model graphs, written once against the backend interface (begin, input/upload, embed, linear,
 // layernorm, attention, meanpool, im2col, vitTokens, rows, output), so the WebGPU and CPU paths run
 // the same sequence of operators. ulpq_build/reference.py is the numpy twin of each graph.
+//
+// begin(shapeKey) names the input shape: a backend that plans its work (WebGPU) records the
+// operators of the first run at a shape and replays them afterwards, so a graph must issue the
+// same operators, in the same order, for every input of one shape key.
+
+/** Q, K and V: one fused product where the backend offers it for this layer, else three. */
+function projectQKV(backend, h, layer) {
+  return backend.linearQKV?.(h, layer)
+    ?? { q: backend.linear(h, layer.query), k: backend.linear(h, layer.key), v: backend.linear(h, layer.value) };
+}
 
 async function mlp(backend, model, x) {
-  backend.begin();
+  backend.begin(`mlp:${x.rows}`);
   let h = backend.input(x.data, x.rows, model.input_size);
   for (const layer of model.layers) h = backend.linear(h, layer);
   return backend.output(h);
@@ -11,7 +21,7 @@ async function mlp(backend, model, x) {
 
 /** BERT encoder + mean pooling (+ L2 normalisation): x = a tokenizer batch (ids, mask, positions, types). */
 async function bert(backend, model, x) {
-  backend.begin();
+  backend.begin(`bert:${x.batch}x${x.seq}`);
   const count = x.batch * x.seq;
   const ids = backend.upload(x.ids);
   const mask = backend.upload(x.mask);
@@ -22,9 +32,7 @@ async function bert(backend, model, x) {
   h = backend.layernorm(h, e.norm, model.layer_norm_eps);
   const dims = { batch: x.batch, seq: x.seq, heads: model.num_heads, head_dim: model.head_dim };
   for (const layer of model.layers) {
-    const q = backend.linear(h, layer.query);
-    const k = backend.linear(h, layer.key);
-    const v = backend.linear(h, layer.value);
+    const { q, k, v } = projectQKV(backend, h, layer);
     const context = backend.attention(q, k, v, mask, dims);
     const a = backend.layernorm(backend.linear(context, layer.attn_out, h), layer.attn_norm, model.layer_norm_eps);
     const inter = backend.linear(a, layer.intermediate);
@@ -36,7 +44,7 @@ async function bert(backend, model, x) {
 
 /** ViT: patches -> [CLS] + positions -> pre-LN encoder -> final LayerNorm of [CLS] -> classifier. x = images. */
 async function vit(backend, model, x) {
-  backend.begin();
+  backend.begin(`vit:${x.batch}`);
   const size = model.image_size;
   const image = backend.input(x.data, x.batch * model.num_channels * size, size);
   const patches = backend.im2col(image, { batch: x.batch, channels: model.num_channels, height: size, width: size,
@@ -49,9 +57,7 @@ async function vit(backend, model, x) {
   const eps = model.layer_norm_eps;
   for (const layer of model.layers) {
     const n = backend.layernorm(h, layer.norm_before, eps);
-    const q = backend.linear(n, layer.query);
-    const k = backend.linear(n, layer.key);
-    const v = backend.linear(n, layer.value);
+    const { q, k, v } = projectQKV(backend, n, layer);
     h = backend.linear(backend.attention(q, k, v, null, dims), layer.attn_out, h);
     const n2 = backend.layernorm(h, layer.norm_after, eps);
     h = backend.linear(backend.linear(n2, layer.intermediate), layer.output, h);
