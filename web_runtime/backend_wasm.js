@@ -14,7 +14,7 @@ const inNode = typeof process !== 'undefined' && !!process.versions?.node && typ
 const PAGE = 65536;
 const BARRIER = 64; // two i32 cells for the workers' barrier
 const WEIGHTS_BASE = 1024;
-const MAX_THREADS = 8;
+const MAX_THREADS = 4; // MiniLM-sized GEMMs stop scaling beyond a few threads
 
 // (module (func (result v128) (i32x4.splat (i32.const 0)))): validates only where wasm SIMD exists
 const SIMD_PROBE = new Uint8Array([0, 97, 115, 109, 1, 0, 0, 0, 1, 5, 1, 96, 0, 1, 123, 3, 2, 1, 0, 10, 8, 1, 6, 0, 65, 0, 253, 17, 11]);
@@ -48,6 +48,16 @@ async function readBytes(url) {
   return new Uint8Array(await response.arrayBuffer());
 }
 
+// Probe by creating one: WebKitGTK exposes shared wasm memories to isolated pages without
+// exposing the SharedArrayBuffer constructor.
+function canShareMemory() {
+  try {
+    return new WebAssembly.Memory({ initial: 1, maximum: 1, shared: true }).buffer.constructor.name === 'SharedArrayBuffer';
+  } catch {
+    return false;
+  }
+}
+
 /** Worker threads available here: 1 unless memory can be shared (cross-origin isolated page, or Node). */
 async function threadBudget(requested) {
   let cores = 1;
@@ -58,7 +68,7 @@ async function threadBudget(requested) {
     shareable = true;
   } else {
     cores = globalThis.navigator?.hardwareConcurrency ?? 1;
-    shareable = globalThis.crossOriginIsolated === true && typeof SharedArrayBuffer === 'function';
+    shareable = globalThis.crossOriginIsolated === true && canShareMemory();
   }
   if (!shareable) return { threads: 1, why: 'one thread (the page is not cross-origin isolated: no shared memory)' };
   const threads = Math.max(1, Math.min(MAX_THREADS, requested ?? cores));
@@ -292,17 +302,34 @@ export async function createWasmBackend(manifest, tensors, options = {}) {
   if (!manifest.wasm) throw new Error('the bundle has no wasm kernels (built by an older ulpq_build)');
   if (!wasmSimdSupported()) throw new Error('this engine has no WebAssembly SIMD');
   const budget = await threadBudget(options.threads);
-  const file = manifest.wasm.files[budget.threads > 1 ? 'shared' : 'single'];
+  if (budget.threads > 1) {
+    try {
+      return await startBackend(manifest, tensors, options, budget.threads, budget.why);
+    } catch (err) {
+      // e.g. WebKitGTK: isolated pages get shared memories that cannot be posted to a worker
+      return startBackend(manifest, tensors, options, 1, `one thread (workers cannot share the memory here: ${err.message})`);
+    }
+  }
+  return startBackend(manifest, tensors, options, 1, budget.why);
+}
+
+async function startBackend(manifest, tensors, options, threads, why) {
+  const file = manifest.wasm.files[threads > 1 ? 'shared' : 'single'];
   const bytes = await readBytes(new URL(file.file, options.baseUrl ?? import.meta.url));
   if (await sha256Hex(bytes) !== file.sha256) throw new Error(`${file.file}: sha256 does not match the manifest`);
   const module = await WebAssembly.compile(bytes);
   let weightBytes = 0;
   for (const [, t] of tensors) for (const p of Object.values(t.parts)) weightBytes += align(p.values.byteLength + 8);
   const pages = Math.ceil((WEIGHTS_BASE + weightBytes + (16 << 20)) / PAGE);
-  const memory = budget.threads > 1
+  const memory = threads > 1
     ? new WebAssembly.Memory({ initial: pages, maximum: 65536, shared: true })
     : new WebAssembly.Memory({ initial: pages });
-  const backend = new WasmBackend(manifest, tensors, module, memory, budget.threads);
-  await backend.start();
-  return { backend, notes: [`CPU path: WebAssembly SIMD kernels, ${budget.why}`] };
+  const backend = new WasmBackend(manifest, tensors, module, memory, threads);
+  try {
+    await backend.start();
+  } catch (err) {
+    backend.destroy();
+    throw err;
+  }
+  return { backend, notes: [`CPU path: WebAssembly SIMD kernels, ${why}`] };
 }
