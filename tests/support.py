@@ -16,3 +16,47 @@ def run_cli(*args, cwd=None, check=None, timeout=600):
     if check is not None:
         assert proc.returncode == check, f"exit {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
     return proc
+
+
+def write_model(folder, tensors, config=None, **side_files):
+    """A Hugging Face-style model folder: model.safetensors (+ config.json, + other JSON/text files)."""
+    import json
+
+    import safetensors.numpy
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    safetensors.numpy.save_file(tensors, folder / "model.safetensors")
+    if config is not None:
+        (folder / "config.json").write_text(json.dumps(config))
+    for name, content in side_files.items():
+        name = name.replace("__", ".")
+        (folder / name).write_text(content if isinstance(content, str) else json.dumps(content))
+    return folder
+
+
+def tiny_bert(folder, seed=0, hidden=32, layers=2, heads=2, inter=64, vocab=40, positions=16):
+    """A small random BertModel folder (config.json, vocab.txt, model.safetensors with a pooler and
+    int64 position ids, as real checkpoints carry) that `bundle` and `quantize` both take."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    f32 = lambda *shape: (rng.standard_normal(shape) * 0.1).astype(np.float32)
+    t = {"embeddings.word_embeddings.weight": f32(vocab, hidden), "embeddings.position_embeddings.weight": f32(positions, hidden),
+         "embeddings.token_type_embeddings.weight": f32(2, hidden), "embeddings.LayerNorm.weight": 1 + f32(hidden),
+         "embeddings.LayerNorm.bias": f32(hidden), "embeddings.position_ids": np.arange(positions, dtype=np.int64)[None],
+         "pooler.dense.weight": f32(hidden, hidden), "pooler.dense.bias": f32(hidden)}
+    for i in range(layers):
+        p = f"encoder.layer.{i}."
+        for stem, shape in (("attention.self.query", (hidden, hidden)), ("attention.self.key", (hidden, hidden)),
+                            ("attention.self.value", (hidden, hidden)), ("attention.output.dense", (hidden, hidden)),
+                            ("intermediate.dense", (inter, hidden)), ("output.dense", (hidden, inter))):
+            t[p + stem + ".weight"], t[p + stem + ".bias"] = f32(*shape), f32(shape[0])
+        for norm in ("attention.output.LayerNorm", "output.LayerNorm"):
+            t[p + norm + ".weight"], t[p + norm + ".bias"] = 1 + f32(hidden), f32(hidden)
+    config = {"model_type": "bert", "hidden_size": hidden, "num_hidden_layers": layers, "num_attention_heads": heads,
+              "intermediate_size": inter, "hidden_act": "gelu", "layer_norm_eps": 1e-12, "vocab_size": vocab,
+              "max_position_embeddings": positions}
+    words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + [f"w{i}" for i in range(vocab - 5)]
+    return write_model(folder, t, config, vocab__txt="\n".join(words) + "\n",
+                       tokenizer_config__json={"do_lower_case": True, "model_max_length": 512})

@@ -85,3 +85,83 @@ def test_serve_missing_folder(tmp_path):
 
     proc = run_cli("serve", tmp_path / "nope", "--port", "0")
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "no such folder" in proc.stderr
+
+
+def request(conn, path, **headers):
+    conn.request("GET", path, headers=headers)
+    response = conn.getresponse()
+    return response, response.read()
+
+
+def test_keep_alive_serves_several_requests_on_one_connection(served):
+    conn = http.client.HTTPConnection("127.0.0.1", served.server_address[1], timeout=10)
+    first, body = request(conn, "/weights-000.bin")
+    sock = conn.sock
+    second, _ = request(conn, "/manifest.json")
+    assert first.version == 11 and first.status == 200 and body == b"\0\1"
+    assert second.status == 200 and conn.sock is sock  # the same connection, not reopened
+    third, _ = request(conn, "/missing.bin")
+    assert third.status == 404
+
+
+def test_ranges(served):
+    conn = http.client.HTTPConnection("127.0.0.1", served.server_address[1], timeout=10)
+    response, body = request(conn, "/shaders/k.wgsl", Range="bytes=3-5")
+    assert response.status == 206 and body == b"wgs" and response.getheader("Content-Range") == "bytes 3-5/7"
+    response, body = request(conn, "/shaders/k.wgsl", Range="bytes=-2")
+    assert response.status == 206 and body == b"sl"
+    response, body = request(conn, "/shaders/k.wgsl", Range="bytes=4-")
+    assert response.status == 206 and body == b"gsl"
+    response, body = request(conn, "/shaders/k.wgsl", Range="bytes=7-9")
+    assert response.status == 416 and response.getheader("Content-Range") == "bytes */7" and body == b""
+    response, body = request(conn, "/shaders/k.wgsl", Range="bytes=0-1,3-4")  # several ranges: the whole file
+    assert response.status == 200 and body == b"// wgsl"
+    assert response.getheader("Accept-Ranges") == "bytes"
+
+
+def test_etag_and_if_none_match(served):
+    conn = http.client.HTTPConnection("127.0.0.1", served.server_address[1], timeout=10)
+    response, _ = request(conn, "/ulpq.js")
+    etag = response.getheader("ETag")
+    assert etag and etag.startswith('"')
+    again, body = request(conn, "/ulpq.js", **{"If-None-Match": etag})
+    assert again.status == 304 and body == b"" and again.getheader("ETag") == etag
+    other, body = request(conn, "/ulpq.js", **{"If-None-Match": '"other"'})
+    assert other.status == 200 and body == b"export {}"
+    stale, _ = request(conn, "/shaders/k.wgsl", Range="bytes=0-1", **{"If-Range": '"old"'})
+    assert stale.status == 200  # the file changed since: the whole of it
+
+
+def test_security_headers(served):
+    conn = http.client.HTTPConnection("127.0.0.1", served.server_address[1], timeout=10)
+    for path in ("/index.html", "/nope"):
+        response, _ = request(conn, path)
+        assert response.getheader("X-Content-Type-Options") == "nosniff"
+        assert response.getheader("Server") == "ulpq_build"  # no Python or tool version
+        assert response.getheader("Cross-Origin-Opener-Policy") is None
+
+
+def test_isolate_sends_coop_and_coep(tmp_path):
+    from ulpq_build.serve import BundleServer
+
+    (tmp_path / "index.html").write_text("<html></html>")
+    server = BundleServer(tmp_path, 0, isolate=True).start_in_background()
+    try:
+        conn = http.client.HTTPConnection("127.0.0.1", server.server_address[1], timeout=10)
+        response, _ = request(conn, "/")
+        assert response.status == 200
+        assert response.getheader("Cross-Origin-Opener-Policy") == "same-origin"
+        assert response.getheader("Cross-Origin-Embedder-Policy") == "require-corp"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_port_in_use_and_out_of_range(served):
+    from ulpq_build.errors import UserError
+    from ulpq_build.serve import BundleServer
+
+    with pytest.raises(UserError, match="in use"):
+        BundleServer(ROOT, served.server_address[1])
+    with pytest.raises(UserError, match="65535"):
+        BundleServer(ROOT, 70000)

@@ -11,12 +11,11 @@ Graph nodes:
 
 from __future__ import annotations
 
-import json
 import math
 import re
 
 from ulpq_build.errors import UserError
-from ulpq_build.model_source import ModelSource
+from ulpq_build.model_source import ModelSource, read_side_file
 
 SUPPORTED = ("bert (BertModel, sentence-transformers), vit (ViTModel, ViTForImageClassification), "
              "ulpq-mlp (a chain of Linear layers)")
@@ -37,6 +36,15 @@ def describe_model(source: ModelSource) -> dict:
     if model_type in (None, "ulpq-mlp"):
         return _describe_mlp(source)
     raise UserError(f"{source.path}: unsupported architecture {model_type!r} (config.json model_type); supported: {SUPPORTED}")
+
+
+def describe_if_known(source: ModelSource) -> dict | None:
+    """The description where `source` is a complete model of a supported architecture, else None
+    (`quantize` works on any checkpoint; a bundle needs the description and reports why not)."""
+    try:
+        return describe_model(source)
+    except UserError:
+        return None
 
 
 def model_tensors(model: dict) -> list[str]:
@@ -124,11 +132,8 @@ def _prefix(source: ModelSource, marker: str, candidates: tuple[str, ...]) -> st
                     f"supported: {SUPPORTED}")
 
 
-def _read_json(path) -> dict:
-    try:
-        return json.loads(path.read_text(encoding="utf-8")) if path and path.is_file() else {}
-    except (OSError, json.JSONDecodeError) as exc:
-        raise UserError(f"{path}: not valid JSON ({exc})") from None
+def _read_json(path, kind: str | None = None):
+    return read_side_file(path, kind) if path else {}
 
 
 # --- BERT ------------------------------------------------------------------------------------------
@@ -184,11 +189,14 @@ def _sentence_transformers_head(source: ModelSource) -> tuple[str, bool]:
     modules = _read_json(folder / "modules.json") if folder else {}
     if not modules:
         return "mean", False
-    kinds = [m.get("type", "") for m in modules]
+    kinds = [m["type"] for m in modules]
     pooling = "mean"
     for m in modules:
-        if m.get("type", "").endswith("Pooling"):
-            cfg = _read_json(folder / m.get("path", "") / "config.json")
+        if m["type"].endswith("Pooling"):
+            sub = m.get("path", "")
+            if ".." in sub.split("/") or sub.startswith("/"):
+                raise UserError(f"{folder / 'modules.json'}: module path {sub!r:.60} leaves the model folder; fix the file")
+            cfg = _read_json(folder / sub / "config.json", "pooling")
             if cfg.get("pooling_mode_cls_token") or cfg.get("pooling_mode_max_tokens") or cfg.get("pooling_mode_mean_sqrt_len_tokens"):
                 raise UserError(f"{folder}: only mean pooling is supported (pooling config {cfg})")
     return pooling, any(k.endswith("Normalize") for k in kinds)
@@ -201,7 +209,8 @@ def _tokenizer_facts(source: ModelSource, max_position: int) -> dict:
                         f"model.safetensors; pass the model folder")
     st = _read_json(folder / "sentence_bert_config.json")
     tk = _read_json(folder / "tokenizer_config.json")
-    max_length = int(st.get("max_seq_length") or tk.get("model_max_length") or max_position)
+    _read_json(folder / "tokenizer.json")  # the runtime parses it: refuse a broken one now
+    max_length = int(min(st.get("max_seq_length") or tk.get("model_max_length") or max_position, max_position))
     return {"files": [n for n in ("tokenizer.json", "vocab.txt") if (folder / n).is_file()],
             "max_length": min(max_length, max_position),
             "lowercase": bool(tk.get("do_lower_case", True)), "strip_accents": tk.get("strip_accents")}

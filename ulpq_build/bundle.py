@@ -15,7 +15,6 @@ import hashlib
 import json
 import math
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,7 +22,8 @@ import numpy as np
 
 from ulpq_build import __version__, resources
 from ulpq_build.architectures import describe_model, float_operands, model_tensors
-from ulpq_build.atomic import atomic_folder
+from ulpq_build.atomic import atomic_folder, preflight_folder, scratch_folder
+from ulpq_build.bundle_reader import GENERATOR, MANIFEST_SCHEMA_VERSION, MARKER, foreign_content
 from ulpq_build.checkpoint import iter_quantized
 from ulpq_build.config import resolve_options
 from ulpq_build.strategy import plan_and_quantize
@@ -39,7 +39,6 @@ from ulpq_build.quantspec import QuantSpec
 from ulpq_build.resources import web_runtime_dir
 from ulpq_build.wasm_kernels import write_cpu_kernels
 
-MANIFEST_SCHEMA_VERSION = 1
 SHARD_LIMIT = 128 * 1024 * 1024  # Firefox caps storage bindings at 128 MiB (environment.md)
 PART_ALIGN = 256  # parts start 256-byte aligned inside shards (typed-array views, buffer offsets)
 DEMO_ROWS = 2
@@ -214,8 +213,9 @@ def build_bundle(model_path: str | Path | None, out: Path, overrides: dict | Non
     """Quantize the model `model_path` names (a path or a BUILTIN_MODELS name; None: builtin:minilm) and
     write the bundle to `out`. `overrides` are QuantSpec fields given on the command line; `config` a
     config file; method / target_*: see strategy.plan_and_quantize."""
-    with tempfile.TemporaryDirectory(prefix="ulpq-model-") as scratch:
-        path, model_name = resolve_model(model_path, Path(scratch))
+    preflight_folder(out, foreign=foreign_content)  # a bad --out fails before minutes of quantizing
+    with scratch_folder("ulpq-model-") as scratch:
+        path, model_name = resolve_model(model_path, scratch)
         source = open_model(path)
         model = describe_model(source)
         names = model_tensors(model)
@@ -223,7 +223,7 @@ def build_bundle(model_path: str | Path | None, out: Path, overrides: dict | Non
         plan, precomputed = plan_and_quantize(source, tensors, overrides or {}, config, method, target_bpw, target_mb,
                                               model, log)
         log(plan.table())
-        with atomic_folder(out) as tmp:
+        with atomic_folder(out, foreign=foreign_content) as tmp:
             manifest = _write_bundle(tmp, source, model_name, model, plan, default_spec(plan, overrides or {}, config),
                                      precomputed, method)
     return BundleResult(Path(out), plan, manifest)
@@ -288,13 +288,15 @@ def _write_bundle(folder: Path, source: ModelSource, model_name: str, model: dic
     cpu_kernels = write_cpu_kernels(folder, [e.spec for e in plan.entries])  # the CPU path's wasm
     files += cpu_kernels["files"].values()  # listed with sha256 like every other file
     runtime_files = sorted(p.name for p in web_runtime_dir().iterdir() if p.suffix in (".js", ".html", ".css"))
+    runtime_hashes = {}
     for name in runtime_files:
         shutil.copyfile(web_runtime_dir() / name, folder / name)
+        runtime_hashes[name] = hashlib.sha256((folder / name).read_bytes()).hexdigest()
 
     used_formats = sorted({e.spec.format for e in plan.entries})
     manifest = {
         "schema_version": MANIFEST_SCHEMA_VERSION,
-        "generator": {"name": "ulpq_build", "version": __version__},
+        "generator": {"name": GENERATOR, "version": __version__},
         "model": {"name": model_name, **model},
         "quantization": {"default": default.to_json(), "method": method,
                          "mixed": len({e.spec for e in plan.entries if e.spec.fmt.quantized}) > 1, **plan.summary()},
@@ -304,10 +306,13 @@ def _write_bundle(folder: Path, source: ModelSource, model_name: str, model: dic
         "shards": shard_list,
         "shaders": shader_entries,
         "matmul": {"gemv_max_rows": GEMV_MAX_ROWS, "gemm_large_rows": GEMM_LARGE_ROWS},
-        "runtime": {"module": "ulpq.js", "page": "index.html", "files": runtime_files},
+        "runtime": {"module": "ulpq.js", "page": "index.html", "files": runtime_files, "sha256": runtime_hashes},
         "files": files,
         "wasm": cpu_kernels,
         "demo": demo_section(model),
     }
     (folder / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n", encoding="utf-8")
+    # With the manifest's generator field, this marker is what lets a later `bundle --out` replace
+    # the folder (bundle_reader.foreign_content): a folder without it is never deleted.
+    (folder / MARKER).write_text(json.dumps({"generator": GENERATOR}) + "\n", encoding="utf-8")
     return manifest

@@ -11,6 +11,7 @@ the memory-mapped input, so peak memory follows the largest tensor, not the mode
 from __future__ import annotations
 
 import json
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -20,31 +21,60 @@ import numpy as np
 from ulpq_build.atomic import atomic_file
 from ulpq_build.errors import UserError
 from ulpq_build.plan import Plan, PlanEntry
-from ulpq_build.quantize import QuantizedTensor, dequantize, quantize
+from ulpq_build.quantize import F16_NORMAL_MIN, QuantizedTensor, check_finite, dequantize, quantize, scale_underflow
 from ulpq_build.quantspec import QuantSpec, part_layout
-from ulpq_build.safetensors_io import SafetensorsFile, to_bfloat16_bits, write_safetensors
+from ulpq_build.safetensors_io import MAX_RANK, SafetensorsFile, to_bfloat16_bits, write_safetensors
+from ulpq_build.schema import Anything, Int, List, Map, Obj, Str, parse_json, validate
 
 METADATA_KEY = "ulpq"
 CHECKPOINT_VERSION = 1
 PART_SEPARATOR = ":"
+ADVICE = "re-run `python -m ulpq_build quantize` on the float model"
+FLOAT_DTYPES = ("float32", "float16", "bfloat16", "float64")
+# The declared form of __metadata__["ulpq"]: per quantized tensor its original shape and dtype, its
+# spec and its part names ("plan" is informative and not read back).
+METADATA = Obj({"version": Int(min=0), "source": Str(), "method": Str(),
+                "tensors": Map(Obj({"shape": List(Int(min=0, max=2**48), max_len=MAX_RANK),
+                                    "dtype": Str(choices=FLOAT_DTYPES), "spec": Anything(),
+                                    "parts": List(Str(max_len=16), max_len=8)}, extra="forbid")),
+                "plan": Anything()}, optional={"source", "method", "plan"})
 
 
 def part_name(tensor: str, part: str) -> str:
     return f"{tensor}{PART_SEPARATOR}{part}"
 
 
-def iter_quantized(source: SafetensorsFile, plan: Plan, precomputed: dict[str, QuantizedTensor] | None = None
-                   ) -> Iterator[tuple[PlanEntry, QuantizedTensor | None]]:
-    """Yield (entry, quantized tensor) in plan order (None for tensors kept as stored): from
-    `precomputed` (GPTQ) where given, else rounded to nearest as we go; each tensor's input pages are
-    released once the caller is done with it, so about one tensor is resident at a time."""
+def iter_quantized(source: SafetensorsFile, plan: Plan, precomputed: dict[str, QuantizedTensor] | None = None,
+                   warn=None) -> Iterator[tuple[PlanEntry, QuantizedTensor | None]]:
+    """Yield (entry, quantized tensor) in plan order (None for tensors kept as stored, which are
+    checked to be finite): from `precomputed` (GPTQ) where given, else rounded to nearest as we go;
+    each tensor's input pages are released once the caller is done with it, so about one tensor is
+    resident at a time. float16 scales that underflow are reported once, at the end, through `warn`
+    (default: one line on stderr)."""
+    underflow = []
     for entry in plan.entries:
-        if precomputed and entry.name in precomputed:
-            yield entry, precomputed[entry.name]
-        else:
-            quantized = entry.spec.fmt.quantized
-            yield entry, quantize(entry.name, source.tensor(entry.name), entry.spec) if quantized else None
+        try:
+            if precomputed and entry.name in precomputed:
+                qt = precomputed[entry.name]
+            elif entry.spec.fmt.quantized:
+                qt = quantize(entry.name, source.tensor(entry.name), entry.spec)
+            else:
+                check_finite(entry.name, source.tensor(entry.name))
+                qt = None
+        except UserError as exc:  # name the file the tensor came from
+            raise UserError(f"{source.path}: {exc}") from None
+        if qt is not None:
+            small, zero = scale_underflow(qt)
+            if small:
+                underflow.append((entry.name, small, zero))
+        yield entry, qt
         source.release(entry.name)
+    if underflow:
+        name, small, zero = max(underflow, key=lambda u: u[1])
+        message = (f"warning: {len(underflow)} tensor(s) have float16 scales below {F16_NORMAL_MIN:.3g} (e.g. {name!r}: "
+                   f"{small} groups, {zero} of them 0), so their smallest weights lose precision or become 0; "
+                   f"use --scale-dtype float32 for them")
+        (warn or (lambda m: print(m, file=sys.stderr)))(message)
 
 
 def write_quantized(source: SafetensorsFile, plan: Plan, out: Path, *, source_name: str,
@@ -90,32 +120,54 @@ class Checkpoint:
         self.path = Path(path)
         raw = self.file.metadata.get(METADATA_KEY)
         self.info = {}
+        quantized: dict = {}
         if raw is not None:
-            try:
-                self.info = json.loads(raw)
-                quantized = self.info["tensors"]
-                assert self.info["version"] == CHECKPOINT_VERSION
-            except (json.JSONDecodeError, KeyError, TypeError, AssertionError):
-                raise UserError(f"{path}: its ulpq metadata is unreadable or of another version; re-run "
-                                f"`python -m ulpq_build quantize`") from None
-        else:
-            quantized = {}
+            where = f"{path}: ulpq metadata"
+            self.info = validate(parse_json(raw, where, ADVICE), METADATA, where, ADVICE)
+            if self.info["version"] != CHECKPOINT_VERSION:
+                raise UserError(f"{path}: ulpq metadata of version {self.info['version']}, this tool reads "
+                                f"{CHECKPOINT_VERSION}; {ADVICE}")
+            quantized = self.info["tensors"]
         self.tensors: list[LogicalTensor] = []
-        stored = set(self.file.names)
         covered = set()
         for name in self.file.names:
             base = name.rsplit(PART_SEPARATOR, 1)[0] if PART_SEPARATOR in name else None
             if base in quantized:
                 if base not in covered:
                     covered.add(base)
-                    entry = quantized[base]
-                    missing = [p for p in entry["parts"] if part_name(base, p) not in stored]
-                    if missing:
-                        raise UserError(f"{path}: tensor {base!r} lacks its {missing[0]!r} part; the file is damaged")
-                    self.tensors.append(LogicalTensor(base, tuple(entry["shape"]), entry["dtype"],
-                                                      QuantSpec.from_json(entry["spec"])))
+                    self.tensors.append(self._logical(base, quantized[base]))
             else:
                 self.tensors.append(LogicalTensor(name, self.file.shape(name), self.file.dtype(name), None))
+        for base in quantized:
+            if base in self.file.entries:
+                raise UserError(f"{path}: tensor {base!r:.80} is stored both plain and quantized; the file is damaged, "
+                                f"{ADVICE}")
+            if base not in covered:
+                raise UserError(f"{path}: quantized tensor {base!r:.80} has none of its parts in the file; "
+                                f"the file is damaged, {ADVICE}")
+
+    def _logical(self, name: str, entry: dict) -> "LogicalTensor":
+        """A quantized tensor's metadata checked against its stored parts: the spec must be valid and
+        every part present with the dtype and shape that the spec and shape imply (an edited shape or
+        format does not match its codes)."""
+        at = f"{self.path}: tensor {name!r:.80}"
+        spec = QuantSpec.from_json(entry["spec"], source=at)
+        shape = tuple(entry["shape"])
+        if not spec.fmt.quantized:
+            raise UserError(f"{at}: format {spec.format} is not a quantized format; {ADVICE}")
+        layout = part_layout(spec, shape)
+        if sorted(entry["parts"]) != sorted(layout):
+            raise UserError(f"{at}: lists parts {entry['parts']} but format {spec.format} stores {list(layout)}; "
+                            f"the file is damaged, {ADVICE}")
+        for part, (dtype, part_shape) in layout.items():
+            stored = part_name(name, part)
+            if stored not in self.file.entries:
+                raise UserError(f"{at}: lacks its {part!r} part; the file is damaged, {ADVICE}")
+            if (self.file.dtype(stored), tuple(self.file.shape(stored))) != (dtype, tuple(part_shape)):
+                raise UserError(f"{at}: its {part!r} part is {self.file.dtype(stored)}{list(self.file.shape(stored))} "
+                                f"but shape {list(shape)} in {spec.format} needs {dtype}{list(part_shape)}; "
+                                f"the metadata or the file was edited, {ADVICE}")
+        return LogicalTensor(name, shape, entry["dtype"], spec)
 
     @property
     def quantized(self) -> bool:
@@ -134,7 +186,7 @@ class Checkpoint:
         """The tensor's values as float32 (dequantized where quantized)."""
         if t.spec is None:
             return np.asarray(self.file.tensor(t.name), dtype=np.float32)
-        return dequantize(self.quantized_tensor(t))
+        return dequantize(self.quantized_tensor(t), source=f"{self.path}: tensor {t.name!r:.80}")
 
 
 def write_dequantized(checkpoint: Checkpoint, out: Path) -> None:

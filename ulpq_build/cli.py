@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import math
+import signal
 import sys
+import threading
 from pathlib import Path
 
 from ulpq_build import __version__
@@ -32,6 +35,20 @@ def _add_quant_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--target-size", type=float, metavar="MB", help="automatic mixed precision within MB megabytes (10^6) of weights")
 
 
+def _budget(args) -> tuple[float | None, float | None]:
+    """--target-bpw / --target-size, checked before minutes of work: finite and in range."""
+    bpw, size = args.target_bpw, args.target_size
+    if bpw is not None and not (math.isfinite(bpw) and 0 < bpw <= 32):
+        raise UserError(f"--target-bpw {bpw}: give a number of bits per weight above 0 and at most 32, e.g. 4.5")
+    if size is not None and not (math.isfinite(size) and size > 0):
+        raise UserError(f"--target-size {size}: give a positive number of megabytes, e.g. 12.5")
+    return bpw, size
+
+
+def _config_path(args) -> Path | None:
+    return Path(args.config) if args.config else None
+
+
 def _overrides(args) -> dict:
     """The QuantSpec fields the user set explicitly on the command line."""
     given = {"format": args.format, "group_size": args.group_size, "asymmetric": args.asymmetric,
@@ -42,8 +59,9 @@ def _overrides(args) -> dict:
 def cmd_bundle(args) -> int:
     from ulpq_build.bundle import build_bundle
 
-    result = build_bundle(args.model, Path(args.out), _overrides(args), Path(args.config) if args.config else None,
-                          method=args.method, target_bpw=args.target_bpw, target_mb=args.target_size)
+    bpw, size = _budget(args)
+    result = build_bundle(args.model, Path(args.out), _overrides(args), _config_path(args),
+                          method=args.method, target_bpw=bpw, target_mb=size)
     files = sum(1 for p in result.out.rglob("*") if p.is_file())
     print(f"wrote {result.out}/ ({files} files): open it with `python -m ulpq_build serve {result.out}`")
     return 0
@@ -54,14 +72,18 @@ def cmd_quantize(args) -> int:
     from ulpq_build.model_source import open_model
     from ulpq_build.strategy import plan_and_quantize
 
+    from ulpq_build.atomic import preflight_file
+
+    bpw, size = _budget(args)
+    preflight_file(Path(args.out))
     source = open_model(args.model)
     if Checkpoint(source.weights.path).quantized:
         raise UserError(f"{source.weights.path}: is already a quantized checkpoint; quantize the float model "
                         f"(or `dequantize` this one first)")
     weights = source.weights
     tensors = [(n, weights.shape(n), weights.dtype(n)) for n in weights.names]
-    plan, precomputed = plan_and_quantize(source, tensors, _overrides(args), Path(args.config) if args.config else None,
-                                          args.method, args.target_bpw, args.target_size)
+    plan, precomputed = plan_and_quantize(source, tensors, _overrides(args), _config_path(args),
+                                          args.method, bpw, size)
     print(plan.table())
     write_quantized(weights, plan, Path(args.out), source_name=weights.path.name, precomputed=precomputed, method=args.method)
     print(f"wrote {args.out}")
@@ -69,8 +91,10 @@ def cmd_quantize(args) -> int:
 
 
 def cmd_dequantize(args) -> int:
+    from ulpq_build.atomic import preflight_file
     from ulpq_build.checkpoint import Checkpoint, write_dequantized
 
+    preflight_file(Path(args.out))
     checkpoint = Checkpoint(Path(args.file))
     if not checkpoint.quantized:
         raise UserError(f"{args.file}: has no ulpq metadata, so it is not a quantized checkpoint; "
@@ -91,7 +115,9 @@ def cmd_inspect(args) -> int:
 def cmd_serve(args) -> int:
     from ulpq_build.serve import BundleServer
 
-    server = BundleServer(Path(args.folder), args.port, verbose=not args.quiet)
+    if not 0 <= args.port <= 65535:
+        raise UserError(f"--port {args.port}: ports run from 1 to 65535 (0 picks a free one); choose one in that range")
+    server = BundleServer(Path(args.folder), args.port, verbose=not args.quiet, isolate=args.isolate)
     print(f"serving {args.folder} at {server.url} (127.0.0.1 only; Ctrl-C stops)", flush=True)
     try:
         server.serve_forever()
@@ -140,8 +166,15 @@ def cmd_verify(args) -> int:
     return 1 if failed else 0
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """Usage errors as one line (`error: ...; see --help`), exit status 2, like every other bad input."""
+
+    def error(self, message: str):
+        self.exit(2, f"error: {self.prog}: {' '.join(message.split())}; see `{self.prog} --help`\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m ulpq_build",
+    parser = OneLineParser(prog="python -m ulpq_build",
                                      description="Quantize models to 8/4/3/2/1 bits and emit static WebGPU web bundles.")
     parser.add_argument("--version", action="version", version=f"ulpq_build {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
@@ -202,17 +235,36 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("folder", metavar="DIR")
     p.add_argument("--port", type=int, default=8000, help="port (default 8000; 0 picks a free one)")
     p.add_argument("--quiet", action="store_true", help="do not log requests")
+    p.add_argument("--isolate", action="store_true",
+                   help="send Cross-Origin-Opener-Policy / Cross-Origin-Embedder-Policy headers, so pages are "
+                        "cross-origin isolated and may use threads (SharedArrayBuffer)")
     p.set_defaults(run=cmd_serve)
     return parser
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM / SIGHUP, raised where the program is, so every `finally` and atomic writer cleans up."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _raise_terminated(signum, frame):
+    raise Terminated(signum)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGTERM, signal.SIGHUP):
+            signal.signal(sig, _raise_terminated)
     try:
         return args.run(args)
     except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {' '.join(str(exc).split())}", file=sys.stderr)
         return exc.exit_status
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:
+        signum = getattr(exc, "signum", signal.SIGINT)
+        print(f"interrupted ({signal.Signals(signum).name}); partial output removed", file=sys.stderr)
+        return 128 + signum

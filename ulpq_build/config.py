@@ -24,61 +24,73 @@ them (first match wins: explicit rules, then the mixedPrecision roles, then the 
 
 from __future__ import annotations
 
-import json
-import tomllib
 from dataclasses import replace
 from pathlib import Path
 
 from ulpq_build.errors import UserError
 from ulpq_build.formats import format_for_bits, get_format
 from ulpq_build.plan import Rule, is_matrix
-from ulpq_build.quantspec import PER_TENSOR, QuantSpec
+from ulpq_build.quantspec import PER_TENSOR, SCALE_DTYPES, QuantSpec
+from ulpq_build.schema import AnyOf, Bool, Int, List, Obj, Str, parse_json, parse_toml, validate
 from ulpq_build.roles import tensor_roles
 
-TOP_KEYS = {"bitsPerWeight", "format", "perChannelQuantization", "groupSize", "symmetricQuantization",
-            "distributeOptimalValues", "scaleDtype", "codebook", "mixedPrecision", "rules"}
 ROLE_KEYS = {"embeddingBits": "embedding", "firstLayerBits": "first_layer", "lastLayerBits": "last_layer",
              "attentionBits": "attention", "feedForwardBits": "feed_forward"}
-RULE_KEYS = {"pattern", "format", "bits", "groupSize", "asymmetric", "scaleDtype", "codebook"}
+ADVICE = "fix the config (see the README's quantization config section)"
+MAX_RULES = 10_000
+
+# The config as declared: every option's type; values are checked against each other afterwards
+# (QuantSpec.validate). Booleans are strict: "false" (a string) is refused, never taken as true.
+_BITS_OR_FORMAT = AnyOf((Int(min=0, max=64), Str(max_len=64)), "a bit width (8, 4, 3, 2, 1) or a format name")
+_GROUP = Int(min=-1, max=1 << 20)
+_SCALE = Str(choices=tuple(SCALE_DTYPES))
+_CODEBOOK = Str(choices=("tensor", "channel"))
+RULE = Obj({"pattern": Str(max_len=1024), "format": _BITS_OR_FORMAT, "bits": _BITS_OR_FORMAT, "groupSize": _GROUP,
+            "asymmetric": Bool(), "scaleDtype": _SCALE, "codebook": _CODEBOOK},
+           optional={"format", "bits", "groupSize", "asymmetric", "scaleDtype", "codebook"}, extra="forbid")
+MIXED = Obj({key: _BITS_OR_FORMAT for key in ROLE_KEYS}, optional=set(ROLE_KEYS), extra="forbid")
+CONFIG = Obj({"bitsPerWeight": _BITS_OR_FORMAT, "format": _BITS_OR_FORMAT, "perChannelQuantization": Bool(),
+              "groupSize": _GROUP, "symmetricQuantization": Bool(), "distributeOptimalValues": Bool(),
+              "scaleDtype": _SCALE, "codebook": _CODEBOOK, "mixedPrecision": MIXED,
+              "rules": List(RULE, max_len=MAX_RULES)},
+             optional={"bitsPerWeight", "format", "perChannelQuantization", "groupSize", "symmetricQuantization",
+                       "distributeOptimalValues", "scaleDtype", "codebook", "mixedPrecision", "rules"}, extra="forbid")
+MAX_CONFIG_BYTES = 16 << 20
 
 
 def read_config(path: Path) -> dict:
+    """The config at `path`, parsed and checked against CONFIG, or a one-line UserError."""
     path = Path(path)
+    if path.suffix not in (".toml", ".json"):
+        raise UserError(f"{path}: unknown config format {path.suffix!r}; use a .json or .toml file")
     try:
-        text = path.read_text(encoding="utf-8")
+        if path.stat().st_size > MAX_CONFIG_BYTES:
+            raise UserError(f"{path}: larger than {MAX_CONFIG_BYTES >> 20} MiB, not a quantization config")
+        raw = path.read_bytes()
     except FileNotFoundError:
         raise UserError(f"{path}: no such config file") from None
-    try:
-        if path.suffix == ".toml":
-            data = tomllib.loads(text)
-        elif path.suffix == ".json":
-            data = json.loads(text)
-        else:
-            raise UserError(f"{path}: unknown config format {path.suffix!r}; use a .json or .toml file")
-    except (tomllib.TOMLDecodeError, json.JSONDecodeError) as exc:
-        raise UserError(f"{path}: cannot parse ({exc}); fix the syntax") from None
+    except IsADirectoryError:
+        raise UserError(f"{path}: is a folder; --config takes a .json or .toml file") from None
+    except OSError as exc:
+        raise UserError(f"{path}: cannot be read ({exc.strerror or exc}); pass a readable config file") from None
+    parse = parse_toml if path.suffix == ".toml" else parse_json
+    data = parse(raw, path, "fix the syntax")
     if not isinstance(data, dict):
-        raise UserError(f"{path}: expected a table / object at the top")
-    return data
-
-
-def _unknown(keys, allowed, where: str) -> None:
-    extra = sorted(set(keys) - allowed)
-    if extra:
-        raise UserError(f"{where}: unknown option {extra[0]!r}; known: {', '.join(sorted(allowed))}")
+        raise UserError(f"{path}: expected a table / object at the top; {ADVICE}")
+    return validate(data, CONFIG, path, ADVICE)
 
 
 def _format_of(value, optimal: bool, where: str) -> str:
     if isinstance(value, bool) or not isinstance(value, (int, str)):
-        raise UserError(f"{where}: expected a bit width (8, 4, 3, 2, 1) or a format name, got {value!r}")
+        raise UserError(f"{where}: expected a bit width (8, 4, 3, 2, 1) or a format name, got {value!r:.40}")
     if isinstance(value, str):
         return get_format(value, source=where).name
     return format_for_bits(value, optimal=optimal, source=where).name
 
 
 def default_spec(config: dict, where: str) -> QuantSpec:
-    _unknown(config, TOP_KEYS, where)
-    optimal = bool(config.get("distributeOptimalValues", False))
+    config = validate(config, CONFIG, where, ADVICE)
+    optimal = config.get("distributeOptimalValues", False)
     spec = QuantSpec()
     if "format" in config:
         spec = replace(spec, format=_format_of(config["format"], optimal, f"{where}: format"))
@@ -87,7 +99,7 @@ def default_spec(config: dict, where: str) -> QuantSpec:
     elif optimal:
         spec = replace(spec, format=_format_of(4, True, where))
     if "groupSize" in config:
-        spec = replace(spec, group_size=int(config["groupSize"]))
+        spec = replace(spec, group_size=config["groupSize"])
     elif config.get("perChannelQuantization") is False:
         spec = replace(spec, group_size=PER_TENSOR)
     if "symmetricQuantization" in config:
@@ -105,7 +117,7 @@ def _spec_for(value_format: str, base: QuantSpec, overrides: dict, where: str) -
     asks for them on another format is an error (validate says why)."""
     fmt = get_format(value_format, source=where)
     asymmetric = overrides.get("asymmetric", base.asymmetric and fmt.supports_asymmetric)
-    spec = replace(base, format=fmt.name, group_size=int(overrides.get("groupSize", base.group_size)),
+    spec = replace(base, format=fmt.name, group_size=overrides.get("groupSize", base.group_size),
                    asymmetric=bool(asymmetric), scale_dtype=overrides.get("scaleDtype", base.scale_dtype),
                    codebook=overrides.get("codebook", base.codebook))
     return spec.validate(where)
@@ -113,24 +125,16 @@ def _spec_for(value_format: str, base: QuantSpec, overrides: dict, where: str) -
 
 def config_rules(config: dict, base: QuantSpec, tensors: list[tuple[str, tuple[int, ...], str]], where: str) -> list[Rule]:
     """The config's explicit rules, then its mixedPrecision roles, as an ordered rule list."""
-    optimal = bool(config.get("distributeOptimalValues", False))
+    config = validate(config, CONFIG, where, ADVICE)
+    optimal = config.get("distributeOptimalValues", False)
     rules = []
-    raw_rules = config.get("rules", [])
-    if not isinstance(raw_rules, list):
-        raise UserError(f"{where}: rules must be a list of tables")
-    for i, rule in enumerate(raw_rules):
+    for i, rule in enumerate(config.get("rules", [])):
         at = f"{where}: rules[{i}]"
-        if not isinstance(rule, dict) or "pattern" not in rule:
-            raise UserError(f"{at}: each rule needs a 'pattern' (a glob on tensor names) and a 'format'")
-        _unknown(rule, RULE_KEYS, at)
         if "format" not in rule and "bits" not in rule:
             raise UserError(f"{at}: give the rule a 'format' (or 'bits')")
         fmt = _format_of(rule.get("format", rule.get("bits")), optimal, at)
         rules.append(Rule(str(rule["pattern"]), _spec_for(fmt, base, rule, at), at))
     mixed = config.get("mixedPrecision", {})
-    if not isinstance(mixed, dict):
-        raise UserError(f"{where}: mixedPrecision must be a table")
-    _unknown(mixed, set(ROLE_KEYS), f"{where}: mixedPrecision")
     matrices = [name for name, shape, dtype in tensors if is_matrix(shape, dtype)]
     roles = tensor_roles(matrices)
     for key, role in ROLE_KEYS.items():

@@ -1,17 +1,69 @@
 """Open what `--model` names: a .safetensors file, or a Hugging Face-style folder holding
-`model.safetensors` (and usually `config.json` plus tokenizer files)."""
+`model.safetensors` (and usually `config.json` plus tokenizer files).
+
+The Hugging Face files are read here, each against a declared schema (SIDE_FILES): a value of the
+wrong type (`layer_norm_eps = "abc"`, `model_max_length = [1]`, a modules.json that is not a list)
+is one error line naming the file, never an exception deep in the architecture code. Keys not
+declared are kept as they are (these files carry many the tool does not use)."""
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ulpq_build.errors import UserError
 from ulpq_build.safetensors_io import SafetensorsFile
+from ulpq_build.schema import AnyOf, Bool, Float, Int, List, Map, Nullable, Obj, Str, parse_json, validate
 
 WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "config.json"
+MAX_SIDE_FILE = 64 << 20  # tokenizer.json of a large vocabulary is a few MB
+ADVICE = "fix or remove the file (it should be as Hugging Face or sentence-transformers writes it)"
+
+_SIZE = Int(min=1, max=1 << 20)
+_ANY_INT = Int()
+HF_CONFIG = Obj({
+    "model_type": Str(max_len=64), "architectures": List(Str(max_len=256), max_len=64), "hidden_act": Str(max_len=64),
+    "hidden_size": _SIZE, "num_hidden_layers": _SIZE, "num_attention_heads": _SIZE, "intermediate_size": _SIZE,
+    "image_size": _SIZE, "patch_size": _SIZE, "num_channels": _SIZE, "max_position_embeddings": _SIZE,
+    "layer_norm_eps": Float(positive=True, max=1.0), "position_embedding_type": Str(max_len=64),
+    "id2label": Map(Str(max_len=1024)), "layer_sizes": List(_SIZE, max_len=1024),
+}, optional={"model_type", "architectures", "hidden_act", "hidden_size", "num_hidden_layers", "num_attention_heads",
+             "intermediate_size", "image_size", "patch_size", "num_channels", "max_position_embeddings",
+             "layer_norm_eps", "position_embedding_type", "id2label", "layer_sizes"})
+SIDE_FILES = {
+    "config.json": HF_CONFIG,
+    "modules.json": List(Obj({"type": Str(max_len=256), "path": Str(max_len=255)}, optional={"path"}), max_len=64),
+    "pooling": Obj({f"pooling_mode_{m}": Bool() for m in ("cls_token", "max_tokens", "mean_tokens", "mean_sqrt_len_tokens")},
+                   optional={f"pooling_mode_{m}" for m in ("cls_token", "max_tokens", "mean_tokens", "mean_sqrt_len_tokens")}),
+    "tokenizer_config.json": Obj({"model_max_length": AnyOf((Int(min=1), Float(min=1)), "a positive number"),
+                                  "do_lower_case": Bool(), "strip_accents": Nullable(Bool())},
+                                 optional={"model_max_length", "do_lower_case", "strip_accents"}),
+    "sentence_bert_config.json": Obj({"max_seq_length": Nullable(Int(min=1)), "do_lower_case": Bool()},
+                                     optional={"max_seq_length", "do_lower_case"}),
+    "preprocessor_config.json": Obj({"image_mean": List(Float(min=-1e6, max=1e6), min_len=1, max_len=16),
+                                     "image_std": List(Float(positive=True, max=1e6), min_len=1, max_len=16),
+                                     "rescale_factor": Float(positive=True, max=1e6)},
+                                    optional={"image_mean", "image_std", "rescale_factor"}),
+    "tokenizer.json": Obj({"model": Obj({"type": Str(max_len=64)})}),
+}
+
+
+def read_side_file(path: Path, kind: str | None = None):
+    """The JSON file at `path` checked against SIDE_FILES[kind or its name]; {} when it is absent."""
+    path = Path(path)
+    schema = SIDE_FILES[kind or path.name]
+    try:
+        if not path.is_file():
+            if path.exists():
+                raise UserError(f"{path}: is not a file; {ADVICE}")
+            return {}
+        if path.stat().st_size > MAX_SIDE_FILE:
+            raise UserError(f"{path}: larger than {MAX_SIDE_FILE >> 20} MiB; {ADVICE}")
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise UserError(f"{path}: cannot be read ({exc.strerror or exc}); {ADVICE}") from None
+    return validate(parse_json(raw, path, ADVICE), schema, path, ADVICE)
 
 
 @dataclass
@@ -42,12 +94,4 @@ def open_model(path: str | Path) -> ModelSource:
 
 
 def _read_config(path: Path) -> dict:
-    if not path.is_file():
-        return {}
-    try:
-        config = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise UserError(f"{path}: not valid JSON ({exc.__class__.__name__}: {exc}); fix or remove the file") from None
-    if not isinstance(config, dict):
-        raise UserError(f"{path}: expected a JSON object")
-    return config
+    return read_side_file(path, "config.json")

@@ -79,23 +79,45 @@ class QuantizedTensor:
                 "group_size": k // max(groups_per_row, 1), "codebook_stride": fmt.n_levels if per_channel_book else 0}
 
 
-def _check_matrix(name: str, w: np.ndarray) -> None:
-    if not np.issubdtype(w.dtype, np.floating):
-        raise UserError(f"tensor {name!r} has dtype {w.dtype}; only floating-point tensors can be quantized "
-                        f"(leave it out of the quantized set with a float32 rule)")
-    if w.size == 0:
-        raise UserError(f"tensor {name!r} is empty (shape {list(w.shape)}); nothing to quantize, "
-                        f"give it a float32 rule or remove it")
-    if not np.isfinite(w).all():
+F16_NORMAL_MIN = float(np.finfo(np.float16).tiny)  # below this float16 scales lose precision, then flush to 0
+
+
+def check_finite(name: str, w: np.ndarray) -> None:
+    """Every float tensor the tool writes (quantized or kept) must hold finite values: a NaN bias
+    would otherwise reach the output silently."""
+    if np.issubdtype(w.dtype, np.floating) and not np.isfinite(w).all():
         bad = int(np.size(w) - np.count_nonzero(np.isfinite(w)))
         raise UserError(f"tensor {name!r} holds {bad} NaN or Inf values; fix or retrain the checkpoint before quantizing")
 
 
+def _check_matrix(name: str, w: np.ndarray, fmt: Format) -> None:
+    if not np.issubdtype(w.dtype, np.floating):
+        if fmt.quantized or not np.issubdtype(w.dtype, np.integer):
+            raise UserError(f"tensor {name!r} has dtype {w.dtype}; only floating-point tensors can be quantized, "
+                            f"integer tensors are kept as they are: narrow the rule or config that selects it")
+        if w.size and np.abs(w.astype(np.float64)).max() > 2**24:
+            raise UserError(f"tensor {name!r} ({w.dtype}) holds integers beyond 2^24 that float32 cannot hold exactly; "
+                            f"this model cannot be bundled")
+    if w.size == 0:
+        raise UserError(f"tensor {name!r} is empty (shape {list(w.shape)}); nothing to quantize, "
+                        f"remove it from the model")
+    check_finite(name, w)
+
+
+def scale_underflow(qt: "QuantizedTensor") -> tuple[int, int]:
+    """(scale groups below float16's normal range, of those flushed to zero) of a float16-scaled tensor."""
+    if qt.spec.scale_dtype != "float16" or "scales" not in qt.parts:
+        return 0, 0
+    scales = np.abs(qt.parts["scales"].astype(np.float32))
+    return int(np.count_nonzero(scales < F16_NORMAL_MIN)), int(np.count_nonzero(scales == 0))
+
+
 def quantize(name: str, w: np.ndarray, spec: QuantSpec) -> QuantizedTensor:
-    """Quantize tensor `w` (any float dtype, viewed as [rows, K]) under `spec`."""
+    """Quantize tensor `w` (any float dtype, viewed as [rows, K]) under `spec`. Integer tensors are
+    accepted for the float32 format only (widened exactly, as a bundle stores every tensor)."""
     w = np.asarray(w)
-    _check_matrix(name, w)
     fmt = spec.fmt
+    _check_matrix(name, w, fmt)
     rows, k = matrix_shape(w.shape)
     if spec.group_size > 0 and k % spec.group_size:
         raise UserError(f"tensor {name!r}: group size {spec.group_size} does not divide its row length {k}; "
@@ -103,13 +125,18 @@ def quantize(name: str, w: np.ndarray, spec: QuantSpec) -> QuantizedTensor:
     matrix = w.reshape(rows, k)
     if not fmt.quantized:
         parts = {"codes": np.ascontiguousarray(matrix, dtype=np.float32)}
-    elif spec.group_size == PER_TENSOR:
-        parts = _quantize_rows(matrix.astype(np.float32).reshape(1, rows * k), fmt, spec, k_row=k, rows=rows)
     else:
-        parts = _quantize_rows(matrix, fmt, spec, k_row=k, rows=rows)
+        # float16 scales of tiny weights underflow (1/0 below): reported once per run by the caller
+        # (scale_underflow), not as numpy warnings
+        with np.errstate(divide="ignore", invalid="ignore", over="ignore", under="ignore"):
+            if spec.group_size == PER_TENSOR:
+                parts = _quantize_rows(matrix.astype(np.float32).reshape(1, rows * k), fmt, spec, k_row=k, rows=rows)
+            else:
+                parts = _quantize_rows(matrix, fmt, spec, k_row=k, rows=rows)
     expected = part_layout(spec, w.shape)
     assert {p: (str(a.dtype), a.shape) for p, a in parts.items()} == expected, (name, expected)
-    return QuantizedTensor(name, tuple(int(d) for d in w.shape), str(w.dtype), spec, parts)
+    dtype = str(w.dtype) if np.issubdtype(w.dtype, np.floating) else "float32"
+    return QuantizedTensor(name, tuple(int(d) for d in w.shape), dtype, spec, parts)
 
 
 def _row_chunks(matrix: np.ndarray, work) -> list:
@@ -362,17 +389,34 @@ def _fitted(groups: np.ndarray, codebooks: np.ndarray, block_rows: int, scale_dt
     return codes, np.where(better, fitted, scale)
 
 
-def dequantize(qt: QuantizedTensor) -> np.ndarray:
+def dequantize(qt: QuantizedTensor, source: str | None = None) -> np.ndarray:
     """Restore float32 values (in the tensor's original shape) from the stored parts."""
-    return dequantize_parts(qt.parts, qt.spec, qt.shape)
+    return dequantize_parts(qt.parts, qt.spec, qt.shape, source=source)
 
 
-def dequantize_parts(parts: dict[str, np.ndarray], spec: QuantSpec, shape: tuple[int, ...]) -> np.ndarray:
+def _check_stored(parts: dict[str, np.ndarray], fmt: Format, codes: np.ndarray, source: str | None) -> None:
+    """Stored parts read from a file (no sha256 guards a checkpoint) must decode to finite values:
+    codes within the level set, zero points within the levels, finite scales and codebooks."""
+    where = source or "quantized tensor"
+    if codes.size and int(codes.max()) >= fmt.n_levels:
+        raise UserError(f"{where}: codes up to {int(codes.max())} but {fmt.name} has {fmt.n_levels} levels; "
+                        f"the file is damaged, re-run `python -m ulpq_build quantize`")
+    if "zeros" in parts and parts["zeros"].size and int(parts["zeros"].max()) >= fmt.n_levels:
+        raise UserError(f"{where}: zero points beyond the {fmt.n_levels} levels of {fmt.name}; the file is damaged, "
+                        f"re-run `python -m ulpq_build quantize`")
+    for name in ("scales", "codebook"):
+        if name in parts and not np.isfinite(parts[name]).all():
+            raise UserError(f"{where}: its {name} hold NaN or Inf; the file is damaged, re-run `python -m ulpq_build quantize`")
+
+
+def dequantize_parts(parts: dict[str, np.ndarray], spec: QuantSpec, shape: tuple[int, ...], *,
+                     source: str | None = None) -> np.ndarray:
     fmt = spec.fmt
     rows, k = matrix_shape(shape)
     if not fmt.quantized:
         return parts["codes"].astype(np.float32).reshape(shape)
     codes = unpack(parts["codes"], fmt, k).reshape(rows, k)
+    _check_stored(parts, fmt, codes, source)
     scales = parts["scales"].astype(np.float32)
     if spec.group_size == PER_TENSOR:
         per_value_scale = np.full((rows, k), scales[0, 0], dtype=np.float32)

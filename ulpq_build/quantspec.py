@@ -12,11 +12,16 @@ import numpy as np
 
 from ulpq_build.errors import UserError
 from ulpq_build.formats import Format, get_format
+from ulpq_build.schema import Bool, Int, Obj, Str, validate
 
 SCALE_DTYPES = {"float32": np.float32, "float16": np.float16}
 GROUP_SIZES = (32, 64, 128, 256)
 PER_CHANNEL = 0  # group_size value: one scale per output channel (a whole row)
 PER_TENSOR = -1  # group_size value: one scale for the whole tensor
+# The declared JSON form of a QuantSpec (as to_json writes it into manifests and checkpoints).
+SPEC_SCHEMA = Obj({"format": Str(max_len=64), "group_size": Int(min=-1, max=1 << 20), "asymmetric": Bool(),
+                   "scale_dtype": Str(choices=tuple(SCALE_DTYPES)), "codebook": Str(choices=("tensor", "channel"))},
+                  extra="forbid")
 
 
 @dataclass(frozen=True)
@@ -41,8 +46,14 @@ class QuantSpec:
         return asdict(self)
 
     @classmethod
-    def from_json(cls, data: dict) -> "QuantSpec":
-        return cls(**{k: data[k] for k in ("format", "group_size", "asymmetric", "scale_dtype", "codebook") if k in data})
+    def from_json(cls, data: dict, source: str | None = None) -> "QuantSpec":
+        """A spec from its JSON form (to_json). With `source` (the file it was read from) the fields are
+        checked against SPEC_SCHEMA and each other, so a spec edited inside a file is reported as that
+        file's error, not as a bad --format."""
+        if source is None:
+            return cls(**{k: data[k] for k in ("format", "group_size", "asymmetric", "scale_dtype", "codebook") if k in data})
+        fields = validate(data, SPEC_SCHEMA, f"{source}: spec", "rebuild it with ulpq_build")
+        return cls(**fields).validate(f"{source}: spec")
 
     def validate(self, source: str) -> "QuantSpec":
         """Check the options against each other; `source` names where they came from, for the error."""
@@ -101,3 +112,4 @@ def stored_bytes(spec: QuantSpec, shape: tuple[int, ...]) -> int:
 def bits_per_weight(spec: QuantSpec, shape: tuple[int, ...]) -> float:
     """Effective bits per weight, scales, zero points, codebooks and word padding included."""
     return 8 * stored_bytes(spec, shape) / max(1, math.prod(shape))
+

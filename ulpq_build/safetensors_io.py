@@ -24,6 +24,7 @@ from typing import Iterable, Iterator
 import numpy as np
 
 from ulpq_build.errors import UserError
+from ulpq_build.schema import Anything, Int, List, Map, Obj, Str, validate, parse_json
 
 DTYPES = {
     "F64": np.dtype("<f8"), "F32": np.dtype("<f4"), "F16": np.dtype("<f2"), "BF16": np.dtype("<u2"),
@@ -36,9 +37,18 @@ CODES = {"float64": "F64", "float32": "F32", "float16": "F16", "bfloat16": "BF16
 MAX_HEADER = 100 * 1024 * 1024
 
 
+ADVICE = "re-export it with safetensors.save_file or check that the download is complete"
+HEADER_DEPTH = 4  # {name: {"shape": [...]}} nests 3 deep
+MAX_RANK = 16
+# The header as declared by the format: every tensor entry, and string-to-string metadata.
+TENSOR_ENTRY = Obj({"dtype": Str(choices=tuple(DTYPES)), "shape": List(Int(min=0, max=2**48), max_len=MAX_RANK),
+                    "data_offsets": List(Int(min=0, max=2**62), min_len=2, max_len=2)}, extra="forbid")
+HEADER = Map(Anything())
+METADATA = Map(Str(max_len=1 << 26))
+
+
 def _bad(path: Path, what: str) -> UserError:
-    return UserError(f"{path}: not a valid safetensors file ({what}); re-export it with safetensors.save_file "
-                     f"or check that the download is complete")
+    return UserError(" ".join(f"{path}: not a valid safetensors file ({what}); {ADVICE}".split()))
 
 
 class SafetensorsFile:
@@ -61,33 +71,23 @@ class SafetensorsFile:
         except IsADirectoryError:
             raise UserError(f"{self.path}: is a folder, expected a .safetensors file") from None
         except PermissionError:
-            raise UserError(f"{self.path}: permission denied") from None
-        try:
-            header = json.loads(raw.decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise _bad(self.path, f"header is not JSON: {exc.__class__.__name__}") from None
-        if not isinstance(header, dict):
-            raise _bad(self.path, "header is not a JSON object")
-        self.metadata: dict[str, str] = header.pop("__metadata__", None) or {}
-        if not isinstance(self.metadata, dict) or not all(isinstance(v, str) for v in self.metadata.values()):
-            raise _bad(self.path, "__metadata__ must map strings to strings")
+            raise UserError(f"{self.path}: permission denied; make it readable or pass another file") from None
+        except OSError as exc:
+            raise UserError(f"{self.path}: cannot be read ({exc.strerror or exc}); pass a readable .safetensors file") from None
+        what = f"{self.path}: not a valid safetensors file"
+        header = validate(parse_json(raw, what, ADVICE, max_depth=HEADER_DEPTH), HEADER, what, ADVICE)
+        self.metadata: dict[str, str] = validate(header.pop("__metadata__", None) or {}, METADATA, f"{what}: __metadata__", ADVICE)
         self.data_start = 8 + n
         data_size = size - self.data_start
         self.entries: dict[str, tuple[str, tuple[int, ...], int, int]] = {}
         spans = []
         for name, entry in header.items():
-            try:
-                dtype, shape, (begin, end) = entry["dtype"], tuple(entry["shape"]), entry["data_offsets"]
-            except (KeyError, TypeError, ValueError):
-                raise _bad(self.path, f"tensor {name!r} lacks dtype, shape or data_offsets") from None
-            if dtype not in DTYPES:
-                raise _bad(self.path, f"tensor {name!r} has unknown dtype {dtype!r}")
-            if not all(isinstance(d, int) and d >= 0 for d in shape) or not (isinstance(begin, int) and isinstance(end, int)):
-                raise _bad(self.path, f"tensor {name!r} has a malformed shape or offsets")
-            if end - begin != math.prod(shape) * DTYPES[dtype].itemsize or begin < 0:
-                raise _bad(self.path, f"tensor {name!r}: offsets [{begin}, {end}) do not match shape {list(shape)} of {dtype}")
+            entry = validate(entry, TENSOR_ENTRY, f"{what}: tensor {name!r:.80}", ADVICE)
+            dtype, shape, (begin, end) = entry["dtype"], tuple(entry["shape"]), entry["data_offsets"]
+            if end - begin != math.prod(shape) * DTYPES[dtype].itemsize:
+                raise _bad(self.path, f"tensor {name!r:.80}: offsets [{begin}, {end}) do not match shape {list(shape)} of {dtype}")
             if end > data_size:
-                raise _bad(self.path, f"tensor {name!r} ends at byte {end} but the data holds {data_size} (truncated?)")
+                raise _bad(self.path, f"tensor {name!r:.80} ends at byte {end} but the data holds {data_size} (truncated?)")
             self.entries[name] = (dtype, shape, begin, end)
             spans.append((begin, end))
         spans.sort()
@@ -168,11 +168,12 @@ def write_safetensors(path: Path, specs: list[tuple[str, str, tuple[int, ...]]],
         f.write(struct.pack("<Q", len(raw)))
         f.write(raw)
         count = 0
+        tensors = iter(tensors)
         for (name, dtype, shape), array in zip(specs, tensors):
-            array = np.ascontiguousarray(array)
+            array = np.asarray(array, order="C")  # (ascontiguousarray would turn a 0-dim tensor into 1-dim)
             if array.dtype != storage_dtype(dtype) or tuple(array.shape) != tuple(shape):
                 raise ValueError(f"{name}: produced {array.dtype}{list(array.shape)}, header says {dtype}{list(shape)}")
             f.write(array.astype(array.dtype.newbyteorder("<"), copy=False).tobytes())
             count += 1
-        if count != len(specs):
-            raise ValueError(f"{path}: {len(specs)} tensors announced, {count} written")
+        if count != len(specs) or next(tensors, None) is not None:  # (also lets a generator run to its end)
+            raise ValueError(f"{path}: {len(specs)} tensors announced, {count} or more produced")

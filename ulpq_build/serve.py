@@ -1,11 +1,19 @@
 """Serve a bundle folder over HTTP on 127.0.0.1 (a secure context, so browsers expose WebGPU and
-SubtleCrypto): correct MIME types, no directory listings, nothing outside the folder."""
+SubtleCrypto): correct MIME types, no directory listings, nothing outside the folder.
+
+HTTP/1.1 with keep-alive (a page fetches dozens of shaders), single byte ranges (206 / 416) so a
+shard can be fetched in parts or resumed, a strong ETag per file version answered with 304 on
+If-None-Match, `X-Content-Type-Options: nosniff` and a Server header without versions. With
+isolate=True every response carries COOP/COEP, so pages are cross-origin isolated and may use
+SharedArrayBuffer (threads)."""
 
 from __future__ import annotations
 
+import errno
 import functools
 import http.server
 import os
+import re
 import threading
 import urllib.parse
 from contextlib import contextmanager
@@ -27,8 +35,36 @@ MIME_TYPES = {
 }
 
 
+ISOLATION_HEADERS = {"Cross-Origin-Opener-Policy": "same-origin", "Cross-Origin-Embedder-Policy": "require-corp",
+                     "Cross-Origin-Resource-Policy": "same-origin"}
+_RANGE = re.compile(r"bytes=(\d*)-(\d*)")
+
+
+class _Slice:
+    """A file object that yields `length` bytes from `start` (a byte range of the file)."""
+
+    def __init__(self, f, start: int, length: int):
+        self.f, self.left = f, length
+        f.seek(start)
+
+    def read(self, n: int = -1) -> bytes:
+        n = self.left if n < 0 else min(n, self.left)
+        data = self.f.read(n) if n > 0 else b""
+        self.left -= len(data)
+        return data
+
+    def close(self) -> None:
+        self.f.close()
+
+
 class BundleRequestHandler(http.server.SimpleHTTPRequestHandler):
     extensions_map = {**http.server.SimpleHTTPRequestHandler.extensions_map, **MIME_TYPES}
+    protocol_version = "HTTP/1.1"  # keep-alive: every response has a Content-Length
+    server_version = "ulpq_build"
+    sys_version = ""
+
+    def version_string(self) -> str:  # no Python or tool version to fingerprint
+        return self.server_version
 
     def list_directory(self, path):  # never list folders
         self.send_error(404, "Not found")
@@ -47,14 +83,68 @@ class BundleRequestHandler(http.server.SimpleHTTPRequestHandler):
         if ".." in raw.split("/") or "\\" in raw or "\0" in raw or not self._inside(path):
             self.send_error(404, "Not found")
             return None
-        if os.path.isdir(path) and not os.path.isfile(os.path.join(path, "index.html")):
+        if os.path.isdir(path):
+            if not raw.endswith("/"):
+                return super().send_head()  # the usual redirect to "dir/"
+            path = os.path.join(path, "index.html")
+        if not os.path.isfile(path):
             self.send_error(404, "Not found")
             return None
-        return super().send_head()
+        try:
+            f = open(path, "rb")
+            stat = os.fstat(f.fileno())
+        except OSError:
+            self.send_error(404, "Not found")
+            return None
+        size = stat.st_size
+        etag = f'"{stat.st_size:x}-{stat.st_mtime_ns:x}"'
+        match = self.headers.get("If-None-Match")
+        if match and (match.strip() == "*" or etag in [m.strip().removeprefix("W/") for m in match.split(",")]):
+            f.close()
+            self.send_response(304)
+            self.send_header("ETag", etag)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return None
+        start, length, status = 0, size, 200
+        wanted = self.headers.get("Range")
+        if_range = self.headers.get("If-Range")
+        if wanted and (not if_range or if_range.strip() == etag):
+            parsed = _RANGE.fullmatch(wanted.strip())
+            if parsed and (parsed.group(1) or parsed.group(2)):  # one range; several: send the whole file
+                first, last = parsed.groups()
+                if first:
+                    start = int(first)
+                    end = min(int(last), size - 1) if last else size - 1
+                else:  # a suffix: the last N bytes
+                    start, end = max(0, size - int(last)), size - 1
+                if start >= size or (first and last and int(last) < start):
+                    f.close()
+                    self.send_response(416)
+                    self.send_header("Content-Range", f"bytes */{size}")
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return None
+                length, status = end - start + 1, 206
+        self.send_response(status)
+        self.send_header("Content-Type", self.guess_type(path))
+        self.send_header("Content-Length", str(length))
+        self.send_header("Accept-Ranges", "bytes")
+        self.send_header("ETag", etag)
+        self.send_header("Last-Modified", self.date_time_string(stat.st_mtime))
+        if status == 206:
+            self.send_header("Content-Range", f"bytes {start}-{start + length - 1}/{size}")
+        self.end_headers()
+        return _Slice(f, start, length)
 
     def end_headers(self):
-        # Bundles are rebuilt in place during development: make browsers revalidate.
+        # Bundles are rebuilt in place during development: make browsers revalidate (the ETag makes
+        # that a 304 when nothing changed).
         self.send_header("Cache-Control", "no-cache")
+        self.send_header("X-Content-Type-Options", "nosniff")
+        if self.server.isolate:
+            for name, value in ISOLATION_HEADERS.items():
+                self.send_header(name, value)
         super().end_headers()
 
     def log_message(self, fmt, *args):
@@ -65,16 +155,20 @@ class BundleRequestHandler(http.server.SimpleHTTPRequestHandler):
 class BundleServer(http.server.ThreadingHTTPServer):
     daemon_threads = True
 
-    def __init__(self, folder: Path, port: int = 0, verbose: bool = False):
+    def __init__(self, folder: Path, port: int = 0, verbose: bool = False, isolate: bool = False):
         folder = Path(folder)
         if not folder.is_dir():
             raise UserError(f"{folder}: no such folder; build one with `python -m ulpq_build bundle --out {folder}`")
-        self.verbose = verbose
+        if not isinstance(port, int) or not 0 <= port <= 65535:
+            raise UserError(f"--port {port}: ports run from 1 to 65535 (0 picks a free one); choose one in that range")
+        self.verbose, self.isolate = verbose, isolate
         handler = functools.partial(BundleRequestHandler, directory=str(folder.resolve()))
         try:
             super().__init__(("127.0.0.1", port), handler)
         except OSError as exc:
-            raise UserError(f"port {port}: cannot listen on 127.0.0.1 ({exc.strerror}); choose another --port") from None
+            reason = "in use by another program" if exc.errno == errno.EADDRINUSE else (exc.strerror or str(exc))
+            raise UserError(f"--port {port}: cannot listen on 127.0.0.1 ({reason}); choose another --port, or 0 "
+                            f"for a free one") from None
 
     def handle_error(self, request, client_address):
         # A browser that closes a connection early (navigation, cancelled fetch) is not an error.

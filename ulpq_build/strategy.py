@@ -1,12 +1,16 @@
 """How a model's tensors get their quantized form, shared by `quantize` and `bundle`: which format
 each tensor gets (flags and config, or the planner under a --target-bpw / --target-size budget),
-and how its codes are chosen (round to nearest, or GPTQ over calibration inputs)."""
+and how its codes are chosen (round to nearest, or GPTQ over calibration inputs).
+
+`plan_and_quantize` is the one place that decides, for both commands: the same model gets the same
+spec per tensor whichever command asks (tests/test_cli_reliability.py checks that quantize and
+bundle agree), including the tensors its architecture's kernels read as float32."""
 
 from __future__ import annotations
 
 import numpy as np
 
-from ulpq_build.architectures import describe_model, float_operands
+from ulpq_build.architectures import describe_if_known, describe_model, float_operands
 from ulpq_build.calibration import calibration_for
 from ulpq_build.config import resolve_options
 from ulpq_build.errors import UserError
@@ -25,6 +29,8 @@ def plan_and_quantize(source: ModelSource, tensors: list[tuple[str, tuple[int, .
     if method not in METHODS:
         raise UserError(f"--method {method!r}: choose one of {', '.join(METHODS)}")
     targeted = target_bpw is not None or target_mb is not None
+    if model is None:  # `quantize` takes any checkpoint; where the architecture is known, plan as a bundle does
+        model = describe_if_known(source)
     keep_float = float_operands(model) if model else set()
     pinned = [Rule("<float operands>", FLOAT32, "architecture (kernels read these as float32)", frozenset(keep_float))] if keep_float else []
     needs_model = targeted or method == "gptq"
