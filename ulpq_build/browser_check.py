@@ -48,7 +48,7 @@ RUN = """async ({ kind, input, repeats }) => {
   // bytes the page fetched (manifest, shards, shaders, runtime): body sizes as sent, cache or not
   const downloaded = performance.getEntriesByType('resource').reduce((s, e) => s + (e.encodedBodySize || 0), 0);
   return { result: first, first_ms: firstMs, runs_ms: runs, js_heap_bytes: heap, downloaded_bytes: downloaded || null,
-           memory: model.backend.memoryBytes ? model.backend.memoryBytes() : null,
+           memory: typeof model.backend.memoryBytes === 'function' ? model.backend.memoryBytes() : null, // wasm: a getter
            timings: model.timings };
 }"""
 

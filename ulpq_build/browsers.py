@@ -1,5 +1,7 @@
 """Drive real browsers: Chromium and Firefox through Playwright, WebKitGTK through its own
-WebDriver (W3C classic, spoken here with the standard library) under Xvfb.
+WebDriver (W3C classic, spoken here with the standard library) under Xvfb; and `node`, Node.js
+running the bundle's own runtime through its node.js (WebGPU from the npm package `webgpu`,
+Dawn, where it finds an adapter, else the CPU path).
 
 Executables are configurable (environment variables below); the defaults are Debian's system
 browsers, and where Playwright-managed browsers are installed (`playwright install` on a
@@ -10,6 +12,11 @@ laptop) those are used instead, WebKit included.
     ULPQ_WEBKIT_DRIVER   WebKitWebDriver executable (default /usr/bin/WebKitWebDriver)
     ULPQ_WEBKIT_BROWSER  browser the driver starts  (default Debian's MiniBrowser)
     ULPQ_BROWSERS_MANAGED=0  ignore Playwright-managed browsers even where installed
+    ULPQ_NODE            Node.js executable         (default: node on PATH)
+    ULPQ_NODE_MODULES    folder holding the npm package webgpu (default the checkout's .node/node_modules,
+                         where scripts/setup.sh installs it; NODE_PATH is kept too)
+    ULPQ_MESA            an unpacked Mesa >= 25 whose lavapipe Dawn accepts (default the checkout's .mesa/
+                         where scripts/setup.sh unpacks bookworm-backports' one; `system` = the system's drivers)
 
 Every session offers the same two calls: `goto(url)` and `evaluate(js_function_source, arg)`,
 where the source is an (async) arrow function taking one argument; its resolved value comes
@@ -33,7 +40,7 @@ from pathlib import Path
 
 from ulpq_build.errors import UserError
 
-BROWSERS = ("chromium", "firefox", "webkit")
+BROWSERS = ("chromium", "firefox", "webkit", "node")
 DEBIAN_PATHS = {
     "chromium": "/usr/lib/chromium/chromium",
     "firefox": "/usr/bin/firefox-esr",
@@ -45,6 +52,7 @@ LOCAL_ONLY_PROXY = {"server": "http://127.0.0.1:9", "bypass": "127.0.0.1,localho
 FIREFOX_PREFS = {"dom.webgpu.enabled": True, "gfx.webgpu.ignore-blocklist": True}
 CHROMIUM_ARGS = ["--enable-unsafe-webgpu", "--disable-background-networking", "--disable-component-update",
                  "--disable-sync", "--no-first-run", "--disable-quic"]
+CHECKOUT = Path(__file__).resolve().parent.parent
 INSTALL_HINT = ("install the browsers with `apt-get install -y chromium firefox-esr mesa-vulkan-drivers "
                 "webkit2gtk-driver xvfb xauth` (or run .ci/run)")
 
@@ -274,6 +282,103 @@ class WebKitDriverSession:
         self._tmp.cleanup()
 
 
+def node_environment() -> dict:
+    """Environment for Node: where the npm package webgpu is, and the private Mesa >= 25 lavapipe
+    (Debian 12's Mesa 22 is refused by Dawn) when one is unpacked and no driver was chosen."""
+    env = dict(os.environ)
+    modules = os.environ.get("ULPQ_NODE_MODULES") or str(CHECKOUT / ".node" / "node_modules")
+    env["NODE_PATH"] = os.pathsep.join(p for p in (modules, os.environ.get("NODE_PATH")) if p)
+    mesa = Path(os.environ.get("ULPQ_MESA") or CHECKOUT / ".mesa")
+    icd = mesa / "lvp_icd.json"
+    chosen = os.environ.get("VK_ICD_FILENAMES") or os.environ.get("VK_DRIVER_FILES")
+    if os.environ.get("ULPQ_MESA") != "system" and not chosen and icd.is_file():
+        env["VK_ICD_FILENAMES"] = str(icd)
+        env["LD_LIBRARY_PATH"] = os.pathsep.join(p for p in (str(mesa / "lib"), os.environ.get("LD_LIBRARY_PATH")) if p)
+    env.setdefault("XDG_RUNTIME_DIR", "")
+    return env
+
+
+class NodeSession:
+    """Node.js as the page: ulpq_build/node_page.mjs imports the served bundle's own node.js and
+    evaluates the same page scripts a browser gets (JSON lines over stdin/stdout)."""
+
+    MARK = "@@ulpq-reply@@ "
+
+    def __init__(self, name: str = "node"):
+        import queue
+        import threading
+
+        self.name = name
+        node = os.environ.get("ULPQ_NODE") or shutil.which("node")
+        if not node or not Path(node).exists():
+            raise BrowserError(f"node: no Node.js executable ({os.environ.get('ULPQ_NODE') or 'node on PATH'}); install Node.js >= 20 "
+                               f"(`apt-get install -y nodejs`, or run scripts/setup.sh) or set ULPQ_NODE")
+        version = subprocess.run([node, "--version"], capture_output=True, text=True, timeout=30).stdout.strip()
+        if not version.startswith("v") or int(version[1:].split(".")[0]) < 20:
+            raise BrowserError(f"node: {node} is {version or 'not Node.js'}; the runtime needs Node.js >= 20")
+        self._tmp = tempfile.TemporaryDirectory(prefix="ulpq-node-")
+        env = node_environment()
+        if not env["XDG_RUNTIME_DIR"] or not Path(env["XDG_RUNTIME_DIR"]).is_dir():
+            env["XDG_RUNTIME_DIR"] = self._tmp.name
+        self._stderr = open(Path(self._tmp.name) / "stderr.txt", "w+")
+        self._proc = subprocess.Popen([node, str(Path(__file__).with_name("node_page.mjs"))], stdin=subprocess.PIPE,
+                                      stdout=subprocess.PIPE, stderr=self._stderr, text=True, env=env, bufsize=1)
+        self.console: list[str] = []
+        self._replies = queue.Queue()
+
+        def read():
+            for line in self._proc.stdout:
+                if line.startswith(self.MARK):
+                    self._replies.put(json.loads(line[len(self.MARK):]))
+                else:
+                    self.console.append(line.rstrip("\n"))
+            self._replies.put(None)
+
+        threading.Thread(target=read, daemon=True).start()
+        webgpu = "Dawn (npm webgpu)" if Path(env["NODE_PATH"].split(os.pathsep)[0], "webgpu").is_dir() else "no WebGPU package"
+        self.info = BrowserInfo("node", f"Node.js/{webgpu}", node, version, False)
+
+    def _call(self, command: dict, timeout_s: float):
+        import queue
+
+        try:
+            self._proc.stdin.write(json.dumps(command) + "\n")
+            self._proc.stdin.flush()
+            reply = self._replies.get(timeout=timeout_s)
+        except (OSError, queue.Empty) as exc:
+            raise BrowserError(f"node: no answer to {command['op']} ({type(exc).__name__}){self._stderr_tail()}") from None
+        if reply is None:
+            raise BrowserError(f"node: the process ended (exit {self._proc.wait()}){self._stderr_tail()}")
+        if not reply.get("ok"):
+            raise BrowserError(f"node: page script failed: {reply.get('error')}")
+        return reply["value"]
+
+    def _stderr_tail(self) -> str:
+        self._stderr.flush()
+        self._stderr.seek(0)
+        tail = [line for line in self._stderr.read().splitlines() if line.strip()][-3:]
+        return f": {' | '.join(tail)}" if tail else ""
+
+    def goto(self, url: str) -> None:
+        self._call({"op": "goto", "url": url}, timeout_s=600)
+
+    def evaluate(self, source: str, arg=None, timeout_s: float = 300):
+        return self._call({"op": "evaluate", "source": source, "arg": arg}, timeout_s)
+
+    def screenshot(self, path: Path) -> None:
+        raise BrowserError("node: no page to take a screenshot of")
+
+    def close(self) -> None:
+        try:
+            self._proc.stdin.close()
+            self._proc.wait(timeout=10)
+        except Exception:
+            self._proc.kill()
+            self._proc.wait()
+        self._stderr.close()
+        self._tmp.cleanup()
+
+
 def check_browser_names(names: list[str]) -> None:
     """--browsers: refuse an unknown name before anything starts."""
     unknown = [b for b in names if b not in BROWSERS]
@@ -297,9 +402,11 @@ def started(name: str):
 
 
 def launch(name: str):
-    """Start a session for 'chromium', 'firefox' or 'webkit'."""
+    """Start a session for 'chromium', 'firefox', 'webkit' or 'node'."""
     if name not in BROWSERS:
         raise UserError(f"unknown browser {name!r}; choose from {', '.join(BROWSERS)}")
+    if name == "node":
+        return NodeSession()
     if name == "webkit":
         if _managed_allowed():
             try:
