@@ -25,10 +25,12 @@ POISON = np.float32(np.nan)
 class Wasm:
     """One kernel module over one memory, with a bump allocator for the test's arrays."""
 
-    def __init__(self, variants, rows_per_tile=wk.ROWS_PER_TILE):
-        self.engine = wasmtime.Engine()
+    def __init__(self, variants, relaxed=False, rows_per_tile=wk.ROWS_PER_TILE):
+        config = wasmtime.Config()
+        config.wasm_relaxed_simd = True
+        self.engine = wasmtime.Engine(config)
         self.store = wasmtime.Store(self.engine)
-        module = wasmtime.Module(self.engine, wk.build(variants, shared=False, rows_per_tile=rows_per_tile))
+        module = wasmtime.Module(self.engine, wk.build(variants, shared=False, relaxed=relaxed, rows_per_tile=rows_per_tile))
         self.memory = wasmtime.Memory(self.store, wasmtime.MemoryType(wasmtime.Limits(512, None)))
         self.exports = wasmtime.Instance(self.store, module, [self.memory]).exports(self.store)
         self.top = 1024
@@ -61,6 +63,11 @@ def wasm():
     return Wasm(wk.all_variants())
 
 
+@pytest.fixture(scope="module")
+def wasm_relaxed():
+    return Wasm(wk.all_variants(), relaxed=True)
+
+
 def rel(actual, expected):
     return float(np.max(np.abs(actual - expected)) / max(np.max(np.abs(expected)), 1e-30))
 
@@ -86,6 +93,7 @@ for variant in wk.all_variants():
     if not f.quantized:
         SPECS.append((QuantSpec("float32"), 99))
         SPECS.append((QuantSpec("float32"), 96))
+        SPECS.append((QuantSpec("float32"), 100))
         continue
     base = dict(format=variant.format, scale_dtype=variant.scale_dtype, asymmetric=variant.zeros)
     SPECS.append((QuantSpec(**base, group_size=32), 96))
@@ -94,13 +102,17 @@ for variant in wk.all_variants():
         SPECS.append((QuantSpec(**base, group_size=0, codebook="channel"), 96))
     elif not variant.zeros:
         SPECS.append((QuantSpec(**base, group_size=-1), 64))
+    if variant.format in ("int8", "int4") and not variant.zeros:
+        SPECS.append((QuantSpec(**base, group_size=0), 100))
 
 
 @pytest.mark.parametrize("spec,k", SPECS, ids=lambda v: str(v) if isinstance(v, int) else
                          f"{v.format}-{v.scale_dtype}-{'asym' if v.asymmetric else 'sym'}-g{v.group_size}-{v.codebook}")
 @pytest.mark.parametrize("rows", [1, 5])
-def test_gemm_matches_numpy(wasm, spec, k, rows, rng):
-    n = 13  # not a multiple of 4: the right edge stores fewer lanes
+@pytest.mark.parametrize("build", ["simd", "relaxed-simd"])
+def test_gemm_matches_numpy(wasm, wasm_relaxed, build, spec, k, rows, rng):
+    wasm = wasm_relaxed if build == "relaxed-simd" else wasm
+    n = 13  # not a multiple of 4: the right edge stores fewer lanes; k = 96, 99 or 100: the 4- and 1-input steps
     w = rng.standard_normal((n, k)).astype(np.float32)
     qt = quantize("w", w, spec)
     dense = dequantize(qt).astype(np.float64)

@@ -25,13 +25,13 @@ SENTENCES = ["A man is playing a guitar on the stage tonight.", "Someone is play
              "Stock markets fell sharply after the announcement.", "Naïve façades, résumés — and [MASK]!"]
 
 
-def run(bundle, request, tmp_path):
+def run(bundle, request, tmp_path, flags=()):
     node = shutil.which("node")
     if node is None:
         pytest.fail("node is not installed (.ci/run installs it): the wasm runtime tests need it")
     req = tmp_path / "request.json"
     req.write_text(json.dumps(request))
-    proc = subprocess.run([node, ROOT / "tests/js/run_cpu_backend.mjs", bundle, req], capture_output=True, text=True, timeout=600)
+    proc = subprocess.run([node, *flags, ROOT / "tests/js/run_cpu_backend.mjs", bundle, req], capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr
     return json.loads(proc.stdout)
 
@@ -64,9 +64,13 @@ def minilm_int4(tmp_path_factory):
     return bundle
 
 
-def test_minilm_on_two_threads_matches_numpy(minilm_int4, tmp_path):
-    out = run(minilm_int4, {"options": {"threads": 2}, "sentences": SENTENCES}, tmp_path)
-    assert out["kind"] == "wasm-simd" and out["threads"] == 2 and "2 threads" in " ".join(out["notes"])
+# Node 20's V8 has relaxed SIMD behind a flag (browsers ship it): both builds of the kernels run
+@pytest.mark.parametrize("flags", [(), ("--experimental-wasm-relaxed-simd",)], ids=["simd", "relaxed-simd"])
+def test_minilm_on_two_threads_matches_numpy(minilm_int4, tmp_path, flags):
+    out = run(minilm_int4, {"options": {"threads": 2}, "sentences": SENTENCES}, tmp_path, flags)
+    notes = " ".join(out["notes"])
+    assert out["kind"] == "wasm-simd" and out["threads"] == 2 and "2 threads" in notes
+    assert ("relaxed-SIMD FMA" in notes) == bool(flags), notes
     bundle = load_bundle(minilm_int4)
     seq = out["seq"]
     ids, mask = np.array(out["ids"]).reshape(-1, seq), np.array(out["mask"]).reshape(-1, seq)

@@ -19,6 +19,18 @@ const MAX_THREADS = 4; // MiniLM-sized GEMMs stop scaling beyond a few threads
 // (module (func (result v128) (i32x4.splat (i32.const 0)))): validates only where wasm SIMD exists
 const SIMD_PROBE = new Uint8Array([0, 97, 115, 109, 1, 0, 0, 0, 1, 5, 1, 96, 0, 1, 123, 3, 2, 1, 0, 10, 8, 1, 6, 0, 65, 0, 253, 17, 11]);
 
+// (module (func (result v128) (f32x4.relaxed_madd (f32x4.splat 1) (f32x4.splat 1) (f32x4.splat 1))))
+const RELAXED_PROBE = new Uint8Array([0, 97, 115, 109, 1, 0, 0, 0, 1, 5, 1, 96, 0, 1, 123, 3, 2, 1, 0, 10, 28, 1, 26, 0, 67, 0, 0,
+  128, 63, 253, 19, 67, 0, 0, 128, 63, 253, 19, 67, 0, 0, 128, 63, 253, 19, 253, 133, 2, 11]);
+
+export function wasmRelaxedSimdSupported() {
+  try {
+    return WebAssembly.validate(RELAXED_PROBE);
+  } catch {
+    return false;
+  }
+}
+
 export function wasmSimdSupported() {
   try {
     return typeof WebAssembly === 'object' && WebAssembly.validate(SIMD_PROBE);
@@ -314,7 +326,9 @@ export async function createWasmBackend(manifest, tensors, options = {}) {
 }
 
 async function startBackend(manifest, tensors, options, threads, why) {
-  const file = manifest.wasm.files[threads > 1 ? 'shared' : 'single'];
+  // fused multiply-adds where the engine has relaxed SIMD (options.relaxed = false: never)
+  const relaxed = options.relaxed !== false && wasmRelaxedSimdSupported() && !!manifest.wasm.files.single_relaxed;
+  const file = manifest.wasm.files[`${threads > 1 ? 'shared' : 'single'}${relaxed ? '_relaxed' : ''}`];
   const bytes = await readBytes(new URL(file.file, options.baseUrl ?? import.meta.url));
   if (await sha256Hex(bytes) !== file.sha256) throw new Error(`${file.file}: sha256 does not match the manifest`);
   const module = await WebAssembly.compile(bytes);
@@ -325,11 +339,12 @@ async function startBackend(manifest, tensors, options, threads, why) {
     ? new WebAssembly.Memory({ initial: pages, maximum: 65536, shared: true })
     : new WebAssembly.Memory({ initial: pages });
   const backend = new WasmBackend(manifest, tensors, module, memory, threads);
+  backend.relaxed = relaxed;
   try {
     await backend.start();
   } catch (err) {
     backend.destroy();
     throw err;
   }
-  return { backend, notes: [`CPU path: WebAssembly SIMD kernels, ${why}`] };
+  return { backend, notes: [`CPU path: WebAssembly SIMD kernels${relaxed ? ' (relaxed-SIMD FMA)' : ''}, ${why}`] };
 }
