@@ -5,8 +5,10 @@
 #   .gpu/node_modules.tar.xz   webgpu@0.6.2 (index.js, package.json, dist/linux-x64/dawn.node),
 #                              onnxruntime-node@1.30.0 (dist/, package.json, bin/napi-v6/linux/x64/),
 #                              onnxruntime-common@1.30.0 (dist/, package.json)
+#   .gpu/wasmtime-site.tar.xz  the wasmtime 20 wheel unpacked (bundling needs it; that machine lacks it;
+#                              its assembler gives the same bytes as later versions)
 #   .gl/*.deb                  the Vulkan/GL loaders (libvulkan1 ...), amd64
-# Together about 45 MiB; the working tree plus these must stay under the 64 MiB a device call carries.
+# Together about 48 MiB; the working tree plus these must stay under the 64 MiB a device call carries.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 for p in /.gpu/ /.gl/; do grep -qxF "$p" .git/info/exclude 2>/dev/null || echo "$p" >> .git/info/exclude; done
@@ -30,6 +32,10 @@ cp -r "$tmp/x/onnxruntime-node/package/dist" "$tmp/x/onnxruntime-node/package/pa
 cp -r "$tmp/x/onnxruntime-node/package/bin/napi-v6/linux/x64" "$nm/onnxruntime-node/bin/napi-v6/linux/"
 cp -r "$tmp/x/onnxruntime-common/package/dist" "$tmp/x/onnxruntime-common/package/package.json" "$nm/onnxruntime-common/"
 tar -C "$tmp/nm" -cf - node_modules | xz -9e -T0 > .gpu/node_modules.tar.xz
+python3 -m pip download -q --no-deps --only-binary=:all: --platform manylinux1_x86_64 --python-version 3.12 \
+    --implementation cp -d "$tmp/whl" wasmtime==20.0.0
+mkdir -p "$tmp/site" && unzip -q "$tmp"/whl/wasmtime-*.whl -d "$tmp/site"
+tar -C "$tmp/site" -cf - . | xz -9e -T0 > .gpu/wasmtime-site.tar.xz
 mkdir -p "$tmp/lists/partial"
 o="-oAPT::Architecture=amd64 -oAPT::Architectures=amd64 -oDir::State::Lists=$tmp/lists"
 apt-get $o update -qq
