@@ -77,9 +77,11 @@ def test_minilm_on_two_threads_matches_numpy(minilm_int4, tmp_path, flags):
     expected = bert_forward(bundle.model, bundle.weights, ids, mask)
     got = np.array(out["output"]).reshape(len(SENTENCES), -1)
     assert cosine(got, expected).min() >= MINILM_COSINE
-    # the weights stay packed: wasm memory holds the packed parts (plus activations), not float32 copies
+    # the weights stay packed: wasm memory holds the packed parts (plus activations), not float32
+    # copies, and the tensor table reads them from there (the downloaded shards are not kept)
     packed = sum(t["bytes"] for t in bundle.manifest["tensors"])
     assert packed <= out["memory"]["weights"] < 1.01 * packed + (1 << 20)
+    assert out["parts_in_wasm"] is True
 
 
 @pytest.mark.parametrize("fmt", ["float32", "int3-dense"])

@@ -1,8 +1,9 @@
 // The wasm CPU backend: the same interface as CpuBackend (backend_cpu.js), run by the bundle's
 // WebAssembly SIMD kernels (cpu-kernels*.wasm, generated per format by ulpq_build/wasm_kernels.py).
 //
-// Packed weights are copied once into the wasm memory and stay packed there (GEMMs decode blocks
-// of four weight rows into a per-thread scratch; float32 tensors are read in place). Graph calls
+// Packed weights are moved once into the wasm memory and stay packed there (GEMMs decode blocks
+// of four weight rows into a per-thread scratch; float32 tensors are read in place); the tensor
+// table's parts then view that memory, so the downloaded shards can be freed. Graph calls
 // only record kernel calls and reserve activations in an arena; output() runs the recording, on
 // this thread or split over worker threads that share the memory (SharedArrayBuffer; browsers
 // allow it when the page is cross-origin isolated, Node always). Handles are {ptr, rows, cols}.
@@ -135,6 +136,22 @@ export class WasmBackend {
     return ptr;
   }
 
+  /**
+   * A tensor part, once copied in, is read from the wasm memory from then on (fresh views on every
+   * access, valid after the memory grows): the downloaded shards are no longer referenced and can
+   * be collected, so the packed weights are held once, not twice.
+   */
+  #rehome(part) {
+    const View = part.values.constructor;
+    const length = part.values.length;
+    const ptr = this.#copyIn(part.values);
+    const memory = this.memory;
+    Object.defineProperty(part, 'values', { get: () => new View(memory.buffer, ptr, length), enumerable: true, configurable: true });
+    Object.defineProperty(part, 'bytes', { get: () => new Uint8Array(memory.buffer, ptr, length * View.BYTES_PER_ELEMENT),
+      enumerable: true, configurable: true });
+    return ptr;
+  }
+
   /** Every tensor's parts into the memory, once; table formats get their level table there too. */
   #placeWeights(manifest, tensors) {
     this.top = WEIGHTS_BASE;
@@ -147,10 +164,10 @@ export class WasmBackend {
       const m = entry.matrix;
       maxK = Math.max(maxK, m.k);
       const w = { key: variantKey(entry, fmt, parts), rows: m.rows, k: m.k, wpr: m.words_per_row, gpr: m.groups_per_row,
-        gsize: m.group_size, bstride: m.codebook_stride, codes: this.#copyIn(parts.codes.values), scales: 0, zeros: 0, book: 0 };
-      if (parts.scales) w.scales = this.#copyIn(parts.scales.values);
-      if (parts.zeros) w.zeros = this.#copyIn(parts.zeros.values);
-      if (parts.codebook) w.book = this.#copyIn(parts.codebook.values);
+        gsize: m.group_size, bstride: m.codebook_stride, codes: this.#rehome(parts.codes), scales: 0, zeros: 0, book: 0 };
+      if (parts.scales) w.scales = this.#rehome(parts.scales);
+      if (parts.zeros) w.zeros = this.#rehome(parts.zeros);
+      if (parts.codebook) w.book = this.#rehome(parts.codebook);
       else if (fmt.levels === 'table') {
         if (!tables.has(fmt.name)) tables.set(fmt.name, this.#copyIn(Float32Array.from(fmt.table)));
         w.book = tables.get(fmt.name);

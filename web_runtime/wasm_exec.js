@@ -43,7 +43,7 @@ export function makeBarrier(cells, threads) {
       return;
     }
     for (let spin = 0; Atomics.load(cells, 1) === generation; spin++) {
-      if (spin > 4000) Atomics.wait(cells, 1, generation, 20);
+      if (spin > 200) Atomics.wait(cells, 1, generation, 20);
     }
   };
 }

@@ -38,6 +38,9 @@ if (request.hideSimd) {
   WebAssembly.validate = (bytes) => (bytes.length < 64 ? false : validate(bytes));
 }
 const { backend, notes } = await createCpuBackend(manifest, tensors, request.options ?? {});
+// parts moved into the wasm memory are read from there (the shards are free to go)
+const partsInWasm = backend.memory ? [...tensors.values()].every((t) => Object.values(t.parts).every(
+  (p) => p.values.buffer === backend.memory.buffer && p.bytes.buffer === backend.memory.buffer)) : false;
 const runMs = [];
 let result;
 for (let i = 0; i < (request.repeats ?? 1); i++) {
@@ -49,4 +52,4 @@ backend.destroy?.();
 process.stdout.write(JSON.stringify({ output: Array.from(result.data), rows: result.rows, cols: result.cols,
   ids: x.ids ? Array.from(x.ids) : null, mask: x.mask ? Array.from(x.mask) : null, seq: x.seq ?? null,
   notes, threads: backend.threads, kind: backend.kind ?? 'js', path: backend.path, run_ms: runMs,
-  memory: backend.memoryBytes ?? null }));
+  memory: backend.memoryBytes ?? null, parts_in_wasm: partsInWasm }));
