@@ -299,6 +299,8 @@ def main(argv=None) -> int:
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--node", default=shutil.which("node") or "node")
     p.add_argument("--hardware", default="webgpu", help="this runtime's hardware option (webgpu: fail rather than fall back)")
+    p.add_argument("--profile", default=None, help="this runtime's shader profile (chrome, firefox, safari); default: "
+                   "the runtime's choice (Dawn under Node: chrome)")
     p.add_argument("--device", default="cuda", help="torch device")
     p.add_argument("--ort-ep", default="webgpu")
     p.add_argument("--jobs", type=int, default=min(8, os.cpu_count() or 1), help="bundles built at once")
@@ -390,7 +392,7 @@ def main(argv=None) -> int:
             try:
                 got = run_node_script(args.node, JS / "bench_node_model.mjs",
                                       {"bundles": bundles, "shapes": shapes, "repeats": args.repeats, "warmup": args.warmup,
-                                       "hardware": args.hardware, "keep_outputs": keep}, args.work, f"ours_{name}",
+                                       "hardware": args.hardware, "profile": args.profile, "keep_outputs": keep}, args.work, f"ours_{name}",
                                       timeout=share(0.3 * args.budget_s))
                 webgpu = got.get("webgpu") or {}
                 results["adapter"] = webgpu.get("adapter") or f"none ({webgpu.get('reason')})"
