@@ -39,10 +39,134 @@ export async function fetchManifest(manifestUrl) {
   } catch (err) {
     throw new BundleError(`${manifestUrl}: not valid JSON (${err.message})`);
   }
+  checkManifest(manifest, String(manifestUrl));
+  return manifest;
+}
+
+// The manifest's schema (ulpq_build/bundle.py writes it): the fields this runtime reads, with their
+// types. A schema is a type name, [schema] (an array of it), {'*': schema} (an object of it) or an
+// object of fields (a '?' suffix marks an optional one). Extra fields are allowed (newer writers).
+const ENTRY_FILE = { file: 'file', bytes: 'uint', sha256: 'sha256' };
+const MANIFEST_SCHEMA = {
+  schema_version: 'uint',
+  model: { name: 'string', architecture: 'string', output: 'string' },
+  'quantization?': { default: { format: 'string' } },
+  formats: { '*': { name: 'string', bits: 'uint' } },
+  profiles: [{ name: 'string', variant: 'string', workgroup_size: 'uint', user_agent: 'string', limits: { '*': 'number' },
+    required_limits: { '*': 'number' } }],
+  tensors: [{ name: 'string', shape: ['uint'], format: 'string',
+    parts: { '*': { file: 'file', offset: 'uint', length: 'uint', dtype: 'string' } } }],
+  shards: [ENTRY_FILE],
+  shaders: [{ key: 'string', file: 'file', sha256: 'sha256' }],
+  files: [ENTRY_FILE],
+  matmul: { gemv_max_rows: 'uint', gemm_large_rows: 'uint' },
+};
+const ARCHITECTURE_SCHEMA = {
+  mlp: { input_size: 'uint', layers: ['object'] },
+  bert: { tokenizer: { max_length: 'uint', 'lowercase?': 'bool' }, layers: ['object'] },
+  vit: { preprocess: { image_size: 'uint', channels: 'uint', mean: ['number'], std: ['number'], rescale: 'number' }, labels: ['string'],
+    layers: ['object'] },
+};
+const TYPES = {
+  string: (v) => typeof v === 'string' || 'a string',
+  number: (v) => (typeof v === 'number' && Number.isFinite(v)) || 'a finite number',
+  uint: (v) => (Number.isSafeInteger(v) && v >= 0) || 'a non-negative integer',
+  bool: (v) => v === null || typeof v === 'boolean' || 'true, false or null',
+  object: (v) => (v !== null && typeof v === 'object' && !Array.isArray(v)) || 'an object',
+  sha256: (v) => (typeof v === 'string' && /^[0-9a-f]{64}$/.test(v)) || 'a sha256 (64 lowercase hex digits)',
+  // Bundle files stay inside the bundle: relative names, no '..', no scheme, no query.
+  file: (v) => (typeof v === 'string' && /^[A-Za-z0-9_][A-Za-z0-9._/-]*$/.test(v) && !v.split('/').includes('..'))
+    || 'a file name inside the bundle (letters, digits, . _ - /, no ..)',
+};
+
+function show(value) {
+  const text = JSON.stringify(value) ?? String(value);
+  return text.length > 40 ? `${text.slice(0, 40)}...` : text;
+}
+
+function checkShape(value, schema, where, fail) {
+  if (typeof schema === 'string') {
+    const verdict = TYPES[schema](value);
+    if (verdict !== true) fail(where, `must be ${verdict}, not ${show(value)}`);
+    return;
+  }
+  if (Array.isArray(schema)) {
+    if (!Array.isArray(value)) fail(where, `must be an array, not ${show(value)}`);
+    value.forEach((item, i) => checkShape(item, schema[0], `${where}[${i}]`, fail));
+    return;
+  }
+  if (TYPES.object(value) !== true) fail(where, `must be an object, not ${show(value)}`);
+  if ('*' in schema) {
+    for (const [key, item] of Object.entries(value)) checkShape(item, schema['*'], `${where}.${key}`, fail);
+    return;
+  }
+  for (const [field, sub] of Object.entries(schema)) {
+    const optional = field.endsWith('?');
+    const key = optional ? field.slice(0, -1) : field;
+    if (!(key in value)) {
+      if (optional) continue;
+      fail(`${where}.${key}`, 'is missing');
+    }
+    checkShape(value[key], sub, `${where}.${key}`, fail);
+  }
+}
+
+const ELEMENT_BYTES = { uint32: 4, float32: 4, float16: 2, uint8: 1 };
+
+/**
+ * Check a parsed manifest against MANIFEST_SCHEMA and its internal references (each tensor part
+ * inside a listed shard, in a known dtype); a BundleError names the first field that fails.
+ */
+export function checkManifest(manifest, source = 'manifest.json') {
+  const fail = (field, problem) => {
+    throw new BundleError(`${source}: manifest field ${field} ${problem}; rebuild the bundle with ulpq_build`);
+  };
+  if (TYPES.object(manifest) !== true) {
+    throw new BundleError(`${source}: the manifest must be a JSON object, not ${show(manifest)}; rebuild the bundle with ulpq_build`);
+  }
   if (manifest.schema_version !== SUPPORTED_SCHEMA) {
-    throw new BundleError(`${manifestUrl}: schema_version ${manifest.schema_version}, this runtime reads ${SUPPORTED_SCHEMA}; rebuild the bundle`);
+    throw new BundleError(`${source}: schema_version ${show(manifest.schema_version)}, this runtime reads ${SUPPORTED_SCHEMA}; `
+      + 'rebuild the bundle with the ulpq_build version that ships this runtime');
+  }
+  checkShape(manifest, MANIFEST_SCHEMA, 'manifest', fail);
+  const arch = manifest.model.architecture;
+  if (!ARCHITECTURE_SCHEMA[arch]) fail('manifest.model.architecture', `is '${arch}', unknown to this runtime (it runs ${Object.keys(ARCHITECTURE_SCHEMA).join(', ')})`);
+  checkShape(manifest.model, ARCHITECTURE_SCHEMA[arch], 'manifest.model', fail);
+  if (manifest.quantization && !(manifest.quantization.default.format in manifest.formats)) {
+    fail('manifest.quantization.default.format', `names '${manifest.quantization.default.format}', which manifest.formats lacks`);
+  }
+  const shardBytes = new Map(manifest.shards.map((s) => [s.file, s.bytes]));
+  manifest.tensors.forEach((tensor, i) => {
+    if (!(tensor.format in manifest.formats)) fail(`manifest.tensors[${i}].format`, `names '${tensor.format}', which manifest.formats lacks`);
+    for (const [name, part] of Object.entries(tensor.parts)) {
+      const where = `manifest.tensors[${i}].parts.${name}`;
+      if (!shardBytes.has(part.file)) fail(`${where}.file`, `names '${part.file}', which manifest.shards lacks`);
+      if (part.offset + part.length > shardBytes.get(part.file)) {
+        fail(`${where}.length`, `reaches byte ${part.offset + part.length}, past the end of ${part.file} (${shardBytes.get(part.file)} bytes)`);
+      }
+      const size = ELEMENT_BYTES[part.dtype];
+      if (!size) fail(`${where}.dtype`, `is '${part.dtype}', unknown to this runtime (it reads ${Object.keys(ELEMENT_BYTES).join(', ')})`);
+      if (part.offset % size || part.length % size) fail(`${where}.offset`, `is not aligned to its ${size}-byte ${part.dtype} values`);
+    }
+  });
+  if (arch === 'bert') {
+    const listed = new Set(manifest.files.map((f) => f.file));
+    if (!listed.has('tokenizer.json') && !listed.has('vocab.txt')) fail('manifest.files', 'lists neither tokenizer.json nor vocab.txt (a text model needs one)');
   }
   return manifest;
+}
+
+// IntegrityErrors raised by fetchVerifiedText, per bundle folder, so the API layer can report the
+// real cause of a failed load even where a caller (a backend trying its variants) wrapped it.
+const integrityFailures = new Map();
+const folderOf = (baseUrl) => new URL('.', baseUrl).href;
+
+/** The last IntegrityError raised for a file of the bundle at `baseUrl` (forgotten once taken), or null. */
+export function takeIntegrityFailure(baseUrl) {
+  const key = folderOf(baseUrl);
+  const err = integrityFailures.get(key) ?? null;
+  integrityFailures.delete(key);
+  return err;
 }
 
 /** Fetch a text file of the bundle (a shader) and check it against its sha256. */
@@ -50,7 +174,9 @@ export async function fetchVerifiedText(baseUrl, file, expectedSha) {
   const bytes = new Uint8Array(await (await fetchOk(new URL(file, baseUrl))).arrayBuffer());
   const actual = await sha256Hex(bytes);
   if (actual !== expectedSha) {
-    throw new IntegrityError(`${file}: sha256 mismatch (expected ${expectedSha.slice(0, 12)}..., got ${actual.slice(0, 12)}...); the file was changed after the build; rebuild or re-upload the bundle`);
+    const err = new IntegrityError(`${file}: sha256 mismatch (expected ${String(expectedSha).slice(0, 12)}..., got ${actual.slice(0, 12)}...); the file was changed after the build; rebuild or re-upload the bundle`);
+    integrityFailures.set(folderOf(baseUrl), err);
+    throw err;
   }
   return new TextDecoder().decode(bytes);
 }

@@ -2,6 +2,8 @@
 // normalised NCHW floats, as ulpq_build/reference.py's vit_preprocess does (bilinear resize first
 // when the size differs; grey-scale models take the luma of RGB).
 
+import { checkImages } from './inputs.js';
+
 function bilinear(src, width, height, size) {
   if (width === size && height === size) return src;
   const out = new Float32Array(size * size * 4);
@@ -28,15 +30,12 @@ function bilinear(src, width, height, size) {
 
 /** Images -> {data: Float32Array [batch, channels, size, size], batch}. */
 export function preprocessImages(images, spec) {
-  if (!Array.isArray(images) || images.length === 0) throw new TypeError('process(input): pass a non-empty array of images');
+  checkImages(images);
   const size = spec.image_size;
   const channels = spec.channels;
   const data = new Float32Array(images.length * channels * size * size);
   images.forEach((image, b) => {
     const { width, height } = image;
-    if (!(width > 0 && height > 0) || !image.data || image.data.length !== width * height * 4) {
-      throw new TypeError(`process(input): image ${b} must be ImageData or {width, height, data} with RGBA data`);
-    }
     const rgba = bilinear(image.data, width, height, size);
     for (let p = 0; p < size * size; p++) {
       const r = rgba[p * 4];

@@ -129,12 +129,18 @@ export class WordPieceTokenizer {
 
   /** Token ids with [CLS] / [SEP], truncated to maxLength. */
   encode(text) {
+    return this.encodeCounted(text).ids;
+  }
+
+  /** {ids, dropped}: the ids as encode() gives them and how many word pieces past maxLength were cut. */
+  encodeCounted(text) {
     const ids = [];
     for (const part of this.#splitAdded(String(text))) {
       if (part.special !== undefined) { ids.push(part.special); continue; }
       for (const word of this.preTokenize(this.normalize(part.text))) this.wordPiece(word, ids);
     }
-    return [this.cls, ...ids.slice(0, Math.max(0, this.maxLength - 2)), this.sep];
+    const room = Math.max(0, this.maxLength - 2);
+    return { ids: [this.cls, ...ids.slice(0, room), this.sep], dropped: Math.max(0, ids.length - room) };
   }
 
   /** Special added tokens ([MASK], ...) are matched literally before normalisation. */
@@ -157,7 +163,8 @@ export class WordPieceTokenizer {
 
   /** A padded batch: ids, attention mask, positions (all [batch * seq], row-major) and the shape. */
   batch(texts) {
-    const encoded = texts.map((t) => this.encode(t));
+    const counted = texts.map((t) => this.encodeCounted(t));
+    const encoded = counted.map((c) => c.ids);
     const seq = Math.max(...encoded.map((e) => e.length));
     const n = encoded.length * seq;
     const ids = new Uint32Array(n).fill(this.pad);
@@ -168,6 +175,8 @@ export class WordPieceTokenizer {
       mask.fill(1, b * seq, b * seq + e.length);
       for (let s = 0; s < seq; s++) positions[b * seq + s] = s;
     });
-    return { ids, mask, positions, types: new Uint32Array(n), batch: encoded.length, seq, lengths: encoded.map((e) => e.length) };
+    // truncated: [{index, tokens, dropped}] for each text cut at maxLength (the caller reports it)
+    const truncated = counted.flatMap((c, index) => (c.dropped ? [{ index, tokens: c.ids.length - 2 + c.dropped, dropped: c.dropped }] : []));
+    return { ids, mask, positions, types: new Uint32Array(n), batch: encoded.length, seq, lengths: encoded.map((e) => e.length), truncated };
   }
 }

@@ -9,17 +9,31 @@
 //   await bert.initialize();
 //   const { embeddings } = await bert.process(['hello world']);
 
-import { BundleError, IntegrityError, fetchManifest, fetchShards, fetchVerifiedText, tensorTable } from './bundle_loader.js';
+import {
+  BundleError, IntegrityError, fetchManifest, fetchShards, fetchVerifiedText, takeIntegrityFailure, tensorTable,
+} from './bundle_loader.js';
 import { CpuBackend } from './backend_cpu.js';
 import { createCpuBackend } from './cpu_select.js';
 import { GpuUnavailable, createGpuBackend, webgpuPresence } from './backend_webgpu.js';
-import { GRAPHS, matmulRows, toMatrix } from './graphs.js';
+import { GRAPHS, matmulRows } from './graphs.js';
 import { preprocessImages } from './images.js';
+import { checkImages, checkOptions, checkTexts, slices, toMatrix } from './inputs.js';
 import { WordPieceTokenizer } from './tokenizer.js';
 
 export { BundleError, IntegrityError, GpuUnavailable, WordPieceTokenizer };
 
-const HARDWARE = ['auto', 'webgpu', 'cpu'];
+const MODEL_OPTIONS = ['hardware', 'profile', 'onProgress', 'poison', 'selfTest', 'cpu', 'threads', 'expected'];
+const FACTORY_OPTIONS = ['modelId', 'quantization', 'profile', 'onProgress', 'poison', 'selfTest', 'cpu', 'threads'];
+// The CPU path runs a batch in slices of about this many matrix-product rows and hands the page
+// back between slices, so a long batch does not freeze it (decoding a weight row costs about one
+// row of products, so much smaller slices would slow the run down).
+const CPU_SLICE_ROWS = 64;
+const DISPOSED = 'UlpqModel: model disposed (dispose() was called); load the bundle again to run it';
+
+/** A macrotask: lets the page handle input, timers and rendering before the next CPU slice. */
+const yieldToPage = () => new Promise((resolve) => { setTimeout(resolve, 0); });
+
+const isIntegrityError = (err) => err instanceof IntegrityError || err?.name === 'IntegrityError';
 
 function softmax(row) {
   const max = Math.max(...row);
@@ -29,19 +43,34 @@ function softmax(row) {
 }
 
 export class UlpqModel {
+  #queue = Promise.resolve();
+  #init = null;
+  #ready = false;
+  #disposed = false;
+  #disposing = null;
+  #gpuFailure = null;
+  #progressFailed = false;
+
   /**
    * @param {string|URL} manifestUrl  the bundle's manifest.json
    * @param {object} options  hardware: 'auto' | 'webgpu' | 'cpu'; profile: force a browser profile
    *   ('firefox', 'chrome', 'safari', 'edge'); onProgress({phase, file, loaded, total});
    *   poison: fill GPU outputs with NaN before each run (tests); selfTest (default true): check the
-   *   chosen WebGPU variant against the CPU on a known product before the first real run
+   *   chosen WebGPU variant against the CPU on a known product before the first real run;
+   *   cpu: null (WebAssembly where it runs, else plain JS), 'wasm' or 'js'; threads: cap on CPU workers.
+   *   Unknown keys and ill-typed values are a TypeError here, not at initialize().
    */
-  constructor(manifestUrl, { hardware = 'auto', profile = null, onProgress = () => {}, poison = false, selfTest = true,
-    expected = null } = {}) {
-    if (!HARDWARE.includes(hardware)) throw new TypeError(`hardware must be one of ${HARDWARE.join(', ')}, not '${hardware}'`);
+  constructor(manifestUrl, options = {}) {
+    checkOptions(options, MODEL_OPTIONS, 'UlpqModel');
+    const { hardware = 'auto', profile = null, onProgress = null, poison = false, selfTest = true, cpu = null, threads,
+      expected = null } = options;
+    if (typeof manifestUrl !== 'string' && !(manifestUrl instanceof URL)) {
+      throw new TypeError(`UlpqModel: manifestUrl must be a string or URL (the bundle's manifest.json), not ${typeof manifestUrl}`);
+    }
     this.manifestUrl = new URL(manifestUrl, globalThis.location?.href);
-    this.options = { hardware, profile, onProgress, poison, selfTest, expected };
+    this.options = { hardware, profile, onProgress, poison, selfTest, cpu, threads, expected };
     this.manifest = null;
+    this.tensors = null;
     this.backend = null;
     this.variant = null;
     this.notes = [];
@@ -50,28 +79,78 @@ export class UlpqModel {
     this.tokenizer = null;
   }
 
-  async initialize() {
+  /** Runs `task` after every earlier call on this model: a model's backend keeps per-shape buffers, runs must not interleave. */
+  #enqueue(task) {
+    const run = this.#queue.then(task, task);
+    this.#queue = run.catch(() => {});
+    return run;
+  }
+
+  #throwIfDisposed() {
+    if (this.#disposed) throw new Error(DISPOSED);
+  }
+
+  /** Fetch and verify the bundle and start a backend. Calling it again returns the same load. */
+  initialize() {
+    if (this.#disposed) return Promise.reject(new Error(DISPOSED));
+    if (!this.#init) {
+      this.#init = this.#enqueue(() => this.#load());
+      this.#init.catch(() => { this.#init = null; }); // a failed load may be retried
+    }
+    return this.#init;
+  }
+
+  async #load() {
+    this.#throwIfDisposed();
     const t0 = performance.now();
     this.manifest = await fetchManifest(this.manifestUrl);
-    const model = this.manifest.model;
-    if (!GRAPHS[model.architecture]) throw new BundleError(`architecture '${model.architecture}' is unknown to this runtime`);
+    this.#checkProfile();
     this.#checkExpected();
-    const shards = await fetchShards(this.manifest, this.manifestUrl, this.options.onProgress);
+    const shards = await fetchShards(this.manifest, this.manifestUrl, (event) => this.#progress(event));
     this.tensors = tensorTable(this.manifest, shards);
-    if (model.architecture === 'bert') await this.#loadTokenizer();
+    if (this.manifest.model.architecture === 'bert') await this.#loadTokenizer();
     const t1 = performance.now();
     this.timings.load_ms = t1 - t0;
     await this.#selectBackend();
     this.timings.init_ms = performance.now() - t1;
-    this.options.onProgress({ phase: 'ready', file: null, loaded: 1, total: 1 });
+    if (this.#disposed) {
+      this.#release();
+      throw new Error(DISPOSED);
+    }
+    this.#ready = true;
+    this.#progress({ phase: 'ready', file: null, loaded: 1, total: 1 });
     return this;
+  }
+
+  /** A caller's progress handler that throws must not break the load: warn once, note it, go on. */
+  #progress(event) {
+    const handler = this.options.onProgress;
+    if (!handler) return;
+    try {
+      handler(event);
+    } catch (err) {
+      if (this.#progressFailed) return;
+      this.#progressFailed = true;
+      const note = `onProgress threw (${err?.name ?? 'Error'}: ${err?.message ?? err}); its later errors are ignored and loading went on`;
+      this.notes.push(note);
+      console.warn(`ulpq: ${note}`);
+    }
+  }
+
+  /** An unknown profile name is only known once the manifest is here: the same TypeError on every path. */
+  #checkProfile() {
+    const { profile } = this.options;
+    const names = this.manifest.profiles.map((p) => p.name);
+    if (profile !== null && !names.includes(profile)) {
+      throw new TypeError(`UlpqModel: option profile '${profile}' is unknown; this bundle has ${names.join(', ')}`);
+    }
   }
 
   /** A caller that asked for a quantization is told when the bundle was built with another one. */
   #checkExpected() {
     const wanted = this.options.expected;
-    if (!wanted) return;
     const built = this.manifest.quantization;
+    if (!wanted || !built) return;
     const bits = Number(wanted.bitsPerWeight ?? wanted.bits ?? NaN);
     const format = wanted.format ?? built.default.format;
     const builtBits = this.manifest.formats[built.default.format]?.bits;
@@ -84,33 +163,63 @@ export class UlpqModel {
   async #loadTokenizer() {
     const facts = this.manifest.model.tokenizer;
     const file = (name) => this.manifest.files.find((f) => f.file === name);
-    if (file('tokenizer.json')) {
-      const text = await fetchVerifiedText(this.manifestUrl, 'tokenizer.json', file('tokenizer.json').sha256);
-      this.tokenizer = WordPieceTokenizer.fromTokenizerJson(JSON.parse(text), facts.max_length);
-    } else {
-      const text = await fetchVerifiedText(this.manifestUrl, 'vocab.txt', file('vocab.txt').sha256);
-      this.tokenizer = WordPieceTokenizer.fromVocabTxt(text, { lowercase: facts.lowercase, stripAccents: facts.strip_accents,
-        maxLength: facts.max_length });
+    const name = file('tokenizer.json') ? 'tokenizer.json' : 'vocab.txt';
+    const text = await fetchVerifiedText(this.manifestUrl, name, file(name).sha256);
+    try {
+      if (name === 'tokenizer.json') {
+        this.tokenizer = WordPieceTokenizer.fromTokenizerJson(JSON.parse(text), facts.max_length);
+      } else {
+        this.tokenizer = WordPieceTokenizer.fromVocabTxt(text, { lowercase: facts.lowercase, stripAccents: facts.strip_accents,
+          maxLength: facts.max_length });
+      }
+    } catch (err) {
+      throw new BundleError(`${name}: ${err.message}; rebuild the bundle`);
     }
   }
 
   async #selectBackend() {
-    const { hardware, profile, poison, selfTest } = this.options;
-    if (hardware !== 'cpu') {
-      try {
-        const gpu = await createGpuBackend(this.manifest, this.tensors, this.manifestUrl,
-          { profile, poison, selfTest: selfTest ? (backend) => this.#selfTest(backend) : null });
-        this.backend = gpu.backend;
-        this.variant = gpu.variant;
-        this.notes.push(...gpu.notes);
-        return;
-      } catch (err) {
-        if (hardware === 'webgpu') throw err;
-        this.notes.push(`WebGPU path unavailable (${err.message}); running on the CPU`);
-      }
-    } else {
+    const { hardware } = this.options;
+    if (hardware === 'cpu') {
       this.notes.push('CPU path requested');
+      await this.#useCpu();
+      return;
     }
+    try {
+      await this.#useGpu();
+    } catch (err) {
+      if (hardware === 'webgpu' || isIntegrityError(err)) throw err;
+      this.notes.push(`WebGPU path unavailable (${err.message}); running on the CPU`);
+      await this.#useCpu();
+    }
+  }
+
+  /**
+   * A fresh WebGPU backend. A tampered file is never a reason to try another path: any
+   * IntegrityError met on the way (even one a variant loop turned into a note) stops it.
+   * Other failures come out as GpuUnavailable.
+   */
+  async #useGpu() {
+    const { profile, poison, selfTest } = this.options;
+    takeIntegrityFailure(this.manifestUrl); // forget an earlier model's
+    let gpu;
+    try {
+      gpu = await createGpuBackend(this.manifest, this.tensors, this.manifestUrl,
+        { profile, poison, selfTest: selfTest ? (backend) => this.#selfTest(backend) : null });
+    } catch (err) {
+      if (isIntegrityError(err)) throw err;
+      throw takeIntegrityFailure(this.manifestUrl) ?? asGpuUnavailable(err);
+    }
+    const tampered = takeIntegrityFailure(this.manifestUrl);
+    if (tampered) {
+      destroyQuietly(gpu.backend);
+      throw tampered;
+    }
+    this.backend = gpu.backend;
+    this.variant = gpu.variant;
+    for (const note of gpu.notes) if (!this.notes.includes(note)) this.notes.push(note);
+  }
+
+  async #useCpu() {
     const cpu = await createCpuBackend(this.manifest, this.tensors, this.options);
     this.backend = cpu.backend;
     this.notes.push(...cpu.notes);
@@ -146,51 +255,62 @@ export class UlpqModel {
     }
   }
 
-  /** Encode the input for the model's graph. */
+  /**
+   * Check and encode an input for the model's graph: {x, rows (matrix-product rows per item),
+   * slice(a, b) (the encoding of items a..b-1), notes}.
+   */
   #encode(input) {
     const model = this.manifest.model;
     if (model.architecture === 'bert') {
-      if (!Array.isArray(input) || input.length === 0 || !input.every((t) => typeof t === 'string')) {
-        throw new TypeError('process(input): a text model takes a non-empty array of strings');
-      }
-      return this.tokenizer.batch(input);
+      const texts = checkTexts(input);
+      const x = this.tokenizer.batch(texts);
+      const notes = x.truncated.map(({ index, tokens, dropped }) => `text ${index} was truncated: ${tokens} word pieces, `
+        + `${dropped} dropped past the model's max_length of ${this.tokenizer.maxLength} tokens`);
+      return { x, rows: x.lengths, slice: (a, b) => this.tokenizer.batch(texts.slice(a, b)), notes };
     }
-    if (model.architecture === 'vit') return preprocessImages(input, model.preprocess);
-    return toMatrix(input, model.input_size);
+    if (model.architecture === 'vit') {
+      const x = preprocessImages(checkImages(input), model.preprocess);
+      const per = x.data.length / x.batch;
+      return { x, rows: Array(x.batch).fill(model.num_patches + 1), notes: [],
+        slice: (a, b) => ({ data: x.data.subarray(a * per, b * per), batch: b - a }) };
+    }
+    const x = toMatrix(input, model.input_size);
+    return { x, rows: Array(x.rows).fill(1), notes: [],
+      slice: (a, b) => ({ data: x.data.subarray(a * model.input_size, b * model.input_size), rows: b - a }) };
   }
 
   /**
    * Run the model. Text models take an array of strings and return `embeddings`; image models take
    * an array of ImageData / {width, height, data} and return `logits` and `predictions`; every
-   * result has output, shape, path, variant, notes, webgpu and timings.
+   * result has output, shape, path, variant, notes, webgpu and timings. Bad input is a TypeError
+   * naming the item, before anything runs. Calls may overlap: they run one after another.
    */
   async process(input) {
-    if (!this.backend) throw new Error('call initialize() before process()');
-    const model = this.manifest.model;
-    const t0 = performance.now();
-    const x = this.#encode(input);
-    const t1 = performance.now();
-    let result;
-    try {
-      await this.backend.prepare?.(matmulRows(model, x));
-      result = await GRAPHS[model.architecture](this.backend, model, x);
-    } catch (err) {
-      if (this.backend.path !== 'webgpu' || this.options.hardware === 'webgpu') throw err;
-      // Never fail silently: say the GPU failed, then answer from the CPU.
-      this.notes.push(`WebGPU run failed (${err.message}); switched to the CPU path`);
-      this.backend.destroy?.();
-      const cpu = await createCpuBackend(this.manifest, this.tensors, this.options);
-      this.backend = cpu.backend;
-      this.notes.push(...cpu.notes);
-      this.variant = null;
-      result = await GRAPHS[model.architecture](this.backend, model, x);
+    this.#throwIfDisposed();
+    if (!this.#init) throw new Error('call initialize() before process()');
+    if (!this.#ready) {
+      await this.#init;
+      this.#throwIfDisposed();
     }
+    const t0 = performance.now();
+    const job = this.#encode(input);
+    const encodeMs = performance.now() - t0;
+    return this.#enqueue(() => this.#run(job, encodeMs));
+  }
+
+  async #run(job, encodeMs) {
+    // Calls made before dispose() still run (dispose waits for them); only release ends them.
+    if (!this.backend && this.#disposed) throw new Error(DISPOSED);
+    if (this.#gpuFailure) throw this.#gpuFailure;
+    const model = this.manifest.model;
+    const t1 = performance.now();
+    const result = this.backend.path === 'webgpu' ? await this.#runGpu(job) : await this.#runCpu(job);
     const runMs = performance.now() - t1;
     const output = [];
     for (let r = 0; r < result.rows; r++) output.push(Array.from(result.data.subarray(r * result.cols, (r + 1) * result.cols)));
     const out = {
-      output, shape: [result.rows, result.cols], path: this.backend.path, variant: this.variant, notes: [...this.notes],
-      webgpu: this.webgpu, timings: { ...this.timings, encode_ms: t1 - t0, run_ms: runMs },
+      output, shape: [result.rows, result.cols], path: this.backend.path, variant: this.variant, notes: [...this.notes, ...job.notes],
+      webgpu: this.webgpu, timings: { ...this.timings, encode_ms: encodeMs, run_ms: runMs },
     };
     if (model.output === 'embeddings') out.embeddings = output;
     if (model.output === 'logits') {
@@ -201,8 +321,121 @@ export class UlpqModel {
         return { index, label: model.labels[index] ?? String(index), probability: p[index] };
       });
     }
-    if (model.architecture === 'bert') out.tokens = x.lengths;
+    if (model.architecture === 'bert') out.tokens = job.x.lengths;
     return out;
+  }
+
+  async #graph(backend, x) {
+    const model = this.manifest.model;
+    await backend.prepare?.(matmulRows(model, x));
+    return GRAPHS[model.architecture](backend, model, x);
+  }
+
+  /** The CPU path, a slice of the batch at a time with the page handed back in between. */
+  async #runCpu(job) {
+    const parts = [];
+    const ranges = slices(job.rows, CPU_SLICE_ROWS);
+    for (const [i, [a, b]] of ranges.entries()) {
+      if (i > 0) await yieldToPage();
+      parts.push(await this.#graph(this.backend, ranges.length === 1 ? job.x : job.slice(a, b)));
+    }
+    if (parts.length === 1) return parts[0];
+    const cols = parts[0].cols;
+    const rows = parts.reduce((n, p) => n + p.rows, 0);
+    const data = new Float32Array(rows * cols);
+    let at = 0;
+    for (const p of parts) { data.set(p.data.subarray(0, p.rows * cols), at); at += p.rows * cols; }
+    return { data, rows, cols };
+  }
+
+  /**
+   * The WebGPU path. A lost device or a failed run gets one fresh device; if that fails too,
+   * 'auto' answers from the CPU (with a note) and 'webgpu' throws GpuUnavailable, then and on
+   * every later call. Tampered files stay IntegrityError.
+   */
+  async #runGpu(job) {
+    let why;
+    const lost = this.backend.lost;
+    if (lost) {
+      why = `the GPU device was lost (${lost.reason ?? 'unknown'}: ${lost.message || 'no message'})`;
+    } else {
+      try {
+        return await this.#graph(this.backend, job.x);
+      } catch (err) {
+        if (isIntegrityError(err)) throw err;
+        const info = await lostInfo(this.backend);
+        why = info ? `the GPU device was lost (${info.reason ?? 'unknown'}: ${info.message || 'no message'}; the run said `
+          + `${err?.message ?? err})` : `${err?.name ?? 'Error'}: ${err?.message ?? err}`;
+      }
+    }
+    destroyQuietly(this.backend);
+    this.backend = null;
+    try {
+      await this.#useGpu();
+      const result = await this.#graph(this.backend, job.x);
+      this.notes.push(`WebGPU run failed (${why}); recreated the WebGPU device and ran again`);
+      return result;
+    } catch (err) {
+      if (isIntegrityError(err)) throw err;
+      destroyQuietly(this.backend);
+      this.backend = null;
+      this.variant = null;
+      if (this.options.hardware === 'webgpu') {
+        this.#gpuFailure = new GpuUnavailable(`WebGPU run failed (${why}) and a fresh device failed too (${err?.message ?? err}); `
+          + 'this model cannot run on WebGPU any more: load it again, or use hardware \'auto\' or \'cpu\'');
+        throw this.#gpuFailure;
+      }
+      // Never fail silently: say the GPU failed, then answer from the CPU.
+      this.notes.push(`WebGPU run failed (${why}), and again on a fresh device (${err?.message ?? err}); switched to the CPU path`);
+      await this.#useCpu();
+      return this.#runCpu(job);
+    }
+  }
+
+  /**
+   * Free the model: the GPU device and its buffers, the weights, the tokenizer. Runs already
+   * queued finish first; later calls throw 'model disposed'. Safe to call twice.
+   */
+  dispose() {
+    if (!this.#disposing) {
+      this.#disposed = true;
+      const release = () => this.#release();
+      this.#disposing = this.#queue.then(release, release);
+    }
+    return this.#disposing;
+  }
+
+  #release() {
+    destroyQuietly(this.backend);
+    this.backend = null;
+    this.tensors = null;
+    this.tokenizer = null;
+  }
+}
+
+function asGpuUnavailable(err) {
+  if (err instanceof GpuUnavailable) return err;
+  const wrapped = new GpuUnavailable(`WebGPU failed (${err?.name ?? 'Error'}: ${err?.message ?? err})`);
+  wrapped.cause = err;
+  return wrapped;
+}
+
+/**
+ * The GPUDeviceLostInfo behind a failed run, or null. A destroyed device's `lost` settles some
+ * time after the run's first error (Firefox reports an invalid buffer first), so wait a little.
+ */
+async function lostInfo(backend) {
+  if (backend.lost) return backend.lost;
+  const lost = backend.device?.lost;
+  if (!lost) return null;
+  return Promise.race([lost, new Promise((resolve) => { setTimeout(() => resolve(null), 1000); })]);
+}
+
+function destroyQuietly(backend) {
+  try {
+    backend?.destroy?.();
+  } catch (err) {
+    console.warn(`ulpq: releasing the backend failed (${err.message})`);
   }
 }
 
@@ -236,12 +469,14 @@ function manifestFor(modelId) {
  * process(). `modelId` is a bundle folder URL (or its manifest.json); `quantization` states what the
  * caller expects ({bitsPerWeight, format}); a bundle built otherwise says so in the result's notes.
  */
-export function createBertModel(hardware, { modelId, quantization = null, ...options } = {}) {
-  return new UlpqModel(manifestFor(modelId), { ...options, hardware, expected: quantization });
+export function createBertModel(hardware, options = {}) {
+  const { modelId, quantization = null, ...rest } = checkOptions(options, FACTORY_OPTIONS, 'createBertModel');
+  return new UlpqModel(manifestFor(modelId), { ...rest, hardware, expected: quantization });
 }
 
-export function createVitModel(hardware, { modelId, quantization = null, ...options } = {}) {
-  return new UlpqModel(manifestFor(modelId), { ...options, hardware, expected: quantization });
+export function createVitModel(hardware, options = {}) {
+  const { modelId, quantization = null, ...rest } = checkOptions(options, FACTORY_OPTIONS, 'createVitModel');
+  return new UlpqModel(manifestFor(modelId), { ...rest, hardware, expected: quantization });
 }
 
 export const createModel = createBertModel;

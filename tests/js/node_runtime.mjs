@@ -11,7 +11,8 @@ const load = (name) => import(pathToFileURL(path.join(path.resolve(bundleDir), n
 const { tensorTable, sha256Hex } = await load('bundle_loader.js');
 const { decodeTensor } = await load('decode.js');
 const { CpuBackend } = await load('backend_cpu.js');
-const { GRAPHS, toMatrix } = await load('graphs.js');
+const { GRAPHS } = await load('graphs.js');
+const { toMatrix } = await load('inputs.js');
 const { chooseProfiles, detectProfile } = await load('variants.js');
 
 const manifest = JSON.parse(readFileSync(path.join(bundleDir, 'manifest.json'), 'utf8'));
