@@ -55,8 +55,8 @@ def calibration_for(model: dict, folder: Path | None, texts: list[str] | None = 
         pixels = ev.grey_to_pixels(_resize(images[pick], model["image_size"]), model["preprocess"])
         return Calibration(model, lambda w, hook: vit_forward(model, w, pixels, hook=hook),
                            lambda w, hook: vit_forward(model, w, pixels[:128], hook=hook, dtype=np.float32))
-    raise UserError(f"--method gptq, --target-bpw and --target-size measure the model on calibration inputs, which "
-                    f"exist for bert and vit models, not {arch!r}; choose the formats with --format or --config instead")
+    raise UserError(f"calibration is defined for bert and vit models, not {arch!r}, and --method gptq, --target-bpw and "
+                    f"--target-size measure on it; choose the formats with --format or --config instead")
 
 
 def _resize(images: np.ndarray, size: int) -> np.ndarray:

@@ -111,8 +111,9 @@ def is_matrix(shape: tuple[int, ...], dtype: str) -> bool:
 
 
 def resolve_plan(tensors: list[tuple[str, tuple[int, ...], str]], default: QuantSpec,
-                 rules: list[Rule] = (), *, where: str = "model") -> Plan:
-    """Assign a spec to every (name, shape, dtype); raise if a rule matches no tensor."""
+                 rules: list[Rule] = (), *, where: str = "model", default_source: str = "") -> Plan:
+    """Assign a spec to every (name, shape, dtype); raise if a rule matches no tensor.
+    `default_source` names where the default came from (a config file, the command line) for errors."""
     used = [False] * len(rules)
     plan = Plan()
     for name, shape, dtype in tensors:
@@ -129,7 +130,8 @@ def resolve_plan(tensors: list[tuple[str, tuple[int, ...], str]], default: Quant
         if spec.fmt.quantized and spec.group_size > 0:
             k = math.prod(shape[1:]) if len(shape) > 1 else shape[0]
             if k % spec.group_size:
-                raise UserError(f"tensor {name!r} ({reason}): group size {spec.group_size} does not divide its row "
+                origin = f"{default_source}: " if reason == "default" and default_source else ""
+                raise UserError(f"{origin}tensor {name!r} ({reason}): group size {spec.group_size} does not divide its row "
                                 f"length {k}; choose a group size that divides {k} or add a rule for this tensor")
         plan.entries.append(PlanEntry(name, tuple(shape), dtype, spec, reason))
     for rule, hit in zip(rules, used):

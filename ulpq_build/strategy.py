@@ -53,7 +53,8 @@ def plan_and_quantize(source: ModelSource, tensors: list[tuple[str, tuple[int, .
                                cache_key=_weights_identity(source), log=log)
     else:
         default, rules = resolve_options(config, overrides, tensors)
-        plan = resolve_plan(tensors, default, [*pinned, *rules])
+        origin = str(config) if config else ("command line" if overrides else "")
+        plan = resolve_plan(tensors, default, [*pinned, *rules], default_source=origin)
     if method != "gptq":
         return plan, None
     from ulpq_build.gptq import quantize_model
