@@ -375,6 +375,21 @@ def test_stale_temporaries_of_killed_runs_are_reclaimed(main, tmp_path):
     assert not stale.exists() and foreign.exists() and alive.exists()
 
 
+def test_a_bundle_killed_mid_swap_comes_back(tmp_path, mlp_bundle):
+    """kill -9 between the two renames of a swap: the old bundle sits in .NAME.old-PID-*/previous; the
+    next run puts it back instead of deleting it."""
+    import shutil
+
+    from ulpq_build.atomic import reclaim_stale
+
+    dead = int(subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True).stdout)
+    old = tmp_path / f".out.old-{dead}-abcd1234"
+    old.mkdir()
+    shutil.copytree(mlp_bundle, old / "previous")
+    reclaim_stale(tmp_path / "out")
+    assert tree(tmp_path / "out") == tree(mlp_bundle) and not old.exists()
+
+
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_interrupted_bundle_leaves_nothing(tmp_path, sig):
     """SIGTERM / Ctrl-C while the bundle is written: the temporary folder and the scratch model folder

@@ -17,7 +17,9 @@ import hashlib
 import os
 import re
 import shutil
+import signal
 import tempfile
+import threading
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -68,6 +70,8 @@ def reclaim_stale(target: Path) -> list[Path]:
             if entry.is_dir() and not entry.is_symlink():
                 if not (entry / OWNER_FILE).is_file() and not (entry / "previous").is_dir():
                     continue  # not a folder we made
+                if (entry / "previous").is_dir() and not target.exists() and not target.is_symlink():
+                    os.rename(entry / "previous", target)  # killed mid-swap: the old output comes back
                 shutil.rmtree(entry)
             else:
                 entry.unlink()
@@ -128,7 +132,10 @@ def _write_error(exc: OSError, target: Path, flag: str) -> UserError:
         reason = f"not writable ({reason})"
     elif exc.errno == errno.ENOSPC:
         reason = "the disk is full"
-    where = f" at {exc.filename}" if exc.filename and str(exc.filename) != str(target) else ""
+    where = ""
+    if exc.filename and str(exc.filename) != str(target):
+        name = Path(str(exc.filename))
+        where = f" in {name.parent}" if ".tmp-" in name.name or ".old-" in name.name else f" at {name}"
     return UserError(f"{flag} {target}: cannot write{where}: {reason}; choose another {flag} or fix the folder")
 
 
@@ -192,23 +199,38 @@ def atomic_folder(target: Path, *, foreign: Callable[[Path], str | None], flag: 
         yield tmp
         (tmp / OWNER_FILE).unlink()
         os.chmod(tmp, 0o755)  # mkdtemp makes 0700; a bundle is meant to be served
-        if target.exists():
-            old = Path(tempfile.mkdtemp(prefix=_prefix(target, "old"), dir=target.parent))
-            os.rename(target, old / "previous")
-            try:
+        with _signals_deferred():  # the two renames of a swap are not interrupted between them
+            if target.exists():
+                old = Path(tempfile.mkdtemp(prefix=_prefix(target, "old"), dir=target.parent))
+                os.rename(target, old / "previous")
+                try:
+                    os.rename(tmp, target)
+                except OSError:
+                    os.rename(old / "previous", target)
+                    raise
+                shutil.rmtree(old, ignore_errors=True)
+            else:
                 os.rename(tmp, target)
-            except OSError:
-                os.rename(old / "previous", target)
-                raise
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.rename(tmp, target)
     except OSError as exc:
         _discard(tmp, created)
         raise _write_error(exc, given, flag) from None
     except BaseException:
         _discard(tmp, created)
         raise
+
+
+@contextlib.contextmanager
+def _signals_deferred() -> Iterator[None]:
+    """Hold SIGINT / SIGTERM / SIGHUP until the block ends (then they are delivered as usual)."""
+    signals = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP}
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, signals)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 def _discard(tmp: Path | None, created: list[Path]) -> None:
