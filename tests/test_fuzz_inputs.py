@@ -49,7 +49,7 @@ def test_reader_gives_one_line_user_errors_only(ws, reader):
         outcomes[fuzzing.check_one(ws, reader, name, fuzzing.mutate(seed, ops, fuzzing.codec_for(reader, name)))] += 1
 
     run()
-    assert outcomes["user_error"] > 0  # the mutations do reach the checks
+    assert sum(outcomes.values()) >= 100 and outcomes["user_error"] > 0  # the mutations do reach the checks
 
 
 def test_deep_nesting_and_huge_numbers_in_every_json_reader(ws):
@@ -79,7 +79,7 @@ def assert_clean(proc, out_dir, out_name):
     assert not [p for p in out_dir.iterdir() if ".tmp-" in p.name or ".old-" in p.name]
 
 
-@pytest.mark.parametrize("reader", ["safetensors", "quant_config", "manifest"])
+@pytest.mark.parametrize("reader", ["safetensors", "checkpoint", "quant_config", "hf_config", "manifest"])
 def test_cli_with_mutated_inputs(ws, tmp_path_factory, reader):
     seeds = ws.seeds(reader)
 
@@ -92,6 +92,17 @@ def test_cli_with_mutated_inputs(ws, tmp_path_factory, reader):
         if reader == "safetensors":
             (work / "m.safetensors").write_bytes(data)
             assert_clean(cli("quantize", "m.safetensors", "--out", "q.safetensors", cwd=work), work, "q.safetensors")
+        elif reader == "checkpoint":
+            (work / "q.safetensors").write_bytes(data)
+            assert_clean(cli("dequantize", "q.safetensors", "--out", "d.safetensors", cwd=work), work, "d.safetensors")
+        elif reader == "hf_config":
+            model = work / "model"
+            shutil.copytree(ws.vit if name.startswith("vit--") else ws.bert, model)
+            stem = name.split("--")[-1]
+            target = model / ("1_Pooling/config.json" if stem == "pooling.json" else stem)
+            target.parent.mkdir(exist_ok=True)
+            target.write_bytes(data)
+            assert_clean(cli("bundle", "--model", model, "--out", "b", cwd=work), work, "b")
         elif reader == "quant_config":
             config = work / ("c" + name[name.rfind("."):])
             config.write_bytes(data)
