@@ -260,10 +260,21 @@ def _describe_vit(source: ModelSource) -> dict:
         "output": "logits" if classifier else "embeddings",
         "labels": [labels.get(str(i), labels.get(i, str(i))) for i in range(classifier["out_features"])] if classifier else [],
         "preprocess": {"image_size": image, "channels": channels,
-                       "mean": list(pre.get("image_mean", [0.5] * channels))[:channels],
-                       "std": list(pre.get("image_std", [0.5] * channels))[:channels],
+                       "mean": _per_channel(source, pre, "image_mean", channels),
+                       "std": _per_channel(source, pre, "image_std", channels),
                        "rescale": float(pre.get("rescale_factor", 1 / 255)), "resample": "bilinear"},
     }
+
+
+def _per_channel(source: ModelSource, pre: dict, key: str, channels: int) -> list[float]:
+    """A preprocessor value per image channel: one value is used for every channel."""
+    values = list(pre.get(key, [0.5]))
+    if len(values) == 1:
+        values = values * channels
+    if len(values) < channels:
+        raise UserError(f"{source.folder / 'preprocessor_config.json'}: {key} has {len(values)} values for {channels} "
+                        f"channels; give one per channel (or one for all)")
+    return values[:channels]
 
 
 # --- the demo MLP ----------------------------------------------------------------------------------
