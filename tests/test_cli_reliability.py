@@ -305,6 +305,12 @@ def test_missing_shard_and_edited_files_fail_inspect(main, bundle_copy):
     one_line(*main("inspect", bundle_copy)[::2], "weights-000.bin", "missing")
 
 
+def test_verify_checks_every_file_before_any_browser(main, bundle_copy):
+    shader = next((bundle_copy / "shaders").iterdir())
+    shader.write_text("// edited")
+    one_line(*main("verify", bundle_copy, "--browsers", "chromium")[::2], shader.name, "sha256")
+
+
 def test_edited_runtime_file_fails_inspect(main, bundle_copy):
     (bundle_copy / "ulpq.js").write_text("// replaced")
     one_line(*main("inspect", bundle_copy)[::2], "ulpq.js", "sha256")
