@@ -14,7 +14,10 @@ import { runOps } from './wasm_exec.js';
 const inNode = typeof process !== 'undefined' && !!process.versions?.node && typeof window === 'undefined';
 const PAGE = 65536;
 const BARRIER = 64; // two i32 cells for the workers' barrier
-const WEIGHTS_BASE = 1024;
+const COUNTERS = 1024; // one i32 per recorded op: the next chunk a worker takes
+const MAX_OPS = 15 * 1024;
+const WEIGHTS_BASE = COUNTERS + 4 * MAX_OPS;
+const CHUNKS_PER_THREAD = 8; // an op is cut into about threads x 8 chunks
 const MAX_THREADS = 4; // MiniLM-sized GEMMs stop scaling beyond a few threads
 
 // (module (func (result v128) (i32x4.splat (i32.const 0)))): validates only where wasm SIMD exists
@@ -201,7 +204,7 @@ export class WasmBackend {
         for (const p of this.pending.values()) p.reject(err);
       });
       w.post({ type: 'init', module: this.module, memory: this.memory, thread, threads: this.threads,
-        scratch: this.scratch + thread * this.scratchBytes, barrier: BARRIER });
+        scratch: this.scratch + thread * this.scratchBytes, barrier: BARRIER, counters: COUNTERS, maxOps: MAX_OPS });
     })));
   }
 
@@ -218,7 +221,8 @@ export class WasmBackend {
 
   #op(fn, args, range, total, unit = 1, scratch = -1) {
     if (typeof this.exports[fn] !== 'function') throw new Error(`the bundle's wasm kernels have no ${fn}; rebuild the bundle`);
-    this.ops.push({ fn, args, range, total, unit, scratch });
+    const chunk = Math.max(unit, Math.ceil(total / (this.threads * CHUNKS_PER_THREAD) / unit) * unit);
+    this.ops.push({ fn, args, range, total, chunk, scratch });
   }
 
   #out(rows, cols) {
@@ -305,8 +309,18 @@ export class WasmBackend {
     const ops = this.ops;
     this.ops = [];
     if (this.threads === 1) {
-      runOps(this.exports, ops, 0, 1, this.scratch);
+      runOps(this.exports, ops, this.scratch);
     } else {
+      // one op per counter cell; a longer program (a very deep model) runs in pieces
+      if (ops.length > MAX_OPS) {
+        const rest = ops.splice(MAX_OPS);
+        this.ops = ops;
+        await this.output({ ptr: 0, rows: 0, cols: 0 });
+        this.ops = rest;
+        return this.output(h);
+      }
+      const counters = new Int32Array(this.memory.buffer, COUNTERS, ops.length);
+      for (let i = 0; i < ops.length; i++) Atomics.store(counters, i, 0);
       const run = ++this.runs;
       const done = new Promise((resolve, reject) => this.pending.set(run, { resolve, reject }));
       for (const w of this.workers) { w.ref(); w.post({ type: 'run', run, ops }); }

@@ -1,37 +1,44 @@
 // Runs a recorded list of wasm kernel calls on one thread of T: each op names an export, its
 // arguments, and the range [lo, hi) of its parallel dimension (GEMM: output columns in steps of 4;
-// attention: (sequence, head) pairs; row ops: rows), which is cut into T equal shares. Shared by
-// the main thread (T = 1) and the workers (T > 1, a barrier after every op so the next op sees
-// every share of the last one's output).
+// attention: (sequence, head) pairs; row ops: rows). Shared by the main thread (T = 1: each op whole)
+// and the workers (T > 1): threads take chunks of an op from a shared counter until none is left
+// (a thread the OS delays leaves its chunks to the others, instead of stalling everyone at the
+// barrier), then meet at a barrier so the next op sees all of this op's output.
 
-/** This thread's share [lo, hi) of `total` items handed out in multiples of `unit`. */
-export function share(total, unit, thread, threads) {
-  const per = Math.ceil(Math.ceil(total / unit) / threads) * unit;
-  return [Math.min(total, thread * per), Math.min(total, (thread + 1) * per)];
+function call(exports, op, lo, hi, scratch) {
+  const args = op.args.slice();
+  args[op.range] = lo;
+  args[op.range + 1] = hi;
+  if (op.scratch >= 0) args[op.scratch] = scratch;
+  exports[op.fn](...args);
 }
 
 /**
- * ops: [{fn, args, range (index of lo in args; hi follows), total, unit, scratch (index or -1)}].
- * scratch: this thread's scratch address (decoded weight blocks, attention scores).
+ * ops: [{fn, args, range (index of lo in args; hi follows), total, chunk, scratch (index or -1)}].
+ * scratch: this thread's scratch address (decoded weight blocks, attention scores). sync (threads):
+ * {counters: Int32Array, one cell per op, zeroed before the run; barrier: function}.
  */
-export function runOps(exports, ops, thread, threads, scratch, barrier = null) {
-  for (const op of ops) {
-    const [lo, hi] = share(op.total, op.unit, thread, threads);
-    if (lo < hi) {
-      const args = op.args.slice();
-      args[op.range] = lo;
-      args[op.range + 1] = hi;
-      if (op.scratch >= 0) args[op.scratch] = scratch;
-      exports[op.fn](...args);
+export function runOps(exports, ops, scratch, sync = null) {
+  for (let i = 0; i < ops.length; i++) {
+    const op = ops[i];
+    if (!sync) {
+      call(exports, op, 0, op.total, scratch);
+      continue;
     }
-    if (barrier) barrier();
+    for (;;) {
+      const lo = Atomics.add(sync.counters, i, 1) * op.chunk;
+      if (lo >= op.total) break;
+      call(exports, op, lo, Math.min(op.total, lo + op.chunk), scratch);
+    }
+    sync.barrier();
   }
 }
 
 /**
  * A reusable barrier for `threads` workers over two i32 cells of the shared memory (count,
- * generation): the last to arrive opens the next generation. Waiters spin briefly first (ops are
- * short; Atomics.wait wake-ups cost tens of microseconds), then sleep.
+ * generation): the last to arrive opens the next generation. Waiters spin a little first (ops are
+ * short; Atomics.wait wake-ups cost tens of microseconds), then sleep, so a busy machine's cores
+ * are not burnt spinning.
  */
 export function makeBarrier(cells, threads) {
   return () => {

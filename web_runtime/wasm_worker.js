@@ -20,11 +20,11 @@ port.on(async (msg) => {
     if (msg.type === 'init') {
       const instance = await WebAssembly.instantiate(msg.module, { env: { memory: msg.memory } });
       const cells = new Int32Array(msg.memory.buffer, msg.barrier, 2);
-      state = { exports: instance.exports, thread: msg.thread, threads: msg.threads, scratch: msg.scratch,
-        barrier: makeBarrier(cells, msg.threads) };
+      state = { exports: instance.exports, thread: msg.thread, scratch: msg.scratch,
+        sync: { barrier: makeBarrier(cells, msg.threads), counters: new Int32Array(msg.memory.buffer, msg.counters, msg.maxOps) } };
       port.post({ type: 'ready', thread: msg.thread });
     } else if (msg.type === 'run') {
-      runOps(state.exports, msg.ops, state.thread, state.threads, state.scratch, state.barrier);
+      runOps(state.exports, msg.ops, state.scratch, state.sync);
       if (state.thread === 0) port.post({ type: 'done', run: msg.run });
     }
   } catch (err) {
