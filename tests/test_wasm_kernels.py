@@ -262,3 +262,11 @@ def test_kernels_cover_every_registry_format_and_assemble_deterministically():
     for key in keys:
         assert f'(export "gemm_{key}")' in text and f'(export "embed_{key}")' in text
     assert wk.build(wk.all_variants(), shared=True) == wk.build(wk.all_variants(), shared=True)
+
+
+def test_missing_assembler_is_one_clear_line(monkeypatch):
+    from ulpq_build.errors import UserError
+
+    monkeypatch.setitem(__import__("sys").modules, "wasmtime", None)  # import wasmtime now fails
+    with pytest.raises(UserError, match="pip install wasmtime"):
+        wk.assemble("(module)")

@@ -29,6 +29,7 @@ from pathlib import Path
 
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
 
+from ulpq_build.errors import UserError
 from ulpq_build.formats import FORMATS, Format
 from ulpq_build.resources import templates_dir
 
@@ -106,8 +107,11 @@ def render_wat(variants, *, shared: bool, relaxed: bool = False, rows_per_tile: 
 
 def assemble(text: str) -> bytes:
     """WAT to a wasm binary (wasmtime's assembler; no engine is started)."""
-    import wasmtime  # a declared dependency; imported here so modules that never assemble don't load it
-
+    try:
+        import wasmtime  # a declared dependency; imported here so modules that never assemble don't load it
+    except ImportError:
+        raise UserError("the CPU path's kernels need the `wasmtime` package to assemble; "
+                        "run `python3 -m pip install wasmtime` (or reinstall ulpq_build)") from None
     return bytes(wasmtime.wat2wasm(text))
 
 
