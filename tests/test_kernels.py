@@ -14,7 +14,8 @@ import pytest
 
 from support import ROOT
 from ulpq_build.formats import FORMATS
-from ulpq_build.kernels import KernelVariant, WeightStorage, gemv_vec4_fits, pack_params, render, vec4_capable, workgroups
+from ulpq_build.kernels import (SPLIT_MIN_K, SPLIT_TARGET_WORKGROUPS, KernelVariant, WeightStorage, gemv_vec4_fits, pack_params,
+                                render, split_for, vec4_capable, workgroups)
 from ulpq_build.native_webgpu import COMPILERS, KernelRunner, cached_device, compile_shader, matmul_params, validate, weight_arrays
 from ulpq_build.profiles import PROFILES
 from ulpq_build.quantize import dequantize, quantize
@@ -60,8 +61,8 @@ def device_for(variant):
 def test_compiles(spec, variant, compiler):
     code = render(variant)
     assert code.startswith("// ulpq_build shader") and f"key: {variant.key}" in code
-    assert f"workgroup_size: {variant.prof.workgroup_size}" in code and "requires: " in code
-    validate(code, variant.prof.workgroup_size, compiler)
+    assert f"workgroup_size: {variant.workgroup_size}" in code and "requires: " in code
+    validate(code, variant.workgroup_size, compiler)
 
 
 def run_and_compare(variant, spec, rng, m, n, k):
@@ -130,6 +131,63 @@ def test_scale_granularities(name, group, codebook, rng):
             run_and_compare(variant, spec, rng, 5, 19, 256)
 
 
+SPLIT_SPECS = [QuantSpec("float32"), QuantSpec("int4", 32), QuantSpec("int3-dense", 32, True, "float16"),
+               QuantSpec("int2-optimal", 32, codebook="channel"), QuantSpec("int8")]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("profile", list(PROFILES))
+@pytest.mark.parametrize("spec", SPLIT_SPECS, ids=lambda s: WeightStorage.of(s).key)
+def test_split_k_gemm_then_splitk_matches_numpy(spec, profile, rng):
+    """The small-tile GEMM cut along K writes raw partial sums per split (a ragged last split
+    included); splitk adds them and applies bias, GELU and the residual."""
+    m, n, k = 37, 45, 352  # splits of 96 inputs: 96, 96, 96, 64
+    w = (rng.standard_normal((n, k)) * 0.2).astype(np.float32)
+    qt = quantize("w", w, spec)
+    x = rng.standard_normal((m, k)).astype(np.float32)
+    gemm = KernelVariant.make("gemm", profile, WeightStorage.of(spec), size="small", split=True)
+    finish = KernelVariant.make("splitk", profile, activation="gelu", bias=True, residual=True)
+    for variant in (gemm, finish):  # both compilers accept them (executed below through naga)
+        for compiler in COMPILERS:
+            validate(render(variant), variant.workgroup_size, compiler)
+    params = {**matmul_params(qt, m), "k_split": 96}
+    assert workgroups(gemm, params)[2] == 4
+    partial = KernelRunner(device_for(gemm)).run(gemm, {"x": x, **weight_arrays(qt)}, params, {"y": 4 * m * n})["y"]
+    assert np.isfinite(partial).all(), "a partial sum was never written (still NaN)"
+    wd = dequantize(qt).astype(np.float64)
+    for s in range(4):  # each split holds its own slice of the product
+        lo, hi = 96 * s, min(k, 96 * (s + 1))
+        want = x[:, lo:hi].astype(np.float64) @ wd[:, lo:hi].T
+        assert relative_error(partial[s * m * n:(s + 1) * m * n].reshape(m, n), want) < MATMUL_TOLERANCE
+    bias = rng.standard_normal(n).astype(np.float32)
+    residual = rng.standard_normal((m, n)).astype(np.float32)
+    y = KernelRunner(device_for(finish)).run(finish, {"partial": partial, "bias": bias, "residual": residual},
+                                             {"m": m, "n": n, "splits": 4, "count": m * n}, {"y": m * n})["y"].reshape(m, n)
+    expected = ACTIVATIONS["gelu"](x.astype(np.float64) @ wd.T + bias) + residual
+    assert relative_error(y, expected) < MATMUL_TOLERANCE
+
+
+def test_split_rule_matches_between_python_and_js(tmp_path):
+    """kernels.split_for and dispatch.js splitFor give the same k_split (and both leave big grids alone)."""
+    node = shutil.which("node")
+    if node is None:
+        pytest.fail("node is not installed (.ci/run installs it)")
+    tiles = KernelVariant.make("gemm", "chrome", WeightStorage("int4"), size="small", split=True).tiles
+    shapes = [(128, 768, 3072), (128, 768, 768), (144, 2304, 768), (8, 768, 768), (1000, 3072, 768), (37, 45, 352), (64, 64, 200)]
+    want = [split_for(m, n, k, tiles) for m, n, k in shapes]
+    assert want[0] < 3072 and want[4] == 768 and want[6] == 200  # split; a full grid and a short K are not
+    script = tmp_path / "split.mjs"
+    script.write_text(f"""
+import {{ splitFor }} from '{(ROOT / "web_runtime/dispatch.js").as_uri()}';
+const [shapes, tiles, thresholds] = JSON.parse(process.argv[2]);
+process.stdout.write(JSON.stringify(shapes.map(([m, n, k]) => splitFor(m, n, k, tiles, thresholds))));
+""")
+    thresholds = {"split_target_workgroups": SPLIT_TARGET_WORKGROUPS, "split_min_k": SPLIT_MIN_K}
+    proc = subprocess.run([node, script, json.dumps([shapes, tiles, thresholds])], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout) == want
+
+
 @pytest.mark.gpu
 def test_gemv_grid_beyond_65535_workgroups(rng):
     spec = QuantSpec("int8")
@@ -142,7 +200,7 @@ def test_gemv_grid_beyond_65535_workgroups(rng):
 @pytest.mark.gpu
 @pytest.mark.parametrize("engine", ["wgpu", "dawn"])
 def test_512_variants_need_the_raised_limit(engine):
-    variant = KernelVariant.make("gemm", "safari", WeightStorage("int4"))
+    variant = KernelVariant.make("gemm", "safari", WeightStorage("int4"), size="large")
     assert variant.required_limits["maxComputeInvocationsPerWorkgroup"] == 512
     default_device = cached_device(engine, 256, null_backend=engine == "dawn")  # WebGPU's default limits
     with pytest.raises(Exception, match="(?i)workgroup|invocations|limit"):
@@ -167,7 +225,8 @@ def test_js_dispatch_matches_python(tmp_path):
     ]:
         for profile in PROFILES:
             variant = KernelVariant.make(kernel, profile, WeightStorage("int4"), **opts)
-            params = {**dims, "words_per_row": 96, "groups_per_row": 1, "group_size": 768, "codebook_stride": 0}
+            params = {**dims, "words_per_row": 96, "groups_per_row": 1, "group_size": 768, "codebook_stride": 0,
+                      "k_split": dims["k"] if kernel == "gemv" else 256}
             cases.append({"shader": variant.to_manifest(), "dims": params, "grid": list(workgroups(variant, params)),
                           "params": list(pack_params(variant, params))})
     for kernel, dims in [("layernorm", {"rows": 70000, "cols": 384, "eps": 1e-12}), ("add", {"count": 9_000_000, "b_count": 384}),

@@ -83,12 +83,12 @@ def workgroup_bytes(code: str) -> int:
 def test_compiles(key, variant, compiler):
     code = render(variant)
     assert code.startswith("// ulpq_build shader") and f"key: {key}" in code
-    for line in ("template: ", f"kernel: {variant.kernel}", f"workgroup_size: {variant.prof.workgroup_size}", "requires: "):
+    for line in ("template: ", f"kernel: {variant.kernel}", f"workgroup_size: {variant.workgroup_size}", "requires: "):
         assert line in code
     assert "var<workgroup>" not in code or workgroup_bytes(code) > 0
     assert workgroup_bytes(code) <= variant.workgroup_storage_bytes <= 16384
     assert variant.limits["maxStorageBuffersPerShaderStage"] <= 8
-    validate(code, variant.prof.workgroup_size, compiler)
+    validate(code, variant.workgroup_size, compiler)
 
 
 # --- execution -----------------------------------------------------------------------------------

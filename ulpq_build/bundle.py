@@ -30,7 +30,8 @@ from ulpq_build.strategy import plan_and_quantize
 from ulpq_build.default_model import write_default_model
 from ulpq_build.errors import UserError
 from ulpq_build.formats import FORMATS
-from ulpq_build.kernels import GEMM_LARGE_ROWS, GEMV_MAX_ROWS, KernelVariant, WeightStorage, gemv_vec4_fits, render
+from ulpq_build.kernels import (GEMM_LARGE_ROWS, GEMV_MAX_ROWS, SPLIT_MIN_K, SPLIT_TARGET_WORKGROUPS, KernelVariant,
+                                WeightStorage, gemv_vec4_fits, render)
 from ulpq_build.model_source import ModelSource, open_model
 from ulpq_build.plan import Plan
 from ulpq_build.profiles import PROFILES
@@ -144,9 +145,13 @@ def plan_shaders(model: dict, specs: dict[str, QuantSpec]) -> list[KernelVariant
         weight = WeightStorage.of(specs[node["weight"]])
         epilogue = {"activation": node["activation"], "bias": bool(node["bias"]), "residual": bool(node.get("residual"))}
         vec4 = gemv_vec4_fits(weight, node["in_features"])
+        # gemm_split + split_finish: the small-tile GEMM cut along K (raw partial sums), then the
+        # epilogue over their sum, for row counts whose tiles alone would leave the GPU idle
         node["kernels"] = {p: {"gemv": use("gemv", p, weight, vec4=vec4, **epilogue),
                                "gemm_small": use("gemm", p, weight, size="small", **epilogue),
-                               "gemm_large": use("gemm", p, weight, size="large", **epilogue)} for p in PROFILES}
+                               "gemm_large": use("gemm", p, weight, size="large", **epilogue),
+                               "gemm_split": use("gemm", p, weight, size="small", split=True),
+                               "split_finish": use("splitk", p, None, **epilogue)} for p in PROFILES}
     for node in _nodes(model, "table"):
         weight = WeightStorage.of(specs[node["table"]])
         node["kernels"] = {p: {"first": use("embed", p, weight, accumulate=False),
@@ -305,7 +310,8 @@ def _write_bundle(folder: Path, source: ModelSource, model_name: str, model: dic
         "tensors": tensors,
         "shards": shard_list,
         "shaders": shader_entries,
-        "matmul": {"gemv_max_rows": GEMV_MAX_ROWS, "gemm_large_rows": GEMM_LARGE_ROWS},
+        "matmul": {"gemv_max_rows": GEMV_MAX_ROWS, "gemm_large_rows": GEMM_LARGE_ROWS,
+                   "split_target_workgroups": SPLIT_TARGET_WORKGROUPS, "split_min_k": SPLIT_MIN_K},
         "runtime": {"module": "ulpq.js", "page": "index.html", "files": runtime_files, "sha256": runtime_hashes},
         "files": files,
         "wasm": cpu_kernels,

@@ -81,8 +81,11 @@ class Kernel:
                 self.check_tiles(name, self.tiles_for(name, {"size": size}))
 
     def check_tiles(self, profile: str, t: dict) -> None:
-        """Tiles must fit the template's assumptions for the profile's workgroup size."""
-        wg = get_profile(profile).workgroup_size
+        """Tiles must fit the template's assumptions for the workgroup size (the profile's, or the
+        tiles' own `threads` where a kernel runs narrower workgroups)."""
+        wg = t.get("threads", get_profile(profile).workgroup_size)
+        if wg > get_profile(profile).workgroup_size:
+            raise ValueError(f"{self.name}: {wg} threads exceed {profile}'s {get_profile(profile).workgroup_size}")
         if self.dispatch == "gemm":  # reg_m x 4 outputs per thread cover the tile exactly
             if t["reg_n"] != 4 or t["reg_m"] not in (4, 8) or t["tile_m"] * t["tile_n"] != t["reg_m"] * 4 * wg \
                     or t["tile_m"] % t["reg_m"] or (t["tile_m"] // 4 * t["tile_k"]) % 1:
@@ -91,9 +94,11 @@ class Kernel:
             raise ValueError(f"{self.name}: threads_per_row {t['threads_per_row']} must be a power of two dividing {wg}")
 
     def tiles_for(self, profile: str, opts: dict | None = None) -> dict:
-        """Tiles: the "*" row, then the profile's, then "profile:size" when the kernel has a size option."""
+        """Tiles: the "*" row, then the profile's, then "*:size" and "profile:size" when the kernel
+        has a size option."""
         size = (opts or {}).get("size")
-        return {**self.tiles.get("*", {}), **self.tiles.get(profile, {}), **self.tiles.get(f"{profile}:{size}", {})}
+        return {**self.tiles.get("*", {}), **self.tiles.get(profile, {}), **self.tiles.get(f"*:{size}", {}),
+                **self.tiles.get(f"{profile}:{size}", {})}
 
     def option_defaults(self) -> dict:
         return {k: v[0] for k, v in self.options.items()}
@@ -124,22 +129,33 @@ KERNELS: dict[str, Kernel] = _reg(
         "gemm", "gemm.wgsl.jinja",
         "y = act(x . W^T + b) (+ r): tiled; a workgroup computes a tile_m x tile_n block, staging x and the "
         "dequantized W through workgroup memory tile_k inputs at a time; each thread holds a reg_m x reg_n block. "
-        "size=large tiles suit many rows (thousands), size=small fill the GPU at about a hundred",
+        "size=large tiles suit many rows (thousands), size=small fill the GPU at about a hundred. Workgroup z "
+        "covers inputs [z * k_split, (z + 1) * k_split): k_split = k is one pass; with split (split-K) each z writes "
+        "its raw partial sums to y[z, m, n] and a splitk kernel adds them and applies the epilogue",
         ("params", "x", "w.codes", "w.scales", "w.zeros", "w.codebook", "bias", "residual", "y"),
         (("m", "u32"), ("n", "u32"), ("k", "u32"), ("words_per_row", "u32"), ("groups_per_row", "u32"),
-         ("group_size", "u32"), ("codebook_stride", "u32")),
-        "gemm", {**EPILOGUE, "size": ("small", "large")},
+         ("group_size", "u32"), ("codebook_stride", "u32"), ("k_split", "u32")),
+        "gemm", {**EPILOGUE, "size": ("small", "large"), "split": (False, True)},
         # Chosen on an H200 (scripts/bench_kernels.py --sweep, docs/benchmarks.md): at 4096^3 the 8x4
-        # register tiles win, at 128 rows the smaller tiles fill more of the GPU.
+        # register tiles win, at 128 rows the smaller tiles fill more of the GPU. (32x32 tiles in
+        # 64-thread workgroups were tried for 128 rows: same thread count, slower; split-K is what
+        # adds parallelism there.) `threads` may name a workgroup narrower than the profile's.
         {"firefox:large": {"tile_m": 64, "tile_n": 64, "tile_k": 16, "reg_m": 8, "reg_n": 4},
          "firefox:small": {"tile_m": 32, "tile_n": 64, "tile_k": 32, "reg_m": 4, "reg_n": 4},
          "chrome:large": {"tile_m": 128, "tile_n": 64, "tile_k": 16, "reg_m": 8, "reg_n": 4},
          "chrome:small": {"tile_m": 64, "tile_n": 64, "tile_k": 16, "reg_m": 4, "reg_n": 4},
          "edge:large": {"tile_m": 128, "tile_n": 64, "tile_k": 16, "reg_m": 8, "reg_n": 4},
          "edge:small": {"tile_m": 64, "tile_n": 64, "tile_k": 16, "reg_m": 4, "reg_n": 4},
-         "safari:large": {"tile_m": 128, "tile_n": 128, "tile_k": 16, "reg_m": 8, "reg_n": 4},
-         "safari:small": {"tile_m": 128, "tile_n": 64, "tile_k": 16, "reg_m": 4, "reg_n": 4}},
+         "safari:small": {"tile_m": 128, "tile_n": 64, "tile_k": 16, "reg_m": 4, "reg_n": 4},
+         "safari:large": {"tile_m": 128, "tile_n": 128, "tile_k": 16, "reg_m": 8, "reg_n": 4}},
         weighted=True,
+    ),
+    Kernel(
+        "splitk", "splitk.wgsl.jinja",
+        "y[m, n] = act(sum_s partial[s, m, n] + b[n]) (+ r[m, n]): adds a split-K GEMM's partial sums (splits of them, "
+        "count = m * n) and applies the epilogue the GEMM left out",
+        ("params", "partial", "bias", "residual", "y"), (("m", "u32"), ("n", "u32"), ("splits", "u32"), ("count", "u32")),
+        "elementwise", dict(EPILOGUE),
     ),
     # Transformer operators. Activations are row-major float32: token t of sequence b is row b * seq + t.
     Kernel(
@@ -221,8 +237,28 @@ def gemv_vec4_fits(weight: "WeightStorage", k: int) -> bool:
     return k % per_word == 0 and (k // per_word) % 4 == 0
 
 
-GEMV_MAX_ROWS = 2  # up to this many rows a GEMV (weights read once per row) beats a GEMM tile
+# Up to this many rows a GEMV (one workgroup per 32 outputs of one row; a weight is read once per
+# row, from L2 after the first) beats a GEMM tile: at 8 rows a tile wastes 3/4 of its rows and
+# BERT-base's 768 outputs give a GEMM only 24 workgroups (H200 / Dawn, docs/benchmarks.md).
+GEMV_MAX_ROWS = 8
 GEMM_LARGE_ROWS = 1024  # from this many rows the large GEMM tiles win (H200 sweep)
+
+
+# Split-K (GEMMs whose output tiles give too few workgroups to fill a GPU: a sentence batch against
+# BERT's 768 outputs is 24 tiles): below SPLIT_TARGET_WORKGROUPS tiles, K is cut into splits of at
+# least SPLIT_MIN_K inputs so that tiles x splits approaches the target. The runtime applies the
+# rule (dispatch.js: splitFor); the thresholds travel in the manifest.
+SPLIT_TARGET_WORKGROUPS = 256
+SPLIT_MIN_K = 256
+
+
+def split_for(m: int, n: int, k: int, tiles: dict) -> int:
+    """k_split for a small-tile GEMM of m x n x k (k itself: no split). dispatch.js: splitFor."""
+    count = math.ceil(n / tiles["tile_n"]) * math.ceil(m / tiles["tile_m"])
+    splits = min(math.ceil(SPLIT_TARGET_WORKGROUPS / count), k // SPLIT_MIN_K)
+    if count >= SPLIT_TARGET_WORKGROUPS or splits < 2:
+        return k
+    return math.ceil(k / splits / tiles["tile_k"]) * tiles["tile_k"]
 
 
 def matmul_choice(m: int, k: int, weight: "WeightStorage") -> tuple[str, dict]:
@@ -254,6 +290,8 @@ class KernelVariant:
         for name, value in merged.items():
             if value not in k.options[name]:
                 raise ValueError(f"{kernel}: option {name}={value!r} not in {k.options[name]}")
+        if merged.get("split") and (merged["activation"] != "none" or merged["bias"] or merged["residual"]):
+            raise ValueError(f"{kernel}: a split-K GEMM writes raw partial sums; its epilogue runs in the splitk kernel")
         if merged.get("vec4") and not vec4_capable(weight):
             raise ValueError(f"{kernel}: vec4 needs a words layout whose blocks align with 32 (or float32), not {weight.format}")
         variant = cls(kernel, profile, weight, tuple(sorted(merged.items())), tuple(sorted((tiles or {}).items())))
@@ -306,16 +344,21 @@ class KernelVariant:
         return used
 
     @property
+    def workgroup_size(self) -> int:
+        """Threads per workgroup: the profile's, unless the tiles name fewer (narrow GEMM tiles)."""
+        return self.tiles.get("threads", self.prof.workgroup_size)
+
+    @property
     def workgroup_storage_bytes(self) -> int:
         t = self.tiles
         if self.kernel == "gemm":
             return 4 * t["tile_k"] * (t["tile_m"] + t["tile_n"])
         if self.kernel == "gemv":
-            return 4 * self.prof.workgroup_size * t["rows"]
+            return 4 * self.workgroup_size * t["rows"]
         if self.kernel == "attention":  # the scores of one query row + the reduction array
-            return 4 * (t["max_seq"] + self.prof.workgroup_size)
+            return 4 * (t["max_seq"] + self.workgroup_size)
         if self.kernel in ("layernorm", "softmax") or (self.kernel == "meanpool" and self.opts["normalize"]):
-            return 4 * self.prof.workgroup_size  # one f32 per thread for the tree reductions
+            return 4 * self.workgroup_size  # one f32 per thread for the tree reductions
         return 0
 
     @property
@@ -337,7 +380,7 @@ class KernelVariant:
             "weight": None if self.weight is None else {"key": self.weight.key, "format": self.weight.format,
                                                          "scale_dtype": self.weight.scale_dtype,
                                                          "asymmetric": self.weight.asymmetric},
-            "options": self.opts, "profile": self.profile, "workgroup_size": self.prof.workgroup_size,
+            "options": self.opts, "profile": self.profile, "workgroup_size": self.workgroup_size,
             "tiles": self.tiles, "dispatch": self.spec.dispatch, "params": [list(p) for p in self.spec.params],
             "bindings": self.bindings, "limits": self.limits, "required_limits": self.required_limits,
         }
@@ -363,7 +406,7 @@ def render(variant: KernelVariant) -> str:
     required += f" (request {', '.join(extra)} in requiredLimits)" if extra else " (within WebGPU's defaults)"
     weight = variant.weight
     return _environment().get_template(variant.spec.template).render(
-        kernel=variant.spec, key=variant.key, profile=prof, wg=prof.workgroup_size, tiles=variant.tiles,
+        kernel=variant.spec, key=variant.key, profile=prof, wg=variant.workgroup_size, tiles=variant.tiles,
         opts=variant.opts, bindings=variant.bindings, params=variant.spec.params, required_limits_text=required,
         weight=weight, fmt=weight.fmt if weight else None,
         scale_dtype=weight.scale_dtype if weight else None, asymmetric=weight.asymmetric if weight else False,
@@ -379,13 +422,13 @@ def _grid(total: int) -> tuple[int, int]:
 def workgroups(variant: KernelVariant, dims: dict[str, int]) -> tuple[int, int, int]:
     """The dispatch grid for `dims` (the kernel's params by name), by the kernel's rule.
     web_runtime/dispatch.js implements the same rules."""
-    t, wg = variant.tiles, variant.prof.workgroup_size
+    t, wg = variant.tiles, variant.workgroup_size
     rule = variant.spec.dispatch
     if rule == "gemv":
         rows_per_workgroup = t["rows"] * wg // t["threads_per_row"]
         return (*_grid(math.ceil(dims["n"] / rows_per_workgroup) * dims["m"]), 1)
-    if rule == "gemm":
-        return math.ceil(dims["n"] / t["tile_n"]), math.ceil(dims["m"] / t["tile_m"]), 1
+    if rule == "gemm":  # z: the K splits (one when k_split = k)
+        return math.ceil(dims["n"] / t["tile_n"]), math.ceil(dims["m"] / t["tile_m"]), math.ceil(dims["k"] / dims["k_split"])
     if rule == "elementwise":
         return (*_grid(math.ceil(dims["count"] / wg)), 1)
     if rule == "rows":

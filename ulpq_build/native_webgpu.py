@@ -139,8 +139,8 @@ def weight_arrays(qt: QuantizedTensor) -> dict[str, np.ndarray]:
 
 def matmul_params(qt: QuantizedTensor, m: int) -> dict:
     layout = qt.matrix_layout()
-    return {"m": m, "n": layout["rows"], **{k: layout[k] for k in ("k", "words_per_row", "groups_per_row",
-                                                                    "group_size", "codebook_stride")}}
+    return {"m": m, "n": layout["rows"], "k_split": layout["k"],
+            **{k: layout[k] for k in ("k", "words_per_row", "groups_per_row", "group_size", "codebook_stride")}}
 
 
 COMPILERS = {"naga": "wgpu-native, as Firefox", "tint": "Dawn, as Chrome"}

@@ -15,7 +15,7 @@
 
 import { IntegrityError, fetchVerifiedText } from './bundle_loader.js';
 import { chooseProfiles, detectProfile } from './variants.js';
-import { graphNodes, matmulKey, packParams, workgroups } from './dispatch.js';
+import { graphNodes, matmulKey, packParams, splitFor, workgroups } from './dispatch.js';
 
 export class GpuUnavailable extends Error {
   constructor(message) { super(message); this.name = 'GpuUnavailable'; }
@@ -324,18 +324,45 @@ export class GpuBackend {
 
   static #matrixDims(m, rows) {
     return { m: rows, n: m.rows, k: m.k, words_per_row: m.words_per_row, groups_per_row: m.groups_per_row,
-      group_size: m.group_size, codebook_stride: m.codebook_stride };
+      group_size: m.group_size, codebook_stride: m.codebook_stride, k_split: m.k };
+  }
+
+  /**
+   * y = act(x W^T + b) (+ r) for a node's kernels: the GEMV, a GEMM tile size by row count, or the
+   * small-tile GEMM cut along K (partial sums, then the splitk kernel's epilogue) when its tiles
+   * alone would leave most of the GPU idle.
+   */
+  #matmul(kind, kernels, h, matrix, weightResources, bias, residual) {
+    const thresholds = this.manifest.matmul;
+    let key = matmulKey(kernels, h.rows, thresholds);
+    const dims = GpuBackend.#matrixDims(matrix, h.rows);
+    if (key === kernels.gemm_small && kernels.gemm_split) {
+      const tiles = this.pipelines.get(kernels.gemm_split).shader.tiles;
+      dims.k_split = splitFor(h.rows, matrix.rows, matrix.k, tiles, thresholds);
+    }
+    if (dims.k_split === matrix.k) {
+      return this.#dispatchStep(kind, key, () => {
+        const resources = { x: h, ...weightResources() };
+        if (bias) resources.bias = bias;
+        if (residual) resources.residual = residual;
+        return resources;
+      }, dims, () => this.#value(h.rows, matrix.rows));
+    }
+    const splits = Math.ceil(matrix.k / dims.k_split);
+    const partial = this.#dispatchStep(`${kind}:split`, kernels.gemm_split, () => ({ x: h, ...weightResources() }), dims,
+      () => this.#value(splits * h.rows, matrix.rows));
+    return this.#dispatchStep(`${kind}:finish`, kernels.split_finish, () => {
+      const resources = { partial };
+      if (bias) resources.bias = bias;
+      if (residual) resources.residual = residual;
+      return resources;
+    }, { m: h.rows, n: matrix.rows, splits, count: h.rows * matrix.rows }, () => this.#value(h.rows, matrix.rows));
   }
 
   linear(h, node, residual = null) {
     const m = this.tensors.get(node.weight).entry.matrix;
-    const key = matmulKey(node.kernels[this.profile.name], h.rows, this.manifest.matmul);
-    return this.#dispatchStep('linear', key, () => {
-      const resources = { x: h, ...this.#weightResources(node.weight) };
-      if (node.bias) resources.bias = this.#plain(node.bias);
-      if (residual) resources.residual = residual;
-      return resources;
-    }, GpuBackend.#matrixDims(m, h.rows), () => this.#value(h.rows, m.rows));
+    return this.#matmul('linear', node.kernels[this.profile.name], h, m, () => this.#weightResources(node.weight),
+      node.bias ? this.#plain(node.bias) : null, residual);
   }
 
   /**
@@ -345,12 +372,8 @@ export class GpuBackend {
   linearQKV(h, layer) {
     const fused = this.fused.get(layer.query.weight);
     if (!fused) return null;
-    const key = matmulKey(fused.node.kernels[this.profile.name], h.rows, this.manifest.matmul);
-    const out = this.#dispatchStep('qkv', key, () => {
-      const resources = { x: h, ...fused.resources };
-      if (fused.bias) resources.bias = fused.bias;
-      return resources;
-    }, GpuBackend.#matrixDims(fused.matrix, h.rows), () => this.#value(h.rows, fused.matrix.rows));
+    const out = this.#matmul('qkv', fused.node.kernels[this.profile.name], h, fused.matrix, () => fused.resources,
+      fused.bias, null);
     const view = (offset) => ({ ...out, cols: fused.hidden, stride: fused.matrix.rows, offset, base: out });
     return { q: view(0), k: view(fused.hidden), v: view(2 * fused.hidden) };
   }

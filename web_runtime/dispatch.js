@@ -16,7 +16,7 @@ export function workgroups(shader, dims) {
   const wg = shader.workgroup_size;
   switch (shader.dispatch) {
     case 'gemv': return grid(Math.ceil(dims.n / ((t.rows * wg) / t.threads_per_row)) * dims.m);
-    case 'gemm': return [Math.ceil(dims.n / t.tile_n), Math.ceil(dims.m / t.tile_m), 1];
+    case 'gemm': return [Math.ceil(dims.n / t.tile_n), Math.ceil(dims.m / t.tile_m), Math.ceil(dims.k / dims.k_split)];
     case 'elementwise': return grid(Math.ceil(dims.count / wg));
     case 'rows': return grid(dims.rows ?? dims.batch);
     case 'attention': return [dims.seq, dims.heads, dims.batch];
@@ -41,6 +41,20 @@ export function packParams(shader, dims) {
 export function matmulKey(layerKernels, rows, thresholds) {
   if (rows <= thresholds.gemv_max_rows) return layerKernels.gemv;
   return rows >= thresholds.gemm_large_rows ? layerKernels.gemm_large : layerKernels.gemm_small;
+}
+
+/**
+ * k_split for a small-tile GEMM of m x n x k: k itself (no split) when its tiles already give
+ * `split_target_workgroups` workgroups or K is short, else splits of at least `split_min_k` inputs
+ * (a multiple of tile_k). kernels.py: split_for is the same rule.
+ */
+export function splitFor(m, n, k, tiles, thresholds) {
+  const target = thresholds.split_target_workgroups;
+  if (!target) return k;
+  const count = Math.ceil(n / tiles.tile_n) * Math.ceil(m / tiles.tile_m);
+  const splits = Math.min(Math.ceil(target / count), Math.floor(k / thresholds.split_min_k));
+  if (count >= target || splits < 2) return k;
+  return Math.ceil(k / splits / tiles.tile_k) * tiles.tile_k;
 }
 
 /** Every object in the model description holding key `has` ("in_features": linear nodes; "table": embedding tables). */
