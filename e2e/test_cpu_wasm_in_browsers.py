@@ -5,15 +5,13 @@ sentence, ViT logits)."""
 
 from __future__ import annotations
 
-import functools
-
 import numpy as np
 import pytest
 
 from ulpq_build.bundle_reader import load_bundle
 from ulpq_build.cli import main as cli_main
 from ulpq_build.reference import bert_forward, cosine, relative_error
-from ulpq_build.serve import BundleRequestHandler, BundleServer
+from ulpq_build.serve import BundleServer
 
 from conftest import open_demo
 from test_models_in_browsers import SENTENCES, reference_tokens, samples_reference
@@ -39,15 +37,6 @@ RUN_SAMPLES = """async () => {
 }"""
 
 
-class IsolatingHandler(BundleRequestHandler):
-    """Adds the two headers that make a page cross-origin isolated (SharedArrayBuffer allowed)."""
-
-    def end_headers(self):
-        self.send_header("Cross-Origin-Opener-Policy", "same-origin")
-        self.send_header("Cross-Origin-Embedder-Policy", "require-corp")
-        super().end_headers()
-
-
 @pytest.fixture(scope="module")
 def wasm_site(tmp_path_factory):
     root = tmp_path_factory.mktemp("wasm-site")
@@ -59,9 +48,7 @@ def wasm_site(tmp_path_factory):
 @pytest.fixture(scope="module")
 def servers(wasm_site):
     plain = BundleServer(wasm_site, 0)
-    isolated = BundleServer(wasm_site, 0)
-    isolated.isolate = False  # this handler sends the headers itself
-    isolated.RequestHandlerClass = functools.partial(IsolatingHandler, directory=str(wasm_site.resolve()))
+    isolated = BundleServer(wasm_site, 0, isolate=True)  # COOP/COEP: SharedArrayBuffer allowed
     for s in (plain, isolated):
         s.start_in_background()
     yield {"plain": plain, "isolated": isolated}

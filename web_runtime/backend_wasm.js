@@ -365,7 +365,7 @@ async function startBackend(manifest, tensors, options, threads, why) {
   const module = await WebAssembly.compile(bytes);
   let weightBytes = 0;
   for (const [, t] of tensors) for (const p of Object.values(t.parts)) weightBytes += align(p.values.byteLength + 8);
-  const pages = Math.ceil((WEIGHTS_BASE + weightBytes + (16 << 20)) / PAGE);
+  const pages = Math.ceil((WEIGHTS_BASE + weightBytes + (4 << 20)) / PAGE); // activations grow it as needed
   const memory = threads > 1
     ? new WebAssembly.Memory({ initial: pages, maximum: 65536, shared: true })
     : new WebAssembly.Memory({ initial: pages });
