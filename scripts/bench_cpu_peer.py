@@ -55,7 +55,7 @@ BENCH_JS = r"""
 const median = (a) => { const s = [...a].sort((x, y) => x - y); return s.length % 2 ? s[(s.length - 1) / 2] : (s[s.length / 2 - 1] + s[s.length / 2]) / 2; };
 const rowsOf = (data, rows, cols) => Array.from({ length: rows }, (_, r) => Array.from(data.subarray(r * cols, (r + 1) * cols)));
 
-export async function runOurs({ bundle, cpu, threads, sentences, warmup, repeats }) {
+export async function runOurs({ bundle, cpu, threads, relaxed, sentences, warmup, repeats }) {
   const base = new URL(`./${bundle}/`, location.href);
   const load = (name) => import(new URL(name, base).href);
   const { tensorTable } = await load('bundle_loader.js');
@@ -75,7 +75,7 @@ export async function runOurs({ bundle, cpu, threads, sentences, warmup, repeats
     manifest.model.tokenizer.max_length);
   const x = tokenizer.batch(sentences);
   const t0 = performance.now();
-  const { backend, notes } = await createCpuBackend(manifest, tensors, { cpu, threads });
+  const { backend, notes } = await createCpuBackend(manifest, tensors, { cpu, threads, relaxed });
   const initMs = performance.now() - t0;
   shards.clear(); // the wasm backend moved the weights into its memory; the JS path still views them
   const times = [];
