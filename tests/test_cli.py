@@ -28,7 +28,8 @@ def test_default_bundle_is_complete_and_reproducible(tmp_path):
     out = tmp_path / "ulpq-bundle"
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["schema_version"] == 1 and manifest["model"]["architecture"] == "bert"  # all-MiniLM-L6-v2
-    assert {f["file"] for f in manifest["files"]} == {"tokenizer.json", "vocab.txt"}
+    wasm = {f["file"] for f in manifest["wasm"]["files"].values()}  # the CPU path's kernels, listed with sha256
+    assert {f["file"] for f in manifest["files"]} == {"tokenizer.json", "vocab.txt"} | wasm
     assert (out / "index.html").is_file() and (out / "ulpq.js").is_file()
     assert {s["profile"] for s in manifest["shaders"]} == set(PROFILES)
     for shader in manifest["shaders"]:
