@@ -330,7 +330,8 @@ def table(report: dict) -> str:
                 m = w["memory"]
                 heap = f"; JS heap (usedJSHeapSize, before any forced GC) {m['js_heap'] / 2**20:.1f} MiB" if m.get("js_heap") else ""
                 lines.append(f"- {browser} {fmt} memory: wasm memory {m['wasm']['total'] / 2**20:.1f} MiB = packed weights "
-                             f"{m['wasm']['weights'] / 2**20:.1f} MiB + activations, scratch and arena; the downloaded shards "
+                             f"{m['wasm']['weights'] / 2**20:.1f} MiB + activations (every op's output of a run is kept until the next run) "
+                             f"and per-thread scratch; the downloaded shards "
                              f"({m['shards'] / 2**20:.1f} MiB) are released once moved in{heap}")
     return "\n".join(lines)
 
