@@ -118,8 +118,20 @@ class MeanPooled:
 
 # --- building: bundles and ONNX files -----------------------------------------------------------
 
+# "mixed": a mixed-precision config needing no calibration data (the SDK's options: 3-bit fitted
+# levels in groups of 32, embeddings at 4 bits, first and last layers at 8, attention at 4), so
+# random models can show what mixing formats costs at initialisation and per run.
+MIXED_CONFIG = {"bitsPerWeight": 3, "distributeOptimalValues": True, "groupSize": 32,
+                "mixedPrecision": {"embeddingBits": 4, "firstLayerBits": 8, "lastLayerBits": 8, "attentionBits": 4}}
+
+
 def bundle(folder: Path, fmt: str, out: Path) -> dict:
-    args = ["--target-bpw", fmt.split(":", 1)[1]] if fmt.startswith("mix:") else ["--format", fmt]
+    if fmt == "mixed":
+        config = out.parent / "mixed.json"
+        config.write_text(json.dumps(MIXED_CONFIG))
+        args = ["--config", str(config)]
+    else:
+        args = ["--target-bpw", fmt.split(":", 1)[1]] if fmt.startswith("mix:") else ["--format", fmt]
     t0 = time.time()
     env = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
     proc = subprocess.run([sys.executable, "-m", "ulpq_build", "bundle", "--model", str(folder), *args, "--out", str(out)],

@@ -194,6 +194,7 @@ KERNELS: dict[str, Kernel] = _reg(
         ("params", "q", "k", "v", "mask", "y"),
         (("batch", "u32"), ("seq", "u32"), ("heads", "u32"), ("head_dim", "u32"), ("scale", "f32"),
          ("in_stride", "u32"), ("q_off", "u32"), ("k_off", "u32"), ("v_off", "u32")), "attention",
+        # (64-thread workgroups were tried on an H200: no faster than the profile's 256)
         {"mask": (True, False)}, {"*": {"max_seq": 512}},
     ),
     Kernel(
@@ -218,6 +219,17 @@ KERNELS: dict[str, Kernel] = _reg(
                                                    ("count", "u32")), "elementwise",
     ),
 )
+
+
+def gemv_packed_tiles(tiles: dict, bits: int) -> dict:
+    """GEMV tiles for packed weights: fewer threads per row the more values a word holds. A row of
+    BERT's K = 768 is 192 vec4 steps in float32 but 24 in int4 and 12 in int2, so the float32 table's
+    64 threads per row left 60-80% of an int2 workgroup idle (int2 ran slower than int4 at 1x8 on an
+    H200). Threads per row shrink to the power of two at most the steps of K = 768 (at least 8), and
+    rows per thread group shrink with them, so a workgroup still covers the same output rows."""
+    steps = max(8, 6 * bits)  # K = 768 at `bits` bits: 768 * bits / 32 words, 4 words a step
+    tpr = min(tiles["threads_per_row"], 1 << (steps.bit_length() - 1))
+    return {"threads_per_row": tpr, "rows": max(1, tiles["rows"] * tpr // tiles["threads_per_row"])}
 
 
 def vec4_capable(weight: "WeightStorage | None") -> bool:
@@ -312,7 +324,10 @@ class KernelVariant:
 
     @property
     def tiles(self) -> dict:
-        return {**self.spec.tiles_for(self.profile, self.opts), **dict(self.tile_overrides)}
+        tiles = self.spec.tiles_for(self.profile, self.opts)
+        if self.kernel == "gemv" and self.weight is not None and self.weight.fmt.quantized:
+            tiles = {**tiles, **gemv_packed_tiles(tiles, self.weight.fmt.bits)}
+        return {**tiles, **dict(self.tile_overrides)}
 
     @property
     def key(self) -> str:

@@ -72,5 +72,5 @@ for (const { name, dir } of request.bundles) {
     process.stderr.write(`[node] ${name}: ${entry.error}\n`);
   }
 }
-process.stdout.write(`\n${JSON.stringify(out)}\n`);
-process.exit(0);
+// exit only once the JSON is flushed: a pipe takes 64 KiB at a time and process.exit drops the rest
+process.stdout.write(`\n${JSON.stringify(out)}\n`, () => process.exit(0));

@@ -65,5 +65,4 @@ for (const { name, file } of request.models) {
     process.stderr.write(`[ort] ${name}: ${entry.error}\n`);
   }
 }
-process.stdout.write(`\n${JSON.stringify(out)}\n`);
-process.exit(0);
+process.stdout.write(`\n${JSON.stringify(out)}\n`, () => process.exit(0));  // exit once flushed

@@ -38,5 +38,4 @@ for (const shape of shapes) {
   process.stderr.write(`[profile] ${shape}: ${out.shapes[shape].total_us} us of kernels\n`);
   for (const r of rows.slice(0, 8)) process.stderr.write(`    ${r.op.padEnd(60)} x${r.dispatches}  ${r.us} us\n`);
 }
-process.stdout.write(`\n${JSON.stringify(out)}\n`);
-process.exit(0);
+process.stdout.write(`\n${JSON.stringify(out)}\n`, () => process.exit(0));  // exit once flushed
