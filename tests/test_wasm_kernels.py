@@ -177,6 +177,25 @@ def test_embed_matches_numpy(wasm, spec, rng):
         np.testing.assert_allclose(got, want + (base if accumulate else 0), rtol=1e-6, atol=1e-6)
 
 
+@pytest.mark.parametrize("variant", [v for v in wk.all_variants() if v.fmt.quantized], ids=lambda v: v.key)
+@pytest.mark.parametrize("group_size,k", [(32, 96), (0, 100)])
+def test_decode_of_every_storage_is_numpys_dequantize(wasm, variant, group_size, k, rng):
+    """The decode the GEMM and the embedding share, row by row, against dequantize: equal values
+    (each decode path (whole-word lanes by mask, bytes or multiply, or one value at a time) rounds
+    (u - z) * s like numpy); per-channel scales over k = 100: a partial last word."""
+    rows = 7
+    spec = QuantSpec(variant.format, scale_dtype=variant.scale_dtype, asymmetric=variant.zeros, group_size=group_size)
+    qt = quantize("table", rng.standard_normal((rows, k)).astype(np.float32), spec)
+    L = qt.matrix_layout()
+    wasm.reset()
+    ptrs = put_tensor(wasm, qt)
+    ids = np.arange(rows, dtype=np.uint32)
+    y = wasm.poisoned(rows * k)
+    wasm("embed_" + variant.key, wasm.put(ids), y, 0, ptrs["codes"], ptrs["scales"], ptrs["zeros"], ptrs["book"],
+         rows, k, L["words_per_row"], L["groups_per_row"], L["group_size"], L["codebook_stride"], 0, rows, wasm.scratch())
+    np.testing.assert_array_equal(wasm.get(y, rows * k).reshape(rows, k), dequantize(qt))
+
+
 @pytest.mark.parametrize("cols", [384, 30])
 def test_layernorm(wasm, cols, rng):
     rows = 5

@@ -110,3 +110,30 @@ def test_plain_js_path_when_wasm_cannot_run(tmp_path, rng):
     (bundle / "manifest.json").write_text(json.dumps(manifest))
     out = run(bundle, {"rows": x.tolist()}, tmp_path)
     assert out["kind"] == "js" and "has no wasm kernels" in " ".join(out["notes"])
+
+
+def test_each_bundle_runs_its_own_kernels_through_one_runtime(tmp_path, rng):
+    """A runtime that loads a second bundle (a page, a benchmark importing one copy of the runtime)
+    must read that bundle's kernel binaries, not those beside the runtime module: a float32
+    bundle's kernels have no packed-format exports, and reading them made every packed bundle
+    fall back to the plain-JS path (50-130x slower at a few rows), with only a note saying so."""
+    bundles = {}
+    for fmt in ("float32", "int4", "int2"):
+        bundles[fmt] = tmp_path / fmt
+        run_cli("bundle", "--model", "builtin:mlp", "--format", fmt, "--out", bundles[fmt], check=0)
+    x = rng.standard_normal((3, load_bundle(bundles["int4"]).model["input_size"])).round(5)
+    node = shutil.which("node")
+    if node is None:
+        pytest.fail("node is not installed (.ci/run installs it): the wasm runtime tests need it")
+    req = tmp_path / "request.json"
+    req.write_text(json.dumps({"bundles": [str(b) for b in bundles.values()], "input": x.tolist(), "options": {"threads": 1}}))
+    proc = subprocess.run([node, ROOT / "tests/js/run_bundles_one_runtime.mjs", bundles["float32"], req],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    results = json.loads(proc.stdout)
+    assert len(results) == len(bundles)
+    for (fmt, bundle), out in zip(bundles.items(), results):
+        assert out["kind"] == "wasm-simd", (fmt, out["notes"])
+        loaded = load_bundle(bundle)
+        expected = mlp_forward(loaded.model, loaded.weights, x)
+        assert relative_error(np.asarray(out["output"]).reshape(expected.shape), expected) < MLP_TOLERANCE, fmt

@@ -73,6 +73,18 @@ class WasmVariant:
         f = self.fmt
         return f.layout == "words" and f.levels == "uniform" and f.values_per_word % 4 == 0
 
+    @property
+    def lane_split(self) -> str:
+        """How a whole word's codes reach four f32 lanes in the SIMD decode (the kernels' decode
+        runs once per weight per GEMM, and at a few rows of x it is a good part of the GEMM's time):
+        'mask' where four codes in place fit the signed conversion (bits * 4 <= 31: and, convert,
+        sub, mul; no integer multiply), 'bytes' for 8-bit codes (the word's bytes widened),
+        'multiply' otherwise (a per-lane shift by an integer multiply)."""
+        bits = self.fmt.bits
+        if 4 * bits <= 31:
+            return "mask"
+        return "bytes" if bits == 8 else "multiply"
+
 
 def variant_of(spec) -> WasmVariant:
     """The kernel variant a QuantSpec's tensors need."""

@@ -360,8 +360,12 @@ async function startBackend(manifest, tensors, options, threads, why) {
   // fused multiply-adds where the engine has relaxed SIMD (options.relaxed = false: never)
   const relaxed = options.relaxed !== false && wasmRelaxedSimdSupported() && !!manifest.wasm.files.single_relaxed;
   const file = manifest.wasm.files[`${threads > 1 ? 'shared' : 'single'}${relaxed ? '_relaxed' : ''}`];
-  const bytes = await readBytes(new URL(file.file, options.baseUrl ?? import.meta.url));
-  if (await sha256Hex(bytes) !== file.sha256) throw new Error(`${file.file}: sha256 does not match the manifest`);
+  // options.baseUrl: the bundle's manifest URL (ulpq.js passes it). Without it, the files beside this
+  // module: right only when the runtime is loaded from the bundle's own folder; another bundle's
+  // kernels lack this bundle's formats and fail the checksum below.
+  const url = new URL(file.file, options.baseUrl ?? import.meta.url);
+  const bytes = await readBytes(url);
+  if (await sha256Hex(bytes) !== file.sha256) throw new Error(`${url.href}: sha256 does not match the manifest`);
   const module = await WebAssembly.compile(bytes);
   let weightBytes = 0;
   for (const [, t] of tensors) for (const p of Object.values(t.parts)) weightBytes += align(p.values.byteLength + 8);

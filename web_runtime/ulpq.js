@@ -220,7 +220,9 @@ export class UlpqModel {
   }
 
   async #useCpu() {
-    const cpu = await createCpuBackend(this.manifest, this.tensors, this.options);
+    // the kernel binaries lie beside this bundle's manifest, not beside the runtime module (one
+    // runtime may load several bundles, or be served from elsewhere)
+    const cpu = await createCpuBackend(this.manifest, this.tensors, { ...this.options, baseUrl: this.manifestUrl });
     this.backend = cpu.backend;
     this.notes.push(...cpu.notes);
     this.variant = null;
