@@ -131,6 +131,20 @@ def test_scale_granularities(name, group, codebook, rng):
             run_and_compare(variant, spec, rng, 5, 19, 256)
 
 
+@pytest.mark.gpu
+@pytest.mark.parametrize("profile", ["chrome", "firefox", "safari"])
+@pytest.mark.parametrize("spec, vec4", [(QuantSpec("float32"), True), (QuantSpec("int4", 32), True), (QuantSpec("int4", 32, True), False),
+                                        (QuantSpec("int3"), False), (QuantSpec("int2-optimal", 32, codebook="channel"), True),
+                                        (QuantSpec("int8", 0, False, "float16"), True)], ids=lambda v: str(v))
+def test_gemv_input_rows_per_workgroup(spec, vec4, profile, rng):
+    """Each GEMV workgroup decodes its weights once for x_rows input rows: 13 rows are several such
+    blocks and a partial one (rows past m are computed from row m - 1 and never written)."""
+    variant = KernelVariant.make("gemv", profile, WeightStorage.of(spec), vec4=vec4, activation="gelu", bias=True, residual=True)
+    assert 1 < variant.tiles["x_rows"] < 13 or variant.tiles["x_rows"] == 1
+    k = 256 if vec4 or spec.group_size > 0 else 250  # 250: a partial last word (int3 packs 10 per word)
+    run_and_compare(variant, spec, rng, 13, 45, k)
+
+
 SPLIT_SPECS = [QuantSpec("float32"), QuantSpec("int4", 32), QuantSpec("int3-dense", 32, True, "float16"),
                QuantSpec("int2-optimal", 32, codebook="channel"), QuantSpec("int8")]
 
@@ -191,7 +205,7 @@ process.stdout.write(JSON.stringify(shapes.map(([m, n, k]) => splitFor(m, n, k, 
 @pytest.mark.gpu
 def test_gemv_grid_beyond_65535_workgroups(rng):
     spec = QuantSpec("int8")
-    variant = KernelVariant.make("gemv", "firefox", WeightStorage.of(spec))
+    variant = KernelVariant.make("gemv", "firefox", WeightStorage.of(spec), tiles={"x_rows": 1})
     m, n, k = 1100, 1921, 8  # 61 workgroups (32 rows each) per input row: 67,100 in all, split over 2 dims
     assert workgroups(variant, {"m": m, "n": n})[1] > 1
     run_and_compare(variant, spec, rng, m, n, k)

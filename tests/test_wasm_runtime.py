@@ -137,3 +137,22 @@ def test_each_bundle_runs_its_own_kernels_through_one_runtime(tmp_path, rng):
         loaded = load_bundle(bundle)
         expected = mlp_forward(loaded.model, loaded.weights, x)
         assert relative_error(np.asarray(out["output"]).reshape(expected.shape), expected) < MLP_TOLERANCE, fmt
+
+
+def test_a_tampered_kernel_file_stops_the_load(tmp_path):
+    """A wasm kernel file that fails its sha256 is a changed bundle: IntegrityError, never a quiet
+    fall back to the plain-JS path (as for shards and shaders)."""
+    bundle = tmp_path / "b"
+    run_cli("bundle", "--model", "builtin:mlp", "--format", "int4", "--out", bundle, check=0)
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    width = load_bundle(bundle).model["input_size"]
+    for entry in manifest["wasm"]["files"].values():
+        path = bundle / entry["file"]
+        data = bytearray(path.read_bytes())
+        data[len(data) // 2] ^= 0x01
+        path.write_bytes(bytes(data))
+    node = shutil.which("node")
+    req = tmp_path / "request.json"
+    req.write_text(json.dumps({"options": {}, "rows": [[0.5] * width]}))
+    proc = subprocess.run([node, ROOT / "tests/js/run_cpu_backend.mjs", bundle, req], capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0 and "IntegrityError" in proc.stderr and "sha256" in proc.stderr, (proc.stdout, proc.stderr)

@@ -325,9 +325,20 @@ class KernelVariant:
     @property
     def tiles(self) -> dict:
         tiles = self.spec.tiles_for(self.profile, self.opts)
-        if self.kernel == "gemv" and self.weight is not None and self.weight.fmt.quantized:
-            tiles = {**tiles, **gemv_packed_tiles(tiles, self.weight.fmt.bits)}
+        if self.kernel == "gemv":
+            if self.weight is not None and self.weight.fmt.quantized:
+                tiles = {**tiles, **gemv_packed_tiles(tiles, self.weight.fmt.bits)}
+            tiles = {**tiles, **dict(self.tile_overrides)}
+            # input rows per workgroup: up to GEMV_MAX_ROWS, while the partial sums (threads x rows x
+            # input rows floats) fit in 16 KiB of workgroup memory
+            if "x_rows" not in tiles:
+                budget = 4096 // self.workgroup_size_of(tiles)
+                tiles["x_rows"] = max(1, min(GEMV_MAX_ROWS, budget // tiles["rows"]))
+            return tiles
         return {**tiles, **dict(self.tile_overrides)}
+
+    def workgroup_size_of(self, tiles: dict) -> int:
+        return tiles.get("threads", self.prof.workgroup_size)
 
     @property
     def key(self) -> str:
@@ -361,7 +372,7 @@ class KernelVariant:
     @property
     def workgroup_size(self) -> int:
         """Threads per workgroup: the profile's, unless the tiles name fewer (narrow GEMM tiles)."""
-        return self.tiles.get("threads", self.prof.workgroup_size)
+        return self.workgroup_size_of(self.tiles)
 
     @property
     def workgroup_storage_bytes(self) -> int:
@@ -369,7 +380,7 @@ class KernelVariant:
         if self.kernel == "gemm":
             return 4 * t["tile_k"] * (t["tile_m"] + t["tile_n"])
         if self.kernel == "gemv":
-            return 4 * self.workgroup_size * t["rows"]
+            return 4 * self.workgroup_size * t["rows"] * t["x_rows"]
         if self.kernel == "attention":  # the scores of one query row + the reduction array
             return 4 * (t["max_seq"] + self.workgroup_size)
         if self.kernel in ("layernorm", "softmax") or (self.kernel == "meanpool" and self.opts["normalize"]):
@@ -441,7 +452,7 @@ def workgroups(variant: KernelVariant, dims: dict[str, int]) -> tuple[int, int, 
     rule = variant.spec.dispatch
     if rule == "gemv":
         rows_per_workgroup = t["rows"] * wg // t["threads_per_row"]
-        return (*_grid(math.ceil(dims["n"] / rows_per_workgroup) * dims["m"]), 1)
+        return (*_grid(math.ceil(dims["n"] / rows_per_workgroup) * math.ceil(dims["m"] / t["x_rows"])), 1)
     if rule == "gemm":  # z: the K splits (one when k_split = k)
         return math.ceil(dims["n"] / t["tile_n"]), math.ceil(dims["m"] / t["tile_m"]), math.ceil(dims["k"] / dims["k_split"])
     if rule == "elementwise":

@@ -8,7 +8,7 @@
 // this thread or split over worker threads that share the memory (SharedArrayBuffer; browsers
 // allow it when the page is cross-origin isolated, Node always). Handles are {ptr, rows, cols}.
 
-import { sha256Hex } from './bundle_loader.js';
+import { IntegrityError, sha256Hex } from './bundle_loader.js';
 import { runOps } from './wasm_exec.js';
 
 const inNode = typeof process !== 'undefined' && !!process.versions?.node && typeof window === 'undefined';
@@ -365,7 +365,9 @@ async function startBackend(manifest, tensors, options, threads, why) {
   // kernels lack this bundle's formats and fail the checksum below.
   const url = new URL(file.file, options.baseUrl ?? import.meta.url);
   const bytes = await readBytes(url);
-  if (await sha256Hex(bytes) !== file.sha256) throw new Error(`${url.href}: sha256 does not match the manifest`);
+  if (await sha256Hex(bytes) !== file.sha256) {
+    throw new IntegrityError(`${url.href}: sha256 does not match the manifest; the file was changed after the build, rebuild or re-upload the bundle`);
+  }
   const module = await WebAssembly.compile(bytes);
   let weightBytes = 0;
   for (const [, t] of tensors) for (const p of Object.values(t.parts)) weightBytes += align(p.values.byteLength + 8);

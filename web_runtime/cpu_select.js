@@ -7,6 +7,7 @@
 // options.cpu = 'js' forces the plain-JS path (tests use it as the reference); options.threads
 // caps the worker threads.
 
+import { IntegrityError } from './bundle_loader.js';
 import { CpuBackend } from './backend_cpu.js';
 import { createWasmBackend } from './backend_wasm.js';
 
@@ -16,7 +17,8 @@ export async function createCpuBackend(manifest, tensors, options = {}) {
   try {
     return await createWasmBackend(manifest, tensors, options);
   } catch (err) {
-    if (options.cpu === 'wasm') throw err;
+    // a kernel file that fails its sha256 is a tampered bundle: stop the load, as for shards and shaders
+    if (options.cpu === 'wasm' || err instanceof IntegrityError) throw err;
     return { backend: jsBackend(manifest, tensors), notes: [`CPU path: plain JS (WebAssembly kernels unavailable: ${err.message})`] };
   }
 }

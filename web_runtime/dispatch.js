@@ -15,7 +15,7 @@ export function workgroups(shader, dims) {
   const t = shader.tiles;
   const wg = shader.workgroup_size;
   switch (shader.dispatch) {
-    case 'gemv': return grid(Math.ceil(dims.n / ((t.rows * wg) / t.threads_per_row)) * dims.m);
+    case 'gemv': return grid(Math.ceil(dims.n / ((t.rows * wg) / t.threads_per_row)) * Math.ceil(dims.m / (t.x_rows ?? 1)));
     case 'gemm': return [Math.ceil(dims.n / t.tile_n), Math.ceil(dims.m / t.tile_m), Math.ceil(dims.k / dims.k_split)];
     case 'elementwise': return grid(Math.ceil(dims.count / wg));
     case 'rows': return grid(dims.rows ?? dims.batch);

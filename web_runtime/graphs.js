@@ -75,16 +75,3 @@ export function matmulRows(model, x) {
   if (model.architecture === 'vit') return [x.batch * model.num_patches, x.batch * (model.num_patches + 1), x.batch];
   return [x.rows];
 }
-
-/** Turn an array of rows (arrays of numbers) into a Float32Array; check the width. */
-export function toMatrix(input, width) {
-  if (!Array.isArray(input) || input.length === 0 || !input.every((r) => Array.isArray(r) || ArrayBuffer.isView(r))) {
-    throw new TypeError('process(input): input must be a non-empty array of rows (arrays of numbers)');
-  }
-  const data = new Float32Array(input.length * width);
-  input.forEach((row, i) => {
-    if (row.length !== width) throw new TypeError(`process(input): row ${i} has ${row.length} values, the model takes ${width}`);
-    data.set(row, i * width);
-  });
-  return { data, rows: input.length };
-}
