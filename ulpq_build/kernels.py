@@ -329,11 +329,10 @@ class KernelVariant:
             if self.weight is not None and self.weight.fmt.quantized:
                 tiles = {**tiles, **gemv_packed_tiles(tiles, self.weight.fmt.bits)}
             tiles = {**tiles, **dict(self.tile_overrides)}
-            # input rows per workgroup: up to GEMV_MAX_ROWS, while the partial sums (threads x rows x
-            # input rows floats) fit in 16 KiB of workgroup memory
-            if "x_rows" not in tiles:
-                budget = 4096 // self.workgroup_size_of(tiles)
-                tiles["x_rows"] = max(1, min(GEMV_MAX_ROWS, budget // tiles["rows"]))
+            # x_rows: input rows per workgroup, each decoded weight applied to all of them. One by
+            # default: decoding once for 8 rows left BERT-base's 768 outputs 24 workgroups at 1x8 and
+            # ran 1.8x slower on an H200 (docs/benchmarks.md); it pays only where the grid stays full.
+            tiles.setdefault("x_rows", 1)
             return tiles
         return {**tiles, **dict(self.tile_overrides)}
 
