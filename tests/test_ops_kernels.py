@@ -270,6 +270,8 @@ ATTENTION_CASES = [
     (3, 18, 3, 8, (18, 11, 0)),
     (1, 300, 2, 20, (260,)),
     (1, 5, 1, 136, (5,)),
+    (2, 5, 2, 6, (5, 3)),  # head_dim not a multiple of 4: the dot product's tail
+    (1, 3, 1, 260, (3,)),  # head_dim past the staged q row (256): q read from the buffer
 ]
 
 
