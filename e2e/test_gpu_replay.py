@@ -145,3 +145,28 @@ def test_minilm_replays_without_new_gpu_objects(demo, replay_site, browser, vari
     assert cosine(np.asarray(out["first"]["embeddings"]), want_a).min() >= E2E_COSINE
     assert cosine(np.asarray(out["steady"]["result"]["embeddings"]), want_b).min() >= E2E_COSINE
     check_steady(out["steady"]["counts"], inputs=4)  # token ids, mask, positions, token types
+
+
+RUN_MANY_SHAPES = """
+const { sampleToImage } = await import('./images.js');
+const samples = (await (await fetch('./samples.json')).json()).map(sampleToImage);
+const model = window.ulpqDemo.model;
+const sizes = [];
+for (let n = 1; n <= 10; n++) {
+  await model.process(samples.slice(0, n));
+  sizes.push(model.backend.plans.size);
+}
+const again = await model.process(samples.slice(0, 1));  // its plan was freed: rebuilt, still right
+return { sizes, again, memory: model.backend.memoryBytes() };
+"""
+
+
+def test_plans_are_bounded_and_rebuilt_after_eviction(demo, replay_site):
+    """Ten batch sizes keep at most 8 plans (the least recently used freed); a freed shape runs again
+    correctly on a rebuilt plan."""
+    folder = replay_site / "replay-vit"
+    out = evaluate(demo, "firefox", "replay-vit/index.html?run=0", RUN_MANY_SHAPES)
+    assert out["sizes"] == [1, 2, 3, 4, 5, 6, 7, 8, 8, 8], out["sizes"]
+    assert out["memory"]["plans"] == 8 and out["memory"]["gpu_activation_bytes"] > 0
+    expected = vit_reference(folder, load_bundle(folder), [0])
+    assert relative_error(np.asarray(out["again"]["logits"]), expected) < E2E_LOGITS

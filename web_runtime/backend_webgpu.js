@@ -22,7 +22,11 @@ export class GpuUnavailable extends Error {
 }
 
 const FALLBACK_PROFILE = 'chrome';
-const MAX_PLANS = 8; // shapes kept ready per model (least recently used beyond that are freed)
+// Shapes kept ready per model: the least recently used plans beyond 8, or beyond 256 MiB of
+// activation buffers together, are freed (a page embedding texts of many lengths would otherwise
+// keep a plan, and its buffers, per length). The plan in use is always kept.
+const MAX_PLANS = 8;
+const MAX_PLAN_BYTES = 256 * 1024 * 1024;
 const UNIFORM_ALIGN = 256; // minUniformBufferOffsetAlignment's largest allowed value
 const STORAGE_ALIGN = 256; // minStorageBufferOffsetAlignment's largest allowed value
 
@@ -539,7 +543,8 @@ export class GpuBackend {
       this.#build(plan, h.base ?? h);
       if (plan.key !== null) {
         this.plans.set(plan.key, plan);
-        while (this.plans.size > MAX_PLANS) {
+        const planBytes = () => [...this.plans.values()].reduce((sum, p) => sum + p.activationBytes, 0);
+        while (this.plans.size > 1 && (this.plans.size > MAX_PLANS || planBytes() > MAX_PLAN_BYTES)) {
           const [oldest, evicted] = this.plans.entries().next().value;
           this.plans.delete(oldest);
           this.#free(evicted);
