@@ -448,6 +448,7 @@ export class GpuBackend {
    * own), write all params into one uniform buffer, create every bind group.
    */
   #build(plan, output) {
+    const started = performance.now();
     const steps = plan.steps.filter((s) => s.key);
     for (const step of steps) {
       if (!step.resources.y) step.resources.y = step.out;
@@ -519,6 +520,7 @@ export class GpuBackend {
     plan.poison = this.poison ? steps.map((s) => s.out).filter((v, i, all) => !v.input && all.indexOf(v) === i) : [];
     this.stats.buffersCreated += created.length;
     this.stats.plansBuilt++;
+    this.stats.lastBuildMs = performance.now() - started; // JS + API time to create the plan's objects
   }
 
   #readback(plan) {

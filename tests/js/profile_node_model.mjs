@@ -9,7 +9,7 @@ import path from 'node:path';
 import { pathToFileURL } from 'node:url';
 
 const [dir, ...shapes] = process.argv.slice(2);
-globalThis.ULPQ_GPU_TIMING = true;
+globalThis.ULPQ_GPU_TIMING = process.env.ULPQ_GPU_TIMING !== '0';  // ULPQ_GPU_TIMING=0: plain runs (first-run cost only)
 const node = await import(pathToFileURL(path.resolve(dir, 'node.js')).href);
 const model = await node.loadBundle(path.resolve(dir), { hardware: 'webgpu' });
 const words = readFileSync(path.join(dir, 'vocab.txt'), 'utf8').split('\n').filter((w) => /^[a-z]+$/.test(w));
@@ -19,8 +19,12 @@ for (const shape of shapes) {
   const [batch, tokens] = shape.split('x').map(Number);
   const texts = Array.from({ length: batch }, (_, b) => Array.from({ length: tokens - 2 }, (_, i) => words[(b * 31 + i * 7) % words.length]).join(' '));
   const runs = [];
+  const wall = [];
   for (let i = 0; i < 7; i++) {
+    const t0 = performance.now();
     await model.process(texts);
+    wall.push(performance.now() - t0);
+    if (i === 0) process.stderr.write(`[profile] ${shape}: first run ${wall[0].toFixed(2)} ms, of which building the plan ${model.backend.stats.lastBuildMs?.toFixed(2)} ms\n`);
     runs.push(model.backend.lastTiming ?? []);
   }
   const byKind = {};
