@@ -1,9 +1,13 @@
 """Helpers shared by the unit tests (imported as `support`; conftest.py holds only fixtures)."""
 
+import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -16,6 +20,27 @@ def run_cli(*args, cwd=None, check=None, timeout=600):
     if check is not None:
         assert proc.returncode == check, f"exit {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
     return proc
+
+
+def run_node(script, *args, flags=(), timeout=600):
+    """Run a Node script (the JS runtime's test drivers in tests/js) with `args`; return the
+    CompletedProcess. Without node the test fails: .ci/run installs it, so it is never skipped."""
+    node = shutil.which("node")
+    if node is None:
+        pytest.fail("node is not installed (.ci/run installs it): the JS runtime tests need it")
+    return subprocess.run([node, *flags, str(script), *map(str, args)], capture_output=True, text=True, timeout=timeout)
+
+
+def node_json(script, *args, request=None, tmp_path=None, flags=(), timeout=600):
+    """run_node, which must exit 0; its stdout parsed as JSON. `request` (any JSON value) is written
+    to tmp_path/request.json and passed as the last argument."""
+    if request is not None:
+        path = Path(tmp_path) / "request.json"
+        path.write_text(json.dumps(request))
+        args = (*args, path)
+    proc = run_node(script, *args, flags=flags, timeout=timeout)
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout)
 
 
 def write_model(folder, tensors, config=None, **side_files):

@@ -1,31 +1,21 @@
 """The bundle's JS runtime under Node: its decoder restores every format exactly as numpy does,
 its CPU path matches the numpy reference, and its variant choice follows the profile table."""
 
-import json
-import shutil
-import subprocess
 
 import numpy as np
 import pytest
 
-from support import ROOT, run_cli
+from support import ROOT, node_json, run_cli
 from ulpq_build.bundle_reader import load_bundle
 from ulpq_build.formats import FORMATS
 from ulpq_build.reference import mlp_forward, relative_error
 
-NODE = shutil.which("node")
 # JS computes in float64 over float32 weights; numpy's float64 reference differs only by the erf approximation
 CPU_PATH_TOLERANCE = 1e-5
 
 
 def run_node(bundle, request, tmp_path):
-    if NODE is None:
-        pytest.fail("node is not installed (.ci/run installs it): the JS runtime tests need it")
-    req = tmp_path / "request.json"
-    req.write_text(json.dumps(request))
-    proc = subprocess.run([NODE, ROOT / "tests/js/node_runtime.mjs", bundle, req], capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr
-    return json.loads(proc.stdout)
+    return node_json(ROOT / "tests/js/node_runtime.mjs", bundle, request=request, tmp_path=tmp_path, timeout=300)
 
 
 CASES = [[f] for f in FORMATS] + [

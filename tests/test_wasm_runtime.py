@@ -4,13 +4,11 @@ match numpy over the bundle's own weights (MiniLM cosine per sentence, ViT logit
 SIMD (or without kernels in the bundle) the plain-JS path runs and says why."""
 
 import json
-import shutil
-import subprocess
 
 import numpy as np
 import pytest
 
-from support import ROOT, run_cli
+from support import ROOT, node_json, run_cli, run_node
 from ulpq_build.bundle_reader import load_bundle
 from ulpq_build.reference import bert_forward, cosine, mlp_forward, relative_error, vit_forward
 from test_models import sample_pixels
@@ -26,14 +24,7 @@ SENTENCES = ["A man is playing a guitar on the stage tonight.", "Someone is play
 
 
 def run(bundle, request, tmp_path, flags=()):
-    node = shutil.which("node")
-    if node is None:
-        pytest.fail("node is not installed (.ci/run installs it): the wasm runtime tests need it")
-    req = tmp_path / "request.json"
-    req.write_text(json.dumps(request))
-    proc = subprocess.run([node, *flags, ROOT / "tests/js/run_cpu_backend.mjs", bundle, req], capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr
-    return json.loads(proc.stdout)
+    return node_json(ROOT / "tests/js/run_cpu_backend.mjs", bundle, request=request, tmp_path=tmp_path, flags=flags)
 
 
 MLP_CASES = [["float32"], ["int8"], ["int4"], ["int3"], ["int2"], ["int2-4values"], ["int2-ternary"], ["int2-optimal"],
@@ -122,15 +113,8 @@ def test_each_bundle_runs_its_own_kernels_through_one_runtime(tmp_path, rng):
         bundles[fmt] = tmp_path / fmt
         run_cli("bundle", "--model", "builtin:mlp", "--format", fmt, "--out", bundles[fmt], check=0)
     x = rng.standard_normal((3, load_bundle(bundles["int4"]).model["input_size"])).round(5)
-    node = shutil.which("node")
-    if node is None:
-        pytest.fail("node is not installed (.ci/run installs it): the wasm runtime tests need it")
-    req = tmp_path / "request.json"
-    req.write_text(json.dumps({"bundles": [str(b) for b in bundles.values()], "input": x.tolist(), "options": {"threads": 1}}))
-    proc = subprocess.run([node, ROOT / "tests/js/run_bundles_one_runtime.mjs", bundles["float32"], req],
-                          capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr
-    results = json.loads(proc.stdout)
+    request = {"bundles": [str(b) for b in bundles.values()], "input": x.tolist(), "options": {"threads": 1}}
+    results = node_json(ROOT / "tests/js/run_bundles_one_runtime.mjs", bundles["float32"], request=request, tmp_path=tmp_path)
     assert len(results) == len(bundles)
     for (fmt, bundle), out in zip(bundles.items(), results):
         assert out["kind"] == "wasm-simd", (fmt, out["notes"])
@@ -151,8 +135,7 @@ def test_a_tampered_kernel_file_stops_the_load(tmp_path):
         data = bytearray(path.read_bytes())
         data[len(data) // 2] ^= 0x01
         path.write_bytes(bytes(data))
-    node = shutil.which("node")
     req = tmp_path / "request.json"
     req.write_text(json.dumps({"options": {}, "rows": [[0.5] * width]}))
-    proc = subprocess.run([node, ROOT / "tests/js/run_cpu_backend.mjs", bundle, req], capture_output=True, text=True, timeout=120)
+    proc = run_node(ROOT / "tests/js/run_cpu_backend.mjs", bundle, req, timeout=120)
     assert proc.returncode != 0 and "IntegrityError" in proc.stderr and "sha256" in proc.stderr, (proc.stdout, proc.stderr)
