@@ -3,14 +3,15 @@ Firefox, a steady run creates no buffers, bind groups, pipelines or shader modul
 encodes one compute pass; replays with new inputs of the same shape still equal numpy; a new shape
 compiles nothing (every pipeline exists after initialisation); and Q, K and V run as one product."""
 
-import json
 
 import numpy as np
 import pytest
 
 from ulpq_build.bundle_reader import load_bundle
 from ulpq_build.cli import main as cli_main
-from ulpq_build.reference import bert_forward, cosine, relative_error, vit_forward, vit_preprocess
+from ulpq_build.reference import bert_forward, cosine, relative_error
+
+from test_models_in_browsers import reference_tokens, samples_reference
 
 pytestmark = pytest.mark.browser
 
@@ -89,15 +90,6 @@ def check_steady(counts, inputs):
     assert counts.get("writeBuffer") == inputs, counts
 
 
-def vit_reference(folder, bundle, order):
-    samples = json.loads((folder / "samples.json").read_text())
-    import base64
-    grey = np.stack([np.frombuffer(base64.b64decode(s["grey_base64"]), np.uint8).reshape(s["height"], s["width"])
-                     for s in samples])[order]
-    rgba = np.stack([grey, grey, grey, np.full_like(grey, 255)], axis=-1)
-    return vit_forward(bundle.model, bundle.weights, vit_preprocess(rgba, bundle.model["preprocess"]))
-
-
 @pytest.mark.parametrize("browser, variant", BROWSERS, ids=[b for b, _ in BROWSERS])
 def test_vit_replays_without_new_gpu_objects(demo, replay_site, browser, variant):
     folder = replay_site / "replay-vit"
@@ -109,7 +101,7 @@ def test_vit_replays_without_new_gpu_objects(demo, replay_site, browser, variant
     forward = list(range(n))
     for result, order in ((out["first"], forward), (out["steady"]["result"], forward[::-1]),
                           (out["newShape"]["result"], forward[:3])):
-        expected = vit_reference(folder, bundle, order)
+        expected = samples_reference(folder, bundle)[order]
         assert relative_error(np.asarray(result["logits"]), expected) < E2E_LOGITS
     check_steady(out["steady"]["counts"], inputs=2)  # the images and the [CLS] row indices
     # a new shape builds its plan (buffers, bind groups) but compiles nothing
@@ -119,17 +111,8 @@ def test_vit_replays_without_new_gpu_objects(demo, replay_site, browser, variant
 
 
 def text_reference(folder, bundle, sentences):
-    from tokenizers import Tokenizer
-    tokenizer = Tokenizer.from_file(str(folder / "tokenizer.json"))
-    tokenizer.no_padding()
-    encoded = [e.ids for e in tokenizer.encode_batch(sentences)]
-    seq = max(map(len, encoded))
-    ids = np.zeros((len(encoded), seq), np.int64)
-    mask = np.zeros((len(encoded), seq))
-    for i, e in enumerate(encoded):
-        ids[i, : len(e)] = e
-        mask[i, : len(e)] = 1
-    return bert_forward(bundle.model, bundle.weights, ids, mask), seq
+    ids, mask = reference_tokens(folder, bundle.model["tokenizer"]["max_length"], sentences)
+    return bert_forward(bundle.model, bundle.weights, ids, mask), ids.shape[1]
 
 
 @pytest.mark.parametrize("browser, variant", BROWSERS, ids=[b for b, _ in BROWSERS])
@@ -168,5 +151,5 @@ def test_plans_are_bounded_and_rebuilt_after_eviction(demo, replay_site):
     out = evaluate(demo, "firefox", "replay-vit/index.html?run=0", RUN_MANY_SHAPES)
     assert out["sizes"] == [1, 2, 3, 4, 5, 6, 7, 8, 8, 8], out["sizes"]
     assert out["memory"]["plans"] == 8 and out["memory"]["gpu_activation_bytes"] > 0
-    expected = vit_reference(folder, load_bundle(folder), [0])
+    expected = samples_reference(folder, load_bundle(folder))[[0]]
     assert relative_error(np.asarray(out["again"]["logits"]), expected) < E2E_LOGITS

@@ -72,11 +72,12 @@ def check_path(result, path, variant, browser):
         assert result["webgpu"]["available"] is False
 
 
-def reference_tokens(bundle_dir, max_length):
+def reference_tokens(bundle_dir, max_length, sentences=SENTENCES):
+    """Token ids and mask of `sentences` by `tokenizers`, padded to the longest as the runtime does."""
     tokenizer = Tokenizer.from_file(str(bundle_dir / "tokenizer.json"))
     tokenizer.no_padding()
     tokenizer.enable_truncation(max_length)
-    encoded = [e.ids for e in tokenizer.encode_batch(SENTENCES)]
+    encoded = [e.ids for e in tokenizer.encode_batch(sentences)]
     seq = max(map(len, encoded))
     ids = np.zeros((len(encoded), seq), np.int64)
     mask = np.zeros((len(encoded), seq))
