@@ -75,12 +75,19 @@ def _finite_float(text: str) -> float:
     return value
 
 
-def parse_json(raw: bytes | str, source, advice: str, *, max_depth: int = MAX_DEPTH) -> Any:
-    """JSON text -> Python values, with one-line errors naming `source`."""
+def _shallow_text(raw: bytes | str, source, advice: str, max_depth: int) -> str:
+    """The decoded text, once its nesting is known to stay within max_depth (checked before any
+    parser recurses into it)."""
     text = _decode(raw, source, advice)
     depth = nesting_depth(text.encode("utf-8", "surrogatepass"))
     if depth > max_depth:
         raise fail(source, f"nested {depth} levels deep (at most {max_depth} allowed)", advice)
+    return text
+
+
+def parse_json(raw: bytes | str, source, advice: str, *, max_depth: int = MAX_DEPTH) -> Any:
+    """JSON text -> Python values, with one-line errors naming `source`."""
+    text = _shallow_text(raw, source, advice, max_depth)
     try:
         return json.loads(text, parse_constant=_no_constant, parse_float=_finite_float)
     except (ValueError, RecursionError) as exc:  # JSONDecodeError, huge integers, NaN, 1e400
@@ -89,10 +96,7 @@ def parse_json(raw: bytes | str, source, advice: str, *, max_depth: int = MAX_DE
 
 def parse_toml(raw: bytes | str, source, advice: str, *, max_depth: int = MAX_DEPTH) -> Any:
     """TOML text -> Python values; NaN and infinities are refused like in JSON."""
-    text = _decode(raw, source, advice)
-    depth = nesting_depth(text.encode("utf-8", "surrogatepass"))
-    if depth > max_depth:
-        raise fail(source, f"nested {depth} levels deep (at most {max_depth} allowed)", advice)
+    text = _shallow_text(raw, source, advice, max_depth)
     try:
         data = tomllib.loads(text, parse_float=_finite_float)
     except (ValueError, RecursionError) as exc:  # TOMLDecodeError is a ValueError
