@@ -198,9 +198,6 @@ export class GpuBackend {
     this.stats.pipelinesCreated += shaders.length;
   }
 
-  /** Kept for callers that compile ahead of a run: every pipeline already exists. */
-  async prepare() {}
-
   #buffer(bytes, label) {
     const buffer = this.device.createBuffer({ size: Math.max(4, ceil4(bytes.length)), usage: GPUBufferUsage.STORAGE, mappedAtCreation: true, label });
     new Uint8Array(buffer.getMappedRange()).set(bytes);
@@ -251,7 +248,7 @@ export class GpuBackend {
    * and its plan discarded afterwards (one-off runs such as the self-test).
    */
   begin(shapeKey = null) {
-    if (this.lost) throw new GpuUnavailable(`the GPU device was lost (${this.lost.message || this.lost.reason})`);
+    if (this.lost) throw this.#lostError();
     // A run left unfinished was abandoned by an exception in the graph (graphs are synchronous
     // up to output(), which clears `run` before it awaits): its recording is simply dropped.
     const plan = shapeKey === null ? null : this.plans.get(shapeKey);
@@ -287,30 +284,27 @@ export class GpuBackend {
     return value;
   }
 
+  /** A dispatch step; its resources and output value are made only when it is recorded. */
   #dispatchStep(kind, key, resources, dims, out) {
-    const entry = this.pipelines.get(key);
-    if (!entry) throw new Error(`no pipeline ${key} for profile ${this.profile.name}`);
-    return this.#step(kind, () => ({ key, resources: resources(), dims, out: out() })).out;
+    return this.#step(kind, () => {
+      if (!this.pipelines.has(key)) throw new Error(`no pipeline ${key} for profile ${this.profile.name}`);
+      return { key, resources: resources(), dims, out: out() };
+    }).out;
   }
 
-  input(data, rows, cols) {
-    const step = this.#step('input', () => ({ out: this.#value(rows, cols, { input: true, bytes: data.byteLength }) }));
-    this.#write(step.out, data);
-    return step.out;
-  }
-
-  /** A storage buffer holding a typed array (token ids, masks, positions): a plan input. */
-  upload(typed) {
-    const step = this.#step('upload', () => ({ out: this.#value(1, typed.length, { input: true, bytes: typed.byteLength }) }));
-    this.#write(step.out, typed);
-    return step.out;
-  }
-
-  #write(value, typed) {
-    if (typed.byteLength !== value.bytes) {
-      throw new Error(`plan ${this.run.plan.key}: input of ${typed.byteLength} bytes where the plan holds ${value.bytes}`);
+  /** A plan input: a buffer of the typed array's size, written with `typed` at every run. */
+  input(typed, rows, cols) {
+    const { out } = this.#step('input', () => ({ out: this.#value(rows, cols, { input: true, bytes: typed.byteLength }) }));
+    if (typed.byteLength !== out.bytes) {
+      throw new Error(`plan ${this.run.plan.key}: input of ${typed.byteLength} bytes where the plan holds ${out.bytes}`);
     }
-    (this.run.writes ??= []).push([value, typed]);
+    (this.run.writes ??= []).push([out, typed]);
+    return out;
+  }
+
+  /** A storage buffer holding a typed array (token ids, masks, positions). */
+  upload(typed) {
+    return this.input(typed, 1, typed.length);
   }
 
   #weightResources(name) {
@@ -469,7 +463,8 @@ export class GpuBackend {
       if (value.input) value.buffer = make(value.bytes, GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_DST, `input ${value.id}`);
     }
     output.pinned = true;
-    const free = []; // {buffer, size, until}
+    // free: buffers whose current owner is read last at step `until`; steps after it may take them
+    const free = [];
     steps.forEach((step, i) => {
       const value = step.out;
       if (value.buffer) return; // an input, or an accumulate into an existing value
@@ -484,10 +479,8 @@ export class GpuBackend {
         }
       }
       value.buffer ??= make(value.bytes, ACTIVATION_USAGE(), `activation ${value.id}`);
-      if (!value.pinned) free.push({ buffer: value.buffer, size: value.buffer.size, until: last.get(value.id), owner: value });
+      if (!value.pinned) free.push({ buffer: value.buffer, size: value.buffer.size, until: last.get(value.id) });
     });
-    // a buffer becomes free again only after its current owner's last read
-    // (free entries carry `until`; an entry is reusable by steps after it)
     const stride = (shader) => alignUp(Math.max(16, Math.ceil((shader.params.length * 4) / 16) * 16), UNIFORM_ALIGN);
     let total = 0;
     for (const step of steps) {
@@ -539,6 +532,7 @@ export class GpuBackend {
   async output(h) {
     const run = this.run;
     this.run = null;
+    if (h.stride && h.stride !== h.cols) throw new Error('a column view cannot be the output of a run');
     const { plan } = run;
     if (run.replay && run.cursor !== plan.steps.length) throw new Error(`plan ${plan.key}: the graph stopped after ${run.cursor} of ${plan.steps.length} steps`);
     if (!run.replay) {
@@ -587,15 +581,13 @@ export class GpuBackend {
       try {
         await rb.buffer.mapAsync(GPUMapMode.READ, 0, ceil4(bytes));
       } catch (err) {
-        if (this.lost) throw new GpuUnavailable(`the GPU device was lost (${this.lost.message || this.lost.reason})`);
+        if (this.lost) throw this.#lostError();
         throw new Error(`reading the output back failed: ${err.message}`);
       }
       const data = new Float32Array(rb.buffer.getMappedRange(0, ceil4(bytes)).slice(0, bytes));
       rb.buffer.unmap();
-      if (this.lost) throw new GpuUnavailable(`the GPU device was lost (${this.lost.message || this.lost.reason})`);
-      const out = h.stride && h.stride !== h.cols ? null : data;
-      if (!out) throw new Error('a column view cannot be the output of a run');
-      return { data: out, rows: h.rows, cols: h.cols };
+      if (this.lost) throw this.#lostError();
+      return { data, rows: h.rows, cols: h.cols };
     } finally {
       rb.busy = false;
       if (plan.key === null) this.#free(plan);
@@ -629,6 +621,10 @@ export class GpuBackend {
     plan.times.unmap();
     return plan.dispatches.map((step, i) => ({ kind: step.kind, key: step.key, grid: step.grid,
       us: Number(t[2 * i + 1] - t[2 * i]) / 1000 }));
+  }
+
+  #lostError() {
+    return new GpuUnavailable(`the GPU device was lost (${this.lost.message || this.lost.reason})`);
   }
 
   #free(plan) {

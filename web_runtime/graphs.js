@@ -68,10 +68,3 @@ async function vit(backend, model, x) {
 }
 
 export const GRAPHS = { mlp, bert, vit };
-
-/** The matrix-product row counts a graph runs for an input, so their shaders can be compiled up front. */
-export function matmulRows(model, x) {
-  if (model.architecture === 'bert') return [x.batch * x.seq];
-  if (model.architecture === 'vit') return [x.batch * model.num_patches, x.batch * (model.num_patches + 1), x.batch];
-  return [x.rows];
-}

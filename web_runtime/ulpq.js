@@ -15,7 +15,7 @@ import {
 import { CpuBackend } from './backend_cpu.js';
 import { createCpuBackend } from './cpu_select.js';
 import { GpuUnavailable, createGpuBackend, webgpuPresence } from './backend_webgpu.js';
-import { GRAPHS, matmulRows } from './graphs.js';
+import { GRAPHS } from './graphs.js';
 import { preprocessImages } from './images.js';
 import { checkImages, checkOptions, checkTexts, slices, toMatrix } from './inputs.js';
 import { WordPieceTokenizer } from './tokenizer.js';
@@ -241,7 +241,6 @@ export class UlpqModel {
     for (const rows of [1, 3]) {
       const x = new Float32Array(rows * node.in_features).map((_, i) => Math.sin(i * 0.37 + rows) * 0.8);
       const r = node.residual ? new Float32Array(rows * node.out_features).map((_, i) => Math.cos(i * 0.11)) : null;
-      await backend.prepare([rows]);
       backend.begin();
       const h = backend.input(x, rows, node.in_features);
       const got = await backend.output(backend.linear(h, node, r ? backend.input(r, rows, node.out_features) : null));
@@ -329,7 +328,6 @@ export class UlpqModel {
 
   async #graph(backend, x) {
     const model = this.manifest.model;
-    await backend.prepare?.(matmulRows(model, x));
     return GRAPHS[model.architecture](backend, model, x);
   }
 
