@@ -81,11 +81,8 @@ class Kernel:
                 self.check_tiles(name, self.tiles_for(name, {"size": size}))
 
     def check_tiles(self, profile: str, t: dict) -> None:
-        """Tiles must fit the template's assumptions for the workgroup size (the profile's, or the
-        tiles' own `threads` where a kernel runs narrower workgroups)."""
-        wg = t.get("threads", get_profile(profile).workgroup_size)
-        if wg > get_profile(profile).workgroup_size:
-            raise ValueError(f"{self.name}: {wg} threads exceed {profile}'s {get_profile(profile).workgroup_size}")
+        """Tiles must fit the template's assumptions for the profile's workgroup size."""
+        wg = get_profile(profile).workgroup_size
         if self.dispatch == "gemm":  # reg_m x 4 outputs per thread cover the tile exactly
             if t["reg_n"] != 4 or t["reg_m"] not in (4, 8) or t["tile_m"] * t["tile_n"] != t["reg_m"] * 4 * wg \
                     or t["tile_m"] % t["reg_m"] or (t["tile_m"] // 4 * t["tile_k"]) % 1:
@@ -139,7 +136,7 @@ KERNELS: dict[str, Kernel] = _reg(
         # Chosen on an H200 (scripts/bench_kernels.py --sweep, docs/benchmarks.md): at 4096^3 the 8x4
         # register tiles win, at 128 rows the smaller tiles fill more of the GPU. (32x32 tiles in
         # 64-thread workgroups were tried for 128 rows: same thread count, slower; split-K is what
-        # adds parallelism there.) `threads` may name a workgroup narrower than the profile's.
+        # adds parallelism there.)
         {"firefox:large": {"tile_m": 64, "tile_n": 64, "tile_k": 16, "reg_m": 8, "reg_n": 4},
          "firefox:small": {"tile_m": 32, "tile_n": 64, "tile_k": 32, "reg_m": 4, "reg_n": 4},
          "chrome:large": {"tile_m": 128, "tile_n": 64, "tile_k": 16, "reg_m": 8, "reg_n": 4},
@@ -328,16 +325,11 @@ class KernelVariant:
         if self.kernel == "gemv":
             if self.weight is not None and self.weight.fmt.quantized:
                 tiles = {**tiles, **gemv_packed_tiles(tiles, self.weight.fmt.bits)}
-            tiles = {**tiles, **dict(self.tile_overrides)}
             # x_rows: input rows per workgroup, each decoded weight applied to all of them. One by
             # default: decoding once for 8 rows left BERT-base's 768 outputs 24 workgroups at 1x8 and
             # ran 1.8x slower on an H200 (docs/benchmarks.md); it pays only where the grid stays full.
-            tiles.setdefault("x_rows", 1)
-            return tiles
+            tiles = {"x_rows": 1, **tiles}
         return {**tiles, **dict(self.tile_overrides)}
-
-    def workgroup_size_of(self, tiles: dict) -> int:
-        return tiles.get("threads", self.prof.workgroup_size)
 
     @property
     def key(self) -> str:
@@ -370,8 +362,8 @@ class KernelVariant:
 
     @property
     def workgroup_size(self) -> int:
-        """Threads per workgroup: the profile's, unless the tiles name fewer (narrow GEMM tiles)."""
-        return self.workgroup_size_of(self.tiles)
+        """Threads per workgroup (every variant of a profile runs the profile's)."""
+        return self.prof.workgroup_size
 
     @property
     def workgroup_storage_bytes(self) -> int:
