@@ -1,6 +1,8 @@
 // Fetch a bundle: the manifest, then every weight shard with progress events, each verified
 // against the manifest's sha256 before a single byte of it is used.
 
+import { openWeightCache } from './weight_cache.js';
+
 export const SUPPORTED_SCHEMA = 1;
 
 export class BundleError extends Error {
@@ -181,41 +183,74 @@ export async function fetchVerifiedText(baseUrl, file, expectedSha) {
   return new TextDecoder().decode(bytes);
 }
 
+/** Download one shard into a buffer of the manifest's size, reporting each chunk through `progress(n)`. */
+async function downloadShard(shard, baseUrl, progress) {
+  const response = await fetchOk(new URL(shard.file, baseUrl));
+  const bytes = new Uint8Array(shard.bytes);
+  let filled = 0;
+  const reader = response.body.getReader();
+  for (;;) {
+    const { done, value } = await reader.read();
+    if (done) break;
+    if (filled + value.length > bytes.length) {
+      throw new IntegrityError(`${shard.file}: larger than the ${shard.bytes} bytes the manifest lists; rebuild or re-upload the bundle`);
+    }
+    bytes.set(value, filled);
+    filled += value.length;
+    progress(value.length);
+  }
+  if (filled !== bytes.length) {
+    throw new IntegrityError(`${shard.file}: ${filled} bytes received, the manifest lists ${shard.bytes}; the upload is incomplete`);
+  }
+  return bytes;
+}
+
 /**
- * Download every shard, reporting {phase, file, loaded, total} to onProgress, and return
- * Map(file -> Uint8Array) of verified bytes.
+ * Every shard, from the weight cache (weight_cache.js) where it holds a copy that still matches
+ * the manifest's sha256, else from the network; returns Map(file -> Uint8Array) of verified bytes.
+ * onProgress gets {phase: 'weights', file, loaded, total, source: 'cache' | 'network'} (the first
+ * event, before any file, has file null and no source), then {phase: 'verified', file: null,
+ * loaded, total, cache: {status: 'on' | 'off' | 'unavailable', cacheBytes, networkBytes, notes}}.
+ * options.cache false: neither read nor write the cache.
+ * @param {(event: import('./types/ulpq.js').LoadProgress) => void} [onProgress]
  */
-export async function fetchShards(manifest, baseUrl, onProgress = () => {}) {
+export async function fetchShards(manifest, baseUrl, onProgress = () => {}, { cache = true } = {}) {
   const total = manifest.shards.reduce((sum, s) => sum + s.bytes, 0);
   let loaded = 0;
+  const tally = { cache: 0, network: 0 };
   const out = new Map();
+  const store = await openWeightCache(baseUrl, cache);
   onProgress({ phase: 'weights', file: null, loaded, total });
   for (const shard of manifest.shards) {
-    const response = await fetchOk(new URL(shard.file, baseUrl));
-    const bytes = new Uint8Array(shard.bytes);
-    let filled = 0;
-    const reader = response.body.getReader();
-    for (;;) {
-      const { done, value } = await reader.read();
-      if (done) break;
-      if (filled + value.length > bytes.length) {
-        throw new IntegrityError(`${shard.file}: larger than the ${shard.bytes} bytes the manifest lists; rebuild or re-upload the bundle`);
+    let bytes = await store.read(shard);
+    if (bytes && bytes.length !== shard.bytes) {
+      await store.discard(shard, `had ${bytes.length} bytes, the manifest lists ${shard.bytes}`);
+      bytes = null;
+    } else if (bytes && (await sha256Hex(bytes)) !== shard.sha256) {
+      await store.discard(shard, 'did not match the manifest\'s sha256');
+      bytes = null;
+    }
+    const source = bytes ? 'cache' : 'network';
+    const report = (n) => {
+      loaded += n;
+      tally[source] += n;
+      onProgress({ phase: 'weights', file: shard.file, loaded, total, source });
+    };
+    if (bytes) {
+      report(bytes.length);
+    } else {
+      bytes = await downloadShard(shard, baseUrl, report);
+      const actual = await sha256Hex(bytes);
+      if (actual !== shard.sha256) {
+        throw new IntegrityError(`${shard.file}: sha256 mismatch (expected ${shard.sha256.slice(0, 12)}..., got ${actual.slice(0, 12)}...); the shard was modified or corrupted, rebuild or re-upload the bundle`);
       }
-      bytes.set(value, filled);
-      filled += value.length;
-      loaded += value.length;
-      onProgress({ phase: 'weights', file: shard.file, loaded, total });
-    }
-    if (filled !== bytes.length) {
-      throw new IntegrityError(`${shard.file}: ${filled} bytes received, the manifest lists ${shard.bytes}; the upload is incomplete`);
-    }
-    const actual = await sha256Hex(bytes);
-    if (actual !== shard.sha256) {
-      throw new IntegrityError(`${shard.file}: sha256 mismatch (expected ${shard.sha256.slice(0, 12)}..., got ${actual.slice(0, 12)}...); the shard was modified or corrupted, rebuild or re-upload the bundle`);
+      store.write(shard, bytes); // only verified bytes are cached
     }
     out.set(shard.file, bytes);
   }
-  onProgress({ phase: 'verified', file: null, loaded, total });
+  await store.finish(manifest);
+  const summary = { status: store.status, cacheBytes: tally.cache, networkBytes: tally.network, notes: store.notes };
+  onProgress({ phase: 'verified', file: null, loaded, total, cache: summary });
   return out;
 }
 

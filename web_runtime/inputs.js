@@ -121,6 +121,7 @@ const OPTION_TYPES = {
   selfTest: (v) => typeof v === 'boolean' || 'true or false',
   cpu: (v) => v === null || v === 'wasm' || v === 'js' || "null (the best CPU backend), 'wasm' or 'js'",
   threads: (v) => (Number.isInteger(v) && v >= 1 && v <= 256) || 'an integer from 1 to 256 (CPU worker threads)',
+  cache: (v) => typeof v === 'boolean' || 'true or false (keep weight shards in the browser\'s Cache API)',
   expected: (v) => v === null || (typeof v === 'object' && !Array.isArray(v)) || 'null or an object',
   modelId: (v) => typeof v === 'string' || v instanceof URL || 'a string (the bundle folder or its manifest.json URL)',
   quantization: (v) => v === null || (typeof v === 'object' && !Array.isArray(v)) || 'null or an object such as {bitsPerWeight: 4}',

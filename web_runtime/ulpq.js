@@ -19,11 +19,12 @@ import { GRAPHS } from './graphs.js';
 import { preprocessImages } from './images.js';
 import { checkImages, checkOptions, checkTexts, slices, toMatrix } from './inputs.js';
 import { WordPieceTokenizer } from './tokenizer.js';
+import { clearWeightCache } from './weight_cache.js';
 
 export { BundleError, IntegrityError, GpuUnavailable, WordPieceTokenizer };
 
-const MODEL_OPTIONS = ['hardware', 'profile', 'onProgress', 'poison', 'selfTest', 'cpu', 'threads', 'expected'];
-const FACTORY_OPTIONS = ['modelId', 'quantization', 'profile', 'onProgress', 'poison', 'selfTest', 'cpu', 'threads'];
+const MODEL_OPTIONS = ['hardware', 'profile', 'onProgress', 'poison', 'selfTest', 'cpu', 'threads', 'cache', 'expected'];
+const FACTORY_OPTIONS = ['modelId', 'quantization', 'profile', 'onProgress', 'poison', 'selfTest', 'cpu', 'threads', 'cache'];
 // The CPU path runs a batch in slices of about this many matrix-product rows and hands the page
 // back between slices, so a long batch does not freeze it (decoding a weight row costs about one
 // row of products, so much smaller slices would slow the run down).
@@ -54,7 +55,11 @@ export class UlpqModel {
   /**
    * @param {string|URL} manifestUrl  the bundle's manifest.json
    * @param {object} options  hardware: 'auto' | 'webgpu' | 'cpu'; profile: force a browser profile
-   *   ('firefox', 'chrome', 'safari', 'edge'); onProgress({phase, file, loaded, total});
+   *   ('firefox', 'chrome', 'safari', 'edge'); onProgress({phase, file, loaded, total, source}), where
+   *   source ('cache' | 'network') says where a 'weights' event's bytes came from and the 'verified'
+   *   event carries `cache` (see WeightCacheReport at clearCache below);
+   *   cache (default true): keep verified weight shards in the browser's Cache API and take them from
+   *   there on the next load (false: always download, store nothing);
    *   poison: fill GPU outputs with NaN before each run (tests); selfTest (default true): check the
    *   chosen WebGPU variant against the CPU on a known product before the first real run;
    *   cpu: null (WebAssembly where it runs, else plain JS), 'wasm' or 'js'; threads: cap on CPU workers.
@@ -63,12 +68,12 @@ export class UlpqModel {
   constructor(manifestUrl, options = {}) {
     checkOptions(options, MODEL_OPTIONS, 'UlpqModel');
     const { hardware = 'auto', profile = null, onProgress = null, poison = false, selfTest = true, cpu = null, threads,
-      expected = null } = options;
+      cache = true, expected = null } = options;
     if (typeof manifestUrl !== 'string' && !(manifestUrl instanceof URL)) {
       throw new TypeError(`UlpqModel: manifestUrl must be a string or URL (the bundle's manifest.json), not ${typeof manifestUrl}`);
     }
     this.manifestUrl = new URL(manifestUrl, globalThis.location?.href);
-    this.options = { hardware, profile, onProgress, poison, selfTest, cpu, threads, expected };
+    this.options = { hardware, profile, onProgress, poison, selfTest, cpu, threads, cache, expected };
     this.manifest = null;
     this.tensors = null;
     this.backend = null;
@@ -77,6 +82,7 @@ export class UlpqModel {
     this.webgpu = webgpuPresence();
     this.timings = {};
     this.tokenizer = null;
+    this.cache = null; // the last load's WeightCacheReport
   }
 
   /** Runs `task` after every earlier call on this model: a model's backend keeps per-shape buffers, runs must not interleave. */
@@ -106,7 +112,8 @@ export class UlpqModel {
     this.manifest = await fetchManifest(this.manifestUrl);
     this.#checkProfile();
     this.#checkExpected();
-    const shards = await fetchShards(this.manifest, this.manifestUrl, (event) => this.#progress(event));
+    const shards = await fetchShards(this.manifest, this.manifestUrl, (event) => this.#weightsProgress(event),
+      { cache: this.options.cache });
     this.tensors = tensorTable(this.manifest, shards);
     if (this.manifest.model.architecture === 'bert') await this.#loadTokenizer();
     const t1 = performance.now();
@@ -120,6 +127,15 @@ export class UlpqModel {
     this.#ready = true;
     this.#progress({ phase: 'ready', file: null, loaded: 1, total: 1 });
     return this;
+  }
+
+  /** The 'verified' event carries the weight cache's report: keep it, and its notes. */
+  #weightsProgress(event) {
+    if (event.cache) {
+      this.cache = event.cache;
+      for (const note of event.cache.notes) if (!this.notes.includes(note)) this.notes.push(note);
+    }
+    this.#progress(event);
   }
 
   /** A caller's progress handler that throws must not break the load: warn once, note it, go on. */
@@ -311,7 +327,7 @@ export class UlpqModel {
     for (let r = 0; r < result.rows; r++) output.push(Array.from(result.data.subarray(r * result.cols, (r + 1) * result.cols)));
     const out = {
       output, shape: [result.rows, result.cols], path: this.backend.path, variant: this.variant, notes: [...this.notes, ...job.notes],
-      webgpu: this.webgpu, timings: { ...this.timings, encode_ms: encodeMs, run_ms: runMs },
+      webgpu: this.webgpu, timings: { ...this.timings, encode_ms: encodeMs, run_ms: runMs }, cache: this.cache,
     };
     if (model.output === 'embeddings') out.embeddings = output;
     if (model.output === 'logits') {
@@ -480,3 +496,29 @@ export function createVitModel(hardware, options = {}) {
 }
 
 export const createModel = createBertModel;
+
+/**
+ * Delete the weight shards this runtime keeps in the browser's Cache API (cache 'ulpq-weights-v1'):
+ * all of them, or with `bundle` (a bundle folder URL or its manifest.json, as for modelId) only
+ * that bundle's. Resolves to the number of entries deleted; 0 where there is no Cache API.
+ *
+ * How loads use the cache (option `cache`, default true): a shard is taken from the cache only if
+ * its bytes match the manifest's sha256 again (an entry that does not is deleted and downloaded);
+ * only verified bytes are stored; entries are keyed by the bundle folder and the shard's sha256, so
+ * a rebuilt bundle never reuses an old entry (and the old build's entries are dropped on its first
+ * load). No Cache API (Node.js, pages that are not a secure context) or a full quota is never an
+ * error: the weights come from the network, with one console warning and a note.
+ *
+ * WeightCacheReport, as model.cache, result.cache and the 'verified' progress event's `cache`:
+ *   { status: 'on' | 'off' | 'unavailable', cacheBytes: number, networkBytes: number, notes: string[] }
+ * status 'off': the caller passed cache: false; 'unavailable': no Cache API here (the reason is in
+ * notes, and in the model's notes; file: URLs under Node are never cached and add no note).
+ * Progress events: {phase: 'weights', file, loaded, total, source: 'cache' | 'network'} per file
+ * (the first 'weights' event has file null and no source), then {phase: 'verified', ..., cache}.
+ */
+export async function clearCache(bundle = null) {
+  if (bundle !== null && typeof bundle !== 'string' && !(bundle instanceof URL)) {
+    throw new TypeError(`clearCache: bundle must be null (every bundle) or a string or URL (a bundle folder or its manifest.json), not ${typeof bundle}`);
+  }
+  return clearWeightCache(bundle === null ? null : new URL('.', new URL(manifestFor(bundle), globalThis.location?.href)).href);
+}
