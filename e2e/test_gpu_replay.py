@@ -1,7 +1,9 @@
-"""The WebGPU backend builds a model's GPU work once per input shape and replays it: in Chromium and
-Firefox, a steady run creates no buffers, bind groups, pipelines or shader modules, submits once and
-encodes one compute pass; replays with new inputs of the same shape still equal numpy; a new shape
-compiles nothing (every pipeline exists after initialisation); and Q, K and V run as one product."""
+"""The WebGPU backend builds a model's GPU work once and replays it: in Chromium and Firefox, a steady
+run creates no buffers, bind groups, pipelines or shader modules, submits once and encodes one
+compute pass; replays with new inputs of the same shape still equal numpy; a new shape compiles
+nothing (every pipeline exists after initialisation), and a new shape whose steps have the
+structure of one already run reuses its layout (buffers, bind groups) and creates nothing at all;
+and Q, K and V run as one product."""
 
 
 import numpy as np
@@ -59,13 +61,18 @@ RUN_TEXT = COUNT + """
 const model = window.ulpqDemo.model;
 const first = await model.process(A);
 const steady = await counted(model, () => model.process(B));
-return { first, steady, stats: model.backend.stats, fused: model.backend.fused.size,
-         layers: model.manifest.model.layers.length };
+const layoutsBefore = model.backend.stats.layoutsBuilt;
+const shorter = await counted(model, () => model.process(C));
+const newLayouts = model.backend.stats.layoutsBuilt - layoutsBefore;
+return { first, steady, shorter, newLayouts, stats: model.backend.stats, fused: model.backend.fused.size,
+         layers: model.manifest.model.layers.length, memory: model.backend.memoryBytes() };
 """
 
 # two batches of the same padded shape (3 sentences, the longest of the same token count)
 TEXT_A = ["A man is playing a guitar on the stage.", "Is this the right way?", "Short one."]
 TEXT_B = ["The cat sat quietly on the warm mat today.", "Where is the station?", "Good morning."]
+# a new, shorter padded shape of the same structure: it runs on A's layout
+TEXT_C = ["A dog runs.", "Where is it?", "Hello there."]
 
 
 @pytest.fixture(scope="module")
@@ -78,7 +85,7 @@ def replay_site(site):
 def evaluate(demo, browser, path, body, arg=None):
     session, state = demo(browser, path)
     assert state["status"] == "ready", state
-    script = f"async (arg) => {{ const A = arg?.A, B = arg?.B; {body} }}"
+    script = f"async (arg) => {{ const A = arg?.A, B = arg?.B, C = arg?.C; {body} }}"
     return session.evaluate(script, arg)
 
 
@@ -121,35 +128,53 @@ def test_minilm_replays_without_new_gpu_objects(demo, replay_site, browser, vari
     bundle = load_bundle(folder)
     want_a, seq_a = text_reference(folder, bundle, TEXT_A)
     want_b, seq_b = text_reference(folder, bundle, TEXT_B)
+    want_c, seq_c = text_reference(folder, bundle, TEXT_C)
     assert seq_a == seq_b  # same shape: the second run replays the first's plan
-    out = evaluate(demo, browser, "replay-minilm/index.html?run=0", RUN_TEXT, {"A": TEXT_A, "B": TEXT_B})
+    assert seq_c < seq_a  # a new shape, smaller: it fits A's layout
+    out = evaluate(demo, browser, "replay-minilm/index.html?run=0", RUN_TEXT, {"A": TEXT_A, "B": TEXT_B, "C": TEXT_C})
     assert out["first"]["path"] == "webgpu" and out["first"]["variant"]["name"] == variant, out["first"]["notes"]
     assert out["fused"] == out["layers"]
     assert cosine(np.asarray(out["first"]["embeddings"]), want_a).min() >= E2E_COSINE
     assert cosine(np.asarray(out["steady"]["result"]["embeddings"]), want_b).min() >= E2E_COSINE
     check_steady(out["steady"]["counts"], inputs=4)  # token ids, mask, positions, token types
+    # the new shape: same layout, so no GPU object at all; its params written once, with the inputs
+    assert cosine(np.asarray(out["shorter"]["result"]["embeddings"]), want_c).min() >= E2E_COSINE
+    check_steady(out["shorter"]["counts"], inputs=4 + 1)
+    assert out["newLayouts"] == 0 and out["memory"]["plans"] == 2, out
 
 
-RUN_MANY_SHAPES = """
+RUN_MANY_SHAPES = COUNT + """
 const { sampleToImage } = await import('./images.js');
 const samples = (await (await fetch('./samples.json')).json()).map(sampleToImage);
 const model = window.ulpqDemo.model;
-const sizes = [];
-for (let n = 1; n <= 10; n++) {
-  await model.process(samples.slice(0, n));
-  sizes.push(model.backend.plans.size);
+const backend = model.backend;
+const runs = [];
+for (let n = 10; n >= 1; n--) {  // largest first: a smaller batch of a known structure fits its layout
+  const before = backend.stats.layoutsBuilt;
+  const { counts, result } = await counted(model, () => model.process(samples.slice(0, n)));
+  runs.push({ n, counts, newLayout: backend.stats.layoutsBuilt - before, logits: result.logits });
 }
-const again = await model.process(samples.slice(0, 1));  // its plan was freed: rebuilt, still right
-return { sizes, again, memory: model.backend.memoryBytes() };
+backend.limits.layouts = 1;  // now keep one layout: every other is freed, with its shapes
+const single = await model.process(samples.slice(0, 1));
+const kept = backend.memoryBytes();
+const ten = await model.process(samples.slice(0, 10));  // its layout was freed: made again, still right
+return { runs, single, kept, ten, after: backend.memoryBytes() };
 """
 
 
-def test_plans_are_bounded_and_rebuilt_after_eviction(demo, replay_site):
-    """Ten batch sizes keep at most 8 plans (the least recently used freed); a freed shape runs again
-    correctly on a rebuilt plan."""
+def test_layouts_are_shared_bounded_and_rebuilt_after_eviction(demo, replay_site):
+    """Ten batch sizes: a run creates GPU objects only when its structure is new (shapes of one
+    structure share a layout); with one layout allowed, the others are freed with their shapes, and
+    a freed shape runs again correctly on a layout made anew."""
     folder = replay_site / "replay-vit"
     out = evaluate(demo, "firefox", "replay-vit/index.html?run=0", RUN_MANY_SHAPES)
-    assert out["sizes"] == [1, 2, 3, 4, 5, 6, 7, 8, 8, 8], out["sizes"]
-    assert out["memory"]["plans"] == 8 and out["memory"]["gpu_activation_bytes"] > 0
-    expected = samples_reference(folder, load_bundle(folder))[[0]]
-    assert relative_error(np.asarray(out["again"]["logits"]), expected) < E2E_LOGITS
+    reference = samples_reference(folder, load_bundle(folder))
+    for run in out["runs"]:
+        created = sum(v for k, v in run["counts"].items() if k in ("createBuffer", "createBindGroup"))
+        assert (created > 0) == (run["newLayout"] > 0), run["counts"]
+        assert relative_error(np.asarray(run["logits"]), reference[: run["n"]]) < E2E_LOGITS
+    assert sum(run["newLayout"] for run in out["runs"]) < len(out["runs"]), "no two batch sizes shared a layout"
+    assert out["kept"]["layouts"] == 1 and out["kept"]["gpu_activation_bytes"] > 0, out["kept"]
+    assert out["after"]["layouts"] == 1
+    assert relative_error(np.asarray(out["single"]["logits"]), reference[:1]) < E2E_LOGITS
+    assert relative_error(np.asarray(out["ten"]["logits"]), reference[:10]) < E2E_LOGITS

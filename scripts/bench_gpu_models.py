@@ -261,6 +261,14 @@ def machine_facts(node: str | None) -> dict:
     return facts
 
 
+def first_cell(shape) -> str:
+    """A first run's time, marked `reused` when it ran on a layout an earlier shape had made."""
+    if not shape:
+        return "-"
+    reused = shape.get("first_new_layout") is False
+    return fmt_ms(shape.get("first_ms")) + (" (reused)" if reused else "")
+
+
 def fmt_ms(value) -> str:
     return "-" if value is None else (f"{value:.2f}" if value < 100 else f"{value:.0f}")
 
@@ -282,14 +290,28 @@ def table(results: dict, formats: list[str]) -> str:
                      fmt_ms(row.get("torch fp32")), fmt_ms(row.get("torch fp16")),
                      ratio(ort32, row.get("ours float32")), ratio(ort4, row.get("ours int4"))]
             lines.append("| " + " | ".join(cells) + " |")
-    lines += ["", "First run at a new shape and initialisation (ms), this runtime:", ""]
+    lines += ["", "First run at a new shape and initialisation (ms), this runtime; init in brackets: device /",
+              "pipelines / weight upload / self-test:", ""]
     lines += ["| model, format | init (shards in memory) | " + " | ".join(f"first {s}" for s in results["shapes"]) + " |",
               "|" + "---|" * (2 + len(results["shapes"]))]
     for model, per in results["models"].items():
         for fmt, b in per.get("ours", {}).items():
-            firsts = {f"{s['batch']}x{s['tokens']}": s.get("first_ms") for s in b.get("shapes", [])}
-            lines.append(f"| {MODELS[model]['label']} {fmt} ({b.get('path')}, {b.get('variant')}) | {fmt_ms(b.get('init_ms'))} | "
-                         + " | ".join(fmt_ms(firsts.get(s)) for s in results["shapes"]) + " |")
+            firsts = {f"{s['batch']}x{s['tokens']}": s for s in b.get("shapes", [])}
+            parts = b.get("init_parts") or {}
+            split = "/".join(fmt_ms(parts.get(k)) for k in ("device_ms", "compile_ms", "upload_ms", "self_test_ms"))
+            lines.append(f"| {MODELS[model]['label']} {fmt} ({b.get('path')}, {b.get('variant')}) | {fmt_ms(b.get('init_ms'))} ({split}) | "
+                         + " | ".join(first_cell(firsts.get(s)) for s in results["shapes"]) + " |")
+    lines += ["", "A new shape two tokens shorter than each shape above (same batch), right after it: its first",
+              "run / its steady median (wall ms, with tokenization), and whether that first run made a new",
+              "layout (GPU buffers and bind groups; `reused`: it ran on the layout of the shape before):", "",
+              "| model, format | " + " | ".join(f"{s} -2 tokens" for s in results["shapes"]) + " |",
+              "|" + "---|" * (1 + len(results["shapes"]))]
+    for model, per in results["models"].items():
+        for fmt, b in per.get("ours", {}).items():
+            near = {f"{s['batch']}x{s['tokens']}": s.get("near") for s in b.get("shapes", [])}
+            cell = lambda n: (f"{fmt_ms(n['first_ms'])} / {fmt_ms(n['median_wall_ms'])} "
+                              f"({'new' if n.get('new_layout') else 'reused'})") if n else "-"
+            lines.append(f"| {MODELS[model]['label']} {fmt} | " + " | ".join(cell(near.get(s)) for s in results["shapes"]) + " |")
     if results["checks"]:
         lines += ["", "Agreement with torch fp32 (lowest cosine over the batch, first shape): "
                   + "; ".join(f"{k} {v:.6f}" for k, v in results["checks"].items())]

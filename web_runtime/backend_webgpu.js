@@ -3,15 +3,19 @@
 // packed weights once. Runs are planned once per input shape and then replayed.
 //
 // Why plans: a model's work at one input shape never changes, only the input values do. The first
-// run at a shape records the graph's operators as a list of steps; the plan then assigns every
-// activation a buffer (buffers are shared between values whose lifetimes do not overlap), writes
-// every dispatch's uniform params into one buffer and creates every bind group. A later run at
-// that shape re-runs the graph function only to walk the same steps: it writes the inputs, encodes
-// the recorded dispatches into ONE compute pass, copies the output to a mapped buffer and reads
-// it. A steady run creates no pipelines, bind groups or buffers (tests count them).
+// run at a shape records the graph's operators as a list of steps. Shapes whose steps have the same
+// structure (the same kernels reading and writing the same values; e.g. 1x100 and 1x128 tokens)
+// share one *layout*: the GPU objects of a run, made once: every activation a buffer slot (slots
+// are shared between values whose lifetimes do not overlap, and sized for the largest shape seen,
+// rounded up to a power of two), one uniform buffer for every dispatch's params, every bind group.
+// A shape's own *plan* is only JS: its params bytes and workgroup grids. A run writes the inputs
+// (and the params, when the layout last ran another shape), encodes the dispatches into ONE compute
+// pass, copies the output to a mapped buffer and reads it. A steady run creates no pipelines, bind
+// groups or buffers, and nor does a new shape that fits a layout already made (tests count them):
+// its first run costs about a steady run, instead of new buffers' first use and ~140 bind groups.
 //
 // Values handed to the graph are {id, rows, cols} handles (plus {stride, offset} for the column
-// views that the fused Q/K/V projection returns); buffers exist only once a plan is built.
+// views that the fused Q/K/V projection returns); they get buffer slots once a plan is adopted.
 
 import { IntegrityError, fetchVerifiedText } from './bundle_loader.js';
 import { chooseProfiles, detectProfile } from './variants.js';
@@ -22,11 +26,12 @@ export class GpuUnavailable extends Error {
 }
 
 const FALLBACK_PROFILE = 'chrome';
-// Shapes kept ready per model: the least recently used plans beyond 8, or beyond 256 MiB of
-// activation buffers together, are freed (a page embedding texts of many lengths would otherwise
-// keep a plan, and its buffers, per length). The plan in use is always kept.
-const MAX_PLANS = 8;
-const MAX_PLAN_BYTES = 256 * 1024 * 1024;
+// Kept per model: shape plans (JS only) beyond 64 and layouts (the GPU buffers) beyond 8, or
+// beyond 256 MiB of buffers together, are dropped least recently used first (a page embedding
+// texts of many lengths would otherwise keep buffers for every structure it met). The layout in
+// use is always kept. `backend.limits` holds these, so tests can make eviction happen.
+const LIMITS = { shapes: 64, layouts: 8, layoutBytes: 256 * 1024 * 1024 };
+const MIN_SLOT_BYTES = 256;
 const UNIFORM_ALIGN = 256; // minUniformBufferOffsetAlignment's largest allowed value
 const STORAGE_ALIGN = 256; // minStorageBufferOffsetAlignment's largest allowed value
 
@@ -64,7 +69,9 @@ export async function createGpuBackend(manifest, tensors, baseUrl, { profile = n
       const backend = await GpuBackend.create(adapter, manifest, tensors, candidate, baseUrl, poison);
       adapter = null;
       try {
+        const started = performance.now();
         await selfTest?.(backend);
+        backend.initTimings.self_test_ms = performance.now() - started;
       } catch (err) {
         backend.destroy();
         throw err;
@@ -131,13 +138,19 @@ export class GpuBackend {
     // Benchmarks set globalThis.ULPQ_GPU_TIMING = true to time every dispatch (timestamp queries,
     // one pass per dispatch: slower, for finding where the time goes, never for a real run).
     const timing = globalThis.ULPQ_GPU_TIMING === true && adapter.features.has('timestamp-query');
+    let t = performance.now();
     const device = await adapter.requestDevice({ requiredLimits: { ...profile.required_limits },
       requiredFeatures: timing ? ['timestamp-query'] : [] });
     const backend = new GpuBackend(device, manifest, tensors, profile, poison, baseUrl);
     backend.timing = timing;
+    // where initialisation goes (benchmarks report it): ms per stage
+    const lap = (name) => { const now = performance.now(); backend.initTimings[name] = now - t; t = now; };
+    lap('device_ms');
     try {
       await backend.#compileAll();
+      lap('compile_ms');
       backend.#upload();
+      lap('upload_ms');
     } catch (err) {
       device.destroy();
       throw err;
@@ -160,8 +173,14 @@ export class GpuBackend {
     this.weightBuffers = [];
     this.fused = new Map(); // query weight name -> {resources, bias, matrix, node, hidden}
     this.plans = new Map(); // shape key -> plan (Map order = least recently used first)
+    this.layouts = new Map(); // structure signature -> layout (least recently used first)
+    this.limits = { ...LIMITS };
+    this.weightIds = new WeakMap(); // weight binding resource -> number, for structure signatures
+    this.nextWeightId = 0;
     this.run = null; // the plan being recorded or replayed
-    this.stats = { plansBuilt: 0, buffersCreated: 0, bindGroupsCreated: 0, pipelinesCreated: 0, dispatches: 0, passes: 0 };
+    this.initTimings = {};
+    this.stats = { plansBuilt: 0, layoutsBuilt: 0, layoutsGrown: 0, buffersCreated: 0, bindGroupsCreated: 0,
+      pipelinesCreated: 0, dispatches: 0, passes: 0, paramsWrites: 0 };
   }
 
   /** Every shader this model can run on this profile: each matrix-product size class, each table, each operator. */
@@ -434,101 +453,183 @@ export class GpuBackend {
     return this.#dispatchStep('rows', this.#op('rows'), () => ({ ids, 'w.codes': h }), dims, () => this.#value(count, h.cols));
   }
 
-  // ---- building a plan ---------------------------------------------------------------------
+  // ---- adopting a plan: its layout, then its own params and grids ---------------------------
 
   /**
-   * Turn a recorded run into GPU objects: resolve each step's resources, give every value a
-   * buffer (values whose lifetimes do not overlap share one; inputs and the output keep their
-   * own), write all params into one uniform buffer, create every bind group.
+   * Give a recorded run its layout (found by structure, else made) and fill in what is the shape's
+   * own: the params bytes, the workgroup grids, each value's slot. Grows the layout's buffers when
+   * this shape needs more than they hold.
    */
-  #build(plan, output) {
+  #adopt(plan, output) {
     const started = performance.now();
     const steps = plan.steps.filter((s) => s.key);
     for (const step of steps) {
       if (!step.resources.y) step.resources.y = step.out;
     }
-    // lifetimes in step order: a value lives from its first write to its last read
-    const last = new Map();
+    const signature = this.#signature(plan, steps, output);
+    let layout = this.layouts.get(signature);
+    if (!layout) {
+      layout = this.#layoutFor(plan, steps, output, signature);
+      this.layouts.set(signature, layout);
+      this.stats.layoutsBuilt++;
+    }
+    const need = layout.slots.map(() => 0);
+    for (const value of plan.values) {
+      value.slot = layout.slotOf[value.id];
+      need[value.slot] = Math.max(need[value.slot], value.bytes);
+    }
+    if (need.some((bytes, i) => bytes > layout.slots[i].capacity)) this.#allocate(layout, need);
+    const staging = new Uint8Array(layout.paramsBytes);
+    steps.forEach((step, i) => staging.set(new Uint8Array(packParams(layout.steps[i].shader, step.dims)), layout.paramsOffsets[i]));
+    plan.layout = layout;
+    plan.staging = staging;
+    plan.grids = steps.map((step, i) => workgroups(layout.steps[i].shader, step.dims));
+    plan.output = output;
+    plan.outputBytes = output.rows * output.cols * 4;
+    this.stats.plansBuilt++;
+    this.stats.lastBuildMs = performance.now() - started; // JS + API time to adopt the plan (and make its layout, if new)
+  }
+
+  /** The structure of a run: each dispatch's kernel and what it reads and writes (value ids, weights), the inputs, the output. */
+  #signature(plan, steps, output) {
+    const ref = (r) => {
+      if (r.id !== undefined) return `v${r.id}`;
+      return `w${this.#weightId(r)}`;
+    };
+    const inputs = plan.values.filter((v) => v.input).map((v) => v.id).join(',');
+    const body = steps.map((s) => `${s.key}(${Object.entries(s.resources).filter(([, r]) => r)
+      .map(([name, r]) => `${name}=${ref(r)}`).join(',')})`).join(';');
+    return `${inputs}|${body}|${output.id}`;
+  }
+
+  #weightId(resource) {
+    let id = this.weightIds.get(resource);
+    if (id === undefined) {
+      id = ++this.nextWeightId;
+      this.weightIds.set(resource, id);
+    }
+    return id;
+  }
+
+  /**
+   * A new layout for a structure: every value a slot (inputs and the output their own; the rest
+   * shared where lifetimes allow, best fit by this shape's sizes), the params offsets per dispatch.
+   */
+  #layoutFor(plan, steps, output, signature) {
+    const last = new Map(); // value id -> the last step reading it
     steps.forEach((step, i) => {
       for (const r of Object.values(step.resources)) if (r && r.id !== undefined) last.set(r.id, i);
       last.set(step.out.id, Math.max(last.get(step.out.id) ?? i, i));
     });
-    const created = [];
-    const make = (bytes, usage, label) => {
-      const buffer = this.device.createBuffer({ size: Math.max(4, ceil4(bytes)), usage, label });
-      created.push(buffer);
-      return buffer;
-    };
+    const slots = [];
+    const slotOf = [];
+    const newSlot = (bytes, usage) => { slots.push({ bytes, usage, capacity: 0, buffer: null }); return slots.length - 1; };
     for (const value of plan.values) {
-      if (value.input) value.buffer = make(value.bytes, GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_DST, `input ${value.id}`);
+      if (value.input) slotOf[value.id] = newSlot(value.bytes, GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_DST);
     }
-    output.pinned = true;
-    // free: buffers whose current owner is read last at step `until`; steps after it may take them
-    const free = [];
+    const free = []; // {slot, until}: slots whose value is read last at step `until`; later steps may take them
     steps.forEach((step, i) => {
       const value = step.out;
-      if (value.buffer) return; // an input, or an accumulate into an existing value
-      if (!value.pinned) {
+      if (slotOf[value.id] !== undefined) return; // an input, or an accumulate into an existing value
+      let slot;
+      if (value !== output) {
         let best = -1;
         free.forEach((f, j) => {
-          if (f.until < i && f.size >= value.bytes && (best < 0 || f.size < free[best].size)) best = j;
+          if (f.until >= i) return;
+          const size = slots[f.slot].bytes;
+          const fits = size >= value.bytes;
+          const bestSize = best < 0 ? 0 : slots[free[best].slot].bytes;
+          const bestFits = best >= 0 && bestSize >= value.bytes;
+          // the smallest slot that fits, else the largest that does not (it grows)
+          if (best < 0 || (fits && (!bestFits || size < bestSize)) || (!fits && !bestFits && size > bestSize)) best = j;
         });
         if (best >= 0) {
-          value.buffer = free[best].buffer;
+          slot = free[best].slot;
           free.splice(best, 1);
+          slots[slot].bytes = Math.max(slots[slot].bytes, value.bytes);
         }
       }
-      value.buffer ??= make(value.bytes, ACTIVATION_USAGE(), `activation ${value.id}`);
-      if (!value.pinned) free.push({ buffer: value.buffer, size: value.buffer.size, until: last.get(value.id) });
+      slot ??= newSlot(value.bytes, ACTIVATION_USAGE());
+      slotOf[value.id] = slot;
+      if (value !== output) free.push({ slot, until: last.get(value.id) });
     });
     const stride = (shader) => alignUp(Math.max(16, Math.ceil((shader.params.length * 4) / 16) * 16), UNIFORM_ALIGN);
-    let total = 0;
-    for (const step of steps) {
-      step.entry = this.pipelines.get(step.key);
-      step.paramsOffset = total;
-      total += stride(step.entry.shader);
-    }
-    const params = make(total, GPUBufferUsage.UNIFORM | GPUBufferUsage.COPY_DST, `params ${plan.key}`);
-    const staging = new Uint8Array(total);
-    for (const step of steps) {
-      const { shader, pipeline } = step.entry;
-      staging.set(new Uint8Array(packParams(shader, step.dims)), step.paramsOffset);
-      const entries = Object.entries(shader.bindings).map(([name, binding]) => {
-        if (name === 'params') return { binding, resource: { buffer: params, offset: step.paramsOffset, size: stride(shader) } };
-        const r = step.resources[name];
-        if (!r?.buffer) throw new Error(`${shader.key}: nothing bound to '${name}'`);
-        const resource = r.id === undefined && r.offset !== undefined ? { buffer: r.buffer, offset: r.offset, size: r.size } : { buffer: r.buffer };
-        return { binding, resource };
-      });
-      step.bindGroup = this.device.createBindGroup({ layout: pipeline.getBindGroupLayout(0), entries, label: step.key });
-      step.grid = workgroups(shader, step.dims);
-      this.stats.bindGroupsCreated++;
-    }
-    this.device.queue.writeBuffer(params, 0, staging);
-    plan.dispatches = steps;
-    plan.output = output;
-    plan.buffers = created;
-    plan.readbacks = [];
-    plan.activationBytes = created.reduce((s, b) => s + b.size, 0);
-    plan.poison = this.poison ? steps.map((s) => s.out).filter((v, i, all) => !v.input && all.indexOf(v) === i) : [];
-    this.stats.buffersCreated += created.length;
-    this.stats.plansBuilt++;
-    this.stats.lastBuildMs = performance.now() - started; // JS + API time to create the plan's objects
+    const paramsOffsets = [];
+    let paramsBytes = 0;
+    const layoutSteps = steps.map((step) => {
+      const { shader, pipeline } = this.pipelines.get(step.key);
+      paramsOffsets.push(paramsBytes);
+      paramsBytes += stride(shader);
+      const resources = Object.fromEntries(Object.entries(step.resources).filter(([, r]) => r)
+        .map(([name, r]) => [name, r.id !== undefined ? { slot: slotOf[r.id] } : r]));
+      return { kind: step.kind, key: step.key, shader, pipeline, resources, paramsSize: stride(shader) };
+    });
+    const params = this.device.createBuffer({ size: paramsBytes, usage: GPUBufferUsage.UNIFORM | GPUBufferUsage.COPY_DST, label: 'params' });
+    this.stats.buffersCreated++;
+    return { signature, slots, slotOf, steps: layoutSteps, params, paramsBytes, paramsOffsets,
+      outputSlot: slotOf[output.id], bindGroups: [], readbacks: [], current: null, bytes: paramsBytes,
+      poisonSlots: [...new Set(steps.filter((s) => !s.out.input).map((s) => slotOf[s.out.id]))] };
   }
 
-  #readback(plan) {
-    const bytes = plan.output.rows * plan.output.cols * 4;
-    let rb = plan.readbacks.find((r) => !r.busy);
+  /**
+   * (Re)create the slots' buffers that are missing or smaller than `need` (capacities rounded up
+   * to a power of two, so a page meeting ever longer inputs grows a layout a few times, not at
+   * every length), then every bind group, which must name the new buffers.
+   */
+  #allocate(layout, need) {
+    if (layout.slots.some((s) => s.buffer)) this.stats.layoutsGrown++;
+    layout.slots.forEach((slot, i) => {
+      if (slot.buffer && slot.capacity >= need[i]) return;
+      slot.buffer?.destroy();
+      slot.capacity = Math.max(MIN_SLOT_BYTES, 2 ** Math.ceil(Math.log2(Math.max(need[i], slot.bytes, 4))));
+      slot.buffer = this.device.createBuffer({ size: slot.capacity, usage: slot.usage, label: `slot ${i}` });
+      this.stats.buffersCreated++;
+      if (i === layout.outputSlot) {
+        for (const rb of layout.readbacks) rb.buffer.destroy();
+        layout.readbacks = [];
+      }
+    });
+    layout.bytes = layout.paramsBytes + layout.slots.reduce((sum, s) => sum + s.capacity, 0);
+    layout.bindGroups = layout.steps.map((step, i) => {
+      const entries = Object.entries(step.shader.bindings).map(([name, binding]) => {
+        if (name === 'params') return { binding, resource: { buffer: layout.params, offset: layout.paramsOffsets[i], size: step.paramsSize } };
+        const r = step.resources[name];
+        if (!r) throw new Error(`${step.key}: nothing bound to '${name}'`);
+        if (r.slot !== undefined) return { binding, resource: { buffer: layout.slots[r.slot].buffer } };
+        if (!r.buffer) throw new Error(`${step.key}: nothing bound to '${name}'`);
+        return { binding, resource: r.offset !== undefined ? { buffer: r.buffer, offset: r.offset, size: r.size } : { buffer: r.buffer } };
+      });
+      this.stats.bindGroupsCreated++;
+      return this.device.createBindGroup({ layout: step.pipeline.getBindGroupLayout(0), entries, label: step.key });
+    });
+  }
+
+  /** Keep the layout of `keep` and the most recently used within the limits; drop the rest. */
+  #evict(keep) {
+    const layoutBytes = () => [...this.layouts.values()].reduce((sum, l) => sum + l.bytes, 0);
+    while (this.layouts.size > 1 && (this.layouts.size > this.limits.layouts || layoutBytes() > this.limits.layoutBytes)) {
+      const [signature, oldest] = [...this.layouts.entries()].find(([, l]) => l !== keep);
+      this.layouts.delete(signature);
+      this.#freeLayout(oldest);
+      for (const [key, plan] of this.plans) if (plan.layout === oldest) this.plans.delete(key);
+    }
+    while (this.plans.size > this.limits.shapes) this.plans.delete(this.plans.keys().next().value);
+  }
+
+  #readback(layout, bytes) {
+    let rb = layout.readbacks.find((r) => !r.busy);
     if (!rb) {
-      rb = { buffer: this.device.createBuffer({ size: Math.max(4, ceil4(bytes)), usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST, label: 'readback' }), busy: false };
-      plan.readbacks.push(rb);
+      const size = layout.slots[layout.outputSlot].capacity;
+      rb = { buffer: this.device.createBuffer({ size, usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST, label: 'readback' }), busy: false };
+      layout.readbacks.push(rb);
       this.stats.buffersCreated++;
     }
+    if (rb.buffer.size < bytes) throw new Error('readback smaller than the output');
     rb.busy = true;
     return rb;
   }
 
-  /** Finish the run: write the inputs, one pass over every dispatch, copy `h` out and read it. */
+  /** Finish the run: write the inputs (and params), one pass over every dispatch, copy `h` out and read it. */
   async output(h) {
     const run = this.run;
     this.run = null;
@@ -536,43 +637,47 @@ export class GpuBackend {
     const { plan } = run;
     if (run.replay && run.cursor !== plan.steps.length) throw new Error(`plan ${plan.key}: the graph stopped after ${run.cursor} of ${plan.steps.length} steps`);
     if (!run.replay) {
-      this.#build(plan, h.base ?? h);
-      if (plan.key !== null) {
-        this.plans.set(plan.key, plan);
-        const planBytes = () => [...this.plans.values()].reduce((sum, p) => sum + p.activationBytes, 0);
-        while (this.plans.size > 1 && (this.plans.size > MAX_PLANS || planBytes() > MAX_PLAN_BYTES)) {
-          const [oldest, evicted] = this.plans.entries().next().value;
-          this.plans.delete(oldest);
-          this.#free(evicted);
-        }
-      }
+      this.#adopt(plan, h.base ?? h);
+      if (plan.key !== null) this.plans.set(plan.key, plan);
     } else if ((h.base ?? h) !== plan.output) {
       throw new Error(`plan ${plan.key}: the graph's output is not the recorded one`);
     }
+    const { layout } = plan;
+    this.layouts.delete(layout.signature); // re-insert: most recently used last
+    this.layouts.set(layout.signature, layout);
+    this.#evict(layout);
     const queue = this.device.queue;
+    const slot = (value) => layout.slots[value.slot].buffer;
     this.device.pushErrorScope('validation');
     this.device.pushErrorScope('out-of-memory');
-    for (const [value, typed] of run.writes ?? []) queue.writeBuffer(value.buffer, 0, typed.buffer, typed.byteOffset, typed.byteLength);
+    if (layout.current !== plan) {
+      queue.writeBuffer(layout.params, 0, plan.staging);
+      layout.current = plan;
+      this.stats.paramsWrites++;
+    }
+    for (const [value, typed] of run.writes ?? []) queue.writeBuffer(slot(value), 0, typed.buffer, typed.byteOffset, typed.byteLength);
     // Poisoned outputs (tests): any element a kernel fails to write stays NaN and fails the comparison.
-    for (const value of plan.poison) queue.writeBuffer(value.buffer, 0, new Float32Array(value.buffer.size / 4).fill(NaN));
-    const rb = this.#readback(plan);
+    if (this.poison) {
+      for (const i of layout.poisonSlots) queue.writeBuffer(layout.slots[i].buffer, 0, new Float32Array(layout.slots[i].capacity / 4).fill(NaN));
+    }
+    const bytes = plan.outputBytes;
+    const rb = this.#readback(layout, bytes);
     const encoder = this.device.createCommandEncoder();
     if (this.timing) {
       this.#timedPasses(plan, encoder);
     } else {
       const pass = encoder.beginComputePass();
-      for (const step of plan.dispatches) {
-        pass.setPipeline(step.entry.pipeline);
-        pass.setBindGroup(0, step.bindGroup);
-        pass.dispatchWorkgroups(...step.grid);
-      }
+      layout.steps.forEach((step, i) => {
+        pass.setPipeline(step.pipeline);
+        pass.setBindGroup(0, layout.bindGroups[i]);
+        pass.dispatchWorkgroups(...plan.grids[i]);
+      });
       pass.end();
     }
-    const bytes = plan.output.rows * plan.output.cols * 4;
-    encoder.copyBufferToBuffer(plan.output.buffer, 0, rb.buffer, 0, bytes);
+    encoder.copyBufferToBuffer(layout.slots[layout.outputSlot].buffer, 0, rb.buffer, 0, ceil4(bytes));
     queue.submit([encoder.finish()]);
     if (this.timing) this.lastTiming = await this.#readTimes(plan);
-    this.stats.dispatches += plan.dispatches.length;
+    this.stats.dispatches += layout.steps.length;
     this.stats.passes++;
     const oom = await this.device.popErrorScope();
     const invalid = await this.device.popErrorScope();
@@ -590,36 +695,37 @@ export class GpuBackend {
       return { data, rows: h.rows, cols: h.cols };
     } finally {
       rb.busy = false;
-      if (plan.key === null) this.#free(plan);
     }
   }
 
   /** Timing mode: each dispatch in its own pass, bracketed by timestamps. */
   #timedPasses(plan, encoder) {
-    const n = plan.dispatches.length;
-    if (!plan.querySet) {
-      plan.querySet = this.device.createQuerySet({ type: 'timestamp', count: 2 * n });
-      plan.resolve = this.device.createBuffer({ size: 16 * n, usage: GPUBufferUsage.QUERY_RESOLVE | GPUBufferUsage.COPY_SRC });
-      plan.times = this.device.createBuffer({ size: 16 * n, usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST });
+    const { layout } = plan;
+    const n = layout.steps.length;
+    if (!layout.querySet) {
+      layout.querySet = this.device.createQuerySet({ type: 'timestamp', count: 2 * n });
+      layout.resolve = this.device.createBuffer({ size: 16 * n, usage: GPUBufferUsage.QUERY_RESOLVE | GPUBufferUsage.COPY_SRC });
+      layout.times = this.device.createBuffer({ size: 16 * n, usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST });
     }
-    plan.dispatches.forEach((step, i) => {
-      const pass = encoder.beginComputePass({ timestampWrites: { querySet: plan.querySet, beginningOfPassWriteIndex: 2 * i,
+    layout.steps.forEach((step, i) => {
+      const pass = encoder.beginComputePass({ timestampWrites: { querySet: layout.querySet, beginningOfPassWriteIndex: 2 * i,
         endOfPassWriteIndex: 2 * i + 1 } });
-      pass.setPipeline(step.entry.pipeline);
-      pass.setBindGroup(0, step.bindGroup);
-      pass.dispatchWorkgroups(...step.grid);
+      pass.setPipeline(step.pipeline);
+      pass.setBindGroup(0, layout.bindGroups[i]);
+      pass.dispatchWorkgroups(...plan.grids[i]);
       pass.end();
     });
-    encoder.resolveQuerySet(plan.querySet, 0, 2 * n, plan.resolve, 0);
-    encoder.copyBufferToBuffer(plan.resolve, 0, plan.times, 0, 16 * n);
+    encoder.resolveQuerySet(layout.querySet, 0, 2 * n, layout.resolve, 0);
+    encoder.copyBufferToBuffer(layout.resolve, 0, layout.times, 0, 16 * n);
   }
 
   /** Per dispatch {kind, key, us}, in graph order. */
   async #readTimes(plan) {
-    await plan.times.mapAsync(GPUMapMode.READ);
-    const t = new BigInt64Array(plan.times.getMappedRange().slice(0));
-    plan.times.unmap();
-    return plan.dispatches.map((step, i) => ({ kind: step.kind, key: step.key, grid: step.grid,
+    const { layout } = plan;
+    await layout.times.mapAsync(GPUMapMode.READ);
+    const t = new BigInt64Array(layout.times.getMappedRange().slice(0));
+    layout.times.unmap();
+    return layout.steps.map((step, i) => ({ kind: step.kind, key: step.key, grid: plan.grids[i],
       us: Number(t[2 * i + 1] - t[2 * i]) / 1000 }));
   }
 
@@ -627,24 +733,26 @@ export class GpuBackend {
     return new GpuUnavailable(`the GPU device was lost (${this.lost.message || this.lost.reason})`);
   }
 
-  #free(plan) {
-    plan.querySet?.destroy();
-    plan.resolve?.destroy();
-    plan.times?.destroy();
-    for (const b of plan.buffers ?? []) b.destroy();
-    for (const r of plan.readbacks ?? []) r.buffer.destroy();
+  #freeLayout(layout) {
+    layout.querySet?.destroy();
+    layout.resolve?.destroy();
+    layout.times?.destroy();
+    layout.params.destroy();
+    for (const slot of layout.slots) slot.buffer?.destroy();
+    for (const r of layout.readbacks) r.buffer.destroy();
   }
 
-  /** Bytes of GPU buffers: the weights, and the activations of the plans kept. */
+  /** Bytes of GPU buffers: the weights, and the activations and params of the layouts kept. */
   memoryBytes() {
     const weights = this.weightBuffers.reduce((sum, b) => sum + b.size, 0);
     let activations = 0;
-    for (const plan of this.plans.values()) activations += plan.activationBytes ?? 0;
-    return { gpu_buffer_bytes: weights, gpu_activation_bytes: activations, plans: this.plans.size };
+    for (const layout of this.layouts.values()) activations += layout.bytes;
+    return { gpu_buffer_bytes: weights, gpu_activation_bytes: activations, plans: this.plans.size, layouts: this.layouts.size };
   }
 
   destroy() {
-    for (const plan of this.plans.values()) this.#free(plan);
+    for (const layout of this.layouts.values()) this.#freeLayout(layout);
+    this.layouts.clear();
     this.plans.clear();
     for (const b of this.weightBuffers) b.destroy();
     this.weightBuffers = [];

@@ -6,7 +6,9 @@
 //           keep_outputs: [[batch, tokens], ...]}   (the outputs kept are compared by the caller)
 // Token counts are exact: each text is (tokens - 2) words that are whole entries of the vocab, and
 // the tokenizer adds [CLS] and [SEP]. run_ms is the runtime's own process() timing without
-// tokenization; wall_ms is the whole process() call.
+// tokenization; wall_ms is the whole process() call. After each shape, one more new shape two tokens
+// shorter (the next sentence a page meets): its first run and steady median (`near`), and for both
+// first runs whether the WebGPU backend had to make a new layout (GPU buffers and bind groups).
 import { readFileSync } from 'node:fs';
 import path from 'node:path';
 import { pathToFileURL } from 'node:url';
@@ -36,16 +38,19 @@ for (const { name, dir } of request.bundles) {
     const model = await node.loadBundle(dir, { hardware, profile: request.profile ?? null });
     entry.open_ms = performance.now() - t0;
     Object.assign(entry, { load_ms: model.timings.load_ms, init_ms: model.timings.init_ms, variant: model.variant?.name ?? null,
-      path: model.backend.path, notes: [...model.notes] });
+      path: model.backend.path, notes: [...model.notes], init_parts: model.backend.initTimings ?? null });
     const words = vocabWords(dir);
     for (const [batch, tokens] of request.shapes) {
       const shape = { batch, tokens };
       entry.shapes.push(shape);
       try {
         const input = texts(words, batch, tokens);
+        const layouts = () => model.backend.stats?.layoutsBuilt ?? null;
+        let built = layouts();
         let t = performance.now();
         const first = await model.process(input);
         shape.first_ms = performance.now() - t;
+        shape.first_new_layout = built === null ? null : layouts() > built;
         shape.first_run_ms = first.timings.run_ms;
         if (first.tokens.some((n) => n !== tokens)) throw new Error(`texts gave ${first.tokens} tokens, not ${tokens}`);
         shape.path = first.path;
@@ -60,6 +65,22 @@ for (const { name, dir } of request.bundles) {
           run.push(r.timings.run_ms);
         }
         Object.assign(shape, { median_ms: median(run), median_wall_ms: median(wall), min_ms: Math.min(...run), runs: run.length });
+        if (tokens > 4) {
+          const near = texts(words, batch, tokens - 2);
+          built = layouts();
+          t = performance.now();
+          await model.process(near);
+          const nearFirst = performance.now() - t;
+          const nearNew = built === null ? null : layouts() > built;
+          const nearRuns = [];
+          for (let i = 0; i < Math.min(repeats, 10); i++) {
+            t = performance.now();
+            await model.process(near);
+            nearRuns.push(performance.now() - t);
+          }
+          shape.near = { tokens: tokens - 2, first_ms: nearFirst, new_layout: nearNew, median_wall_ms: median(nearRuns) };
+          await model.process(input); // back to the shape itself (its plan is kept)
+        }
       } catch (err) {
         shape.error = `${err.name}: ${err.message}`.split('\n')[0];
       }
