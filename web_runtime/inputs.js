@@ -30,7 +30,10 @@ export function checkTexts(input) {
   return input;
 }
 
-/** One row of numbers (a plain array or a typed array) of `width` finite values. */
+/**
+ * One row of numbers (a plain array or a typed array) of `width` finite values.
+ * @param {ArrayLike<number>} row
+ */
 function checkRow(row, i, width) {
   const isTyped = ArrayBuffer.isView(row) && !(row instanceof DataView);
   if (!Array.isArray(row) && !isTyped) {
@@ -68,7 +71,7 @@ export function checkImages(input) {
     if (image === null || typeof image !== 'object') {
       throw new TypeError(`process(input): image ${i} is ${describe(image)}; pass ImageData or {width, height, data}`);
     }
-    const { width, height, data } = image;
+    const { width, height, data } = /** @type {{width: any, height: any, data: ArrayLike<number>}} */ (image);
     for (const [name, value] of [['width', width], ['height', height]]) {
       if (!Number.isInteger(value) || value < 1 || value > MAX_IMAGE_SIDE) {
         throw new TypeError(`process(input): image ${i} has ${name} ${describe(value)}; it must be an integer from 1 to ${MAX_IMAGE_SIDE}`);

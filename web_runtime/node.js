@@ -52,7 +52,7 @@ async function fetchFile(url) {
 }
 
 const networkFetch = globalThis.fetch;
-if (!globalThis.fetch?.ulpqFiles) {
+if (!(/** @type {{ulpqFiles?: boolean}} */ (globalThis.fetch))?.ulpqFiles) {
   const fetchWithFiles = async (input, init) => {
     const url = fileTarget(input);
     return url ? fetchFile(url) : networkFetch(input, init);
@@ -208,11 +208,11 @@ function modelManifest(modelId) {
   return fileTarget(id) || id.endsWith('.json') ? id : `${id.replace(/\/?$/, '/')}manifest.json`;
 }
 
-export function createBertModel(hardware, { modelId, quantization = null, ...options } = {}) {
+export function createBertModel(hardware, { modelId, quantization = null, ...options } = /** @type {import('./types/ulpq.js').FactoryOptions} */ ({})) {
   return new UlpqModel(modelManifest(modelId), { ...options, hardware, expected: quantization });
 }
 
-export function createVitModel(hardware, { modelId, quantization = null, ...options } = {}) {
+export function createVitModel(hardware, { modelId, quantization = null, ...options } = /** @type {import('./types/ulpq.js').FactoryOptions} */ ({})) {
   return new UlpqModel(modelManifest(modelId), { ...options, hardware, expected: quantization });
 }
 

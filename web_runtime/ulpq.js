@@ -44,6 +44,7 @@ function softmax(row) {
 }
 
 export class UlpqModel {
+  /** @type {Promise<unknown>} */
   #queue = Promise.resolve();
   #init = null;
   #ready = false;
@@ -85,7 +86,12 @@ export class UlpqModel {
     this.cache = null; // the last load's WeightCacheReport
   }
 
-  /** Runs `task` after every earlier call on this model: a model's backend keeps per-shape buffers, runs must not interleave. */
+  /**
+   * Runs `task` after every earlier call on this model: a model's backend keeps per-shape buffers, runs must not interleave.
+   * @template T
+   * @param {() => T | PromiseLike<T>} task
+   * @returns {Promise<T>}
+   */
   #enqueue(task) {
     const run = this.#queue.then(task, task);
     this.#queue = run.catch(() => {});
@@ -325,9 +331,10 @@ export class UlpqModel {
     const runMs = performance.now() - t1;
     const output = [];
     for (let r = 0; r < result.rows; r++) output.push(Array.from(result.data.subarray(r * result.cols, (r + 1) * result.cols)));
+    /** @type {import('./types/ulpq.js').AnyResult} */
     const out = {
-      output, shape: [result.rows, result.cols], path: this.backend.path, variant: this.variant, notes: [...this.notes, ...job.notes],
-      webgpu: this.webgpu, timings: { ...this.timings, encode_ms: encodeMs, run_ms: runMs }, cache: this.cache,
+      output, shape: [result.rows, result.cols], path: /** @type {'webgpu' | 'cpu'} */ (this.backend.path), variant: this.variant, notes: [...this.notes, ...job.notes],
+      webgpu: this.webgpu, timings: /** @type {import('./types/ulpq.js').Timings} */ ({ ...this.timings, encode_ms: encodeMs, run_ms: runMs }), cache: this.cache,
     };
     if (model.output === 'embeddings') out.embeddings = output;
     if (model.output === 'logits') {
@@ -371,7 +378,7 @@ export class UlpqModel {
    */
   async #runGpu(job) {
     let why;
-    const lost = this.backend.lost;
+    const lost = /** @type {{lost: GPUDeviceLostInfo | null}} */ (this.backend).lost;
     if (lost) {
       why = `the GPU device was lost (${lost.reason ?? 'unknown'}: ${lost.message || 'no message'})`;
     } else {

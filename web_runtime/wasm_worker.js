@@ -18,7 +18,7 @@ let state = null;
 port.on(async (msg) => {
   try {
     if (msg.type === 'init') {
-      const instance = await WebAssembly.instantiate(msg.module, { env: { memory: msg.memory } });
+      const instance = await WebAssembly.instantiate(/** @type {WebAssembly.Module} */ (msg.module), { env: { memory: msg.memory } });
       const cells = new Int32Array(msg.memory.buffer, msg.barrier, 2);
       state = { exports: instance.exports, thread: msg.thread, scratch: msg.scratch,
         sync: { barrier: makeBarrier(cells, msg.threads), counters: new Int32Array(msg.memory.buffer, msg.counters, msg.maxOps) } };
