@@ -16,8 +16,10 @@ import datetime
 import json
 import math
 import platform
+import re
 import shutil
 import time
+import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,6 +28,7 @@ import numpy as np
 from ulpq_build import evaluation as ev
 from ulpq_build.browser_check import check_in_browser, fixed_input
 from ulpq_build.browsers import check_browser_names, started
+from ulpq_build.endpoints import browser_specs, page_base
 from ulpq_build.bundle import build_bundle, resolve_model
 from ulpq_build.bundle_reader import load_bundle
 from ulpq_build.errors import UserError
@@ -194,9 +197,12 @@ def write_index(results: list[tuple[dict, Path]], out: Path) -> Path:
     return page
 
 
-def run_bench(model_arg: str | None, presets: list[str] | None, browsers: list[str], out: Path, repeats: int = 3,
-              log=print) -> dict:
+def run_bench(model_arg: str | None, presets: list[str] | None, browsers: list, out: Path, repeats: int = 3,
+              log=print, serve=None) -> dict:
+    """`browsers`: local names or BrowserSpecs (remote endpoints too); `serve`: verify.ServeOptions,
+    where the bundles are served for them."""
     check_browser_names(browsers)
+    browsers = [browser_specs([b], [])[0] if isinstance(b, str) else b for b in browsers]
     for name in presets or []:
         Preset.parse(name, "any")  # names checked before minutes of building
     out.mkdir(parents=True, exist_ok=True)
@@ -222,14 +228,15 @@ def run_bench(model_arg: str | None, presets: list[str] | None, browsers: list[s
         a = row.accuracy
         log(f"[bench] {i}/{len(parsed)} {preset.name}: {row.bits_per_weight:.3f} bits/weight, {row.weight_bytes / 1e6:.2f} MB, "
             f"{a['metric']} {a['value']} ({a['ratio']}% of float32) ({time.time() - t0:.0f} s)")
-    screenshots = _browser_runs(rows, bundles, browsers, out, repeats, log)
+    screenshots, details = _browser_runs(rows, bundles, browsers, out, repeats, log, serve)
     goals = evaluate_goals(arch, rows)
     for g in goals:
         verdict = "no qualifying preset" if g["best"] is None else (
             f"{g['best']} {g['ratio']}%: " + ("met" if g["met"] else f"missed by {g['gap']} points"))
         log(f"[bench] goal {g['goal']}: {verdict}")
     result = {"model": model_name, "model_arg": model_arg or "builtin:minilm", "architecture": arch, "date": datetime.date.today().isoformat(),
-              "machine": f"{platform.machine()} {platform.system()}, {_cpu()}", "browsers": browsers,
+              "machine": f"{platform.machine()} {platform.system()}, {_cpu()}", "browsers": [b.label for b in browsers],
+              "browser_details": details,
               "float32": evaluator.base, "float32_weight_bytes": int(fp32.manifest["quantization"]["bytes"]),
               "rows": [r.__dict__ for r in rows], "goals": goals, "screenshots": screenshots,
               "seconds": round(time.time() - start)}
@@ -258,23 +265,33 @@ def _folder_bytes(folder: Path) -> int:
     return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
 
 
-def _browser_runs(rows: list[Row], bundles: Path, browsers: list[str], out: Path, repeats: int, log) -> dict:
-    """Every preset in every browser: agreement with numpy, timings, memory; one demo screenshot each."""
+def _browser_runs(rows: list[Row], bundles: Path, browsers: list, out: Path, repeats: int, log,
+                  serve=None) -> tuple[dict, dict]:
+    """Every preset in every browser: agreement with numpy, timings, memory; one demo screenshot each.
+    Returns the screenshots and, per browser, what ran (engine, version, endpoint, user agent)."""
     if not browsers:
-        return {}
-    shots = {}
+        return {}, {}
+    shots, details = {}, {}
     (out / "screenshots").mkdir(exist_ok=True)
-    with serving(bundles) as server:
-        for browser in browsers:
-            log(f"[bench] {browser}: starting")
-            with started(browser) as (session, error):
+    host, port, public_url = (serve.host, serve.port, serve.public_url) if serve else ("127.0.0.1", 0, None)
+    with serving(bundles, host, port, public_url) as server:
+        allow = () if server.loopback_only else (urllib.parse.urlsplit(server.url).hostname,)
+        for spec in browsers:
+            browser, base = spec.label, page_base(spec, server)
+            log(f"[bench] {browser}: starting{' at ' + spec.shown if spec.remote else ''}")
+            with started(spec, base, allow) as (session, error):
                 if error:
+                    details[browser] = {"endpoint": spec.shown, "error": error}
                     for row in rows:
                         row.browsers.append({"browser": browser, "error": error, "passed": False})
                     continue
+                info = session.info
+                details[browser] = {"endpoint": info.endpoint, "engine": info.engine, "version": info.version,
+                                    "user_agent": info.user_agent}
+                log(f"[bench]   {browser}: {info.describe()}")
                 for row in rows:
                     bundle = load_bundle(bundles / row.preset)
-                    check = check_in_browser(session, f"{server.url}{row.preset}/index.html", bundle, browser,
+                    check = check_in_browser(session, f"{base}{row.preset}/index.html", bundle, browser,
                                              repeats=repeats, prepared=fixed_input(bundle))
                     row.browsers.append(check.to_json())
                     log(f"[bench]   {browser} {row.preset}: {check.path or 'error'} {check.variant or ''} "
@@ -282,15 +299,16 @@ def _browser_runs(rows: list[Row], bundles: Path, browsers: list[str], out: Path
                         f"median {check.median_ms and round(check.median_ms)} ms")
                 shot_preset = next((r.preset for r in rows if r.preset != "float32"), rows[0].preset)
                 try:
-                    session.goto(f"{server.url}{shot_preset}/index.html")
+                    session.goto(f"{base}{shot_preset}/index.html")
                     session.evaluate("""async () => { for (let i = 0; i < 6000 && (!window.ulpqDemo || window.ulpqDemo.status === 'loading'); i++)
                                         await new Promise((r) => setTimeout(r, 100)); }""")
-                    file = out / "screenshots" / f"{browser}.png"
+                    name = re.sub(r"[^A-Za-z0-9._-]", "_", browser)
+                    file = out / "screenshots" / f"{name}.png"
                     session.screenshot(file)
-                    shots[browser] = f"screenshots/{browser}.png"
+                    shots[browser] = f"screenshots/{name}.png"
                 except Exception as exc:
                     log(f"[bench]   {browser}: no screenshot ({exc})")
-    return shots
+    return shots, details
 
 
 def _cpu() -> str:

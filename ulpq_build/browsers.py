@@ -18,9 +18,14 @@ laptop) those are used instead, WebKit included.
     ULPQ_MESA            an unpacked Mesa >= 25 whose lavapipe Dawn accepts (default the checkout's .mesa/
                          where scripts/setup.sh unpacks bookworm-backports' one; `system` = the system's drivers)
 
+Remote browsers (`verify --remote`, see endpoints.py): PlaywrightRemoteSession connects to a
+Playwright server (`playwright run-server`, launchServer(), a grid's websocket); WebDriverSession
+speaks W3C WebDriver to any driver URL (safaridriver, Selenium Grid 4, WebKitWebDriver): the local
+WebKit is the same client talking to a WebKitWebDriver this module starts.
+
 Every session offers the same two calls: `goto(url)` and `evaluate(js_function_source, arg)`,
 where the source is an (async) arrow function taking one argument; its resolved value comes
-back as JSON.
+back as JSON; and `info`, a BrowserInfo naming the browser, its version, user agent and endpoint.
 """
 
 from __future__ import annotations
@@ -33,14 +38,18 @@ import subprocess
 import tempfile
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from ulpq_build.endpoints import (FIREFOX_WEBGPU_PREFS, LOCAL_BROWSERS, WEBDRIVER_BROWSERS, BrowserSpec,
+                                  secure_origin_needed)
 from ulpq_build.errors import UserError
+from ulpq_build.serve import is_loopback
 
-BROWSERS = ("chromium", "firefox", "webkit", "node")
+BROWSERS = LOCAL_BROWSERS
 DEBIAN_PATHS = {
     "chromium": "/usr/lib/chromium/chromium",
     "firefox": "/usr/bin/firefox-esr",
@@ -49,7 +58,7 @@ DEBIAN_PATHS = {
 }
 # Keep browser traffic on this machine: everything but loopback goes to a dead proxy.
 LOCAL_ONLY_PROXY = {"server": "http://127.0.0.1:9", "bypass": "127.0.0.1,localhost"}
-FIREFOX_PREFS = {"dom.webgpu.enabled": True, "gfx.webgpu.ignore-blocklist": True}
+FIREFOX_PREFS = FIREFOX_WEBGPU_PREFS
 CHROMIUM_ARGS = ["--enable-unsafe-webgpu", "--disable-background-networking", "--disable-component-update",
                  "--disable-sync", "--no-first-run", "--disable-quic"]
 CHECKOUT = Path(__file__).resolve().parent.parent
@@ -87,6 +96,19 @@ class BrowserInfo:
     executable: str
     version: str
     managed: bool  # a Playwright-managed build (else a system browser)
+    endpoint: str = "local"  # a remote endpoint without credentials, or "local"
+    user_agent: str | None = None  # navigator.userAgent as the browser reports it
+
+    def describe(self) -> str:
+        where = "this machine" if self.endpoint == "local" else self.endpoint
+        return f"{self.engine} {self.version} at {where}; user agent: {self.user_agent or 'unknown'}"
+
+
+def _user_agent(session) -> str | None:
+    try:
+        return session.evaluate("() => navigator.userAgent", timeout_s=60)
+    except Exception:  # a browser without a page yet (or Node) has none to report; not a failure
+        return None
 
 
 class _SharedPlaywright:
@@ -118,19 +140,29 @@ class _SharedPlaywright:
 class PlaywrightSession:
     """Chromium or Firefox under Playwright: one browser, one page, reused across calls."""
 
-    def __init__(self, name: str, headless: bool = True):
+    def __init__(self, name: str, headless: bool = True, allow_hosts: tuple[str, ...] = ()):
         self.name = name
+        self._allow_hosts = allow_hosts
         self._pw = _SharedPlaywright.acquire()
+        self._browser = None
         try:
             self._browser, self.info = self._launch(headless)
-            self._context = self._browser.new_context(proxy=LOCAL_ONLY_PROXY)
+            self._context = self._browser.new_context(**self._context_options())
             self.page = self._context.new_page()
             self.console: list[str] = []
             self.page.on("console", lambda msg: self.console.append(f"{msg.type}: {msg.text}"))
             self.page.on("pageerror", lambda err: self.console.append(f"pageerror: {err}"))
+            self.info.user_agent = _user_agent(self)
         except BaseException:
+            if self._browser is not None:
+                self._browser.close()
             _SharedPlaywright.release()
             raise
+
+    def _context_options(self) -> dict:
+        """Keep traffic on this machine, plus the hosts a run needs (a deployed bundle's)."""
+        extra = [h for h in self._allow_hosts if h not in ("127.0.0.1", "localhost")]
+        return {"proxy": {**LOCAL_ONLY_PROXY, "bypass": ",".join([LOCAL_ONLY_PROXY["bypass"], *extra])}}
 
     def _launch(self, headless: bool):
         bt = getattr(self._pw, self.name)
@@ -175,14 +207,198 @@ class PlaywrightWebKitSession(PlaywrightSession):
         return browser, BrowserInfo("webkit", "WebKit (Playwright build)", executable, browser.version, True)
 
 
-class WebKitDriverSession:
-    """Stock WebKitGTK through WebKitWebDriver, with an Xvfb display of its own."""
+class PlaywrightRemoteSession(PlaywrightSession):
+    """A browser on a Playwright server, through BrowserType.connect().
 
-    def __init__(self, name: str = "webkit"):
-        self.name = name
+    Launch options travel in the `x-playwright-launch-options` header (how Playwright's own test
+    runner passes them to `run-server`): the WebGPU flags or prefs, merged under any the URL's
+    `launch-options` query gives (the URL wins; e.g. an executablePath on the server machine). A
+    server started without `--unsafe` drops args, prefs and executablePath and launches its own
+    Playwright-managed browser.
+
+    While the bundle is served on this machine's loopback, `expose_network="<loopback>"` tunnels
+    the remote browser's requests for 127.0.0.1 back here through the Playwright connection, so
+    the page stays a secure context (WebGPU) and no port is opened (run-server honours it; a
+    launchServer() endpoint or grid may not: serve on a reachable address with --host there)."""
+
+    def __init__(self, spec: BrowserSpec, page_base: str, headless: bool = True):
+        self.spec, self._page_base = spec, page_base
+        super().__init__(spec.name, headless)
+
+    def _launch(self, headless: bool):
+        bt = getattr(self._pw, self.spec.name)
+        parts = urllib.parse.urlsplit(self.spec.endpoint)
+        query = urllib.parse.parse_qsl(parts.query, keep_blank_values=True)
+        given = {}
+        for key, value in query:
+            if key == "launch-options":
+                try:
+                    given = json.loads(value)
+                except json.JSONDecodeError:
+                    raise BrowserError(f"{self.spec.label}: the URL's launch-options is not JSON") from None
+        url = urllib.parse.urlunsplit(parts._replace(query=urllib.parse.urlencode(
+            [(k, v) for k, v in query if k != "launch-options"])))
+        origin = secure_origin_needed(self._page_base)
+        options = {"headless": headless}
+        if self.spec.name == "chromium":
+            options["args"] = CHROMIUM_ARGS + ([f"--unsafely-treat-insecure-origin-as-secure={origin}"] if origin else [])
+        elif self.spec.name == "firefox":
+            host = urllib.parse.urlsplit(self._page_base).hostname
+            options["firefoxUserPrefs"] = {**FIREFOX_PREFS, **({"dom.securecontext.allowlist": host} if origin else {})}
+        options.update(given)
+        loopback = is_loopback(urllib.parse.urlsplit(self._page_base).hostname or "")
+        browser = bt.connect(url, timeout=120_000, headers={"x-playwright-launch-options": json.dumps(options)},
+                             expose_network="<loopback>" if loopback else None)
+        engine = {"chromium": "Chromium", "firefox": "Firefox", "webkit": "WebKit"}[self.spec.name]
+        return browser, BrowserInfo(self.spec.label, f"{engine} (Playwright connect)", self.spec.shown, browser.version,
+                                    False, endpoint=self.spec.shown)
+
+    def _context_options(self) -> dict:
+        return {}  # the remote machine's network; a context proxy would also bypass the loopback tunnel
+
+
+def _merge(base: dict, extra: dict) -> dict:
+    """Capabilities: `extra` over `base`, vendor option objects merged one level down."""
+    out = dict(base)
+    for key, value in extra.items():
+        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+class WebDriverSession:
+    """A W3C WebDriver (classic) session over HTTP: one client for safaridriver, Selenium Grid 4,
+    WebKitWebDriver, chromedriver, msedgedriver and geckodriver.
+
+    Spoken with the standard library rather than through selenium: the five commands used here
+    (new session, timeouts, navigate, execute async script, screenshot) are a JSON request each,
+    while selenium is a large dependency whose Selenium Manager tries to download drivers and
+    browsers, which must never happen on machines without network (see docs/remote-browsers.md).
+    Credentials in the URL (https://user:key@hub/wd/hub) become a Basic Authorization header."""
+
+    def __init__(self, url: str, capabilities: dict, label: str, shown: str, owner=None, ready_s: float = 15):
+        self.name, self._owner, self._label = label, owner, label
+        parts = urllib.parse.urlsplit(url)
+        self._auth = None
+        if parts.username:
+            import base64
+
+            pair = f"{urllib.parse.unquote(parts.username)}:{urllib.parse.unquote(parts.password or '')}"
+            self._auth = "Basic " + base64.b64encode(pair.encode()).decode()
+        netloc = parts.netloc.rsplit("@", 1)[-1]
+        self._base = urllib.parse.urlunsplit((parts.scheme, netloc, parts.path.rstrip("/"), "", ""))
+        self._shown = shown
+        self.console: list[str] = []
+        self._session = None
+        try:
+            self._wait_ready(ready_s)
+            value = self._call("POST", "/session", {"capabilities": {"alwaysMatch": capabilities, "firstMatch": [{}]}},
+                               timeout=300)
+            self._session = value["sessionId"]
+            c = value.get("capabilities", {})
+            engine = " on ".join(str(x) for x in (c.get("browserName", "?"), c.get("platformName")) if x)
+            self.info = BrowserInfo(label, f"{engine} (WebDriver)", shown, c.get("browserVersion", "?"), False,
+                                    endpoint=shown)
+            self._call("POST", f"/session/{self._session}/timeouts", {"script": 300_000, "pageLoad": 300_000})
+            self.info.user_agent = _user_agent(self)
+        except BaseException:
+            self.close()
+            raise
+
+    def _wait_ready(self, seconds: float) -> None:
+        """A driver just started answers /status a moment later; a dead URL fails after `seconds`."""
+        deadline = time.time() + seconds
+        while True:
+            try:
+                self._call("GET", "/status", timeout=5)
+                return
+            except BrowserError as exc:
+                if "cannot reach" not in str(exc) or time.time() > deadline:
+                    raise
+                time.sleep(0.3)
+
+    def _call(self, method: str, path: str, body=None, timeout: float = 330):
+        data = json.dumps(body).encode() if body is not None else None
+        headers = {"Content-Type": "application/json; charset=utf-8"}
+        if self._auth:
+            headers["Authorization"] = self._auth
+        request = urllib.request.Request(self._base + path, data=data, method=method, headers=headers)
+        try:
+            with urllib.request.urlopen(request, timeout=timeout) as response:
+                payload = json.loads(response.read() or b"{}")
+        except urllib.error.HTTPError as exc:
+            try:
+                value = json.loads(exc.read() or b"{}").get("value", {})
+            except (ValueError, AttributeError):
+                value = {}
+            value = value if isinstance(value, dict) else {}
+            raise BrowserError(f"{self._label}: {value.get('error', f'HTTP {exc.code}')}: "
+                               f"{str(value.get('message', exc.reason)).splitlines()[0] if value.get('message', exc.reason) else ''}") from None
+        except (urllib.error.URLError, OSError) as exc:
+            reason = getattr(exc, "reason", None) or exc
+            raise BrowserError(f"{self._label}: cannot reach the WebDriver endpoint {self._shown} ({reason})") from None
+        except ValueError:
+            raise BrowserError(f"{self._label}: {self._shown} did not answer with WebDriver JSON") from None
+        if isinstance(payload, dict) and "sessionId" in payload and path == "/session" and "value" in payload \
+                and "sessionId" not in (payload["value"] or {}):  # a JSON-wire-era grid: the id at the top
+            return {"sessionId": payload["sessionId"], "capabilities": payload["value"] or {}}
+        return payload.get("value") if isinstance(payload, dict) else None
+
+    def goto(self, url: str) -> None:
+        self._call("POST", f"/session/{self._session}/url", {"url": url})
+
+    def evaluate(self, source: str, arg=None, timeout_s: float = 300):
+        script = ("const done = arguments[arguments.length - 1];"
+                  f"Promise.resolve().then(() => ({source})(arguments[0]))"
+                  ".then((value) => done({ok: true, value: value === undefined ? null : value}),"
+                  " (err) => done({ok: false, error: `${err}\n${err && err.stack}`}));")
+        result = self._call("POST", f"/session/{self._session}/execute/async", {"script": script, "args": [arg]},
+                            timeout=timeout_s + 30)
+        if not isinstance(result, dict) or not result.get("ok"):
+            raise BrowserError(f"{self._label}: page script failed: {(result or {}).get('error') if isinstance(result, dict) else result}")
+        return result["value"]
+
+    def screenshot(self, path: Path) -> None:
+        import base64
+
+        png = self._call("GET", f"/session/{self._session}/screenshot")
+        Path(path).write_bytes(base64.b64decode(png))
+
+    def close(self) -> None:
+        try:
+            if self._session:
+                self._call("DELETE", f"/session/{self._session}", timeout=30)
+        except Exception:
+            pass
+        self._session = None
+        if self._owner is not None:
+            self._owner.close()
+
+
+def webdriver_capabilities(spec: BrowserSpec, page_base: str) -> dict:
+    """What to ask a WebDriver endpoint for: the named browser with WebGPU exposed (and, for a page
+    on a plain-http LAN address, that origin treated as secure where the browser allows it), then
+    the --capabilities extras over that."""
+    caps = json.loads(json.dumps(WEBDRIVER_BROWSERS.get(spec.name, {})))
+    origin = secure_origin_needed(page_base)
+    if origin:
+        flag = [f"--unsafely-treat-insecure-origin-as-secure={origin}"]
+        for key in ("goog:chromeOptions", "ms:edgeOptions"):
+            if key in caps:
+                caps[key]["args"] = caps[key]["args"] + flag
+        if "moz:firefoxOptions" in caps:
+            caps["moz:firefoxOptions"]["prefs"]["dom.securecontext.allowlist"] = urllib.parse.urlsplit(page_base).hostname
+    return _merge(caps, spec.capabilities)
+
+
+class WebKitDriverProcess:
+    """WebKitWebDriver on a free loopback port with an Xvfb display of its own; `url` is its
+    WebDriver endpoint. Local `webkit` runs through it; tests use it as a stand-in remote endpoint
+    (listen="all": on every interface, like a driver on another machine)."""
+
+    def __init__(self, listen: str = "local"):
         driver = os.environ.get("ULPQ_WEBKIT_DRIVER", DEBIAN_PATHS["webkit_driver"])
-        browser = os.environ.get("ULPQ_WEBKIT_BROWSER", DEBIAN_PATHS["webkit_browser"])
-        for path in (driver, browser):
+        self.browser = os.environ.get("ULPQ_WEBKIT_BROWSER", DEBIAN_PATHS["webkit_browser"])
+        for path in (driver, self.browser):
             if not Path(path).exists():
                 raise BrowserError(f"webkit: no executable at {path}; set ULPQ_WEBKIT_DRIVER / ULPQ_WEBKIT_BROWSER or {INSTALL_HINT}")
         if not shutil.which("Xvfb"):
@@ -193,20 +409,13 @@ class WebKitDriverSession:
             display = self._start_xvfb()
             env = {**os.environ, "DISPLAY": display, "XDG_RUNTIME_DIR": self._tmp.name}
             port = _free_port()
-            self._procs.append(subprocess.Popen([driver, f"--port={port}"], env=env, stdout=subprocess.DEVNULL,
-                                                stderr=subprocess.DEVNULL))
-            self._base = f"http://127.0.0.1:{port}"
-            self._wait_ready()
-            caps = {"capabilities": {"alwaysMatch": {"webkitgtk:browserOptions": {"binary": browser, "args": ["--automation"]}}}}
-            value = self._call("POST", "/session", caps, timeout=120)
-            self._session = value["sessionId"]
-            c = value.get("capabilities", {})
-            self.info = BrowserInfo("webkit", "WebKitGTK", browser, c.get("browserVersion", "?"), False)
-            self._call("POST", f"/session/{self._session}/timeouts", {"script": 300_000, "pageLoad": 300_000})
+            self._procs.append(subprocess.Popen([driver, f"--port={port}", f"--host={listen}"], env=env,
+                                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+            self.port = port
+            self.url = f"http://127.0.0.1:{port}/"
         except BaseException:
             self.close()
             raise
-        self.console: list[str] = []
 
     def _start_xvfb(self) -> str:
         for number in range(90, 190):
@@ -222,64 +431,32 @@ class WebKitDriverSession:
                     break
                 time.sleep(0.1)
             proc.kill()
+            proc.wait()
         raise BrowserError("webkit: could not start Xvfb on any display :90-:189")
 
-    def _wait_ready(self) -> None:
-        deadline = time.time() + 30
-        while time.time() < deadline:
-            try:
-                if self._call("GET", "/status", timeout=2).get("ready", True):
-                    return
-            except (OSError, BrowserError):
-                time.sleep(0.2)
-        raise BrowserError("webkit: WebKitWebDriver did not answer within 30 s")
-
-    def _call(self, method: str, path: str, body=None, timeout: float = 330):
-        data = json.dumps(body).encode() if body is not None else None
-        request = urllib.request.Request(self._base + path, data=data, method=method,
-                                         headers={"Content-Type": "application/json; charset=utf-8"})
-        try:
-            with urllib.request.urlopen(request, timeout=timeout) as response:
-                payload = json.loads(response.read() or b"{}")
-        except urllib.error.HTTPError as exc:
-            payload = json.loads(exc.read() or b"{}")
-            value = payload.get("value", {})
-            raise BrowserError(f"webkit: {value.get('error', exc.code)}: {value.get('message', '')}") from None
-        return payload.get("value")
-
-    def goto(self, url: str) -> None:
-        self._call("POST", f"/session/{self._session}/url", {"url": url})
-
-    def evaluate(self, source: str, arg=None, timeout_s: float = 300):
-        script = ("const done = arguments[arguments.length - 1];"
-                  f"Promise.resolve().then(() => ({source})(arguments[0]))"
-                  ".then((value) => done({ok: true, value: value === undefined ? null : value}),"
-                  " (err) => done({ok: false, error: `${err}\n${err && err.stack}`}));")
-        result = self._call("POST", f"/session/{self._session}/execute/async", {"script": script, "args": [arg]},
-                            timeout=timeout_s + 30)
-        if not result.get("ok"):
-            raise BrowserError(f"webkit: page script failed: {result.get('error')}")
-        return result["value"]
-
-    def screenshot(self, path: Path) -> None:
-        import base64
-
-        png = self._call("GET", f"/session/{self._session}/screenshot")
-        Path(path).write_bytes(base64.b64decode(png))
-
     def close(self) -> None:
-        try:
-            if getattr(self, "_session", None):
-                self._call("DELETE", f"/session/{self._session}", timeout=30)
-        except Exception:
-            pass
         for proc in reversed(self._procs):
             proc.terminate()
             try:
                 proc.wait(timeout=10)
             except subprocess.TimeoutExpired:
                 proc.kill()
+                proc.wait()
+        self._procs = []
         self._tmp.cleanup()
+
+
+def WebKitDriverSession(name: str = "webkit") -> WebDriverSession:
+    """Stock WebKitGTK: a WebKitWebDriver of our own, driven like any remote WebDriver endpoint."""
+    driver = WebKitDriverProcess()
+    try:
+        caps = {"webkitgtk:browserOptions": {"binary": driver.browser, "args": ["--automation"]}}
+        session = WebDriverSession(driver.url, caps, name, driver.browser, owner=driver, ready_s=30)
+    except BaseException:
+        driver.close()
+        raise
+    session.info.engine, session.info.executable, session.info.endpoint = "WebKitGTK", driver.browser, "local"
+    return session
 
 
 def node_environment() -> dict:
@@ -336,7 +513,7 @@ class NodeSession:
 
         threading.Thread(target=read, daemon=True).start()
         webgpu = "Dawn (npm webgpu)" if Path(env["NODE_PATH"].split(os.pathsep)[0], "webgpu").is_dir() else "no WebGPU package"
-        self.info = BrowserInfo("node", f"Node.js/{webgpu}", node, version, False)
+        self.info = BrowserInfo("node", f"Node.js/{webgpu}", node, version, False, user_agent=f"Node.js {version}")
 
     def _call(self, command: dict, timeout_s: float):
         import queue
@@ -379,19 +556,19 @@ class NodeSession:
         self._tmp.cleanup()
 
 
-def check_browser_names(names: list[str]) -> None:
-    """--browsers: refuse an unknown name before anything starts."""
-    unknown = [b for b in names if b not in BROWSERS]
+def check_browser_names(names: list) -> None:
+    """--browsers: refuse an unknown name before anything starts (remote specs are checked when parsed)."""
+    unknown = [b for b in names if isinstance(b, str) and b not in BROWSERS]
     if unknown:
         raise UserError(f"--browsers: unknown browser {unknown[0]!r}; choose from {', '.join(BROWSERS)}")
 
 
 @contextmanager
-def started(name: str):
+def started(spec, page_base: str | None = None, allow_hosts: tuple[str, ...] = ()):
     """(session, None) for the `with` block, closed after it; (None, "cannot start: ...") when the
     browser does not start, so a report can record it as a failed check."""
     try:
-        session = launch(name)
+        session = launch(spec, page_base, allow_hosts)
     except Exception as exc:  # any launch failure is that browser's failed check, not a crash
         yield None, f"cannot start: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
         return
@@ -401,8 +578,18 @@ def started(name: str):
         session.close()
 
 
-def launch(name: str):
-    """Start a session for 'chromium', 'firefox', 'webkit' or 'node'."""
+def launch(spec, page_base: str | None = None, allow_hosts: tuple[str, ...] = ()):
+    """Start a session: a local 'chromium', 'firefox', 'webkit' or 'node' (a name or a BrowserSpec),
+    or a remote endpoint's browser. `page_base` is the URL the session will open pages under (the
+    remote sessions adapt to it); `allow_hosts` are hosts a local browser may reach besides loopback."""
+    if isinstance(spec, str):
+        spec = BrowserSpec(spec, label=spec)
+    name = spec.name
+    if spec.protocol == "playwright":
+        return PlaywrightRemoteSession(spec, page_base or "http://127.0.0.1/")
+    if spec.protocol == "webdriver":
+        return WebDriverSession(spec.endpoint, webdriver_capabilities(spec, page_base or "http://127.0.0.1/"),
+                                spec.label, spec.shown)
     if name not in BROWSERS:
         raise UserError(f"unknown browser {name!r}; choose from {', '.join(BROWSERS)}")
     if name == "node":
@@ -415,6 +602,6 @@ def launch(name: str):
             except UserError:
                 managed = None
             if managed:
-                return PlaywrightWebKitSession("webkit")
+                return PlaywrightWebKitSession("webkit", allow_hosts=allow_hosts)
         return WebKitDriverSession()
-    return PlaywrightSession(name)
+    return PlaywrightSession(name, allow_hosts=allow_hosts)

@@ -132,13 +132,14 @@ def cmd_bench(args) -> int:
     from ulpq_build.bench import model_folders, run_bench, write_index
 
     presets = [f.strip() for f in args.formats.split(",") if f.strip()] if args.formats else None
-    browsers = [b.strip() for b in args.browsers.split(",") if b.strip()]
+    browsers, serve = _browser_choice(args)
     models = [m.strip() for m in (args.model or "builtin:minilm").split(",") if m.strip()]
     outs = model_folders(models, Path(args.out))
     failed = []
     results = []
     for model, out in zip(models, outs):
-        result = run_bench(model, presets, browsers, out, repeats=args.repeats, log=lambda message: print(message, flush=True))
+        result = run_bench(model, presets, browsers, out, repeats=args.repeats, log=lambda message: print(message, flush=True),
+                           serve=serve)
         results.append((result, out))
         if args.write_docs:
             from ulpq_build.markdown import write_section
@@ -156,13 +157,49 @@ def cmd_bench(args) -> int:
     return 1 if failed else 0
 
 
-def cmd_verify(args) -> int:
-    from ulpq_build.verify import format_table, verify_bundle
+def _add_browser_options(p: argparse.ArgumentParser, what: str) -> None:
+    """verify's and bench's browser choice: local names, remote endpoints, where to serve for them."""
+    p.add_argument("--browsers", metavar="LIST", help=f"comma-separated local browsers: chromium, firefox, webkit, node "
+                   f"(default chromium,firefox,webkit; none when --remote is given{what})")
+    p.add_argument("--remote", action="append", default=[], metavar="[NAME=]URL",
+                   help="a browser on another machine (repeatable): NAME=ws://host:port/ connects with Playwright (NAME: "
+                        "chromium, firefox or webkit; e.g. a `playwright run-server`), [NAME=]http://host:port/ speaks W3C "
+                        "WebDriver (NAME: chrome, edge, firefox, safari, webkit; safaridriver, Selenium Grid 4, "
+                        "WebKitWebDriver). See docs/remote-browsers.md")
+    p.add_argument("--capabilities", metavar="JSON", help="extra W3C capabilities for every WebDriver --remote, e.g. "
+                   "'{\"platformName\": \"mac\"}' or a grid's vendor options")
+    p.add_argument("--host", default="127.0.0.1", help="address to serve the bundle on for the browsers (default "
+                   "127.0.0.1; 0.0.0.0 = every interface, each remote browser is given this machine's address on "
+                   "the route to it)")
+    p.add_argument("--port", type=int, default=0, help="port to serve on (default 0: a free one; fix it for a firewall rule)")
+    p.add_argument("--public-url", metavar="URL", help="the URL remote browsers open the served folder at, when it is "
+                   "not http://HOST:PORT/ (a tunnel, a TLS reverse proxy)")
 
-    results = verify_bundle(Path(args.bundle), [b.strip() for b in args.browsers.split(",") if b.strip()])
-    print(format_table(results))
-    failed = [r for r in results if not r.passed]
-    print(f"{len(results) - len(failed)} of {len(results)} passed")
+
+def _browser_choice(args):
+    """(browser specs, serve options) from _add_browser_options' arguments, checked before any work."""
+    from ulpq_build.endpoints import browser_specs
+    from ulpq_build.serve import check_public_url
+    from ulpq_build.verify import ServeOptions
+
+    names = args.browsers if args.browsers is not None else ("" if args.remote else "chromium,firefox,webkit")
+    specs = browser_specs([b.strip() for b in names.split(",") if b.strip()], args.remote, args.capabilities)
+    if not 0 <= args.port <= 65535:
+        raise UserError(f"--port {args.port}: ports run from 1 to 65535 (0 picks a free one); choose one in that range")
+    return specs, ServeOptions(args.host, args.port, check_public_url(args.public_url))
+
+
+def cmd_verify(args) -> int:
+    from ulpq_build.verify import format_browsers, format_table, verify
+
+    specs, serve = _browser_choice(args)
+    if not specs:
+        raise UserError("verify: no browser to run; give --browsers and/or --remote")
+    run = verify(args.bundle, specs, serve)
+    print(format_table(run.results))
+    print(format_browsers(run))
+    failed = [r for r in run.results if not r.passed]
+    print(f"{len(run.results) - len(failed)} of {len(run.results)} passed")
     return 1 if failed else 0
 
 
@@ -217,7 +254,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "comma-separated, bench each into a folder of --out (with an index.html)")
     p.add_argument("--formats", metavar="LIST", help="comma-separated presets: formats (int4, ...), <format>-gptq, "
                                                     "mixed-<bits>; default: a set per architecture")
-    p.add_argument("--browsers", default="chromium,firefox,webkit", help="comma-separated (empty: numpy only)")
+    _add_browser_options(p, "; empty: numpy only")
     p.add_argument("--repeats", type=int, default=3, help="timed runs per preset and browser (median reported)")
     p.add_argument("--out", default="ulpq-bench", metavar="DIR")
     p.add_argument("--write-docs", metavar="FILE", help="also write the tables into this markdown file (its "
@@ -225,10 +262,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(run=cmd_bench)
 
     p = sub.add_parser("verify", help="check a bundle in real browsers against the numpy reference",
-                       description="Run a bundle in each browser and compare its output with the numpy reference over "
-                                   "the bundle's own weights; exit status 1 on any failure.")
-    p.add_argument("bundle", metavar="BUNDLE", help="a bundle folder")
-    p.add_argument("--browsers", default="chromium,firefox,webkit", help="comma-separated: chromium, firefox, webkit")
+                       description="Run a bundle in each browser, local or remote, and compare its output with the numpy "
+                                   "reference over the bundle's own weights; exit status 1 on any failure.")
+    p.add_argument("bundle", metavar="BUNDLE", help="a bundle folder, or the http(s) URL of a deployed bundle's "
+                   "manifest.json (its files are fetched and checked; the browsers open the deployed page)")
+    _add_browser_options(p, "")
     p.set_defaults(run=cmd_verify)
 
     p = sub.add_parser("serve", help="serve a bundle on 127.0.0.1", description="Serve a bundle folder on 127.0.0.1.")

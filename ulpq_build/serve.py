@@ -1,6 +1,11 @@
 """Serve a bundle folder over HTTP on 127.0.0.1 (a secure context, so browsers expose WebGPU and
 SubtleCrypto): correct MIME types, no directory listings, nothing outside the folder.
 
+A browser on another machine (`verify --remote`) cannot reach 127.0.0.1: `host` binds another
+address (0.0.0.0 = every interface), and `url_for(peer)` is the address to give a browser at
+`peer`: the bound address, or for a wildcard bind the address of the interface that routes
+towards that peer; `public_url` (a tunnel, a TLS reverse proxy) overrides both.
+
 HTTP/1.1 with keep-alive (a page fetches dozens of shaders), single byte ranges (206 / 416) so a
 shard can be fetched in parts or resumed, a strong ETag per file version answered with 304 on
 If-None-Match, `X-Content-Type-Options: nosniff` and a Server header without versions. With
@@ -12,8 +17,10 @@ from __future__ import annotations
 import errno
 import functools
 import http.server
+import ipaddress
 import os
 import re
+import socket
 import threading
 import urllib.parse
 from contextlib import contextmanager
@@ -152,23 +159,77 @@ class BundleRequestHandler(http.server.SimpleHTTPRequestHandler):
             super().log_message(fmt, *args)
 
 
+WILDCARD_HOSTS = ("0.0.0.0", "::", "")
+
+
+def is_loopback(host: str) -> bool:
+    if host.lower() in ("localhost", "localhost."):
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def _url_host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
+
+
+def route_address(peer: str | None, ipv6: bool = False) -> str:
+    """This machine's address on the interface that routes towards `peer` (the loopback address for
+    a local or unknown peer). A UDP connect only consults the routing table; nothing is sent."""
+    loopback = "::1" if ipv6 else "127.0.0.1"
+    if not peer or is_loopback(peer):
+        return loopback
+    # the peer itself; else (no resolver here for its name) the default route, probed with a
+    # documentation address (RFC 5737) that is never contacted
+    for target in (peer, "198.51.100.1"):
+        try:
+            family, _, _, _, address = socket.getaddrinfo(target, 9, type=socket.SOCK_DGRAM)[0]
+            with socket.socket(family, socket.SOCK_DGRAM) as s:
+                s.connect(address)
+                return s.getsockname()[0]
+        except OSError:
+            continue
+    return loopback
+
+
+def check_public_url(url: str | None) -> str | None:
+    """--public-url: an http(s) URL with a host, ending in '/' (the bundle folder's URL)."""
+    if url is None:
+        return None
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname or parts.query or parts.fragment:
+        raise UserError(f"--public-url {url}: give the http(s) URL at which a remote browser reaches the served "
+                        f"folder, e.g. https://tunnel.example.com/")
+    return url if url.endswith("/") else url + "/"
+
+
 class BundleServer(http.server.ThreadingHTTPServer):
     daemon_threads = True
 
-    def __init__(self, folder: Path, port: int = 0, verbose: bool = False, isolate: bool = False):
+    def __init__(self, folder: Path, port: int = 0, verbose: bool = False, isolate: bool = False,
+                 host: str = "127.0.0.1", public_url: str | None = None):
         folder = Path(folder)
         if not folder.is_dir():
             raise UserError(f"{folder}: no such folder; build one with `python -m ulpq_build bundle --out {folder}`")
         if not isinstance(port, int) or not 0 <= port <= 65535:
             raise UserError(f"--port {port}: ports run from 1 to 65535 (0 picks a free one); choose one in that range")
         self.verbose, self.isolate = verbose, isolate
+        self.host = host.strip("[]") or "0.0.0.0"
+        self.public_url = check_public_url(public_url)
+        if ":" in self.host:
+            self.address_family = socket.AF_INET6
         handler = functools.partial(BundleRequestHandler, directory=str(folder.resolve()))
         try:
-            super().__init__(("127.0.0.1", port), handler)
-        except OSError as exc:
-            reason = "in use by another program" if exc.errno == errno.EADDRINUSE else (exc.strerror or str(exc))
-            raise UserError(f"--port {port}: cannot listen on 127.0.0.1 ({reason}); choose another --port, or 0 "
-                            f"for a free one") from None
+            super().__init__((self.host, port), handler)
+        except (OSError, UnicodeError) as exc:
+            if getattr(exc, "errno", None) == errno.EADDRINUSE:
+                raise UserError(f"--port {port}: cannot listen on {self.host} (in use by another program); choose "
+                                f"another --port, or 0 for a free one") from None
+            reason = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
+            raise UserError(f"--host {host}: cannot listen there ({reason}); give an address of this machine "
+                            f"(127.0.0.1, the default; 0.0.0.0 for every interface)") from None
 
     def handle_error(self, request, client_address):
         # A browser that closes a connection early (navigation, cancelled fetch) is not an error.
@@ -179,7 +240,22 @@ class BundleServer(http.server.ThreadingHTTPServer):
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.server_address[1]}/"
+        """The URL for a browser on this machine: loopback where the bind allows it (a secure context)."""
+        if self.host in WILDCARD_HOSTS or is_loopback(self.host):
+            return f"http://{_url_host(route_address(None, ':' in self.host))}:{self.server_address[1]}/"
+        return f"http://{_url_host(self.host)}:{self.server_address[1]}/"
+
+    @property
+    def loopback_only(self) -> bool:
+        return is_loopback(self.host)
+
+    def url_for(self, peer: str | None) -> str:
+        """The URL for a browser at `peer` (a host name or address; None = this machine)."""
+        if self.public_url:
+            return self.public_url
+        if self.host in WILDCARD_HOSTS:
+            return f"http://{_url_host(route_address(peer, ':' in self.host))}:{self.server_address[1]}/"
+        return self.url
 
     def start_in_background(self) -> "BundleServer":
         threading.Thread(target=self.serve_forever, daemon=True).start()
@@ -187,9 +263,10 @@ class BundleServer(http.server.ThreadingHTTPServer):
 
 
 @contextmanager
-def serving(folder: Path):
-    """A BundleServer for `folder` on a free port, running in the background for the `with` block."""
-    server = BundleServer(folder, 0).start_in_background()
+def serving(folder: Path, host: str = "127.0.0.1", port: int = 0, public_url: str | None = None):
+    """A BundleServer for `folder` (by default on a free loopback port), running in the background
+    for the `with` block."""
+    server = BundleServer(folder, port, host=host, public_url=public_url).start_in_background()
     try:
         yield server
     finally:
