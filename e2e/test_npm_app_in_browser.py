@@ -2,8 +2,8 @@
 an app, the app (tests/js/npm_app/main.js, `import { createBertModel } from 'ulpq-runtime'`) bundled
 by esbuild into one script and served next to a bundle folder that holds only data (its copy of the
 runtime removed, so nothing but the npm package can run it). In Chromium, on WebGPU and on the CPU
-path, the embeddings equal numpy's over the bundle's own weights. FAILS (never skips) where
-Chromium, npm or esbuild is missing."""
+path (on worker threads when the page is cross-origin isolated), the embeddings equal numpy's over
+the bundle's own weights. FAILS (never skips) where Chromium, npm or esbuild is missing."""
 
 import importlib.util
 import re
@@ -17,7 +17,7 @@ from ulpq_build.browser_check import MIN_COSINE
 from ulpq_build.bundle_reader import load_bundle
 from ulpq_build.cli import main as cli_main
 from ulpq_build.reference import bert_forward, cosine, relative_error
-from ulpq_build.serve import serving
+from ulpq_build.serve import BundleServer, serving
 
 pytestmark = pytest.mark.browser
 
@@ -60,6 +60,8 @@ def npm_site(tmp_path_factory):
     site.mkdir()
     shutil.copyfile(app / "index.html", site / "index.html")
     shutil.copyfile(script, site / "app.js")
+    for worker_file in ("wasm_worker.js", "wasm_exec.js"):  # as the README says: the CPU path's worker, beside app.js
+        shutil.copyfile(app / "node_modules" / "ulpq-runtime" / worker_file, site / worker_file)
     model = support.tiny_bert(root / "bert-model", seed=5, hidden=64, layers=2, heads=4, inter=128, vocab=40, positions=32)
     assert cli_main(["bundle", "--model", str(model), "--format", "int4", "--out", str(site / "bundle")]) == 0
     bundle = load_bundle(site / "bundle")  # the numpy reference's weights, read while the bundle is whole
@@ -95,3 +97,20 @@ def test_npm_app_embeds_like_numpy_in_chromium_on_webgpu_and_on_the_cpu(browsers
             assert relative_error(embeddings, expected) < MAX_EMBEDDING_ERROR, hardware
         missing = session.evaluate("async () => window.npmApp.missingBundle()")
     assert missing["error"] == "BundleError" and missing["isBundleError"] and "404" in missing["message"], missing
+
+
+def test_npm_app_runs_the_cpu_path_on_worker_threads_when_the_page_is_isolated(browsers, npm_site):
+    site, expected = npm_site
+    session = browsers("chromium")
+    server = BundleServer(site, 0, isolate=True).start_in_background()  # COOP/COEP: shared memory allowed
+    try:
+        session.goto(f"{server.url}index.html")
+        result = session.evaluate(EMBED, [SENTENCES, "cpu"])
+    finally:
+        server.shutdown()
+        server.server_close()
+    notes = " ".join(result["notes"])
+    threads = re.search(r"WebAssembly SIMD kernels[^,]*, (\d+) threads", notes)
+    assert result["path"] == "cpu" and threads and int(threads[1]) >= 2, notes
+    assert cosine(np.asarray(result["embeddings"]), expected).min() >= MIN_COSINE
+    assert relative_error(result["embeddings"], expected) < MAX_EMBEDDING_ERROR
