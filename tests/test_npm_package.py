@@ -41,6 +41,11 @@ def reachable(entries) -> set[str]:
     return seen
 
 
+def declared(types_file: str) -> set[str]:
+    """The values (classes, functions, constants) a .d.ts declares."""
+    return set(re.findall(r"^export (?:declare )?(?:class|function|const) (\w+)", (RUNTIME / types_file).read_text(), re.M))
+
+
 @pytest.fixture(scope="module")
 def packed(tmp_path_factory):
     return pack(tmp_path_factory.mktemp("pack"))
@@ -122,16 +127,19 @@ def test_node_imports_the_installed_package_by_name_and_runs_a_bundle(app, tmp_p
     script = app / "run.mjs"
     script.write_text(
         "import * as browser from 'ulpq-runtime';\n"
-        "import { loadBundle, nodeWebgpu } from 'ulpq-runtime/node';\n"
+        "import * as node from 'ulpq-runtime/node';\n"
+        "const { loadBundle } = node;\n"
         "const version = (await import('ulpq-runtime/package.json', { with: { type: 'json' } })).default.version;\n"
         "const model = await loadBundle(process.argv[2], { hardware: 'cpu' });\n"
         "const r = await model.process(model.manifest.demo.inputs);\n"
-        "console.log(JSON.stringify({ output: r.output, path: r.path, version, exports: Object.keys(browser).sort(),\n"
-        "  dawn: nodeWebgpu.dawn }));\n")
+        "console.log(JSON.stringify({ output: r.output, path: r.path, version, exports: Object.keys(browser),\n"
+        "  nodeExports: Object.keys(node) }));\n")
     env = {"PATH": "/usr/bin:/bin", "ULPQ_NODE_WEBGPU": "0", "HOME": str(tmp_path)}
     out = json.loads(run(tool("node"), script, bundle, cwd=app, env=env).stdout)
     assert out["version"] == PACKAGE["version"] and out["path"] == "cpu"
-    assert {"loadBundle", "createBertModel", "createVitModel", "UlpqModel", "IntegrityError"} <= set(out["exports"])
+    # every value the JS exports is declared (the other direction is types/conformance.ts's job)
+    assert set(out["exports"]) == declared("types/ulpq.d.ts")
+    assert set(out["nodeExports"]) == declared("types/node.d.ts") | declared("types/ulpq.d.ts")
     model = load_bundle(bundle)
     expected = mlp_forward(model.model, model.weights, np.asarray(model.manifest["demo"]["inputs"]))
     assert relative_error(out["output"], expected) < MAX_MLP_ERROR
