@@ -28,10 +28,11 @@ UA = re.compile(r"user agent: (Mozilla/5\.0 .*?); opened ")
 
 @pytest.fixture(scope="module")
 def run_server():
-    """`python -m playwright run-server` on every interface; --unsafe lets a client choose the
-    executable (this machine has Debian's Chromium, no Playwright-managed one)."""
+    """`python -m playwright run-server` on loopback only: --unsafe lets a client choose the
+    executable (this machine has Debian's Chromium, no Playwright-managed one), which nobody else
+    may reach."""
     port = _free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "playwright", "run-server", "--host", "0.0.0.0", "--port", str(port),
+    proc = subprocess.Popen([sys.executable, "-m", "playwright", "run-server", "--host", "127.0.0.1", "--port", str(port),
                              "--unsafe"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             start_new_session=True)  # its own process group: node and the browsers it starts
     first = []
@@ -52,8 +53,8 @@ def run_server():
 
 @pytest.fixture(scope="module")
 def webkit_driver():
-    """WebKitWebDriver listening on every interface, as it would on another machine."""
-    driver = WebKitDriverProcess(listen="all")
+    """WebKitWebDriver as its own process, used by URL only (loopback: it lets a client choose the binary)."""
+    driver = WebKitDriverProcess()
     try:
         yield driver
     finally:
@@ -90,14 +91,15 @@ def test_verify_on_a_playwright_run_server(site, run_server):
 
 
 def test_verify_with_host_serves_a_reachable_address(site, run_server):
-    """--host 0.0.0.0: the remote browser, reached at this machine's address, is given that address
-    (not loopback) and told to treat the plain-http origin as secure, so WebGPU stays on."""
+    """--host ADDRESS (this machine's network address): the remote browser is given that address,
+    not loopback, so no tunnel is used, and is told to treat the plain-http origin as secure, so
+    WebGPU stays on. (Which address --host 0.0.0.0 gives each endpoint: tests/test_remote_options.py.)"""
     address = route_address("198.51.100.1")
     assert address != "127.0.0.1", "this machine needs a non-loopback interface for the --host test"
-    proc = run_cli("verify", site / "int2", "--host", "0.0.0.0", "--remote", chromium_remote(address, run_server),
+    proc = run_cli("verify", site / "int2", "--host", address, "--remote", chromium_remote("127.0.0.1", run_server),
                    timeout=600)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    label = f"chromium@{address}:{run_server}"
+    label = f"chromium@127.0.0.1:{run_server}"
     assert " webgpu " in rows_of(proc.stdout)[label], proc.stdout
     assert f"opened http://{address}:" in facts_of(proc.stdout, label), proc.stdout
 
