@@ -392,10 +392,9 @@ def webdriver_capabilities(spec: BrowserSpec, page_base: str) -> dict:
 
 class WebKitDriverProcess:
     """WebKitWebDriver on a free loopback port with an Xvfb display of its own; `url` is its
-    WebDriver endpoint. Local `webkit` runs through it; tests use it as a stand-in remote endpoint
-    (listen="all": on every interface, like a driver on another machine)."""
+    WebDriver endpoint. Local `webkit` runs through it; tests use it as a stand-in remote endpoint."""
 
-    def __init__(self, listen: str = "local"):
+    def __init__(self):
         driver = os.environ.get("ULPQ_WEBKIT_DRIVER", DEBIAN_PATHS["webkit_driver"])
         self.browser = os.environ.get("ULPQ_WEBKIT_BROWSER", DEBIAN_PATHS["webkit_browser"])
         for path in (driver, self.browser):
@@ -409,8 +408,8 @@ class WebKitDriverProcess:
             display = self._start_xvfb()
             env = {**os.environ, "DISPLAY": display, "XDG_RUNTIME_DIR": self._tmp.name}
             port = _free_port()
-            self._procs.append(subprocess.Popen([driver, f"--port={port}", f"--host={listen}"], env=env,
-                                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+            self._procs.append(subprocess.Popen([driver, f"--port={port}"], env=env, stdout=subprocess.DEVNULL,
+                                                stderr=subprocess.DEVNULL))
             self.port = port
             self.url = f"http://127.0.0.1:{port}/"
         except BaseException:
