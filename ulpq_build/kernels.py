@@ -222,9 +222,11 @@ def gemv_packed_tiles(tiles: dict, bits: int) -> dict:
     """GEMV tiles for packed weights: fewer threads per row the more values a word holds. A row of
     BERT's K = 768 is 192 vec4 steps in float32 but 24 in int4 and 12 in int2, so the float32 table's
     64 threads per row left 60-80% of an int2 workgroup idle (int2 ran slower than int4 at 1x8 on an
-    H200). Threads per row shrink to the power of two at most the steps of K = 768 (at least 8), and
-    rows per thread group shrink with them, so a workgroup still covers the same output rows."""
-    steps = max(8, 6 * bits)  # K = 768 at `bits` bits: 768 * bits / 32 words, 4 words a step
+    H200). Threads per row shrink to the power of two at most the steps of K = 768, but not below 16:
+    rows per thread group shrink with them (a workgroup still covers the same output rows), and each
+    row a thread owns re-reads x, so at 8 threads (1 row each) int2 read x twice as often per weight
+    as int4 and ran slower at 1x8 (BERT-base 1.68 vs 1.39 ms on the H200; 16 threads: 1.42 vs 1.41)."""
+    steps = max(16, 6 * bits)  # K = 768 at `bits` bits: 768 * bits / 32 words, 4 words a step
     tpr = min(tiles["threads_per_row"], 1 << (steps.bit_length() - 1))
     return {"threads_per_row": tpr, "rows": max(1, tiles["rows"] * tpr // tiles["threads_per_row"])}
 
