@@ -262,11 +262,12 @@ def machine_facts(node: str | None) -> dict:
 
 
 def first_cell(shape) -> str:
-    """A first run's time, marked `reused` when it ran on a layout an earlier shape had made."""
+    """A first run's time, marked `reused` when it ran on GPU objects an earlier shape had made and
+    `grown` when it had to enlarge an earlier layout's buffers (new buffers and bind groups)."""
     if not shape:
         return "-"
-    reused = shape.get("first_new_layout") is False
-    return fmt_ms(shape.get("first_ms")) + (" (reused)" if reused else "")
+    mark = {"none": " (reused)", "grown": " (grown)"}.get(shape.get("first_made"), "")
+    return fmt_ms(shape.get("first_ms")) + mark
 
 
 def fmt_ms(value) -> str:
@@ -302,15 +303,16 @@ def table(results: dict, formats: list[str]) -> str:
             lines.append(f"| {MODELS[model]['label']} {fmt} ({b.get('path')}, {b.get('variant')}) | {fmt_ms(b.get('init_ms'))} ({split}) | "
                          + " | ".join(first_cell(firsts.get(s)) for s in results["shapes"]) + " |")
     lines += ["", "A new shape two tokens shorter than each shape above (same batch), right after it: its first",
-              "run / its steady median (wall ms, with tokenization), and whether that first run made a new",
-              "layout (GPU buffers and bind groups; `reused`: it ran on the layout of the shape before):", "",
+              "run / its steady median (wall ms, with tokenization), and what that first run made: `reused`",
+              "(nothing: it ran on the GPU objects of the shape before), `grown` (larger buffers and new",
+              "bind groups for a layout made before) or `new` (a new layout):", "",
               "| model, format | " + " | ".join(f"{s} -2 tokens" for s in results["shapes"]) + " |",
               "|" + "---|" * (1 + len(results["shapes"]))]
     for model, per in results["models"].items():
         for fmt, b in per.get("ours", {}).items():
             near = {f"{s['batch']}x{s['tokens']}": s.get("near") for s in b.get("shapes", [])}
             cell = lambda n: (f"{fmt_ms(n['first_ms'])} / {fmt_ms(n['median_wall_ms'])} "
-                              f"({'new' if n.get('new_layout') else 'reused'})") if n else "-"
+                              f"({ {'none': 'reused', 'grown': 'grown'}.get(n.get('made'), 'new') })") if n else "-"
             lines.append(f"| {MODELS[model]['label']} {fmt} | " + " | ".join(cell(near.get(s)) for s in results["shapes"]) + " |")
     if results["checks"]:
         lines += ["", "Agreement with torch fp32 (lowest cosine over the batch, first shape): "

@@ -8,7 +8,7 @@
 // the tokenizer adds [CLS] and [SEP]. run_ms is the runtime's own process() timing without
 // tokenization; wall_ms is the whole process() call. After each shape, one more new shape two tokens
 // shorter (the next sentence a page meets): its first run and steady median (`near`), and for both
-// first runs whether the WebGPU backend had to make a new layout (GPU buffers and bind groups).
+// first runs what the WebGPU backend had to make: a new layout, larger buffers, or nothing.
 import { readFileSync } from 'node:fs';
 import path from 'node:path';
 import { pathToFileURL } from 'node:url';
@@ -45,12 +45,15 @@ for (const { name, dir } of request.bundles) {
       entry.shapes.push(shape);
       try {
         const input = texts(words, batch, tokens);
-        const layouts = () => model.backend.stats?.layoutsBuilt ?? null;
-        let built = layouts();
+        // what a first run had to make: 'layout' (a new one), 'grown' (larger buffers for a layout
+        // made before: new buffers and bind groups), 'none' (it ran on GPU objects made before)
+        const counts = () => { const st = model.backend.stats; return st?.layoutsBuilt === undefined ? null : [st.layoutsBuilt, st.layoutsGrown]; };
+        const made = (before) => { const now = counts(); if (!before || !now) return null; return now[0] > before[0] ? 'layout' : now[1] > before[1] ? 'grown' : 'none'; };
+        let built = counts();
         let t = performance.now();
         const first = await model.process(input);
         shape.first_ms = performance.now() - t;
-        shape.first_new_layout = built === null ? null : layouts() > built;
+        shape.first_made = made(built);
         shape.first_run_ms = first.timings.run_ms;
         if (first.tokens.some((n) => n !== tokens)) throw new Error(`texts gave ${first.tokens} tokens, not ${tokens}`);
         shape.path = first.path;
@@ -67,18 +70,18 @@ for (const { name, dir } of request.bundles) {
         Object.assign(shape, { median_ms: median(run), median_wall_ms: median(wall), min_ms: Math.min(...run), runs: run.length });
         if (tokens > 4) {
           const near = texts(words, batch, tokens - 2);
-          built = layouts();
+          built = counts();
           t = performance.now();
           await model.process(near);
           const nearFirst = performance.now() - t;
-          const nearNew = built === null ? null : layouts() > built;
+          const nearMade = made(built);
           const nearRuns = [];
           for (let i = 0; i < Math.min(repeats, 10); i++) {
             t = performance.now();
             await model.process(near);
             nearRuns.push(performance.now() - t);
           }
-          shape.near = { tokens: tokens - 2, first_ms: nearFirst, new_layout: nearNew, median_wall_ms: median(nearRuns) };
+          shape.near = { tokens: tokens - 2, first_ms: nearFirst, made: nearMade, median_wall_ms: median(nearRuns) };
           await model.process(input); // back to the shape itself (its plan is kept)
         }
       } catch (err) {
