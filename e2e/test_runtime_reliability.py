@@ -56,8 +56,8 @@ BAD_MANIFESTS = {
     "offset-string": (lambda m: {**m, "tensors": [{**m["tensors"][0], "parts": {**m["tensors"][0]["parts"],
                       "codes": {**m["tensors"][0]["parts"]["codes"], "offset": "12"}}}, *m["tensors"][1:]]},
                       "manifest.tensors[0].parts.codes.offset must be a non-negative integer"),
-    "shader-sha": (lambda m: {**m, "shaders": [{**m["shaders"][0], "sha256": 5}, *m["shaders"][1:]]},
-                   "manifest.shaders[0].sha256 must be a sha256"),
+    "shader-sha": (lambda m: {**m, "shader_files": [{**m["shader_files"][0], "sha256": 5}, *m["shader_files"][1:]]},
+                   "manifest.shader_files[0].sha256 must be a sha256"),
     "shard-outside": (lambda m: {**m, "shards": [{**m["shards"][0], "file": "../weights-000.bin"}]},
                       "manifest.shards[0].file must be a file name inside the bundle"),
 }
@@ -78,12 +78,11 @@ def runtime_site(site):
     manifest = json.loads((root / "mlp" / "manifest.json").read_text())
     # every shader (so every variant meets one), the large-batch GEMMs only, a shard, the tokenizer
     shutil.copytree(root / "mlp", root / "tampered-shaders")
-    for shader in manifest["shaders"]:
-        tamper(root / "tampered-shaders", shader["file"])
+    for file in {shader["file"] for shader in manifest["shaders"]}:  # profiles share files: flip each once
+        tamper(root / "tampered-shaders", file)
     shutil.copytree(root / "mlp", root / "tampered-lazy-shader")
-    for shader in manifest["shaders"]:
-        if shader["options"].get("size") == "large":
-            tamper(root / "tampered-lazy-shader", shader["file"])
+    for file in {shader["file"] for shader in manifest["shaders"] if shader["options"].get("size") == "large"}:
+        tamper(root / "tampered-lazy-shader", file)
     shutil.copytree(root / "mlp", root / "tampered-shard")
     tamper(root / "tampered-shard", "weights-000.bin")
     shutil.copytree(root / "minilm", root / "tampered-tokenizer")

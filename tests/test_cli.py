@@ -27,21 +27,22 @@ def test_default_bundle_is_complete_and_reproducible(tmp_path):
     run_cli("bundle", cwd=tmp_path, check=0)
     out = tmp_path / "ulpq-bundle"
     manifest = json.loads((out / "manifest.json").read_text())
-    assert manifest["schema_version"] == 1 and manifest["model"]["architecture"] == "bert"  # all-MiniLM-L6-v2
+    assert manifest["schema_version"] == 2 and manifest["model"]["architecture"] == "bert"  # all-MiniLM-L6-v2
     wasm = {f["file"] for f in manifest["wasm"]["files"].values()}  # the CPU path's kernels, listed with sha256
     assert {f["file"] for f in manifest["files"]} == {"tokenizer.json", "vocab.txt"} | wasm
     assert (out / "index.html").is_file() and (out / "ulpq.js").is_file()
     assert {s["profile"] for s in manifest["shaders"]} == set(PROFILES)
+    shader_sha = {f["file"]: f["sha256"] for f in manifest["shader_files"]}
     for shader in manifest["shaders"]:
         text = (out / shader["file"]).read_text()
-        assert text.startswith("// ulpq_build shader") and f"workgroup_size: {shader['workgroup_size']}" in text
-        assert hashlib.sha256(text.encode()).hexdigest() == shader["sha256"]
+        assert text.startswith("// ulpq_build shader") and f"@workgroup_size({shader['workgroup_size']})" in text
+        assert hashlib.sha256(text.encode()).hexdigest() == shader_sha[shader["file"]]
     for entry in manifest["tensors"]:
         for part in entry["parts"].values():
             data = (out / part["file"]).read_bytes()[part["offset"] : part["offset"] + part["length"]]
             assert hashlib.sha256(data).hexdigest() == part["sha256"]
     # every path in the manifest is relative
-    assert all(not s["file"].startswith(("/", "http")) for s in manifest["shards"] + manifest["shaders"])
+    assert all(not s["file"].startswith(("/", "http")) for s in manifest["shards"] + manifest["shader_files"])
     run_cli("bundle", "--out", tmp_path / "again", cwd=tmp_path, check=0)
     assert tree_digest(out) == tree_digest(tmp_path / "again")
 

@@ -298,7 +298,7 @@ def test_edited_manifests_fail_inspect(main, bundle_copy, edit, needle):
 def test_missing_shard_and_edited_files_fail_inspect(main, bundle_copy):
     shader = next((bundle_copy / "shaders").iterdir())
     shader.write_text(shader.read_text() + "\n// edited\n")  # was silently accepted
-    one_line(*main("inspect", bundle_copy)[::2], shader.name, "sha256")
+    one_line(*main("inspect", bundle_copy)[::2], shader.name, "the manifest says")  # its size (shader_files bytes)
     shader.unlink()
     one_line(*main("inspect", bundle_copy)[::2], shader.name, "missing")
     (bundle_copy / "weights-000.bin").unlink()
@@ -308,7 +308,7 @@ def test_missing_shard_and_edited_files_fail_inspect(main, bundle_copy):
 def test_verify_checks_every_file_before_any_browser(main, bundle_copy):
     shader = next((bundle_copy / "shaders").iterdir())
     shader.write_text("// edited")
-    one_line(*main("verify", bundle_copy, "--browsers", "chromium")[::2], shader.name, "sha256")
+    one_line(*main("verify", bundle_copy, "--browsers", "chromium")[::2], shader.name, "the manifest says")
 
 
 def test_edited_runtime_file_fails_inspect(main, bundle_copy):

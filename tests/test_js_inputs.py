@@ -102,8 +102,8 @@ def test_manifest_schema(tmp_path):
     m = f"JSON.parse(readText({json.dumps(str(bundle / 'manifest.json'))}))"
     edits = [
         ("null", "the manifest must be a JSON object, not null"), ("[1]", "the manifest must be a JSON object"),
-        (f"{{...{m}, schema_version: 2}}", "schema_version 2, this runtime reads 1"),
-        (f"{{...{m}, schema_version: '1'}}", 'schema_version "1"'),
+        (f"{{...{m}, schema_version: 3}}", "schema_version 3, this runtime reads 2"),
+        (f"{{...{m}, schema_version: '2'}}", 'schema_version "2"'),
         (f"{{...{m}, model: undefined}}", "manifest field manifest.model must be an object"),
         (f"(({{files, ...rest}}) => rest)({m})", "manifest.files is missing"),
         (f"{{...{m}, shards: [{{...{m}.shards[0], sha256: 'abc'}}]}}", "manifest.shards[0].sha256 must be a sha256"),
@@ -125,7 +125,7 @@ def test_manifest_schema(tmp_path):
     results = call(tmp_path, [{"module": "bundle_loader.js", "run": f"(m) => m.checkManifest({s}, 'manifest.json')"} for s, _ in edits]
                    + [{"module": "bundle_loader.js", "run": f"(m) => m.checkManifest({m}).schema_version"}])
     refused(results[:-1], edits, "BundleError")
-    assert results[-1] == {"value": 1}
+    assert results[-1] == {"value": 2}
 
 
 def test_truncation_is_counted(tmp_path):

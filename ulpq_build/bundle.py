@@ -5,7 +5,8 @@ sub-path; the same input gives byte-identical output; a failure leaves no folder
     <out>/index.html            demo page (runs the model, shows output, path, variant, progress)
     <out>/manifest.json         see `MANIFEST_SCHEMA_VERSION` and `build_manifest`
     <out>/weights-000.bin ...   weight shards, at most SHARD_LIMIT bytes each
-    <out>/shaders/*.wgsl        one file per kernel variant (see kernels.py)
+    <out>/shaders/*.wgsl        one file per distinct WGSL program, named by content (shader_store.py);
+                                the manifest maps each kernel variant (kernels.py) of each profile to one
     <out>/ulpq.js, *.js         the runtime (ES modules, no build step)
 """
 
@@ -31,13 +32,14 @@ from ulpq_build.default_model import write_default_model
 from ulpq_build.errors import UserError
 from ulpq_build.formats import FORMATS
 from ulpq_build.kernels import (GEMM_LARGE_ROWS, GEMV_MAX_ROWS, SPLIT_MIN_K, SPLIT_TARGET_WORKGROUPS, KernelVariant,
-                                WeightStorage, gemv_vec4_fits, render)
+                                WeightStorage, gemv_vec4_fits)
 from ulpq_build.model_source import ModelSource, open_model
 from ulpq_build.plan import Plan
 from ulpq_build.profiles import PROFILES
 from ulpq_build.quantize import quantize
 from ulpq_build.quantspec import QuantSpec
 from ulpq_build.resources import web_runtime_dir
+from ulpq_build.shader_store import distinct_shaders
 from ulpq_build.wasm_kernels import write_cpu_kernels
 
 SHARD_LIMIT = 128 * 1024 * 1024  # Firefox caps storage bindings at 128 MiB (environment.md)
@@ -282,12 +284,10 @@ def _write_bundle(folder: Path, source: ModelSource, model_name: str, model: dic
     shard_list = shards.finish()
 
     variants = plan_shaders(model, {e.name: e.spec for e in plan.entries})
+    shader_files, file_of = distinct_shaders(variants)
     (folder / "shaders").mkdir()
-    shader_entries = []
-    for variant in variants:
-        text = render(variant).encode("utf-8")
-        (folder / variant.file).write_bytes(text)
-        shader_entries.append({**variant.to_manifest(), "sha256": hashlib.sha256(text).hexdigest()})
+    for shader in shader_files:
+        (folder / shader.file).write_bytes(shader.data)
 
     files = _copy_files(folder, source, model)
     cpu_kernels = write_cpu_kernels(folder, [e.spec for e in plan.entries])  # the CPU path's wasm
@@ -309,7 +309,10 @@ def _write_bundle(folder: Path, source: ModelSource, model_name: str, model: dic
         "profiles": [profile_entry(p, variants) for p in PROFILES.values()],
         "tensors": tensors,
         "shards": shard_list,
-        "shaders": shader_entries,
+        # shaders: every kernel variant (profile x kernel key) and the file holding its WGSL;
+        # shader_files: each distinct WGSL program once (shader_store.py), hashed
+        "shaders": [{**variant.to_manifest(), "file": file_of[variant.key]} for variant in variants],
+        "shader_files": [{"file": s.file, "bytes": len(s.data), "sha256": s.sha256} for s in shader_files],
         "matmul": {"gemv_max_rows": GEMV_MAX_ROWS, "gemm_large_rows": GEMM_LARGE_ROWS,
                    "split_target_workgroups": SPLIT_TARGET_WORKGROUPS, "split_min_k": SPLIT_MIN_K},
         "runtime": {"module": "ulpq.js", "page": "index.html", "files": runtime_files, "sha256": runtime_hashes},

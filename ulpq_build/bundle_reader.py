@@ -22,7 +22,8 @@ from ulpq_build.quantspec import QuantSpec, part_layout
 from ulpq_build.schema import (REL_PATH, SHA256, Anything, Float, Int, List, Map, Obj, Str, parse_json,
                                validate)
 
-MANIFEST_SCHEMA_VERSION = 1
+# 2: shaders[] maps each kernel variant to a file of shader_files[], which holds each distinct WGSL once
+MANIFEST_SCHEMA_VERSION = 2
 GENERATOR = "ulpq_build"
 MARKER = ".ulpq-bundle"  # written into every bundle folder, with the manifest's generator field: ours to replace
 MAX_MANIFEST_BYTES = 64 << 20
@@ -43,7 +44,8 @@ MANIFEST = Obj({
     "quantization": Obj({"default": Anything(), "method": Str(max_len=16)}),
     "tensors": List(_TENSOR, max_len=1 << 16),
     "shards": List(_FILE, max_len=1 << 12),
-    "shaders": List(Obj({"file": REL_PATH, "sha256": SHA256}), max_len=1 << 12),
+    "shaders": List(Obj({"key": Str(max_len=1024), "profile": Str(max_len=64), "file": REL_PATH}), max_len=1 << 12),
+    "shader_files": List(_FILE, max_len=1 << 12),
     "files": List(_FILE, max_len=1 << 10),
     "runtime": Obj({"module": REL_PATH, "page": REL_PATH, "files": List(REL_PATH, max_len=1 << 10),
                     "sha256": Map(SHA256)}, optional={"sha256"}),
@@ -79,13 +81,70 @@ def read_manifest(folder: Path) -> dict:
         raise UserError(f"{path}: manifest schema version {data['schema_version']} is newer than this tool reads "
                         f"({MANIFEST_SCHEMA_VERSION}); update ulpq_build or {ADVICE}")
     validate(data, MANIFEST, path, ADVICE)
+    check_shader_map(data, path)
     return data
+
+
+def _graph_keys(model: dict, where) -> set[str]:
+    """Every kernel key the model graph names (op_kernels, and the kernels of its linear nodes and
+    tables: what backend_webgpu.js compiles, over every profile)."""
+    keys: set[str] = set()
+
+    def add(kernels, at: str) -> None:
+        if not isinstance(kernels, dict) or not all(
+                isinstance(roles, dict) and all(isinstance(k, str) for k in roles.values()) for roles in kernels.values()):
+            raise UserError(f"{where}: {at} is not a map of profile -> role -> shader key; {ADVICE}")
+        for roles in kernels.values():
+            keys.update(roles.values())
+
+    def walk(tree, at: str) -> None:
+        if isinstance(tree, dict):
+            if "in_features" in tree or "table" in tree:
+                add(tree.get("kernels"), f"{at}.kernels")
+            for name, value in tree.items():
+                if name != "kernels":
+                    walk(value, f"{at}.{name}")
+        elif isinstance(tree, list):
+            for i, item in enumerate(tree):
+                walk(item, f"{at}[{i}]")
+
+    if "op_kernels" in model:
+        add(model["op_kernels"], "model.op_kernels")
+    walk({k: v for k, v in model.items() if k != "op_kernels"}, "model")
+    return keys
+
+
+def check_shader_map(manifest: dict, where) -> None:
+    """The shader map is closed: each key listed once, every key the graph names listed, every
+    listed key used by the graph, every file a key names listed in shader_files (once), and every
+    listed file named by some key."""
+    keys = [entry["key"] for entry in manifest["shaders"]]
+    if len(set(keys)) != len(keys):
+        twice = next(k for k in keys if keys.count(k) > 1)
+        raise UserError(f"{where}: shader {twice!r:.80} is listed twice; {ADVICE}")
+    graph = _graph_keys(manifest["model"], where)
+    missing, unused = sorted(graph - set(keys)), sorted(set(keys) - graph)
+    if missing:
+        raise UserError(f"{where}: the model uses shader {missing[0]!r:.80}, which manifest.shaders lacks; {ADVICE}")
+    if unused:
+        raise UserError(f"{where}: shader {unused[0]!r:.80} is listed but the model never uses it; {ADVICE}")
+    files = [entry["file"] for entry in manifest["shader_files"]]
+    if len(set(files)) != len(files):
+        twice = next(f for f in files if files.count(f) > 1)
+        raise UserError(f"{where}: shader file {twice!r:.80} is listed twice; {ADVICE}")
+    named = {entry["file"] for entry in manifest["shaders"]}
+    if named - set(files):
+        raise UserError(f"{where}: a shader names {sorted(named - set(files))[0]!r:.80}, which manifest.shader_files "
+                        f"lacks; {ADVICE}")
+    if set(files) - named:
+        raise UserError(f"{where}: shader file {sorted(set(files) - named)[0]!r:.80} is listed but no shader uses it; "
+                        f"{ADVICE}")
 
 
 def listed_files(manifest: dict) -> dict[str, str | None]:
     """Every file the manifest lists -> its sha256 (None where the manifest gives none)."""
     files: dict[str, str | None] = {}
-    for group in ("shards", "shaders", "files"):
+    for group in ("shards", "shader_files", "files"):
         for entry in manifest[group]:
             files[entry["file"]] = entry["sha256"]
     runtime = manifest["runtime"]
@@ -112,7 +171,7 @@ def verify_files(folder: Path, manifest: dict) -> dict[str, bytes]:
     """Every listed file checked against its sha256 (shaders, tokenizer, runtime and shards alike);
     returns the shards' bytes."""
     shards = {entry["file"] for entry in manifest["shards"]}
-    sizes = {entry["file"]: entry["bytes"] for group in ("shards", "files") for entry in manifest[group]}
+    sizes = {entry["file"]: entry["bytes"] for group in ("shards", "shader_files", "files") for entry in manifest[group]}
     data_of = {}
     for name, digest in listed_files(manifest).items():
         data = _read_listed(folder, name)

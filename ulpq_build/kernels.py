@@ -345,10 +345,6 @@ class KernelVariant:
         return ".".join(parts)
 
     @property
-    def file(self) -> str:
-        return f"shaders/{self.key}.wgsl"
-
-    @property
     def bindings(self) -> dict[str, int]:
         """name -> slot for what this variant binds (weight parts its storage lacks and disabled
         options are left out; slots keep their kernel-wide numbers)."""
@@ -395,7 +391,7 @@ class KernelVariant:
 
     def to_manifest(self) -> dict:
         return {
-            "key": self.key, "file": self.file, "template": self.spec.template, "kernel": self.kernel,
+            "key": self.key, "template": self.spec.template, "kernel": self.kernel,
             "weight": None if self.weight is None else {"key": self.weight.key, "format": self.weight.format,
                                                          "scale_dtype": self.weight.scale_dtype,
                                                          "asymmetric": self.weight.asymmetric},

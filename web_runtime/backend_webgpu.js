@@ -18,8 +18,8 @@
 // views that the fused Q/K/V projection returns); they get buffer slots once a plan is adopted.
 
 import { IntegrityError, fetchVerifiedText } from './bundle_loader.js';
-import { chooseProfiles, detectProfile } from './variants.js';
-import { graphNodes, matmulKey, packParams, splitFor, workgroups } from './dispatch.js';
+import { chooseProfiles, detectProfile, profileShaders } from './variants.js';
+import { matmulKey, packParams, splitFor, workgroups } from './dispatch.js';
 
 export class GpuUnavailable extends Error {
   constructor(message) { super(message); this.name = 'GpuUnavailable'; }
@@ -184,31 +184,18 @@ export class GpuBackend {
       pipelinesCreated: 0, dispatches: 0, passes: 0, paramsWrites: 0 };
   }
 
-  /** Every shader this model can run on this profile: each matrix-product size class, each table, each operator. */
-  #shaderKeys() {
-    const p = this.profile.name;
-    const keys = new Set(Object.values(this.manifest.model.op_kernels?.[p] ?? {}));
-    for (const node of graphNodes(this.manifest.model, 'in_features')) for (const key of Object.values(node.kernels[p])) keys.add(key);
-    for (const node of graphNodes(this.manifest.model, 'table')) for (const key of Object.values(node.kernels[p])) keys.add(key);
-    return [...keys].sort();
-  }
-
   /**
    * Fetch (sha256-checked), compile and create every pipeline up front, all in flight at once:
-   * a tampered shader fails the load, and the first run at any shape compiles nothing.
+   * a tampered shader fails the load, and the first run at any shape compiles nothing. Only this
+   * profile's shaders are fetched, and a file that serves several keys is fetched and compiled once.
    */
   async #compileAll() {
-    const shaders = this.#shaderKeys().map((key) => {
-      const shader = this.manifest.shaders.find((s) => s.key === key);
-      if (!shader) throw new Error(`the manifest has no shader ${key}`);
-      return shader;
-    });
-    const codes = await Promise.all(shaders.map((s) => fetchVerifiedText(this.baseUrl, s.file, s.sha256)));
+    const { shaders, files } = profileShaders(this.manifest, this.profile.name);
+    const codes = await Promise.all(files.map((f) => fetchVerifiedText(this.baseUrl, f.file, f.sha256)));
     this.device.pushErrorScope('validation');
-    const results = await Promise.allSettled(shaders.map((shader, i) => {
-      const module = this.device.createShaderModule({ code: codes[i], label: shader.key });
-      return this.device.createComputePipelineAsync({ layout: 'auto', compute: { module, entryPoint: 'main' }, label: shader.key });
-    }));
+    const modules = new Map(files.map((f, i) => [f.file, this.device.createShaderModule({ code: codes[i], label: f.file })]));
+    const results = await Promise.allSettled(shaders.map((shader) => this.device.createComputePipelineAsync({
+      layout: 'auto', compute: { module: modules.get(shader.file), entryPoint: 'main' }, label: shader.key })));
     const error = await this.device.popErrorScope();
     results.forEach((r, i) => {
       if (r.status === 'rejected') throw new Error(`${shaders[i].file}: ${r.reason?.message ?? r.reason}`);

@@ -3,7 +3,7 @@
 
 import { openWeightCache } from './weight_cache.js';
 
-export const SUPPORTED_SCHEMA = 1;
+export const SUPPORTED_SCHEMA = 2; // 2: shaders map kernel keys to shader_files, each distinct WGSL once
 
 export class BundleError extends Error {
   constructor(message) { super(message); this.name = 'BundleError'; }
@@ -59,7 +59,8 @@ const MANIFEST_SCHEMA = {
   tensors: [{ name: 'string', shape: ['uint'], format: 'string',
     parts: { '*': { file: 'file', offset: 'uint', length: 'uint', dtype: 'string' } } }],
   shards: [ENTRY_FILE],
-  shaders: [{ key: 'string', file: 'file', sha256: 'sha256' }],
+  shaders: [{ key: 'string', profile: 'string', file: 'file' }],
+  shader_files: [ENTRY_FILE],
   files: [ENTRY_FILE],
   matmul: { gemv_max_rows: 'uint', gemm_large_rows: 'uint' },
 };
@@ -150,6 +151,15 @@ export function checkManifest(manifest, source = 'manifest.json') {
       if (!size) fail(`${where}.dtype`, `is '${part.dtype}', unknown to this runtime (it reads ${Object.keys(ELEMENT_BYTES).join(', ')})`);
       if (part.offset % size || part.length % size) fail(`${where}.offset`, `is not aligned to its ${size}-byte ${part.dtype} values`);
     }
+  });
+  // several kernel keys may share one file (profiles that render the same WGSL); every file is named by a key
+  const shaderFiles = new Set(manifest.shader_files.map((f) => f.file));
+  manifest.shaders.forEach((shader, i) => {
+    if (!shaderFiles.has(shader.file)) fail(`manifest.shaders[${i}].file`, `names '${shader.file}', which manifest.shader_files lacks`);
+  });
+  const named = new Set(manifest.shaders.map((s) => s.file));
+  manifest.shader_files.forEach((f, i) => {
+    if (!named.has(f.file)) fail(`manifest.shader_files[${i}].file`, `names '${f.file}', which no entry of manifest.shaders uses`);
   });
   if (arch === 'bert') {
     const listed = new Set(manifest.files.map((f) => f.file));

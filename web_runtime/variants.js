@@ -1,6 +1,9 @@
 // Which shader variant (browser profile) to run: the profile named by the caller or matched from
 // the user agent, checked against the adapter's real limits, falling back to the largest variant
-// that fits. Pure functions over the manifest's profile table, so they are testable without a GPU.
+// that fits; and which shader files that profile needs. Pure functions over the manifest, so they
+// are testable without a GPU.
+
+import { graphNodes } from './dispatch.js';
 
 /** The profile whose `user_agent` pattern matches first, in table order (Edge before Chrome, Chrome before Safari). */
 export function detectProfile(userAgent, profiles) {
@@ -43,4 +46,26 @@ export function chooseProfiles(profiles, requestedName, limits) {
       : `${requested.variant} needs ${missing}; no variant fits this adapter`;
   }
   return { requested, candidates: fitting, fallback };
+}
+
+/**
+ * The shaders a page on `profile` compiles: every kernel key the model graph names for it (each
+ * matrix-product size class, each table, each operator) as manifest.shaders entries, sorted by key,
+ * and the distinct manifest.shader_files entries behind them: several keys may share one file
+ * (profiles that render the same WGSL), which is then fetched once. Other profiles' files are
+ * never named.
+ */
+export function profileShaders(manifest, profile) {
+  const keys = new Set(Object.values(manifest.model.op_kernels?.[profile] ?? {}));
+  for (const has of ['in_features', 'table']) {
+    for (const node of graphNodes(manifest.model, has)) for (const key of Object.values(node.kernels[profile])) keys.add(key);
+  }
+  const byKey = new Map(manifest.shaders.map((s) => [s.key, s]));
+  const shaders = [...keys].sort().map((key) => {
+    if (!byKey.has(key)) throw new Error(`the manifest has no shader ${key}`);
+    return byKey.get(key);
+  });
+  const listed = new Map(manifest.shader_files.map((f) => [f.file, f]));
+  const files = [...new Set(shaders.map((s) => s.file))].map((file) => listed.get(file));
+  return { shaders, files };
 }
