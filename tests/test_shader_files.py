@@ -191,7 +191,7 @@ BROKEN_MAPS = [
     (_unused_key, "the model never uses it"),
     (_tampered, "sha256 does not match"),
     (_deleted, "listed in the manifest but missing"),
-    (_old_format, "schema_version"),
+    (_old_format, "schema version 1 is older than this tool reads"),
 ]
 
 
@@ -228,3 +228,35 @@ def test_runtime_fetches_each_file_of_its_profile_once(bundles, tmp_path):
     unlisted, unused = results[len(PROFILES):]
     assert unlisted["error"]["name"] == "BundleError" and "which manifest.shader_files lacks" in unlisted["error"]["message"]
     assert unused["error"]["name"] == "BundleError" and "which no entry of manifest.shaders uses" in unused["error"]["message"]
+
+
+def as_schema_1(folder):
+    """Rewrite a bundle as ulpq_build wrote it before schema 2: one file per variant key, each
+    listed in shaders with its sha256, no shader_files."""
+    manifest = json.loads((folder / "manifest.json").read_text())
+    for shader in manifest["shaders"]:
+        data = (folder / shader["file"]).read_bytes()
+        shader["file"] = f"shaders/{shader['key']}.wgsl"
+        (folder / shader["file"]).write_bytes(data)
+        shader["sha256"] = hashlib.sha256(data).hexdigest()
+    for entry in manifest.pop("shader_files"):
+        (folder / entry["file"]).unlink()
+    manifest["schema_version"] = 1
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+
+
+def test_a_bundle_an_earlier_version_wrote_is_replaced_by_a_rebuild(bundles, tmp_path):
+    """Upgrading must not turn the user's old bundle folder into a folder `bundle --out` refuses."""
+    folder = tmp_path / "old"
+    shutil.copytree(bundles / "mlp", folder)
+    as_schema_1(folder)
+    with pytest.raises(UserError, match="older than this tool reads"):
+        load_bundle(folder)
+    (folder / "notes.txt").write_text("mine")  # a file the old bundle did not list still protects the folder
+    with pytest.raises(UserError, match="notes.txt"):
+        build_bundle("builtin:mlp", folder, {"format": "int2"}, log=lambda *_: None)
+    (folder / "notes.txt").unlink()
+    build_bundle("builtin:mlp", folder, {"format": "int2"}, log=lambda *_: None)
+    assert load_bundle(folder).manifest["schema_version"] == 2
+    names = lambda f: sorted(p.name for p in (f / "shaders").iterdir())
+    assert names(folder) == names(bundles / "mlp")

@@ -80,6 +80,10 @@ def read_manifest(folder: Path) -> dict:
     if isinstance(data, dict) and isinstance(data.get("schema_version"), int) and data["schema_version"] > MANIFEST_SCHEMA_VERSION:
         raise UserError(f"{path}: manifest schema version {data['schema_version']} is newer than this tool reads "
                         f"({MANIFEST_SCHEMA_VERSION}); update ulpq_build or {ADVICE}")
+    versioned = isinstance(data, dict) and type(data.get("schema_version")) is int
+    if versioned and data["schema_version"] < MANIFEST_SCHEMA_VERSION:
+        raise UserError(f"{path}: manifest schema version {data['schema_version']} is older than this tool reads "
+                        f"({MANIFEST_SCHEMA_VERSION}): an earlier ulpq_build wrote it; {ADVICE}")
     validate(data, MANIFEST, path, ADVICE)
     check_shader_map(data, path)
     return data
@@ -236,10 +240,12 @@ def foreign_content(folder: Path) -> str | None:
     if not (folder / MARKER).is_file():
         return f"is not a ulpq bundle (no {MARKER} marker)"
     try:
-        manifest = read_manifest(folder)
+        ours = set(listed_files(read_manifest(folder)))
     except UserError:
-        return "is not a ulpq bundle (its manifest.json is not one `ulpq_build bundle` writes)"
-    ours = {"manifest.json", MARKER, *listed_files(manifest)}
+        ours = _older_listing(folder)  # a bundle an earlier version wrote is replaced like a current one
+        if ours is None:
+            return "is not a ulpq bundle (its manifest.json is not one `ulpq_build bundle` writes)"
+    ours |= {"manifest.json", MARKER}
     for path in sorted(folder.rglob("*")):
         rel = path.relative_to(folder).as_posix()
         if path.is_symlink() or (not path.is_dir() and rel not in ours):
@@ -247,3 +253,27 @@ def foreign_content(folder: Path) -> str | None:
         if path.is_dir() and not any(name.startswith(rel + "/") for name in ours):
             return f"holds the folder {rel!r:.80}, which the bundle did not write"
     return None
+
+
+# What any earlier manifest schema this tool wrote lists (schema 1: shaders held {file, sha256}, one
+# file per variant): only the names, to know which files a rebuild may replace.
+_NAMED = List(Obj({"file": REL_PATH}), max_len=1 << 16)
+_OLDER_MANIFEST = Obj({
+    "schema_version": Int(min=1, max=MANIFEST_SCHEMA_VERSION - 1),
+    "generator": Obj({"name": Str(choices=(GENERATOR,))}),
+    "shards": _NAMED, "shaders": _NAMED, "files": _NAMED,
+    "runtime": Obj({"files": List(REL_PATH, max_len=1 << 10)}),
+})
+
+
+def _older_listing(folder: Path) -> set[str] | None:
+    """The files an older-schema manifest of this tool lists, or None when it is not one."""
+    path = folder / "manifest.json"
+    try:
+        if path.stat().st_size > MAX_MANIFEST_BYTES:
+            return None
+        data = validate(parse_json(path.read_bytes(), path, ADVICE, max_depth=MANIFEST_DEPTH), _OLDER_MANIFEST, path,
+                        ADVICE)
+    except (OSError, UserError):
+        return None
+    return {e["file"] for group in ("shards", "shaders", "files") for e in data[group]} | set(data["runtime"]["files"])
