@@ -28,6 +28,10 @@ def test_default_bundle_is_complete_and_reproducible(tmp_path):
     out = tmp_path / "ulpq-bundle"
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["schema_version"] == 2 and manifest["model"]["architecture"] == "bert"  # all-MiniLM-L6-v2
+    # the default: int4 per output channel by GPTQ, calibrated on the text the package ships (calibration.py)
+    quantization = manifest["quantization"]
+    assert quantization["method"] == "gptq" and quantization["default"]["format"] == "int4", quantization
+    assert quantization["default"]["group_size"] == 0
     wasm = {f["file"] for f in manifest["wasm"]["files"].values()}  # the CPU path's kernels, listed with sha256
     assert {f["file"] for f in manifest["files"]} == {"tokenizer.json", "vocab.txt"} | wasm
     assert (out / "index.html").is_file() and (out / "ulpq.js").is_file()

@@ -8,6 +8,8 @@ Presets (names accepted by --formats):
     <format>-gptq     GPTQ over calibration data, per-channel scales (int2-gptq: int2-ternary,
                       groups of 32 with float16 scales when the rows allow, 2.5 bits per weight)
     mixed-<bits>      automatic mixed precision at that many bits per weight, then GPTQ
+    default           exactly what `bundle` gives with no options (int4 per channel; GPTQ on the shipped
+                      calibration text for text models, round to nearest otherwise)
 """
 
 from __future__ import annotations
@@ -29,15 +31,17 @@ from ulpq_build import evaluation as ev
 from ulpq_build.browser_check import check_in_browser, fixed_input
 from ulpq_build.browsers import check_browser_names, started
 from ulpq_build.endpoints import browser_specs, page_base
-from ulpq_build.bundle import build_bundle, resolve_model
+from ulpq_build.bundle import build_bundle
 from ulpq_build.bundle_reader import load_bundle
 from ulpq_build.errors import UserError
 from ulpq_build.formats import FORMATS
+from ulpq_build.model_source import DEFAULT_MODEL, check_model_name, resolve_model
+from ulpq_build.quantspec import QuantSpec
 from ulpq_build.serve import serving
 
 DEFAULT_PRESETS = {
-    "bert": ["float32", "int8", "int4", "int3", "int2", "int4-gptq", "int3-gptq", "int2-gptq", "mixed-2.5", "mixed-3", "mixed-3.32"],
-    "vit": ["float32", "int8", "int4", "int3", "int2", "int4-gptq", "int3-gptq", "int2-gptq", "mixed-2.5", "mixed-3"],
+    "bert": ["float32", "default", "int8", "int4", "int3", "int2", "int4-gptq", "int3-gptq", "int2-gptq", "mixed-2.5", "mixed-3", "mixed-3.32"],
+    "vit": ["float32", "default", "int8", "int4", "int3", "int2", "int4-gptq", "int3-gptq", "int2-gptq", "mixed-2.5", "mixed-3"],
 }
 # The original SDK guide's table, for comparison (its models: BERT-base and ViT-base).
 GUIDE = [("BERT-base FP32", "440 MB", "145 ms", "-"), ("BERT-base INT8", "110 MB", "", "99.5 %"),
@@ -98,10 +102,12 @@ class Preset:
     @property
     def format(self) -> str:
         """The base format, or "mixed" for a planned mix."""
-        return "mixed" if "target_bpw" in self.options else self.options["overrides"]["format"]
+        return "mixed" if "target_bpw" in self.options else self.options["overrides"].get("format", QuantSpec().format)
 
     @classmethod
     def parse(cls, name: str, arch: str) -> "Preset":
+        if name == "default":
+            return cls(name, {"overrides": {}, "method": "auto"})
         if name.startswith("mixed-"):
             try:
                 bits = float(name.removeprefix("mixed-"))
@@ -113,7 +119,8 @@ class Preset:
         if name.endswith("-gptq"):
             method, fmt = "gptq", name.removesuffix("-gptq")
         if fmt not in FORMATS:
-            raise UserError(f"--formats: unknown preset {name!r}; use a format ({', '.join(FORMATS)}), <format>-gptq or mixed-<bits>")
+            raise UserError(f"--formats: unknown preset {name!r}; use a format ({', '.join(FORMATS)}), <format>-gptq, "
+                            f"mixed-<bits> or default")
         overrides = {"format": fmt}
         if fmt == "int2" and method == "gptq":
             overrides = {"format": "int2-ternary"} if arch == "vit" else {"format": "int2-ternary", "group_size": 32,
@@ -165,13 +172,8 @@ class Evaluator:
 def model_folders(models: list[str], out: Path) -> list[Path]:
     """Where each model's results go: --out itself for one model, a folder per model for several.
     Every name is checked first, so a typo in the last model does not wait for the first's hour."""
-    from ulpq_build.bundle import BUILTIN_MODELS
-
     for m in models:
-        if m.startswith("builtin:") and m not in BUILTIN_MODELS:
-            raise UserError(f"--model {m}: unknown built-in model; choose one of {', '.join(BUILTIN_MODELS)}")
-        if not m.startswith("builtin:") and not Path(m).exists():
-            raise UserError(f"--model {m}: no such file or folder; pass a model folder, a .safetensors file or a built-in")
+        check_model_name(m)
     if len(models) == 1:
         return [out]
     names = [Path(m.removeprefix("builtin:")).name or "model" for m in models]
@@ -209,7 +211,7 @@ def run_bench(model_arg: str | None, presets: list[str] | None, browsers: list, 
     bundles = out / "bundles"
     start = time.time()
     _, model_name = resolve_model(model_arg, out)  # checks it; builds re-resolve it, so bundles carry its name
-    source = model_arg or "builtin:minilm"
+    source = model_arg or DEFAULT_MODEL
     log(f"[bench] {model_name}: building the float32 reference bundle")
     fp32 = _build(source, bundles / "float32", {"overrides": {"format": "float32"}})
     arch = fp32.model["architecture"]
@@ -222,7 +224,7 @@ def run_bench(model_arg: str | None, presets: list[str] | None, browsers: list, 
         t0 = time.time()
         bundle = fp32 if preset.name == "float32" else _build(source, bundles / preset.name, preset.options, log)
         q = bundle.manifest["quantization"]
-        row = Row(preset.name, preset.format, preset.options.get("method", "rtn"), q["quantized_bits_per_weight"],
+        row = Row(preset.name, preset.format, q.get("method", preset.options.get("method", "rtn")), q["quantized_bits_per_weight"],
                   q["bytes"], _folder_bytes(bundle.folder), evaluator(bundle.weights), build_seconds=round(time.time() - t0, 1))
         rows.append(row)
         a = row.accuracy
@@ -234,7 +236,7 @@ def run_bench(model_arg: str | None, presets: list[str] | None, browsers: list, 
         verdict = "no qualifying preset" if g["best"] is None else (
             f"{g['best']} {g['ratio']}%: " + ("met" if g["met"] else f"missed by {g['gap']} points"))
         log(f"[bench] goal {g['goal']}: {verdict}")
-    result = {"model": model_name, "model_arg": model_arg or "builtin:minilm", "architecture": arch, "date": datetime.date.today().isoformat(),
+    result = {"model": model_name, "model_arg": source, "architecture": arch, "date": datetime.date.today().isoformat(),
               "machine": f"{platform.machine()} {platform.system()}, {_cpu()}", "browsers": [b.label for b in browsers],
               "browser_details": details,
               "float32": evaluator.base, "float32_weight_bytes": int(fp32.manifest["quantization"]["bytes"]),

@@ -47,6 +47,7 @@ from pathlib import Path
 from ulpq_build.endpoints import (FIREFOX_WEBGPU_PREFS, LOCAL_BROWSERS, WEBDRIVER_BROWSERS, BrowserSpec,
                                   secure_origin_needed)
 from ulpq_build.errors import UserError
+from ulpq_build.extras import PLAYWRIGHT_MISSING
 from ulpq_build.serve import is_loopback
 
 BROWSERS = LOCAL_BROWSERS
@@ -124,7 +125,7 @@ class _SharedPlaywright:
             try:
                 from playwright.sync_api import sync_playwright
             except ImportError:
-                raise UserError("playwright is not installed; `pip install playwright==1.64.1` (the test extra)") from None
+                raise UserError(PLAYWRIGHT_MISSING) from None
             cls.driver = sync_playwright().start()
         cls.users += 1
         return cls.driver

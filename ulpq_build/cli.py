@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 import signal
 import sys
@@ -13,6 +14,9 @@ from ulpq_build import __version__
 from ulpq_build.errors import UserError
 from ulpq_build.formats import FORMATS
 from ulpq_build.quantspec import GROUP_SIZES
+
+MODEL_NAMES = ("a .safetensors file, a model folder (config.json, model.safetensors, tokenizer files) or a built-in: "
+               "builtin:minilm (all-MiniLM-L6-v2), builtin:vit (a small Fashion-MNIST ViT), builtin:mlp (a demo MLP)")
 
 
 def _add_quant_options(p: argparse.ArgumentParser) -> None:
@@ -27,9 +31,11 @@ def _add_quant_options(p: argparse.ArgumentParser) -> None:
                    help="-optimal formats: one fitted codebook per tensor (default) or per output channel")
     p.add_argument("--config", metavar="FILE", help="a .json or .toml quantization config (mixed precision, rules); "
                                                      "the flags above override its defaults")
-    p.add_argument("--method", default="rtn", choices=("rtn", "gptq"),
-                   help="rtn: round to nearest with searched scales (default); gptq: error compensation over "
-                        "calibration inputs (BERT and ViT models; needs the calibration data, see the README)")
+    p.add_argument("--method", default="auto", choices=("auto", "rtn", "gptq"),
+                   help="auto (default): gptq when the tool picks the format (no --format, --config or --target-*) "
+                        "for a text model, which calibrates on text shipped with the package; rtn otherwise. rtn: round "
+                        "to nearest with searched scales; gptq: error compensation over calibration inputs (BERT and "
+                        "ViT models; the ViT's needs Fashion-MNIST, see the README)")
     p.add_argument("--target-bpw", type=float, metavar="B",
                    help="automatic mixed precision: the most accurate per-tensor formats within B bits per weight")
     p.add_argument("--target-size", type=float, metavar="MB", help="automatic mixed precision within MB megabytes (10^6) of weights")
@@ -56,6 +62,20 @@ def _overrides(args) -> dict:
     return {k: v for k, v in given.items() if v is not None}
 
 
+@contextlib.contextmanager
+def _model_paths(*names: str | None):
+    """The paths the model arguments name (model_source.resolve_model: files, folders and built-ins, the
+    same for every command; None stays None), valid inside the `with` (builtin:mlp is generated)."""
+    from ulpq_build.atomic import scratch_folder
+    from ulpq_build.model_source import check_model_name, resolve_model
+
+    for name in names:
+        if name is not None:
+            check_model_name(name)
+    with scratch_folder("ulpq-model-") as scratch:
+        yield tuple(None if name is None else resolve_model(name, scratch / str(i))[0] for i, name in enumerate(names))
+
+
 def cmd_bundle(args) -> int:
     from ulpq_build.bundle import build_bundle
 
@@ -68,15 +88,19 @@ def cmd_bundle(args) -> int:
 
 
 def cmd_quantize(args) -> int:
+    with _model_paths(args.model) as (path,):
+        return _quantize(args, path)
+
+
+def _quantize(args, path: Path) -> int:
+    from ulpq_build.atomic import preflight_file
     from ulpq_build.checkpoint import Checkpoint, write_quantized
     from ulpq_build.model_source import open_model
     from ulpq_build.strategy import plan_and_quantize
 
-    from ulpq_build.atomic import preflight_file
-
     bpw, size = _budget(args)
     preflight_file(Path(args.out))
-    source = open_model(args.model)
+    source = open_model(path)
     if Checkpoint(source.weights.path).quantized:
         raise UserError(f"{source.weights.path}: is already a quantized checkpoint; quantize the float model "
                         f"(or `dequantize` this one first)")
@@ -85,7 +109,8 @@ def cmd_quantize(args) -> int:
     plan, precomputed = plan_and_quantize(source, tensors, _overrides(args), _config_path(args),
                                           args.method, bpw, size)
     print(plan.table())
-    write_quantized(weights, plan, Path(args.out), source_name=weights.path.name, precomputed=precomputed, method=args.method)
+    write_quantized(weights, plan, Path(args.out), source_name=weights.path.name, precomputed=precomputed,
+                    method="rtn" if precomputed is None else "gptq")
     print(f"wrote {args.out}")
     return 0
 
@@ -93,7 +118,12 @@ def cmd_quantize(args) -> int:
 def cmd_dequantize(args) -> int:
     from ulpq_build.atomic import preflight_file
     from ulpq_build.checkpoint import Checkpoint, write_dequantized
+    from ulpq_build.model_source import check_model_name, is_builtin
 
+    if is_builtin(args.file):  # a built-in name is a float model: say so (or list the built-ins if it is none)
+        check_model_name(args.file)
+        raise UserError(f"{args.file}: is a float model, not a quantized checkpoint; make one with "
+                        f"`python -m ulpq_build quantize {args.file} --out FILE.safetensors`")
     preflight_file(Path(args.out))
     checkpoint = Checkpoint(Path(args.file))
     if not checkpoint.quantized:
@@ -107,7 +137,8 @@ def cmd_dequantize(args) -> int:
 def cmd_inspect(args) -> int:
     from ulpq_build.inspect_cmd import format_report, inspect_path, report_json
 
-    report = inspect_path(Path(args.file), Path(args.reference) if args.reference else None)
+    with _model_paths(args.file, args.reference) as (path, reference):
+        report = inspect_path(path, reference)
     print(report_json(report) if args.json else format_report(report))
     return 0
 
@@ -130,10 +161,11 @@ def cmd_serve(args) -> int:
 
 def cmd_bench(args) -> int:
     from ulpq_build.bench import model_folders, run_bench, write_index
+    from ulpq_build.model_source import DEFAULT_MODEL
 
     presets = [f.strip() for f in args.formats.split(",") if f.strip()] if args.formats else None
     browsers, serve = _browser_choice(args)
-    models = [m.strip() for m in (args.model or "builtin:minilm").split(",") if m.strip()]
+    models = [m.strip() for m in (args.model or DEFAULT_MODEL).split(",") if m.strip()]
     outs = model_folders(models, Path(args.out))
     failed = []
     results = []
@@ -179,11 +211,13 @@ def _add_browser_options(p: argparse.ArgumentParser, what: str) -> None:
 def _browser_choice(args):
     """(browser specs, serve options) from _add_browser_options' arguments, checked before any work."""
     from ulpq_build.endpoints import browser_specs
+    from ulpq_build.extras import require_for_browsers
     from ulpq_build.serve import check_public_url
     from ulpq_build.verify import ServeOptions
 
     names = args.browsers if args.browsers is not None else ("" if args.remote else "chromium,firefox,webkit")
     specs = browser_specs([b.strip() for b in names.split(",") if b.strip()], args.remote, args.capabilities)
+    require_for_browsers(specs)
     if not 0 <= args.port <= 65535:
         raise UserError(f"--port {args.port}: ports run from 1 to 65535 (0 picks a free one); choose one in that range")
     return specs, ServeOptions(args.host, args.port, check_public_url(args.public_url))
@@ -218,10 +252,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("bundle", help="quantize a model and write a static web bundle",
                        description="Quantize a model and write a static web bundle (manifest, shards, shaders, runtime, demo page).")
-    p.add_argument("--model", metavar="PATH",
-                   help="a .safetensors file, a model folder (config.json, model.safetensors, tokenizer files) or a "
-                        "built-in: builtin:minilm (all-MiniLM-L6-v2, the default), builtin:vit (a small Fashion-MNIST "
-                        "ViT), builtin:mlp (a demo MLP)")
+    p.add_argument("--model", metavar="MODEL", help=f"{MODEL_NAMES} (default builtin:minilm)")
     p.add_argument("--out", default="ulpq-bundle", metavar="DIR", help="output folder (default ./ulpq-bundle)")
     _add_quant_options(p)
     p.set_defaults(run=cmd_bundle)
@@ -229,7 +260,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("quantize", help="quantize a model into a quantized safetensors checkpoint",
                        description="Quantize a model, tensor by tensor, into a safetensors checkpoint "
                                    "(packed codes, scales, zero points and codebooks as separate tensors).")
-    p.add_argument("model", metavar="MODEL", help="a .safetensors file or a model folder")
+    p.add_argument("model", metavar="MODEL", help=MODEL_NAMES)
     p.add_argument("--out", required=True, metavar="FILE.safetensors")
     _add_quant_options(p)
     p.set_defaults(run=cmd_quantize)
@@ -242,18 +273,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("inspect", help="list tensors, formats, sizes and bits per weight",
                        description="One row per tensor and totals, for a model, a quantized checkpoint or a bundle folder.")
-    p.add_argument("file", metavar="FILE", help="a .safetensors file, a model folder or a bundle folder")
-    p.add_argument("--reference", metavar="MODEL", help="the float model to measure errors against")
+    p.add_argument("file", metavar="FILE", help=f"a checkpoint, a bundle folder or a model: {MODEL_NAMES}")
+    p.add_argument("--reference", metavar="MODEL", help=f"the float model to measure errors against: {MODEL_NAMES}")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(run=cmd_inspect)
 
     p = sub.add_parser("bench", help="accuracy, size and speed per precision and browser, with a report",
                        description="Build the bundle for each precision preset, measure accuracy on real data (numpy), and "
                                    "agreement, speed and memory in each browser; write results.json and report.html.")
-    p.add_argument("--model", metavar="PATH", help="a model folder or builtin:minilm (default) / builtin:vit; several, "
-                   "comma-separated, bench each into a folder of --out (with an index.html)")
+    p.add_argument("--model", metavar="MODEL", help=f"{MODEL_NAMES} (default builtin:minilm; bench measures BERT and ViT "
+                   "models); several, comma-separated, bench each into a folder of --out (with an index.html)")
     p.add_argument("--formats", metavar="LIST", help="comma-separated presets: formats (int4, ...), <format>-gptq, "
-                                                    "mixed-<bits>; default: a set per architecture")
+                                                    "mixed-<bits>, default (what `bundle` gives with no options); "
+                                                    "default: a set per architecture")
     _add_browser_options(p, "; empty: numpy only")
     p.add_argument("--repeats", type=int, default=3, help="timed runs per preset and browser (median reported)")
     p.add_argument("--out", default="ulpq-bench", metavar="DIR")

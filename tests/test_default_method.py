@@ -1,0 +1,76 @@
+"""The default bundle is int4 by GPTQ for text models, calibrated on text that ships inside the
+package (ulpq_build/data/calibration_text.txt, written for this project) and never on the Lee
+corpus that bench evaluates on; formats the user names keep round-to-nearest unless --method gptq."""
+
+import re
+from pathlib import Path
+
+import pytest
+
+from ulpq_build import calibration, evaluation
+from ulpq_build.architectures import describe_model
+from ulpq_build.model_source import open_model, resolve_model
+from ulpq_build.strategy import choose_method
+
+
+def words(text: str) -> list[str]:
+    return re.findall(r"[a-z0-9']+", text.lower())
+
+
+def shingles(text: str, n: int = 6) -> set[tuple[str, ...]]:
+    w = words(text)
+    return {tuple(w[i : i + n]) for i in range(len(w) - n + 1)}
+
+
+def test_calibration_text_ships_in_the_package_and_is_varied():
+    assert calibration.CALIBRATION_TEXT.is_relative_to(Path(calibration.__file__).parent)  # inside the wheel's package
+    lines = [line for line in calibration.CALIBRATION_TEXT.read_text(encoding="utf-8").splitlines() if line.strip()]
+    assert len(lines) >= 300 and len(set(lines)) == len(lines)
+    lengths = sorted(len(words(line)) for line in lines)
+    assert lengths[0] <= 3 and lengths[-1] >= 30  # short and long
+    assert sum(line.endswith("?") for line in lines) >= 20  # questions too
+    passages = calibration.calibration_text()
+    assert " ".join(passages) == " ".join(line.strip() for line in lines)  # every line, in order, once
+    assert len(passages) == -(-len(lines) // calibration.PASSAGE_SENTENCES)
+
+
+def test_calibration_text_shares_nothing_with_the_evaluation_corpus():
+    docs, _ = evaluation.lee_corpus()  # what bench scores (gensim's test data, installed by scripts/setup.sh)
+    background = (evaluation._gensim_data() / "lee_background.cor").read_text(encoding="latin-1")
+    ours = shingles(calibration.CALIBRATION_TEXT.read_text(encoding="utf-8"))
+    assert ours  # the check below compares something
+    assert not ours & shingles(" ".join(docs)), "calibration text repeats the Lee evaluation documents"
+    assert not ours & shingles(background), "calibration text repeats the Lee background corpus"
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    scratch = tmp_path_factory.mktemp("models")
+    found = {}
+    for name in ("builtin:minilm", "builtin:vit", "builtin:mlp"):
+        source = open_model(resolve_model(name, scratch)[0])
+        found[name] = (describe_model(source), source)
+    return found
+
+
+def test_auto_is_gptq_for_the_default_text_bundle_only(models):
+    bert, source = models["builtin:minilm"]
+    assert choose_method("auto", bert, source, default_formats=True) == "gptq"
+    assert choose_method("auto", bert, source, default_formats=False) == "rtn"  # --format / --config / a budget
+    assert choose_method("rtn", bert, source, default_formats=True) == "rtn"
+    assert choose_method("gptq", bert, source, default_formats=False) == "gptq"
+    for name in ("builtin:vit", "builtin:mlp"):  # no calibration inside the package: round to nearest
+        model, src = models[name]
+        assert choose_method("auto", model, src, default_formats=True) == "rtn"
+
+
+def test_text_calibration_reads_the_shipped_text(models, monkeypatch):
+    """Calibrating MiniLM tokenizes the shipped passages, and needs nothing of gensim's."""
+    monkeypatch.setattr(evaluation, "_gensim_data", lambda: pytest.fail("calibration read gensim's corpus"))
+    seen = []
+    real = evaluation.tokenize
+    monkeypatch.setattr(evaluation, "tokenize", lambda f, texts, n: seen.append(list(texts)) or real(f, texts, n))
+    bert, source = models["builtin:minilm"]
+    cal = calibration.calibration_for(bert, source.folder)
+    assert seen == [calibration.calibration_text()]
+    assert cal.model is bert
