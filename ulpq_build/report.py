@@ -95,9 +95,14 @@ def _place_labels(points: list[tuple[float, float, str]], area: tuple[float, flo
     `area`: the nearest free spot among 8 directions at growing distances (a leader line drawn when
     it is not beside its point). None where nothing is free; the chart's key lists those."""
     markers = [(x - radius, y - radius, x + radius, y + radius) for x, y, _ in points]
-    placed, result = [], []
-    directions = [(1, 0), (-1, 0), (0, -1), (0, 1), (1, -1), (1, 1), (-1, -1), (-1, 1)]
-    for i, (x, y, label) in enumerate(points):
+    placed, result = [], [None] * len(points)
+    # beside the point first (right, left, half a line up or down), then above / below, then diagonals
+    directions = [(1, 0), (-1, 0), (1, -0.5), (1, 0.5), (-1, -0.5), (-1, 0.5), (0, -1), (0, 1),
+                  (1, -1), (1, 1), (-1, -1), (-1, 1)]
+    # the most crowded points choose first, while room near them is still free
+    crowd = [sum(abs(x - u) < 60 and abs(y - v) < 20 for u, v, _ in points) for x, y, _ in points]
+    for i in sorted(range(len(points)), key=lambda i: (-crowd[i], i)):
+        x, y, label = points[i]
         w, h = text_width(label), FONT
         spot = None
         for step in (1, 2, 3, 4, 6):
@@ -116,7 +121,7 @@ def _place_labels(points: list[tuple[float, float, str]], area: tuple[float, flo
                 break
         if spot:
             placed.append(text_box(spot[0], spot[1], label))
-        result.append(spot)
+        result[i] = spot
     return result
 
 
