@@ -204,7 +204,10 @@ export class WasmBackend {
         else if (m.type === 'error') (this.pending.get(m.run) ?? { reject }).reject(new Error(m.message));
       });
       w.onError((e) => {
-        const err = new Error(`wasm worker failed: ${e.message ?? e}`);
+        // a browser reports a worker script that failed to load as a bare Event, with no message
+        const why = e?.message ?? `could not load ${url.href} (an app bundled from the npm package must copy `
+          + 'wasm_worker.js and wasm_exec.js beside its script)';
+        const err = new Error(`wasm worker failed: ${why}`);
         reject(err);
         for (const p of this.pending.values()) p.reject(err);
       });
