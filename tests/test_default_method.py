@@ -74,3 +74,28 @@ def test_text_calibration_reads_the_shipped_text(models, monkeypatch):
     cal = calibration.calibration_for(bert, source.folder)
     assert seen == [calibration.calibration_text()]
     assert cal.model is bert
+
+
+@pytest.mark.parametrize("tokenizer", ["unreadable", "too-large-a-vocabulary"])
+def test_auto_rounds_to_nearest_where_calibration_cannot_run(tmp_path, capsys, models, tokenizer):
+    """A BERT whose tokenizer.json the tokenizers package cannot read, or whose ids overflow the word
+    table, gets the rounding default (as before GPTQ was), and an explicit --method gptq one line."""
+    import json
+    import shutil
+
+    from support import tiny_bert
+    from ulpq_build import cli
+
+    folder = tiny_bert(tmp_path / "bert")
+    if tokenizer == "unreadable":
+        (folder / "tokenizer.json").write_text('{"model": {"type": "WordPiece"}}')
+    else:  # MiniLM's 30522-token vocabulary over a 40-row word table
+        shutil.copy(models["builtin:minilm"][1].folder / "tokenizer.json", folder / "tokenizer.json")
+    assert cli.main(["bundle", "--model", str(folder), "--out", str(tmp_path / "b")]) == 0
+    assert json.loads((tmp_path / "b" / "manifest.json").read_text())["quantization"]["method"] == "rtn"
+    if tokenizer == "unreadable":
+        capsys.readouterr()
+        assert cli.main(["bundle", "--model", str(folder), "--method", "gptq", "--out", str(tmp_path / "g")]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "tokenizer.json: the tokenizers package cannot read it" in err[0], err
+        assert not (tmp_path / "g").exists()

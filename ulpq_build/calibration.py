@@ -38,10 +38,18 @@ def calibration_text() -> list[str]:
     return [" ".join(lines[i : i + PASSAGE_SENTENCES]) for i in range(0, len(lines), PASSAGE_SENTENCES)]
 
 
-def ships_calibration(model: dict, folder: Path | None) -> bool:
-    """Whether this model calibrates on data inside the package (text models with their tokenizer),
-    so GPTQ can be the default without asking the user to install anything."""
-    return model.get("architecture") == "bert" and folder is not None and (folder / "tokenizer.json").is_file()
+def ships_calibration(model: dict, source) -> bool:
+    """Whether this model (a model_source.ModelSource) calibrates on data inside the package, so GPTQ
+    can be the default without asking the user to install anything: a text model whose tokenizer.json
+    the tokenizers package reads and whose ids fit the model's word table. Anything less and the
+    default rounds to nearest, as it would have, instead of failing."""
+    if model.get("architecture") != "bert" or source.folder is None or not (source.folder / "tokenizer.json").is_file():
+        return False
+    try:
+        tokenizer = ev.load_tokenizer(source.folder / "tokenizer.json")
+    except UserError:
+        return False
+    return tokenizer.get_vocab_size() <= source.weights.shape(model["embeddings"]["word"]["table"])[0]
 
 
 @dataclass

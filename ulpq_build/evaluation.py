@@ -56,13 +56,23 @@ class TextBatch:
     mask: np.ndarray  # [docs, seq] 1 token / 0 pad
 
 
-def tokenize(tokenizer_file: Path, texts: list[str], max_length: int) -> TextBatch:
-    """Token ids as the runtime's tokenizer makes them (the `tokenizers` package: the reference the JS one is tested against)."""
+def load_tokenizer(tokenizer_file: Path):
+    """The `tokenizers` Tokenizer of a tokenizer.json; a file it cannot read is one UserError line."""
     try:
         from tokenizers import Tokenizer
     except ImportError:
         raise UserError("text evaluation needs the `tokenizers` package: `pip install tokenizers`") from None
-    tokenizer = Tokenizer.from_file(str(tokenizer_file))
+    try:
+        return Tokenizer.from_file(str(tokenizer_file))
+    except Exception as exc:  # the Rust side raises plain Exception with serde's message
+        reason = (str(exc).splitlines() or [type(exc).__name__])[0]
+        raise UserError(f"{tokenizer_file}: the tokenizers package cannot read it ({reason}); fix the file, or quantize "
+                        f"without calibration (--method rtn)") from None
+
+
+def tokenize(tokenizer_file: Path, texts: list[str], max_length: int) -> TextBatch:
+    """Token ids as the runtime's tokenizer makes them (the `tokenizers` package: the reference the JS one is tested against)."""
+    tokenizer = load_tokenizer(tokenizer_file)
     tokenizer.no_padding()
     tokenizer.enable_truncation(max_length)
     encoded = [e.ids for e in tokenizer.encode_batch(texts)]

@@ -30,7 +30,7 @@ def choose_method(method: str, model: dict | None, source: ModelSource, default_
     and other models have no calibration at all."""
     if method != "auto":
         return method
-    return "gptq" if default_formats and model is not None and ships_calibration(model, source.folder) else "rtn"
+    return "gptq" if default_formats and model is not None and ships_calibration(model, source) else "rtn"
 
 
 def plan_and_quantize(source: ModelSource, tensors: list[tuple[str, tuple[int, ...], str]], overrides: dict, config,
