@@ -78,8 +78,18 @@ def calibration_for(model: dict, folder: Path | None, texts: list[str] | None = 
         batch = ev.tokenize(tokenizer, texts or calibration_text(), TEXT_TOKENS)
         small = _trim(ev.TextBatch(batch.ids[::PLANNER_TEXT_STRIDE], batch.mask[::PLANNER_TEXT_STRIDE]))
         batch = _trim(batch)
-        return Calibration(model, lambda w, hook: bert_forward(model, w, batch.ids, batch.mask, hook=hook),
-                           lambda w, hook: bert_forward(model, w, small.ids, small.mask, hook=hook, dtype=np.float32))
+        table = model["embeddings"]["word"]["table"]
+
+        def fits(w):
+            # a tokenizer.json from another model gives ids past the word table: say so, not an IndexError
+            rows, top = w[table].shape[0], int(batch.ids.max())
+            if top >= rows:
+                raise UserError(f"{tokenizer}: its token ids reach {top} but the model's word table has {rows} rows, so "
+                                f"this tokenizer is not the model's; put the model's own tokenizer.json in the folder")
+            return w
+
+        return Calibration(model, lambda w, hook: bert_forward(model, fits(w), batch.ids, batch.mask, hook=hook),
+                           lambda w, hook: bert_forward(model, fits(w), small.ids, small.mask, hook=hook, dtype=np.float32))
     if arch == "vit":
         images, _ = ev.fashion_mnist("train")
         rng = np.random.default_rng(0)
