@@ -25,26 +25,6 @@ from ulpq_build.errors import UserError
 from ulpq_build.safetensors_io import SafetensorsFile
 
 
-@pytest.fixture
-def main(capsys, monkeypatch, tmp_path):
-    """cli.main in this process: returns (exit status, stdout, stderr); signal handlers restored."""
-    monkeypatch.chdir(tmp_path)
-    saved = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGHUP)}
-
-    def run(*args):
-        try:
-            status = cli.main([str(a) for a in args])
-        except SystemExit as exc:  # argparse
-            status = exc.code
-        finally:
-            for s, handler in saved.items():
-                signal.signal(s, handler)
-        out, err = capsys.readouterr()
-        return status, out, err
-
-    return run
-
-
 def one_line(status, err, *needles):
     assert status == 2, err
     lines = err.strip().splitlines()

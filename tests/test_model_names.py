@@ -3,33 +3,12 @@ folder or a built-in. Each runs here with a built-in, and each answers a name th
 the same one line listing the built-ins (exit status 2, nothing written)."""
 
 import json
-import signal
 
 import pytest
 
 from ulpq_build import cli
 from ulpq_build.checkpoint import Checkpoint
 from ulpq_build.model_source import BUILTIN_MODELS
-
-
-@pytest.fixture
-def main(capsys, monkeypatch, tmp_path):
-    """cli.main in this process: (exit status, stdout, stderr), run in tmp_path."""
-    monkeypatch.chdir(tmp_path)
-    saved = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGHUP)}
-
-    def run(*args):
-        try:
-            status = cli.main([str(a) for a in args])
-        except SystemExit as exc:  # argparse
-            status = exc.code
-        finally:
-            for s, handler in saved.items():
-                signal.signal(s, handler)
-        out, err = capsys.readouterr()
-        return status, out, err
-
-    return run
 
 
 def test_every_model_command_takes_a_builtin(main, tmp_path):
