@@ -84,7 +84,7 @@ def test_verify_on_a_playwright_run_server(site, run_server):
     assert " webgpu " in rows[label] and rows[label].rstrip().endswith("PASS"), proc.stdout
     facts = facts_of(proc.stdout, label)
     # the endpoint, the browser's own version and user agent; the page through the loopback tunnel
-    assert f"(Playwright connect) " in facts and f"at ws://127.0.0.1:{run_server}/;" in facts, facts
+    assert "(Playwright connect) " in facts and f"at ws://127.0.0.1:{run_server}/;" in facts, facts
     assert re.search(r"\) \d+\.\d+\.\d+", facts) and "HeadlessChrome/" in UA.search(facts).group(1), facts
     assert "opened http://127.0.0.1:" in facts, facts
     assert "executablePath" not in proc.stdout and "launch-options" not in proc.stdout  # the query is never printed

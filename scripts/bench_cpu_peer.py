@@ -244,8 +244,8 @@ def bench_browser(browser: str, url: str, warmup: int, repeats: int, rounds: int
             raise SystemExit(f"{browser}: {failure}")
         session.goto(url)
         ua = session.evaluate("() => navigator.userAgent")
-        tokens = session.evaluate(f"async (s) => (await import('./bench.js')).runOurs({{bundle: 'bundle-fp32', cpu: 'wasm', "
-                                  f"threads: 1, sentences: s, warmup: 0, repeats: 1}})", SENTENCES, timeout_s=600)
+        tokens = session.evaluate("async (s) => (await import('./bench.js')).runOurs({bundle: 'bundle-fp32', cpu: 'wasm', "
+                                  "threads: 1, sentences: s, warmup: 0, repeats: 1})", SENTENCES, timeout_s=600)
         for round_ in range(rounds):
             for label, fn, args in configurations(browser):
                 slow = args.get("cpu") == "js"

@@ -34,7 +34,7 @@ sys.path.insert(0, str(ROOT))
 
 from ulpq_build.formats import FORMATS  # noqa: E402
 from ulpq_build.markdown import write_section  # noqa: E402
-from ulpq_build.kernels import KernelVariant, WeightStorage, gemv_vec4_fits, pack_params, workgroups  # noqa: E402
+from ulpq_build.kernels import KernelVariant, WeightStorage, pack_params, workgroups  # noqa: E402
 from ulpq_build.native_webgpu import KernelRunner, engine_module, matmul_params, request_device, weight_arrays  # noqa: E402
 from ulpq_build.quantize import QuantizedTensor, dequantize, quantize  # noqa: E402
 from ulpq_build.quantspec import QuantSpec, part_layout  # noqa: E402

@@ -10,7 +10,6 @@ import safetensors.numpy
 from support import run_cli
 from ulpq_build.checkpoint import Checkpoint
 from ulpq_build.config import resolve_options
-from ulpq_build.errors import UserError
 from ulpq_build.plan import resolve_plan
 from ulpq_build.safetensors_io import SafetensorsFile, to_bfloat16_bits, write_safetensors
 

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import safetensors.numpy
 
-from support import ROOT, run_cli, tiny_bert, write_model
+from support import ROOT, run_cli, tiny_bert
 from ulpq_build import cli
 from ulpq_build.default_model import default_mlp_tensors
 from ulpq_build.errors import UserError

@@ -6,7 +6,6 @@ import json
 
 import pytest
 
-from ulpq_build import cli
 from ulpq_build.checkpoint import Checkpoint
 from ulpq_build.model_source import BUILTIN_MODELS
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import datetime
 import json
-import math
 import platform
 import re
 import shutil
@@ -25,7 +24,6 @@ import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 
 from ulpq_build import evaluation as ev
 from ulpq_build.browser_check import check_in_browser, fixed_input

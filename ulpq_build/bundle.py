@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from ulpq_build import __version__
-from ulpq_build.architectures import describe_model, float_operands, model_tensors
+from ulpq_build.architectures import describe_model, model_tensors
 from ulpq_build.atomic import atomic_folder, preflight_folder, scratch_folder
 from ulpq_build.bundle_reader import GENERATOR, MANIFEST_SCHEMA_VERSION, MARKER, foreign_content
 from ulpq_build.checkpoint import iter_quantized
