@@ -386,7 +386,11 @@ def test_interrupted_bundle_leaves_nothing(tmp_path, sig):
     model = tiny_bert(tmp_path / "bert", hidden=256, inter=1024, layers=4, vocab=3000)
     proc = subprocess.Popen([sys.executable, "-m", "ulpq_build", "bundle", "--model", str(model), "--format", "int4-optimal",
                              "--codebook", "channel", "--out", str(tmp_path / "out")], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            # as in a terminal's foreground job: a test run started in the background by a
+                            # shell without job control inherits SIGINT ignored, and Python then never
+                            # raises KeyboardInterrupt (POSIX: asynchronous lists ignore SIGINT)
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 120
     while time.time() < deadline and not leftovers(tmp_path) and proc.poll() is None:
         time.sleep(0.02)
