@@ -292,14 +292,15 @@ def table(results: dict, formats: list[str]) -> str:
                      ratio(ort32, row.get("ours float32")), ratio(ort4, row.get("ours int4"))]
             lines.append("| " + " | ".join(cells) + " |")
     lines += ["", "First run at a new shape and initialisation (ms), this runtime; init in brackets: device /",
-              "pipelines / weight upload / self-test:", ""]
+              "shaders fetched and pipelines started / weight upload (pipelines compile meanwhile) / pipelines",
+              "still compiling after the upload / self-test:", ""]
     lines += ["| model, format | init (shards in memory) | " + " | ".join(f"first {s}" for s in results["shapes"]) + " |",
               "|" + "---|" * (2 + len(results["shapes"]))]
     for model, per in results["models"].items():
         for fmt, b in per.get("ours", {}).items():
             firsts = {f"{s['batch']}x{s['tokens']}": s for s in b.get("shapes", [])}
             parts = b.get("init_parts") or {}
-            split = "/".join(fmt_ms(parts.get(k)) for k in ("device_ms", "compile_ms", "upload_ms", "self_test_ms"))
+            split = "/".join(fmt_ms(parts.get(k)) for k in ("device_ms", "shaders_ms", "upload_ms", "compile_ms", "self_test_ms"))
             lines.append(f"| {MODELS[model]['label']} {fmt} ({b.get('path')}, {b.get('variant')}) | {fmt_ms(b.get('init_ms'))} ({split}) | "
                          + " | ".join(first_cell(firsts.get(s)) for s in results["shapes"]) + " |")
     lines += ["", "A new shape two tokens shorter than each shape above (same batch), right after it: its first",

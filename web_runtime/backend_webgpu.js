@@ -147,10 +147,12 @@ export class GpuBackend {
     const lap = (name) => { const now = performance.now(); backend.initTimings[name] = now - t; t = now; };
     lap('device_ms');
     try {
-      await backend.#compileAll();
-      lap('compile_ms');
+      const compiled = await backend.#startCompiling();
+      lap('shaders_ms');
       backend.#upload();
       lap('upload_ms');
+      await compiled();
+      lap('compile_ms'); // what the pipelines still took after the upload
     } catch (err) {
       device.destroy();
       throw err;
@@ -185,24 +187,31 @@ export class GpuBackend {
   }
 
   /**
-   * Fetch (sha256-checked), compile and create every pipeline up front, all in flight at once:
-   * a tampered shader fails the load, and the first run at any shape compiles nothing. Only this
-   * profile's shaders are fetched, and a file that serves several keys is fetched and compiled once.
+   * Fetch (sha256-checked) every shader of this profile and start creating every pipeline, all in
+   * flight at once; resolves, once they are started, to a function that waits for them. The caller
+   * uploads the weights meanwhile, so the driver compiles while JS copies (a tampered shader still
+   * fails the load, and the first run at any shape compiles nothing). Only this profile's shaders
+   * are fetched, and a file that serves several keys is fetched and compiled once.
    */
-  async #compileAll() {
+  async #startCompiling() {
     const { shaders, files } = profileShaders(this.manifest, this.profile.name);
     const codes = await Promise.all(files.map((f) => fetchVerifiedText(this.baseUrl, f.file, f.sha256)));
     this.device.pushErrorScope('validation');
     const modules = new Map(files.map((f, i) => [f.file, this.device.createShaderModule({ code: codes[i], label: f.file })]));
-    const results = await Promise.allSettled(shaders.map((shader) => this.device.createComputePipelineAsync({
+    const pending = Promise.allSettled(shaders.map((shader) => this.device.createComputePipelineAsync({
       layout: 'auto', compute: { module: modules.get(shader.file), entryPoint: 'main' }, label: shader.key })));
-    const error = await this.device.popErrorScope();
-    results.forEach((r, i) => {
-      if (r.status === 'rejected') throw new Error(`${shaders[i].file}: ${r.reason?.message ?? r.reason}`);
-    });
-    if (error) throw new Error(`shader validation: ${error.message}`);
-    shaders.forEach((shader, i) => this.pipelines.set(shader.key, { shader, pipeline: /** @type {PromiseFulfilledResult<GPUComputePipeline>} */ (results[i]).value }));
-    this.stats.pipelinesCreated += shaders.length;
+    // the scope holds the modules' validation errors; a pipeline that fails rejects its own promise
+    const scope = this.device.popErrorScope();
+    scope.catch(() => {}); // awaited below; if the upload fails first, nothing waits for it
+    return async () => {
+      const [results, error] = await Promise.all([pending, scope]);
+      results.forEach((r, i) => {
+        if (r.status === 'rejected') throw new Error(`${shaders[i].file}: ${r.reason?.message ?? r.reason}`);
+      });
+      if (error) throw new Error(`shader validation: ${error.message}`);
+      shaders.forEach((shader, i) => this.pipelines.set(shader.key, { shader, pipeline: /** @type {PromiseFulfilledResult<GPUComputePipeline>} */ (results[i]).value }));
+      this.stats.pipelinesCreated += shaders.length;
+    };
   }
 
   #buffer(bytes, label) {
