@@ -353,6 +353,27 @@ def write_docs(path: Path, text: str) -> None:
     path.write_text(doc)
 
 
+def measure(site: Path, bench, args, isolate: bool) -> dict:
+    """Serve `site` and run bench(browser, url, warmup, repeats, rounds) for each of args.browsers:
+    the report, with the machine and its load before and after (other jobs may share it)."""
+    import datetime
+
+    server = BundleServer(site, 0, isolate=isolate).start_in_background()
+    report = {"date": datetime.date.today().isoformat(), "warmup": args.warmup, "repeats": args.repeats, "rounds": args.rounds,
+              "load_before": os.getloadavg()[0],
+              "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.platform()}", "browsers": {}}
+    try:
+        for browser in args.browsers.split(","):
+            b = bench(browser, server.url + "index.html", args.warmup, args.repeats, args.rounds)
+            report["browsers"][b["label"]] = b
+            report["batch"], report["seq"] = b["batch"], b["seq"]
+    finally:
+        server.shutdown()
+        server.server_close()
+    report["load_after"] = os.getloadavg()[0]
+    return report
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--browsers", default="chromium,firefox,webkit")
@@ -369,23 +390,7 @@ def main(argv=None) -> int:
         if args.write_docs:
             write_docs(args.write_docs, text)
         return 0
-    site = build_site(args.work)
-    server = BundleServer(site, 0, isolate=True).start_in_background()  # COOP/COEP: threads may share memory
-    import datetime
-
-    load = os.getloadavg()[0]
-    report = {"date": datetime.date.today().isoformat(), "warmup": args.warmup, "repeats": args.repeats, "rounds": args.rounds,
-              "load_before": load,
-              "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.platform()}", "browsers": {}}
-    try:
-        for browser in args.browsers.split(","):
-            b = bench_browser(browser, server.url + "index.html", args.warmup, args.repeats, args.rounds)
-            report["browsers"][b["label"]] = b
-            report["batch"], report["seq"] = b["batch"], b["seq"]
-    finally:
-        server.shutdown()
-        server.server_close()
-    report["load_after"] = os.getloadavg()[0]
+    report = measure(build_site(args.work), bench_browser, args, isolate=True)  # COOP/COEP: threads may share memory
     (args.work / "cpu_peer_results.json").write_text(json.dumps(report, indent=1))
     text = table(report)
     print(text)

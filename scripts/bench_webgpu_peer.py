@@ -15,10 +15,8 @@ Needs what scripts/bench_cpu_peer.py needs (npm for onnxruntime-web 1.30, torch 
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
-import platform
 import shutil
 import statistics
 import sys
@@ -28,11 +26,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
 
-from bench_cpu_peer import SENTENCES, browser_label, cosines, ensure_ort, export_onnx  # noqa: E402
+from bench_cpu_peer import SENTENCES, browser_label, cosines, ensure_ort, export_onnx, measure  # noqa: E402
 
 from ulpq_build.browsers import started  # noqa: E402
 from ulpq_build.cli import main as cli_main  # noqa: E402
-from ulpq_build.serve import BundleServer  # noqa: E402
 
 MARK_START, MARK_END = "<!-- bench_webgpu_peer:start -->", "<!-- bench_webgpu_peer:end -->"
 PAGE = "<!doctype html><meta charset=utf-8><title>WebGPU bench</title><p>bench page</p>\n"
@@ -64,10 +61,11 @@ export async function runOurs({ bundle, sentences, warmup, repeats }) {
 }
 
 export async function tokens({ bundle, sentences }) {
-  const ulpq = await import(`./${bundle}/ulpq.js`);
-  const model = await ulpq.loadBundle(`./${bundle}/manifest.json`, { hardware: 'cpu', cpu: 'js', cache: false });
-  const x = model.tokenizer.batch(sentences);
-  await model.dispose();
+  const { WordPieceTokenizer } = await import(`./${bundle}/tokenizer.js`);
+  const manifest = await (await fetch(`./${bundle}/manifest.json`)).json();
+  const tokenizer = WordPieceTokenizer.fromTokenizerJson(await (await fetch(`./${bundle}/tokenizer.json`)).json(),
+    manifest.model.tokenizer.max_length);
+  const x = tokenizer.batch(sentences);
   return { ids: Array.from(x.ids), mask: Array.from(x.mask), batch: x.batch, seq: x.seq };
 }
 
@@ -219,20 +217,7 @@ def main(argv=None) -> int:
     ap.add_argument("--work", type=Path, default=ROOT / ".bench")
     ap.add_argument("--write-docs", type=Path)
     args = ap.parse_args(argv)
-    site = build_site(args.work)
-    server = BundleServer(site, 0).start_in_background()
-    report = {"date": datetime.date.today().isoformat(), "warmup": args.warmup, "repeats": args.repeats, "rounds": args.rounds,
-              "load_before": os.getloadavg()[0], "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.platform()}",
-              "browsers": {}}
-    try:
-        for browser in args.browsers.split(","):
-            b = bench_browser(browser, server.url + "index.html", args.warmup, args.repeats, args.rounds)
-            report["browsers"][b["label"]] = b
-            report["batch"], report["seq"] = b["batch"], b["seq"]
-    finally:
-        server.shutdown()
-        server.server_close()
-    report["load_after"] = os.getloadavg()[0]
+    report = measure(build_site(args.work), bench_browser, args, isolate=False)
     (args.work / "webgpu_peer_results.json").write_text(json.dumps(report, indent=1))
     text = table(report)
     print(text)
