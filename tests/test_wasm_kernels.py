@@ -102,17 +102,18 @@ for variant in wk.all_variants():
         SPECS.append((QuantSpec(**base, group_size=0, codebook="channel"), 96))
     elif not variant.zeros:
         SPECS.append((QuantSpec(**base, group_size=-1), 64))
-    if variant.format in ("int8", "int4") and not variant.zeros:
+    if variant.format in ("int8", "int4", "int3"):
+        # whole words per row: the GEMM decodes uniform codes straight into its panel (int3: 10 per word)
         SPECS.append((QuantSpec(**base, group_size=0), 100))
 
 
 @pytest.mark.parametrize("spec,k", SPECS, ids=lambda v: str(v) if isinstance(v, int) else
                          f"{v.format}-{v.scale_dtype}-{'asym' if v.asymmetric else 'sym'}-g{v.group_size}-{v.codebook}")
-@pytest.mark.parametrize("rows", [1, 5])
+@pytest.mark.parametrize("rows", [1, 5, 13])  # 13: two whole register tiles of 6 rows and one row left
 @pytest.mark.parametrize("build", ["simd", "relaxed-simd"])
 def test_gemm_matches_numpy(wasm, wasm_relaxed, build, spec, k, rows, rng):
     wasm = wasm_relaxed if build == "relaxed-simd" else wasm
-    n = 13  # not a multiple of 4: the right edge stores fewer lanes; k = 96, 99 or 100: the 4- and 1-input steps
+    n = 13  # not a multiple of 4 or 8: the last panel's lanes past n are not stored; k = 96, 99 or 100: 4 x 4 blocks and leftovers
     w = rng.standard_normal((n, k)).astype(np.float32)
     qt = quantize("w", w, spec)
     dense = dequantize(qt).astype(np.float64)
@@ -140,15 +141,16 @@ def test_gemm_matches_numpy(wasm, wasm_relaxed, build, spec, k, rows, rng):
 
 
 def test_gemm_column_ranges_split_the_work(wasm, rng):
-    """Threads each take a range of output columns (multiples of 4); together they cover y exactly."""
-    n, k, rows = 24, 64, 7
+    """Threads each take a range of output columns (multiples of the panel width); together they cover y exactly."""
+    n, k, rows = 30, 64, 7
+    P = wk.PANEL_COLUMNS
     qt = quantize("w", rng.standard_normal((n, k)).astype(np.float32), QuantSpec("int4", group_size=32))
     x = rng.standard_normal((rows, k)).astype(np.float32)
     wasm.reset()
     ptrs = put_tensor(wasm, qt)
     xp, y = wasm.put(x), wasm.poisoned(rows * n)
     L = qt.matrix_layout()
-    for lo, hi in [(0, 8), (8, 20), (20, 24)]:
+    for lo, hi in [(0, P), (P, 3 * P), (3 * P, n)]:
         wasm("gemm_" + wk.variant_of(qt.spec).key, xp, rows, k, y, n, lo, hi, ptrs["codes"], ptrs["scales"], 0, 0,
              L["words_per_row"], L["groups_per_row"], L["group_size"], 0, 0, 0, 0, wasm.scratch())
     got = wasm.get(y, rows * n).reshape(rows, n)

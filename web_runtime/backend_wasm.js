@@ -184,8 +184,10 @@ export class WasmBackend {
       this.weights.set(name, w);
     }
     this.weightBytes = this.top - WEIGHTS_BASE;
-    // per thread: four decoded weight rows (k rounded up to 32), or one row of attention scores
-    this.scratchBytes = Math.max(16 * align(maxK, 32), 1 << 16);
+    // per thread: a GEMM's decoded weight rows and panel (bytes per k, k rounded up to 32; bundles
+    // from before the panel kernels: four rows), or one row of attention scores
+    this.panelColumns = manifest.wasm.panel_columns ?? 4;
+    this.scratchBytes = Math.max((manifest.wasm.scratch_bytes_per_k ?? 16) * align(maxK, 32), 1 << 16);
     this.scratch = this.#reserve(this.scratchBytes * this.threads);
     this.arena = this.top;
   }
@@ -266,7 +268,7 @@ export class WasmBackend {
     const y = this.#out(h.rows, w.rows);
     const bias = node.bias ? this.#tensor(node.bias).codes : 0;
     this.#op(`gemm_${w.key}`, [h.ptr, h.rows, w.k, y.ptr, w.rows, 0, 0, w.codes, w.scales, w.zeros, w.book, w.wpr, w.gpr,
-      w.gsize, w.bstride, bias, residual ? residual.ptr : 0, act, 0], 5, w.rows, 4, 18);
+      w.gsize, w.bstride, bias, residual ? residual.ptr : 0, act, 0], 5, w.rows, this.panelColumns, 18);
     return y;
   }
 
