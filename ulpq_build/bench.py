@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 
-from ulpq_build import evaluation as ev
+from ulpq_build.architectures import ARCHITECTURES, Goal  # noqa: F401 (Goal: still importable from here)
 from ulpq_build.browser_check import check_in_browser, fixed_input
 from ulpq_build.browsers import check_browser_names, started
 from ulpq_build.endpoints import browser_specs, page_base
@@ -37,10 +37,6 @@ from ulpq_build.model_source import DEFAULT_MODEL, check_model_name, resolve_mod
 from ulpq_build.quantspec import QuantSpec
 from ulpq_build.serve import serving
 
-DEFAULT_PRESETS = {
-    "bert": ["float32", "default", "int8", "int4", "int3", "int2", "int4-gptq", "int3-gptq", "int2-gptq", "mixed-2.5", "mixed-3", "mixed-3.32"],
-    "vit": ["float32", "default", "int8", "int4", "int3", "int2", "int4-gptq", "int3-gptq", "int2-gptq", "mixed-2.5", "mixed-3"],
-}
 # The original SDK guide's table, for comparison (its models: BERT-base and ViT-base).
 GUIDE = [("BERT-base FP32", "440 MB", "145 ms", "-"), ("BERT-base INT8", "110 MB", "", "99.5 %"),
          ("BERT-base INT4", "55 MB", "", "98 %"), ("BERT-base INT3", "41 MB", "", "96 %"),
@@ -49,37 +45,19 @@ GUIDE = [("BERT-base FP32", "440 MB", "145 ms", "-"), ("BERT-base INT8", "110 MB
 
 
 
-@dataclass(frozen=True)
-class Goal:
-    """An accuracy goal as a ratio to float32, over the presets that qualify for it."""
-    label: str
-    min_ratio: float  # % of float32
-    bits: int | None = None  # qualifies: presets whose (base) format has these bits ...
-    mixed: bool = False  # ... or mixed-precision presets ...
-    max_bpw: float | None = None  # ... at most this many bits per weight on average, scales included
-
-    def qualifies(self, row: "Row") -> bool:
-        if self.max_bpw is not None and row.bits_per_weight > self.max_bpw + 1e-9:
-            return False
-        if row.format == "mixed":
-            return self.mixed
-        return self.bits is not None and FORMATS[row.format].bits == self.bits
-
-
-# The issue's goals for our models (MiniLM, the built-in ViT); the report says met or missed by how much.
-GOALS = {
-    "bert": [Goal("int4 >= 99.5 %", 99.5, bits=4), Goal("int3 >= 98 %", 98.0, bits=3),
-             Goal("best 2-bit method, <= 2.5 bits/weight, >= 92 %", 92.0, bits=2, mixed=True, max_bpw=2.5),
-             Goal("mixed precision, <= 3 bits/weight, >= 99 %", 99.0, mixed=True, max_bpw=3.0)],
-    "vit": [Goal("int4 >= 99 %", 99.0, bits=4),
-            Goal("best 2-bit method, <= 2.5 bits/weight, >= 94 %", 94.0, bits=2, mixed=True, max_bpw=2.5)],
-}
+# The issue's goals for our models (MiniLM, the built-in ViT) live in their architecture's row; the
+# report says met or missed by how much. Default presets likewise, per architecture.
+GOALS = {a.name: list(a.bench_goals) for a in ARCHITECTURES.values() if a.bench_goals}
+DEFAULT_PRESETS = {a.name: list(a.bench_presets) for a in ARCHITECTURES.values()}
+# int2 with GPTQ: ternary values in groups of 32 with float16 scales (2.5 bits per weight), unless
+# the architecture's row builds that preset otherwise
+INT2_GPTQ = {"format": "int2-ternary", "group_size": 32, "scale_dtype": "float16"}
 
 
 def evaluate_goals(arch: str, rows: list["Row"]) -> list[dict]:
     """For each goal: the best qualifying preset, its ratio, and met or the gap in points."""
     out = []
-    for goal in GOALS.get(arch, []):
+    for goal in (ARCHITECTURES[arch].bench_goals if arch in ARCHITECTURES else ()):
         candidates = [r for r in rows if goal.qualifies(r)]
         entry = {"goal": goal.label, "target": goal.min_ratio, "best": None, "ratio": None, "bits_per_weight": None,
                  "met": False, "gap": None}
@@ -104,6 +82,7 @@ class Preset:
 
     @classmethod
     def parse(cls, name: str, arch: str) -> "Preset":
+        """`arch`: the architecture the preset is built for (any other name: the general rule)."""
         if name == "default":
             return cls(name, {"overrides": {}, "method": "auto"})
         if name.startswith("mixed-"):
@@ -119,10 +98,9 @@ class Preset:
         if fmt not in FORMATS:
             raise UserError(f"--formats: unknown preset {name!r}; use a format ({', '.join(FORMATS)}), <format>-gptq, "
                             f"mixed-<bits> or default")
-        overrides = {"format": fmt}
-        if fmt == "int2" and method == "gptq":
-            overrides = {"format": "int2-ternary"} if arch == "vit" else {"format": "int2-ternary", "group_size": 32,
-                                                                           "scale_dtype": "float16"}
+        overrides = dict(INT2_GPTQ) if fmt == "int2" and method == "gptq" else {"format": fmt}
+        if arch in ARCHITECTURES and name in ARCHITECTURES[arch].preset_overrides:
+            overrides = dict(ARCHITECTURES[arch].preset_overrides[name])
         return cls(name, {"overrides": overrides, "method": method})
 
 
@@ -140,31 +118,19 @@ class Row:
 
 
 class Evaluator:
-    """Accuracy of a bundle's weights on the model's real data, relative to float32."""
+    """Accuracy of a bundle's weights on the model's real data, relative to float32: its row's scorer."""
 
     def __init__(self, model: dict, folder: Path, fp32_weights: dict):
         self.model, self.arch = model, model["architecture"]
-        if self.arch == "bert":
-            self.docs, self.human = ev.lee_corpus()
-            self.batch = ev.tokenize(folder / "tokenizer.json", self.docs, model["tokenizer"]["max_length"])
-            self.reference = ev.embed(model, fp32_weights, self.batch)
-            self.base = ev.pearson_with_scores(self.reference, self.human)
-        elif self.arch == "vit":
-            images, self.labels = ev.fashion_mnist("t10k")
-            self.pixels = ev.grey_to_pixels(images, model["preprocess"])
-            self.base = float((ev.classify(model, fp32_weights, self.pixels).argmax(1) == self.labels).mean())
-        else:
-            raise UserError(f"bench measures accuracy for bert and vit models, not {self.arch!r}")
+        row = ARCHITECTURES.get(self.arch)
+        if row is None or row.accuracy is None:
+            able = " and ".join(a.name for a in ARCHITECTURES.values() if a.accuracy is not None)
+            raise UserError(f"bench measures accuracy for {able} models, not {self.arch!r}")
+        self.score = row.accuracy(model, folder, fp32_weights)
+        self.base = self.score.base
 
     def __call__(self, weights: dict) -> dict:
-        if self.arch == "bert":
-            e = ev.embed(self.model, weights, self.batch)
-            p = ev.pearson_with_scores(e, self.human)
-            return {"metric": "Lee Pearson", "value": round(p, 4), "ratio": round(100 * p / self.base, 2),
-                    "mean_cosine_to_float32": round(ev.mean_cosine(e, self.reference), 4), "float32": round(self.base, 4)}
-        top1 = float((ev.classify(self.model, weights, self.pixels).argmax(1) == self.labels).mean())
-        return {"metric": "Fashion-MNIST top-1", "value": round(top1, 4), "ratio": round(100 * top1 / self.base, 2),
-                "float32": round(self.base, 4)}
+        return self.score(weights)
 
 
 def model_folders(models: list[str], out: Path) -> list[Path]:
@@ -213,7 +179,7 @@ def run_bench(model_arg: str | None, presets: list[str] | None, browsers: list, 
     log(f"[bench] {model_name}: building the float32 reference bundle")
     fp32 = _build(source, bundles / "float32", {"overrides": {"format": "float32"}})
     arch = fp32.model["architecture"]
-    chosen = presets or DEFAULT_PRESETS.get(arch, ["float32", "int8", "int4"])
+    chosen = presets or list(ARCHITECTURES[arch].bench_presets)
     parsed = [Preset.parse(p, arch) for p in chosen]
     evaluator = Evaluator(fp32.model, fp32.folder, fp32.weights)
     log(f"[bench] float32 {evaluator(fp32.weights)['metric']}: {evaluator.base:.4f} ({time.time() - start:.0f} s)")

@@ -1,28 +1,18 @@
 """Run a bundle in a browser and compare its output with the numpy reference over the bundle's own
-dequantized weights: what `verify` prints and `bench` records. Fixed inputs per architecture:
-sentences for text models, the bundle's sample images (else seeded random images) for image models,
-the demo input for the MLP."""
+dequantized weights: what `verify` prints and `bench` records. Each architecture's row gives its
+fixed input (architectures/*.py verification_input): sentences for text models, the bundle's sample
+images (else seeded random images) for image models, the demo input for the MLP."""
 
 from __future__ import annotations
 
-import base64
-import json
 import statistics
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 
 import numpy as np
 
+from ulpq_build.architectures import architecture_of
 from ulpq_build.bundle_reader import LoadedBundle
-from ulpq_build.evaluation import tokenize
-from ulpq_build.reference import bert_forward, cosine, mlp_forward, relative_error, vit_forward, vit_preprocess
 
-SENTENCES = [
-    "A man is playing a guitar on the stage.",
-    "Café owners in Zürich said the crème brûlée sold out by noon!",
-    "Is this the right way to the railway station?",
-    "The weather forecast predicts heavy rain tomorrow afternoon.",
-]
 MIN_COSINE = 0.9999  # text: per input, browser vs numpy
 MAX_LOGITS_ERROR = 1e-3  # images: relative error of the logits
 MAX_OUTPUT_ERROR = 1e-4  # MLP
@@ -77,35 +67,13 @@ class CheckResult:
 
 
 def fixed_input(bundle: LoadedBundle, images: int = 8) -> tuple[str, object, np.ndarray, callable]:
-    """(kind, browser input, numpy reference output, compare) for a bundle."""
+    """(kind, browser input, numpy reference output, compare) for a bundle: its row's fixed input,
+    run through its row's reference forward over the bundle's own weights."""
     model = bundle.model
-    arch = model["architecture"]
-    if arch == "bert":
-        batch = tokenize(bundle.folder / "tokenizer.json", SENTENCES, model["tokenizer"]["max_length"])
-        expected = bert_forward(model, bundle.weights, batch.ids, batch.mask)
-        return "texts", SENTENCES, expected, lambda got: ("min cosine", float(cosine(got, expected).min()))
-    if arch == "vit":
-        rgba = sample_rgba(bundle.folder, model, images)
-        expected = vit_forward(model, bundle.weights, vit_preprocess(rgba, model["preprocess"]))
-        payload = [{"width": int(im.shape[1]), "height": int(im.shape[0]), "data": im.reshape(-1).tolist()} for im in rgba]
-        return "images", payload, expected, lambda got: ("logits rel. error", relative_error(got, expected))
-    x = np.asarray(bundle.manifest["demo"]["inputs"])
-    expected = mlp_forward(model, bundle.weights, x)
-    return "rows", x.tolist(), expected, lambda got: ("rel. error", relative_error(got, expected))
-
-
-def sample_rgba(folder: Path, model: dict, count: int) -> np.ndarray:
-    size = model["image_size"]
-    samples_file = folder / "samples.json"
-    if samples_file.is_file():
-        samples = json.loads(samples_file.read_text())[:count]
-        grey = np.stack([np.frombuffer(base64.b64decode(s["grey_base64"]), np.uint8).reshape(s["height"], s["width"])
-                         for s in samples])
-        return np.stack([grey, grey, grey, np.full_like(grey, 255)], axis=-1)
-    rng = np.random.default_rng(0)
-    rgba = rng.integers(0, 256, (count, size, size, 4), dtype=np.uint8)
-    rgba[..., 3] = 255
-    return rgba
+    arch = architecture_of(model)
+    payload, inputs, agreement = arch.verification_input(model, bundle.folder, bundle.manifest, images)
+    expected = arch.reference_forward(model, bundle.weights, inputs)
+    return arch.input_kind, payload, expected, lambda got: agreement(expected, got)
 
 
 def passes(metric: str, value: float) -> bool:

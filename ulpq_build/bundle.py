@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from ulpq_build import __version__
-from ulpq_build.architectures import describe_model, model_tensors
+from ulpq_build.architectures import architecture_of, describe_model, model_tensors
 from ulpq_build.atomic import atomic_folder, preflight_folder, scratch_folder
 from ulpq_build.bundle_reader import GENERATOR, MANIFEST_SCHEMA_VERSION, MARKER, foreign_content
 from ulpq_build.checkpoint import iter_quantized
@@ -43,8 +43,6 @@ from ulpq_build.wasm_kernels import write_cpu_kernels
 
 SHARD_LIMIT = 128 * 1024 * 1024  # Firefox caps storage bindings at 128 MiB (environment.md)
 PART_ALIGN = 256  # parts start 256-byte aligned inside shards (typed-array views, buffer offsets)
-DEMO_ROWS = 2
-DEMO_SEED = 7
 
 
 @dataclass
@@ -117,19 +115,6 @@ def _nodes(tree, has: str):
             yield from _nodes(item, has)
 
 
-def _operator_kernels(model: dict) -> list[tuple[str, str, WeightStorage | None, dict]]:
-    """(role, kernel, weight storage, options) of the weightless operators an architecture runs."""
-    arch = model["architecture"]
-    if arch == "bert":
-        return [("layernorm", "layernorm", None, {}), ("attention", "attention", None, {"mask": True}),
-                ("meanpool", "meanpool", None, {"normalize": model["normalize"]})]
-    if arch == "vit":  # "rows" gathers the [CLS] rows of an activation (an embed over float32 storage)
-        return [("layernorm", "layernorm", None, {}), ("attention", "attention", None, {"mask": False}),
-                ("im2col", "im2col", None, {}), ("vit_tokens", "vit_tokens", None, {}),
-                ("rows", "embed", WeightStorage("float32"), {"accumulate": False})]
-    return []
-
-
 def plan_shaders(model: dict, specs: dict[str, QuantSpec]) -> list[KernelVariant]:
     """Decide the shader variants the bundle ships, and record in the graph which one serves what per
     profile: each linear node gets kernels[profile] = {gemv, gemm_small, gemm_large} (the runtime
@@ -157,7 +142,7 @@ def plan_shaders(model: dict, specs: dict[str, QuantSpec]) -> list[KernelVariant
         weight = WeightStorage.of(specs[node["table"]])
         node["kernels"] = {p: {"first": use("embed", p, weight, accumulate=False),
                                "accumulate": use("embed", p, weight, accumulate=True)} for p in PROFILES}
-    ops = _operator_kernels(model)
+    ops = architecture_of(model).operator_kernels(model)
     if ops:
         model["op_kernels"] = {p: {role: use(kernel, p, weight, **options) for role, kernel, weight, options in ops}
                                for p in PROFILES}
@@ -174,20 +159,6 @@ def profile_entry(profile, variants: list[KernelVariant]) -> dict:
                 for name, value in getattr(variant, field).items():
                     entry[field][name] = max(entry[field].get(name, 0), value)
     return entry
-
-
-def demo_inputs(model: dict) -> list[list[float]]:
-    """A fixed input the demo page runs on load (seeded, so the page shows the same numbers every time)."""
-    rng = np.random.default_rng(DEMO_SEED)
-    return np.round(rng.standard_normal((DEMO_ROWS, model["input_size"])), 4).tolist()
-
-
-DEMO_SENTENCES = [
-    "A man is playing a guitar.",
-    "Someone is playing an instrument.",
-    "The new movie is awesome.",
-    "A cheetah is running behind its prey.",
-]
 
 
 def build_bundle(model_path: str | Path | None, out: Path, overrides: dict | None = None, config: Path | None = None,
@@ -228,11 +199,8 @@ def default_spec(plan: Plan, overrides: dict, config) -> QuantSpec:
 
 def _copy_files(folder: Path, source: ModelSource, model: dict) -> list[dict]:
     """Files the runtime needs besides weights and shaders (tokenizer, demo samples), hashed."""
-    names = list(model.get("tokenizer", {}).get("files", []))
-    if model["architecture"] == "vit" and source.folder and (source.folder / "samples.json").is_file():
-        names.append("samples.json")
     entries = []
-    for name in names:
+    for name in architecture_of(model).bundle_files(model, source):
         data = (source.folder / name).read_bytes()
         (folder / name).write_bytes(data)
         entries.append({"file": name, "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()})
@@ -240,11 +208,8 @@ def _copy_files(folder: Path, source: ModelSource, model: dict) -> list[dict]:
 
 
 def demo_section(model: dict) -> dict:
-    if model["architecture"] == "bert":
-        return {"sentences": DEMO_SENTENCES}
-    if model["architecture"] == "vit":
-        return {"samples": "samples.json"}
-    return {"inputs": demo_inputs(model)}
+    """What the demo page runs on load (sentences, sample images, fixed rows): the row says."""
+    return architecture_of(model).demo(model)
 
 
 def _write_bundle(folder: Path, source: ModelSource, model_name: str, model: dict, plan: Plan, default: QuantSpec,

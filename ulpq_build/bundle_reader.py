@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ulpq_build.architectures import ARCHITECTURES
 from ulpq_build.errors import UserError
 from ulpq_build.quantize import dequantize_parts
 from ulpq_build.quantspec import QuantSpec, part_layout
@@ -40,7 +41,7 @@ _TENSOR = Obj({"name": Str(max_len=1024), "shape": List(Int(min=0, max=1 << 40),
 MANIFEST = Obj({
     "schema_version": Int(min=MANIFEST_SCHEMA_VERSION, max=MANIFEST_SCHEMA_VERSION),
     "generator": Obj({"name": Str(choices=(GENERATOR,)), "version": Str(max_len=64)}),
-    "model": Obj({"name": Str(max_len=1024), "architecture": Str(choices=("bert", "vit", "mlp"))}),
+    "model": Obj({"name": Str(max_len=1024), "architecture": Str(choices=ARCHITECTURES.keys())}),  # a live view: later rows count
     "quantization": Obj({"default": Anything(), "method": Str(max_len=16)}),
     "tensors": List(_TENSOR, max_len=1 << 16),
     "shards": List(_FILE, max_len=1 << 12),

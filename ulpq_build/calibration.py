@@ -1,6 +1,7 @@
-"""Calibration inputs per architecture, and how far a model's outputs move when its weights change:
-what GPTQ (gptq.py) and the mixed-precision planner (planner.py) need. Calibration data never
-overlaps the evaluation data (evaluation.py):
+"""Calibration runs, and how far a model's outputs move when its weights change: what GPTQ (gptq.py)
+and the mixed-precision planner (planner.py) need. Each architecture's row builds its calibration
+inputs (architectures/*.py calibration_inputs) from the data below, which never overlaps the
+evaluation data (evaluation.py):
 
     text   data/calibration_text.txt, which ships inside the package: a few hundred English
            sentences written for this project (news, science, daily life, questions, instructions;
@@ -17,14 +18,11 @@ from pathlib import Path
 import numpy as np
 
 from ulpq_build import evaluation as ev
+from ulpq_build.architectures import ARCHITECTURES, architecture_of
 from ulpq_build.errors import UserError
-from ulpq_build.reference import bert_forward, vit_forward
 
 CALIBRATION_TEXT = Path(__file__).resolve().parent / "data" / "calibration_text.txt"
 PASSAGE_SENTENCES = 6
-TEXT_TOKENS = 128
-PLANNER_TEXT_STRIDE = 4  # the planner's many runs see every 4th passage (a quarter, spread over every topic)
-IMAGES = 512
 
 
 def calibration_text() -> list[str]:
@@ -40,16 +38,10 @@ def calibration_text() -> list[str]:
 
 def ships_calibration(model: dict, source) -> bool:
     """Whether this model (a model_source.ModelSource) calibrates on data inside the package, so GPTQ
-    can be the default without asking the user to install anything: a text model whose tokenizer.json
-    the tokenizers package reads and whose ids fit the model's word table. Anything less and the
-    default rounds to nearest, as it would have, instead of failing."""
-    if model.get("architecture") != "bert" or source.folder is None or not (source.folder / "tokenizer.json").is_file():
-        return False
-    try:
-        tokenizer = ev.load_tokenizer(source.folder / "tokenizer.json")
-    except UserError:
-        return False
-    return tokenizer.get_vocab_size() <= source.weights.shape(model["embeddings"]["word"]["table"])[0]
+    can be the default without asking the user to install anything (its row decides: a text model
+    whose tokenizer.json the tokenizers package reads and whose ids fit the model's word table).
+    Anything less and the default rounds to nearest, as it would have, instead of failing."""
+    return architecture_of(model).ships_calibration(model, source)
 
 
 @dataclass
@@ -70,48 +62,17 @@ class Calibration:
 
 
 def calibration_for(model: dict, folder: Path | None, texts: list[str] | None = None) -> Calibration:
-    arch = model["architecture"]
-    if arch == "bert":
-        tokenizer = folder / "tokenizer.json" if folder else None
-        if tokenizer is None or not tokenizer.is_file():
-            raise UserError("calibration for a BERT model needs its tokenizer.json in the model folder")
-        batch = ev.tokenize(tokenizer, texts or calibration_text(), TEXT_TOKENS)
-        small = _trim(ev.TextBatch(batch.ids[::PLANNER_TEXT_STRIDE], batch.mask[::PLANNER_TEXT_STRIDE]))
-        batch = _trim(batch)
-        table = model["embeddings"]["word"]["table"]
-
-        def fits(w):
-            # a tokenizer.json from another model gives ids past the word table: say so, not an IndexError
-            rows, top = w[table].shape[0], int(batch.ids.max())
-            if top >= rows:
-                raise UserError(f"{tokenizer}: its token ids reach {top} but the model's word table has {rows} rows, so "
-                                f"this tokenizer is not the model's; put the model's own tokenizer.json in the folder")
-            return w
-
-        return Calibration(model, lambda w, hook: bert_forward(model, fits(w), batch.ids, batch.mask, hook=hook),
-                           lambda w, hook: bert_forward(model, fits(w), small.ids, small.mask, hook=hook, dtype=np.float32))
-    if arch == "vit":
-        images, _ = ev.fashion_mnist("train")
-        rng = np.random.default_rng(0)
-        pick = rng.choice(len(images), IMAGES, replace=False)
-        pixels = ev.grey_to_pixels(_resize(images[pick], model["image_size"]), model["preprocess"])
-        return Calibration(model, lambda w, hook: vit_forward(model, w, pixels, hook=hook),
-                           lambda w, hook: vit_forward(model, w, pixels[:128], hook=hook, dtype=np.float32))
-    raise UserError(f"calibration is defined for bert and vit models, not {arch!r}, and --method gptq, --target-bpw and "
-                    f"--target-size measure on it; choose the formats with --format or --config instead")
-
-
-def _trim(batch):
-    """Drop the columns that are padding in every row (the longest sentence sets the width)."""
-    width = int(batch.mask.sum(axis=1).max())
-    return type(batch)(batch.ids[:, :width], batch.mask[:, :width])
-
-
-def _resize(images: np.ndarray, size: int) -> np.ndarray:
-    if images.shape[1] == size:
-        return images
-    idx = (np.arange(size) * images.shape[1] / size).astype(int)  # nearest neighbour: calibration only
-    return images[:, idx][:, :, idx]
+    """The calibration runs of `model` (its row's reference forward over its row's calibration inputs);
+    `texts`: passages for text models instead of the shipped text."""
+    arch = architecture_of(model)
+    if arch.calibration_inputs is None:
+        able = " and ".join(a.name for a in ARCHITECTURES.values() if a.calibration_inputs is not None)
+        raise UserError(f"calibration is defined for {able} models, not {arch.name!r}, and --method gptq, --target-bpw "
+                        f"and --target-size measure on it; choose the formats with --format or --config instead")
+    inputs = arch.calibration_inputs(model, folder, texts or calibration_text())
+    forward, check = arch.reference_forward, inputs.check_weights
+    return Calibration(model, lambda w, hook: forward(model, check(w), inputs.full, hook=hook),
+                       lambda w, hook: forward(model, check(w), inputs.subset, hook=hook, dtype=np.float32))
 
 
 def distortion(model: dict, reference: np.ndarray, outputs: np.ndarray) -> float:

@@ -1,5 +1,6 @@
-"""Accuracy on real data, with the numpy reference forwards: what `bench` reports and the
-mixed-precision planner optimises. All data comes from installed packages (environment.md):
+"""Real data and the measures of accuracy on it: what `bench` reports (each architecture's row
+scores its model with them: architectures/bert.py LeeSimilarity, vit.py FashionMnistTop1). All
+data comes from installed packages (environment.md):
 
     text   the Lee corpus (gensim's test data): 50 documents and 1225 human similarity scores;
            metric: Pearson correlation of embedding cosines with the scores, and mean cosine of each
@@ -19,11 +20,8 @@ from pathlib import Path
 import numpy as np
 
 from ulpq_build.errors import UserError
-from ulpq_build.reference import bert_forward, vit_forward
 
 FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
-TEXT_BATCH = 10
-IMAGE_BATCH = 1000
 
 
 def _gensim_data() -> Path:
@@ -84,15 +82,6 @@ def tokenize(tokenizer_file: Path, texts: list[str], max_length: int) -> TextBat
     return TextBatch(ids, mask)
 
 
-def embed(model: dict, weights: dict, batch: TextBatch) -> np.ndarray:
-    parts = []
-    for start in range(0, len(batch.ids), TEXT_BATCH):
-        sl = slice(start, start + TEXT_BATCH)
-        width = int(batch.mask[sl].sum(axis=1).max())  # drop columns that are padding for the whole slice
-        parts.append(bert_forward(model, weights, batch.ids[sl, :width], batch.mask[sl, :width]))
-    return np.concatenate(parts)
-
-
 def pearson_with_scores(embeddings: np.ndarray, human: np.ndarray) -> float:
     e = embeddings / np.linalg.norm(embeddings, axis=1, keepdims=True)
     upper = np.triu_indices(len(human), 1)
@@ -103,10 +92,6 @@ def mean_cosine(a: np.ndarray, b: np.ndarray) -> float:
     a = a / np.linalg.norm(a, axis=1, keepdims=True)
     b = b / np.linalg.norm(b, axis=1, keepdims=True)
     return float((a * b).sum(axis=1).mean())
-
-
-def classify(model: dict, weights: dict, pixels: np.ndarray) -> np.ndarray:
-    return np.concatenate([vit_forward(model, weights, pixels[s : s + IMAGE_BATCH]) for s in range(0, len(pixels), IMAGE_BATCH)])
 
 
 def grey_to_pixels(images: np.ndarray, spec: dict) -> np.ndarray:
