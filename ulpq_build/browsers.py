@@ -8,6 +8,8 @@ browsers, and where Playwright-managed browsers are installed (`playwright insta
 laptop) those are used instead, WebKit included.
 
     ULPQ_CHROMIUM        Chromium executable        (default /usr/lib/chromium/chromium)
+    ULPQ_CHROMIUM_FLAGS  extra Chromium command-line flags, space-separated (e.g. --js-flags=--expose-gc,
+                         which the CPU benchmark sets to measure the JS heap after a garbage collection)
     ULPQ_FIREFOX         Firefox executable         (default /usr/bin/firefox-esr)
     ULPQ_WEBKIT_DRIVER   WebKitWebDriver executable (default /usr/bin/WebKitWebDriver)
     ULPQ_WEBKIT_BROWSER  browser the driver starts  (default Debian's MiniBrowser)
@@ -174,7 +176,8 @@ class PlaywrightSession:
             raise BrowserError(f"{self.name}: no executable at {executable}; set {env_key} or {INSTALL_HINT}")
         is_managed = executable == managed
         if self.name == "chromium":
-            browser = bt.launch(executable_path=executable, headless=headless, args=CHROMIUM_ARGS)
+            extra = os.environ.get("ULPQ_CHROMIUM_FLAGS", "").split()
+            browser = bt.launch(executable_path=executable, headless=headless, args=CHROMIUM_ARGS + extra)
         else:
             kwargs = {} if is_managed else {"channel": "moz-firefox"}
             browser = bt.launch(executable_path=executable, headless=headless, firefox_user_prefs=FIREFOX_PREFS, **kwargs)

@@ -218,9 +218,14 @@ export class WasmBackend {
     })));
   }
 
-  /** Bytes the backend holds in wasm memory: packed weights, and the whole memory (activations included). */
+  /**
+   * Bytes the backend holds in wasm memory: the packed weights, the per-thread scratch, the last
+   * run's activations (every op's output, kept until the next run), and the whole memory (those
+   * plus what it has grown by and not yet used).
+   */
   get memoryBytes() {
-    return { weights: this.weightBytes, total: this.memory.buffer.byteLength };
+    return { weights: this.weightBytes, scratch: this.scratchBytes * this.threads, activations: this.top - this.arena,
+      total: this.memory.buffer.byteLength };
   }
 
   #tensor(name) {
