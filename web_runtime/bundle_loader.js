@@ -1,6 +1,7 @@
 // Fetch a bundle: the manifest, then every weight shard with progress events, each verified
 // against the manifest's sha256 before a single byte of it is used.
 
+import { ARCHITECTURES, architectureOf, tokenizerFile } from './architectures.js';
 import { openWeightCache } from './weight_cache.js';
 
 export const SUPPORTED_SCHEMA = 2; // 2: shaders map kernel keys to shader_files, each distinct WGSL once
@@ -46,8 +47,9 @@ export async function fetchManifest(manifestUrl) {
 }
 
 // The manifest's schema (ulpq_build/bundle.py writes it): the fields this runtime reads, with their
-// types. A schema is a type name, [schema] (an array of it), {'*': schema} (an object of it) or an
-// object of fields (a '?' suffix marks an optional one). Extra fields are allowed (newer writers).
+// types; each architecture's own model fields are in its row (architectures.js). A schema is a type
+// name, [schema] (an array of it), {'*': schema} (an object of it) or an object of fields (a '?'
+// suffix marks an optional one). Extra fields are allowed (newer writers).
 const ENTRY_FILE = { file: 'file', bytes: 'uint', sha256: 'sha256' };
 const MANIFEST_SCHEMA = {
   schema_version: 'uint',
@@ -63,12 +65,6 @@ const MANIFEST_SCHEMA = {
   shader_files: [ENTRY_FILE],
   files: [ENTRY_FILE],
   matmul: { gemv_max_rows: 'uint', gemm_large_rows: 'uint' },
-};
-const ARCHITECTURE_SCHEMA = {
-  mlp: { input_size: 'uint', layers: ['object'] },
-  bert: { tokenizer: { max_length: 'uint', 'lowercase?': 'bool' }, layers: ['object'] },
-  vit: { preprocess: { image_size: 'uint', channels: 'uint', mean: ['number'], std: ['number'], rescale: 'number' }, labels: ['string'],
-    layers: ['object'] },
 };
 const TYPES = {
   string: (v) => typeof v === 'string' || 'a string',
@@ -132,9 +128,9 @@ export function checkManifest(manifest, source = 'manifest.json') {
       + 'rebuild the bundle with the ulpq_build version that ships this runtime');
   }
   checkShape(manifest, MANIFEST_SCHEMA, 'manifest', fail);
-  const arch = manifest.model.architecture;
-  if (!ARCHITECTURE_SCHEMA[arch]) fail('manifest.model.architecture', `is '${arch}', unknown to this runtime (it runs ${Object.keys(ARCHITECTURE_SCHEMA).join(', ')})`);
-  checkShape(manifest.model, ARCHITECTURE_SCHEMA[arch], 'manifest.model', fail);
+  const arch = architectureOf(manifest.model);
+  if (!arch) fail('manifest.model.architecture', `is '${manifest.model.architecture}', unknown to this runtime (it runs ${Object.keys(ARCHITECTURES).join(', ')})`);
+  checkShape(manifest.model, arch.manifest, 'manifest.model', fail);
   if (manifest.quantization && !(manifest.quantization.default.format in manifest.formats)) {
     fail('manifest.quantization.default.format', `names '${manifest.quantization.default.format}', which manifest.formats lacks`);
   }
@@ -161,9 +157,8 @@ export function checkManifest(manifest, source = 'manifest.json') {
   manifest.shader_files.forEach((f, i) => {
     if (!named.has(f.file)) fail(`manifest.shader_files[${i}].file`, `names '${f.file}', which no entry of manifest.shaders uses`);
   });
-  if (arch === 'bert') {
-    const listed = new Set(manifest.files.map((f) => f.file));
-    if (!listed.has('tokenizer.json') && !listed.has('vocab.txt')) fail('manifest.files', 'lists neither tokenizer.json nor vocab.txt (a text model needs one)');
+  if (arch.tokenizer && !tokenizerFile(arch, manifest.files.map((f) => f.file))) {
+    fail('manifest.files', `lists neither ${arch.tokenizer.files.join(' nor ')} (a ${arch.input} model needs one)`);
   }
   return manifest;
 }

@@ -1,9 +1,10 @@
-// The demo page: loads the bundle beside it and runs it: sentence similarity for text models,
-// classification of built-in samples or a picked image for image models, a fixed input for the demo
-// MLP. Shows precision, path and variant, load progress, bundle size and timings. Tests read
+// The demo page: loads the bundle beside it and runs it, as its architecture's row says (DEMOS):
+// sentence similarity for text models, classification of built-in samples or a picked image for
+// image models, a fixed input for the demo MLP. Shows precision, path and variant, load progress, bundle size and timings. Tests read
 // window.ulpqDemo (status, result, model, progress).
 
 import * as ulpq from './ulpq.js';
+import { architectureOf } from './architectures.js';
 import { sampleToImage } from './images.js';
 
 window.ulpq = ulpq;
@@ -108,36 +109,48 @@ async function main() {
     state.status = 'ready';
     return;
   }
-  if (m.model.architecture === 'bert') {
-    $('text-demo').hidden = false;
-    $('sentences').value = m.demo.sentences.join('\n');
-    $('embed').onclick = () => runText(model, $('sentences').value.split('\n').map((s) => s.trim()).filter(Boolean));
-    await runText(model, m.demo.sentences);
-  } else if (m.model.architecture === 'vit') {
-    $('image-demo').hidden = false;
-    const samples = m.demo.samples ? await (await fetch(m.demo.samples)).json() : [];
-    const images = samples.map(sampleToImage);
-    samples.forEach((s, i) => {
-      const div = Object.assign(document.createElement('div'), { className: 'sample', title: 'classify this image' });
-      div.append(drawImage(images[i]), s.label);
-      div.onclick = () => runImages(model, [images[i]], [s.label]);
-      $('samples').append(div);
-    });
-    $('picker').onchange = async () => {
-      const bitmap = await createImageBitmap($('picker').files[0]);
-      const size = m.model.image_size;
-      const canvas = Object.assign(document.createElement('canvas'), { width: size, height: size });
-      canvas.getContext('2d').drawImage(bitmap, 0, 0, size, size);
-      await runImages(model, [canvas.getContext('2d').getImageData(0, 0, size, size)], [$('picker').files[0].name]);
-    };
-    await runImages(model, images, samples.map((s) => `sample: ${s.label}`));
-  } else {
-    const result = await model.process(m.demo.inputs);
-    $('output').replaceChildren(table(['row', ...result.output[0].map((_, j) => `y${j}`)], result.output.map((r, i) => [String(i), ...r])));
-    showResult(result);
-  }
+  await DEMOS[architectureOf(m.model).demo](model, m);
   state.status = 'done';
 }
+
+/** Sentence similarity: the manifest's sentences, then whatever the visitor types. */
+async function sentencesDemo(model, m) {
+  $('text-demo').hidden = false;
+  $('sentences').value = m.demo.sentences.join('\n');
+  $('embed').onclick = () => runText(model, $('sentences').value.split('\n').map((s) => s.trim()).filter(Boolean));
+  await runText(model, m.demo.sentences);
+}
+
+/** Classification of the bundle's sample images (each one on a click), or of a picked image. */
+async function imagesDemo(model, m) {
+  $('image-demo').hidden = false;
+  const samples = m.demo.samples ? await (await fetch(m.demo.samples)).json() : [];
+  const images = samples.map(sampleToImage);
+  samples.forEach((s, i) => {
+    const div = Object.assign(document.createElement('div'), { className: 'sample', title: 'classify this image' });
+    div.append(drawImage(images[i]), s.label);
+    div.onclick = () => runImages(model, [images[i]], [s.label]);
+    $('samples').append(div);
+  });
+  $('picker').onchange = async () => {
+    const bitmap = await createImageBitmap($('picker').files[0]);
+    const size = m.model.image_size;
+    const canvas = Object.assign(document.createElement('canvas'), { width: size, height: size });
+    canvas.getContext('2d').drawImage(bitmap, 0, 0, size, size);
+    await runImages(model, [canvas.getContext('2d').getImageData(0, 0, size, size)], [$('picker').files[0].name]);
+  };
+  await runImages(model, images, samples.map((s) => `sample: ${s.label}`));
+}
+
+/** The manifest's fixed rows and the outputs, as a table. */
+async function rowsDemo(model, m) {
+  const result = await model.process(m.demo.inputs);
+  $('output').replaceChildren(table(['row', ...result.output[0].map((_, j) => `y${j}`)], result.output.map((r, i) => [String(i), ...r])));
+  showResult(result);
+}
+
+// What the page shows, by the `demo` of the model's row in architectures.js.
+const DEMOS = { sentences: sentencesDemo, images: imagesDemo, rows: rowsDemo };
 
 main().catch((err) => {
   state.error = { name: err.name, message: err.message };

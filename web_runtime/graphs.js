@@ -1,6 +1,7 @@
-// Model graphs, written once against the backend interface (begin, input/upload, embed, linear,
-// layernorm, attention, meanpool, im2col, vitTokens, rows, output), so the WebGPU and CPU paths run
-// the same sequence of operators. ulpq_build/reference.py is the numpy twin of each graph.
+// Model graphs, one per architecture (its row in architectures.js names it), written once against
+// the backend interface (begin, input/upload, embed, linear, layernorm, attention, meanpool, im2col,
+// vitTokens, rows, output), so the WebGPU and CPU paths run the same sequence of operators. The
+// numpy twin of each graph is its architecture's reference forward (ulpq_build/architectures/).
 //
 // begin(shapeKey) names the input shape: a backend that plans its work (WebGPU) records the
 // operators of the first run at a shape and replays them afterwards, so a graph must issue the

@@ -12,12 +12,11 @@
 import {
   BundleError, IntegrityError, fetchManifest, fetchShards, fetchVerifiedText, takeIntegrityFailure, tensorTable,
 } from './bundle_loader.js';
+import { architectureOf, tokenizerFile } from './architectures.js';
 import { createCpuBackend } from './cpu_select.js';
 import { GpuUnavailable, createGpuBackend, webgpuPresence } from './backend_webgpu.js';
-import { GRAPHS } from './graphs.js';
-import { preprocessImages } from './images.js';
 import { linear as opsLinear } from './ops_cpu.js';
-import { checkImages, checkOptions, checkTexts, slices, toMatrix } from './inputs.js';
+import { checkOptions, slices } from './inputs.js';
 import { WordPieceTokenizer } from './tokenizer.js';
 import { clearWeightCache } from './weight_cache.js';
 
@@ -123,7 +122,7 @@ export class UlpqModel {
     const shards = await fetchShards(this.manifest, this.manifestUrl, (event) => this.#weightsProgress(event),
       { cache: this.options.cache });
     this.tensors = tensorTable(this.manifest, shards);
-    if (this.manifest.model.architecture === 'bert') await this.#loadTokenizer();
+    await this.#loadTokenizer();
     const t1 = performance.now();
     this.timings.load_ms = t1 - t0;
     await this.#selectBackend();
@@ -184,18 +183,14 @@ export class UlpqModel {
     }
   }
 
+  /** A text model's tokenizer, from the bundle file its architecture's row reads (checkManifest made sure one is listed). */
   async #loadTokenizer() {
-    const facts = this.manifest.model.tokenizer;
-    const file = (name) => this.manifest.files.find((f) => f.file === name);
-    const name = file('tokenizer.json') ? 'tokenizer.json' : 'vocab.txt';
-    const text = await fetchVerifiedText(this.manifestUrl, name, file(name).sha256);
+    const arch = architectureOf(this.manifest.model);
+    if (!arch.tokenizer) return;
+    const name = tokenizerFile(arch, this.manifest.files.map((f) => f.file));
+    const text = await fetchVerifiedText(this.manifestUrl, name, this.manifest.files.find((f) => f.file === name).sha256);
     try {
-      if (name === 'tokenizer.json') {
-        this.tokenizer = WordPieceTokenizer.fromTokenizerJson(JSON.parse(text), facts.max_length);
-      } else {
-        this.tokenizer = WordPieceTokenizer.fromVocabTxt(text, { lowercase: facts.lowercase, stripAccents: facts.strip_accents,
-          maxLength: facts.max_length });
-      }
+      this.tokenizer = arch.tokenizer.read(name, text, this.manifest.model);
     } catch (err) {
       throw new BundleError(`${name}: ${err.message}; rebuild the bundle`);
     }
@@ -291,27 +286,12 @@ export class UlpqModel {
   }
 
   /**
-   * Check and encode an input for the model's graph: {x, rows (matrix-product rows per item),
-   * slice(a, b) (the encoding of items a..b-1), notes}.
+   * Check and encode an input for the model's graph (its architecture's row does): {x, rows
+   * (matrix-product rows per item), slice(a, b) (the encoding of items a..b-1), notes}.
    */
   #encode(input) {
     const model = this.manifest.model;
-    if (model.architecture === 'bert') {
-      const texts = checkTexts(input);
-      const x = this.tokenizer.batch(texts);
-      const notes = x.truncated.map(({ index, tokens, dropped }) => `text ${index} was truncated: ${tokens} word pieces, `
-        + `${dropped} dropped past the model's max_length of ${this.tokenizer.maxLength} tokens`);
-      return { x, rows: x.lengths, slice: (a, b) => this.tokenizer.batch(texts.slice(a, b)), notes };
-    }
-    if (model.architecture === 'vit') {
-      const x = preprocessImages(checkImages(input), model.preprocess);
-      const per = x.data.length / x.batch;
-      return { x, rows: Array(x.batch).fill(model.num_patches + 1), notes: [],
-        slice: (a, b) => ({ data: x.data.subarray(a * per, b * per), batch: b - a }) };
-    }
-    const x = toMatrix(input, model.input_size);
-    return { x, rows: Array(x.rows).fill(1), notes: [],
-      slice: (a, b) => ({ data: x.data.subarray(a * model.input_size, b * model.input_size), rows: b - a }) };
+    return architectureOf(model).encode(model, input, this.tokenizer);
   }
 
   /**
@@ -357,13 +337,13 @@ export class UlpqModel {
         return { index, label: model.labels[index] ?? String(index), probability: p[index] };
       });
     }
-    if (model.architecture === 'bert') out.tokens = job.x.lengths;
+    architectureOf(model).output(out, job);
     return out;
   }
 
   async #graph(backend, x) {
     const model = this.manifest.model;
-    return GRAPHS[model.architecture](backend, model, x);
+    return architectureOf(model).run(backend, model, x);
   }
 
   /** The CPU path, a slice of the batch at a time with the page handed back in between. */

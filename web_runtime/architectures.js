@@ -1,0 +1,104 @@
+// The runtime's side of the architecture registry (ulpq_build/architectures/ is the build side):
+// one row per model family, keyed by manifest.model.architecture. A row says what the model takes,
+// how the input is encoded, which graph runs it (graphs.js), what a result adds, and what the demo
+// page shows; ulpq.js, bundle_loader.js and demo.js read the rows instead of branching on the name.
+// A new family is a row here, its graph, and its row in ulpq_build/architectures/.
+
+import { GRAPHS } from './graphs.js';
+import { preprocessImages } from './images.js';
+import { checkImages, checkTexts, toMatrix } from './inputs.js';
+import { WordPieceTokenizer } from './tokenizer.js';
+
+/**
+ * @typedef {object} EncodedBatch  an input checked and encoded for the graph
+ * @property {any} x  what the graph takes
+ * @property {number[]} rows  matrix-product rows per item (the CPU path slices the batch by them)
+ * @property {(a: number, b: number) => any} slice  the encoding of items a..b-1
+ * @property {string[]} notes  said in the result (a truncated text)
+ */
+
+/**
+ * @typedef {object} TokenizerRow  the encoder a text model reads from a bundle file
+ * @property {string[]} files  the files it reads, in order of preference (one must be in manifest.files)
+ * @property {(name: string, text: string, model: any) => any} read  the tokenizer from file `name`'s text
+ */
+
+/**
+ * @typedef {object} Architecture
+ * @property {'text' | 'image' | 'rows'} input  what process() takes: strings, images, rows of numbers
+ * @property {Record<string, any>} manifest  the fields of manifest.model this runtime reads, in
+ *   bundle_loader.js's schema notation (checked before anything is fetched)
+ * @property {TokenizerRow | null} tokenizer  the tokenizer a text model loads, else null
+ * @property {(model: any, input: any, tokenizer: any) => EncodedBatch} encode  check and encode an input
+ * @property {(backend: any, model: any, x: any) => Promise<{data: Float32Array, rows: number, cols: number}>} run  its graph
+ * @property {(out: any, job: EncodedBatch) => void} output  add the family's own fields to a result
+ * @property {'sentences' | 'images' | 'rows'} demo  what the demo page shows (demo.js)
+ */
+
+const nothingMore = () => {};
+
+/** @type {Record<string, Architecture>} */
+export const ARCHITECTURES = {
+  mlp: {
+    input: 'rows',
+    manifest: { input_size: 'uint', layers: ['object'] },
+    tokenizer: null,
+    encode(model, input) {
+      const x = toMatrix(input, model.input_size);
+      return { x, rows: Array(x.rows).fill(1), notes: [],
+        slice: (a, b) => ({ data: x.data.subarray(a * model.input_size, b * model.input_size), rows: b - a }) };
+    },
+    run: GRAPHS.mlp,
+    output: nothingMore,
+    demo: 'rows',
+  },
+  bert: {
+    input: 'text',
+    manifest: { tokenizer: { max_length: 'uint', 'lowercase?': 'bool' }, layers: ['object'] },
+    tokenizer: {
+      files: ['tokenizer.json', 'vocab.txt'],
+      read(name, text, model) {
+        const facts = model.tokenizer;
+        if (name === 'tokenizer.json') return WordPieceTokenizer.fromTokenizerJson(JSON.parse(text), facts.max_length);
+        return WordPieceTokenizer.fromVocabTxt(text, { lowercase: facts.lowercase, stripAccents: facts.strip_accents,
+          maxLength: facts.max_length });
+      },
+    },
+    encode(model, input, tokenizer) {
+      const texts = checkTexts(input);
+      const x = tokenizer.batch(texts);
+      const notes = x.truncated.map(({ index, tokens, dropped }) => `text ${index} was truncated: ${tokens} word pieces, `
+        + `${dropped} dropped past the model's max_length of ${tokenizer.maxLength} tokens`);
+      return { x, rows: x.lengths, slice: (a, b) => tokenizer.batch(texts.slice(a, b)), notes };
+    },
+    run: GRAPHS.bert,
+    output(out, job) { out.tokens = job.x.lengths; },
+    demo: 'sentences',
+  },
+  vit: {
+    input: 'image',
+    manifest: { preprocess: { image_size: 'uint', channels: 'uint', mean: ['number'], std: ['number'], rescale: 'number' },
+      labels: ['string'], layers: ['object'] },
+    tokenizer: null,
+    encode(model, input) {
+      const x = preprocessImages(checkImages(input), model.preprocess);
+      const per = x.data.length / x.batch;
+      return { x, rows: Array(x.batch).fill(model.num_patches + 1), notes: [],
+        slice: (a, b) => ({ data: x.data.subarray(a * per, b * per), batch: b - a }) };
+    },
+    run: GRAPHS.vit,
+    output: nothingMore,
+    demo: 'images',
+  },
+};
+
+/** The row of manifest.model.architecture, or null for a name this runtime does not know. */
+export function architectureOf(model) {
+  const name = model?.architecture;
+  return typeof name === 'string' && Object.prototype.hasOwnProperty.call(ARCHITECTURES, name) ? ARCHITECTURES[name] : null;
+}
+
+/** The file a text model's tokenizer is read from: the first of its row's files the manifest lists, else null. */
+export function tokenizerFile(architecture, listed) {
+  return architecture.tokenizer?.files.find((name) => listed.includes(name)) ?? null;
+}
