@@ -19,6 +19,7 @@ const MAX_OPS = 15 * 1024;
 const WEIGHTS_BASE = COUNTERS + 4 * MAX_OPS;
 const CHUNKS_PER_THREAD = 8; // an op is cut into about threads x 8 chunks
 const MAX_THREADS = 4; // MiniLM-sized GEMMs stop scaling beyond a few threads
+const GROW_STEP = 1 << 20; // bytes the memory grows by at least: few grows, little unused
 
 // (module (func (result v128) (i32x4.splat (i32.const 0)))): validates only where wasm SIMD exists
 const SIMD_PROBE = new Uint8Array([0, 97, 115, 109, 1, 0, 0, 0, 1, 5, 1, 96, 0, 1, 123, 3, 2, 1, 0, 10, 8, 1, 6, 0, 65, 0, 253, 17, 11]);
@@ -128,7 +129,8 @@ export class WasmBackend {
 
   #grow(end) {
     const have = this.memory.buffer.byteLength;
-    if (end > have) this.memory.grow(Math.ceil((end - have) / PAGE));
+    // at least GROW_STEP at a time (a first run reserves many op outputs), at most that unused
+    if (end > have) this.memory.grow(Math.ceil(Math.max(end - have, GROW_STEP) / PAGE));
   }
 
   #reserve(bytes) {
@@ -386,7 +388,7 @@ async function startBackend(manifest, tensors, options, threads, why) {
   const module = await WebAssembly.compile(bytes);
   let weightBytes = 0;
   for (const [, t] of tensors) for (const p of Object.values(t.parts)) weightBytes += align(p.values.byteLength + 8);
-  const pages = Math.ceil((WEIGHTS_BASE + weightBytes + (4 << 20)) / PAGE); // activations grow it as needed
+  const pages = Math.ceil((WEIGHTS_BASE + weightBytes) / PAGE); // scratch and activations grow it as needed
   const memory = threads > 1
     ? new WebAssembly.Memory({ initial: pages, maximum: 65536, shared: true })
     : new WebAssembly.Memory({ initial: pages });
