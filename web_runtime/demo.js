@@ -1,7 +1,7 @@
 // The demo page: loads the bundle beside it and runs it, as its architecture's row says (DEMOS):
 // sentence similarity for text models, classification of built-in samples or a picked image for
-// image models, a fixed input for the demo MLP. Shows precision, path and variant, load progress, bundle size and timings. Tests read
-// window.ulpqDemo (status, result, model, progress).
+// image models, a fixed input for the demo MLP. Shows precision, path and variant, load progress,
+// bundle size and timings. Tests read window.ulpqDemo (status, result, model, progress).
 
 import * as ulpq from './ulpq.js';
 import { architectureOf } from './architectures.js';
