@@ -122,6 +122,8 @@ export class WasmBackend {
     this.memory = memory;
     this.workers = [];
     this.ops = [];
+    this.buffers = []; // bytes of each op output recorded since begin(), placed by output()
+    this.activationBytes = 0; // the last run's activations: its inputs and the peak of its live outputs
     this.runs = 0;
     this.exports = null;
     this.#placeWeights(manifest, tensors);
@@ -226,7 +228,7 @@ export class WasmBackend {
    * plus what it has grown by and not yet used).
    */
   get memoryBytes() {
-    return { weights: this.weightBytes, scratch: this.scratchBytes * this.threads, activations: this.top - this.arena,
+    return { weights: this.weightBytes, scratch: this.scratchBytes * this.threads, activations: this.activationBytes,
       total: this.memory.buffer.byteLength };
   }
 
@@ -242,12 +244,61 @@ export class WasmBackend {
     this.ops.push({ fn, args, range, total, chunk, scratch });
   }
 
+  /**
+   * An op's output, placed when the run is: its pointer is a placeholder (a negative id; no
+   * kernel argument is otherwise negative) until output() knows every buffer's lifetime.
+   */
   #out(rows, cols) {
-    return { ptr: this.#reserve(rows * cols * 4), rows, cols };
+    this.buffers.push(align(rows * cols * 4 + 8)); // +8: the bit-stream decoder reads 64 bits at a time
+    return { ptr: -this.buffers.length, rows, cols };
+  }
+
+  /**
+   * Give every placeholder a place: a buffer lives from the op that first names it to the last
+   * (the output to the end), and takes the lowest free range that fits (first fit, freed ranges
+   * merged), so a run holds its live activations rather than all of them. Patches the ops' args;
+   * returns the placed output pointer.
+   */
+  #place(ops, out) {
+    const last = new Array(this.buffers.length).fill(-1);
+    ops.forEach((op, i) => { for (const a of op.args) if (Number.isInteger(a) && a < 0) last[-a - 1] = i; });
+    if (out < 0) last[-out - 1] = ops.length;
+    const base = this.top;
+    const where = new Array(this.buffers.length).fill(-1);
+    let free = []; // [start, end) ranges below `end`, address order
+    let end = base;
+    const take = (bytes) => {
+      for (let f = 0; f < free.length; f++) {
+        const [a, b] = free[f];
+        if (b - a < bytes) continue;
+        if (b - a === bytes) free.splice(f, 1); else free[f] = [a + bytes, b];
+        return a;
+      }
+      end += bytes;
+      return end - bytes;
+    };
+    const release = (a, bytes) => {
+      free.push([a, a + bytes]);
+      free.sort((x, y) => x[0] - y[0]);
+      free = free.reduce((merged, r) => {
+        const prev = merged[merged.length - 1];
+        if (prev && prev[1] === r[0]) prev[1] = r[1]; else merged.push(r);
+        return merged;
+      }, []);
+    };
+    ops.forEach((op, i) => {
+      for (const a of op.args) if (Number.isInteger(a) && a < 0 && where[-a - 1] < 0) where[-a - 1] = take(this.buffers[-a - 1]);
+      for (let b = 0; b < last.length; b++) if (last[b] === i && where[b] >= 0) release(where[b], this.buffers[b]);
+    });
+    for (const op of ops) op.args = op.args.map((a) => (Number.isInteger(a) && a < 0 ? where[-a - 1] : a));
+    this.activationBytes = end - this.arena;
+    this.#grow(end);
+    return out < 0 ? where[-out - 1] : out;
   }
 
   begin() {
     this.ops = [];
+    this.buffers = [];
     this.top = this.arena;
   }
 
@@ -325,22 +376,24 @@ export class WasmBackend {
   async output(h) {
     const ops = this.ops;
     this.ops = [];
+    const ptr = this.#place(ops, h.ptr);
+    await this.#execute(ops);
+    return { data: new Float32Array(this.memory.buffer, ptr, h.rows * h.cols).slice(), rows: h.rows, cols: h.cols };
+  }
+
+  async #execute(ops) {
     if (this.threads === 1) {
       runOps(this.exports, ops, this.scratch);
-    } else {
-      // one op per counter cell; a longer program (a very deep model) runs in pieces
-      if (ops.length > MAX_OPS) {
-        const rest = ops.splice(MAX_OPS);
-        this.ops = ops;
-        await this.output({ ptr: 0, rows: 0, cols: 0 });
-        this.ops = rest;
-        return this.output(h);
-      }
-      const counters = new Int32Array(this.memory.buffer, COUNTERS, ops.length);
-      for (let i = 0; i < ops.length; i++) Atomics.store(counters, i, 0);
+      return;
+    }
+    // one op per counter cell; a longer program (a very deep model) runs in pieces
+    for (let start = 0; start < ops.length; start += MAX_OPS) {
+      const piece = ops.slice(start, start + MAX_OPS);
+      const counters = new Int32Array(this.memory.buffer, COUNTERS, piece.length);
+      for (let i = 0; i < piece.length; i++) Atomics.store(counters, i, 0);
       const run = ++this.runs;
       const done = new Promise((resolve, reject) => this.pending.set(run, { resolve, reject }));
-      for (const w of this.workers) { w.ref(); w.post({ type: 'run', run, ops }); }
+      for (const w of this.workers) { w.ref(); w.post({ type: 'run', run, ops: piece }); }
       try {
         await done;
       } finally {
@@ -348,7 +401,6 @@ export class WasmBackend {
         for (const w of this.workers) w.unref();
       }
     }
-    return { data: new Float32Array(this.memory.buffer, h.ptr, h.rows * h.cols).slice(), rows: h.rows, cols: h.cols };
   }
 
   destroy() {
