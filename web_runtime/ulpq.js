@@ -53,6 +53,8 @@ export class UlpqModel {
   #disposing = null;
   #gpuFailure = null;
   #progressFailed = false;
+  /** @type {import('./architectures.js').Architecture | null} the row of the bundle's architecture, once its manifest is read */
+  #architecture = null;
 
   /**
    * @param {string|URL} manifestUrl  the bundle's manifest.json
@@ -117,6 +119,7 @@ export class UlpqModel {
     this.#throwIfDisposed();
     const t0 = performance.now();
     this.manifest = await fetchManifest(this.manifestUrl);
+    this.#architecture = architectureOf(this.manifest.model); // checkManifest refused any other name
     this.#checkProfile();
     this.#checkExpected();
     const shards = await fetchShards(this.manifest, this.manifestUrl, (event) => this.#weightsProgress(event),
@@ -183,9 +186,9 @@ export class UlpqModel {
     }
   }
 
-  /** A text model's tokenizer, from the bundle file its architecture's row reads (checkManifest made sure one is listed). */
+  /** A text model's tokenizer, from the file its architecture's row reads (checkManifest made sure one is listed). */
   async #loadTokenizer() {
-    const arch = architectureOf(this.manifest.model);
+    const arch = this.#architecture;
     if (!arch.tokenizer) return;
     const name = tokenizerFile(arch, this.manifest.files.map((f) => f.file));
     const text = await fetchVerifiedText(this.manifestUrl, name, this.manifest.files.find((f) => f.file === name).sha256);
@@ -291,7 +294,7 @@ export class UlpqModel {
    */
   #encode(input) {
     const model = this.manifest.model;
-    return architectureOf(model).encode(model, input, this.tokenizer);
+    return this.#architecture.encode(model, input, this.tokenizer);
   }
 
   /**
@@ -337,13 +340,13 @@ export class UlpqModel {
         return { index, label: model.labels[index] ?? String(index), probability: p[index] };
       });
     }
-    architectureOf(model).output(out, job);
+    this.#architecture.output(out, job);
     return out;
   }
 
   async #graph(backend, x) {
     const model = this.manifest.model;
-    return architectureOf(model).run(backend, model, x);
+    return this.#architecture.run(backend, model, x);
   }
 
   /** The CPU path, a slice of the batch at a time with the page handed back in between. */
