@@ -33,7 +33,10 @@ from ulpq_build.quantize import dequantize, quantize  # noqa: E402
 from ulpq_build.quantspec import QuantSpec  # noqa: E402
 from ulpq_build.serve import BundleServer  # noqa: E402
 
-SHAPES = [(144, 384, 1536), (144, 1536, 384), (144, 384, 384), (8, 384, 1536), (8, 1536, 384), (1, 384, 1536)]
+# MiniLM's GEMMs at 8 sentences x 18 tokens, at 8 tokens and at one row (a GEMV); then a decoder-sized
+# GEMV whose float32 weights (64 MiB) do not fit a CPU cache, as a 1B-parameter model's do not
+SHAPES = [(144, 384, 1536), (144, 1536, 384), (144, 384, 384), (8, 384, 1536), (8, 1536, 384), (1, 384, 1536),
+          (1, 2048, 8192)]
 FORMATS = {"float32": QuantSpec("float32"), "int4": QuantSpec("int4", group_size=32), "int2": QuantSpec("int2", group_size=32)}
 TOLERANCE = 2e-5
 
@@ -43,7 +46,7 @@ export async function bench({ kernels, cases, rounds }) {
   const relaxedOk = WebAssembly.validate(await get(kernels[0].relaxed));
   const mods = [];
   for (const k of kernels) {
-    const memory = new WebAssembly.Memory({ initial: 1024 });
+    const memory = new WebAssembly.Memory({ initial: 4096 }); // 256 MiB: the largest case's arrays
     const bytes = await get(relaxedOk ? k.relaxed : k.plain);
     const { instance } = await WebAssembly.instantiate(bytes, { env: { memory } });
     mods.push({ name: k.name, ex: instance.exports, memory });
