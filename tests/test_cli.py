@@ -104,12 +104,12 @@ def test_unknown_builtin_model(tmp_path):
 def test_unsupported_architecture(tmp_path):
     import safetensors.numpy
 
-    folder = tmp_path / "gpt"
+    folder = tmp_path / "t5"
     folder.mkdir()
-    (folder / "config.json").write_text('{"model_type": "gpt2"}')
+    (folder / "config.json").write_text('{"model_type": "t5"}')
     safetensors.numpy.save_file({"wte.weight": np.ones((4, 4), np.float32)}, folder / "model.safetensors")
     out = tmp_path / "out"
-    assert_clean_failure(run_cli("bundle", "--model", folder, "--out", out), out, "unsupported architecture 'gpt2'", "bert")
+    assert_clean_failure(run_cli("bundle", "--model", folder, "--out", out), out, "unsupported architecture 't5'", "bert")
 
 
 def test_unknown_format(tmp_path):

@@ -171,6 +171,9 @@ def build_bundle(model_path: str | Path | None, out: Path, overrides: dict | Non
         path, model_name = resolve_model(model_path, scratch)
         source = open_model(path)
         model = describe_model(source)
+        refusal = architecture_of(model).bundle_unsupported  # no runtime runs it: refuse before quantizing
+        if refusal:
+            raise UserError(f"{path}: {refusal}")
         names = model_tensors(model)
         tensors = [(n, source.weights.shape(n), source.weights.dtype(n)) for n in names]
         plan, precomputed = plan_and_quantize(source, tensors, overrides or {}, config, method, target_bpw, target_mb,

@@ -131,14 +131,27 @@ def open_model(path: str | Path) -> ModelSource:
                 raise UserError(f"{path}: sharded checkpoints (model.safetensors.index.json) are not supported yet; "
                                 f"merge the shards into one model.safetensors")
             raise UserError(f"{path}: no {WEIGHTS_NAME} in this folder; pass a model folder or a .safetensors file")
-        return ModelSource(path, SafetensorsFile(weights), _read_config(path / CONFIG_NAME), path)
+        return _as_matrices(ModelSource(path, SafetensorsFile(weights), _read_config(path / CONFIG_NAME), path))
     if not path.exists():
         raise UserError(f"{path}: no such file or folder; {NAMES_HINT}")
     if path.suffix != ".safetensors":
         raise UserError(f"{path}: unknown model format {path.suffix or '(no extension)'!r}; "
                         f"pass a .safetensors file or a folder holding {WEIGHTS_NAME}")
     config = _read_config(path.parent / CONFIG_NAME) if path.name == WEIGHTS_NAME else {}
-    return ModelSource(path, SafetensorsFile(path), config, path.parent if path.name == WEIGHTS_NAME else None)
+    return _as_matrices(ModelSource(path, SafetensorsFile(path), config, path.parent if path.name == WEIGHTS_NAME else None))
+
+
+def _as_matrices(source: ModelSource) -> ModelSource:
+    """Matrices its architecture's checkpoints store [in, out] (GPT-2's Conv1D) presented [out, in], as
+    every other matrix is, so describe, quantizer, reference and bundle see one convention."""
+    from ulpq_build.architectures import for_model_type  # here: the architectures import this module
+    from ulpq_build.architectures.reading import TransposedWeights
+
+    arch = for_model_type(source.config.get("model_type"))
+    names = arch.stored_transposed(source) if arch else frozenset()
+    if names:
+        source.weights = TransposedWeights(source.weights, names)
+    return source
 
 
 def _read_config(path: Path) -> dict:

@@ -18,7 +18,19 @@ def gelu(x: np.ndarray) -> np.ndarray:
     return 0.5 * x * (1.0 + erf(x / math.sqrt(2.0)))
 
 
-ACTIVATIONS = {"gelu": gelu, "none": lambda x: x}
+def gelu_tanh(x: np.ndarray) -> np.ndarray:
+    """GELU's tanh approximation (GPT-2's gelu_new, PyTorch's approximate="tanh"): a different function
+    from the erf form, by up to about 1e-3 per value."""
+    return 0.5 * x * (1.0 + np.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x**3)))
+
+
+def silu(x: np.ndarray) -> np.ndarray:
+    """x * sigmoid(x), the gate of SwiGLU (written with exp of -|x| so that neither sign overflows)."""
+    e = np.exp(-np.abs(x))
+    return np.where(x >= 0, x / (1.0 + e), x * e / (1.0 + e))
+
+
+ACTIVATIONS = {"gelu": gelu, "gelu_tanh": gelu_tanh, "silu": silu, "none": lambda x: x}
 
 
 def relative_error(actual: np.ndarray, expected: np.ndarray) -> float:

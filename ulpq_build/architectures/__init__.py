@@ -1,5 +1,6 @@
 """Model families as rows of one registry (registry.py): each module here describes one family
-(bert.py, vit.py, mlp.py) as an `Architecture`, and this package maps a model's tensors to the roles
+(bert.py, vit.py, mlp.py; the generative decoders llama.py and gpt2.py, whose numpy graph is
+decoder_reference.py) as an `Architecture`, and this package maps a model's tensors to the roles
 its architecture gives them, producing the `model` section of the manifest: the graph the JS runtime
 builds (web_runtime/graphs.js, its row in web_runtime/architectures.js) and the numpy reference
 runs, and the tensors it uses.
@@ -8,6 +9,7 @@ Graph nodes:
     linear  {"weight", "bias", "in_features", "out_features", "activation", "residual"}: y = act(x W^T + b) (+ r)
     norm    {"weight", "bias"}: LayerNorm with the model's eps
     table   {"table"}: rows of an embedding table gathered by id
+    (decoders: norm nodes with "bias": None are RMSNorms; see ulpq_build/decoder_reference.py)
 
 Adding a family: a module with its row, registered below, and its JS row and graph.
 """
@@ -15,6 +17,8 @@ Adding a family: a module with its row, registered below, and its JS row and gra
 from __future__ import annotations
 
 from ulpq_build.architectures.bert import BERT
+from ulpq_build.architectures.gpt2 import GPT2
+from ulpq_build.architectures.llama import LLAMA
 from ulpq_build.architectures.mlp import MLP
 from ulpq_build.architectures.registry import (ARCHITECTURES, Architecture, CalibrationInputs, Goal, architecture_of,
                                                for_model_type, register, supported)
@@ -25,7 +29,7 @@ from ulpq_build.model_source import ModelSource
 __all__ = ["ARCHITECTURES", "Architecture", "CalibrationInputs", "Goal", "SUPPORTED", "architecture_of", "describe_if_known",
            "describe_model", "float_operands", "for_model_type", "model_tensors", "register", "supported"]
 
-for _row in (BERT, VIT, MLP):  # the order errors list them in
+for _row in (BERT, VIT, MLP, LLAMA, GPT2):  # the order errors list them in
     register(_row)
 
 SUPPORTED = supported()  # the built-in rows; errors call supported(), which also names rows registered later

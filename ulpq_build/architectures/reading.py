@@ -6,12 +6,38 @@ from __future__ import annotations
 import math
 import re
 
+import numpy as np
+
 from ulpq_build.architectures.registry import supported
 from ulpq_build.errors import UserError
 from ulpq_build.model_source import ModelSource, read_side_file
+from ulpq_build.safetensors_io import SafetensorsFile
 
-# config.json hidden_act -> the graph's activation
-ACTIVATIONS = {"gelu": "gelu", "gelu_new": "gelu", "gelu_python": "gelu", "none": "none", "identity": "none", "linear": "none"}
+# config.json hidden_act -> the graph's activation. The tanh approximations of GELU are a function of
+# their own ("gelu_tanh"), never the erf form: mapping gelu_new to "gelu" gave a silently different model.
+ACTIVATIONS = {"gelu": "gelu", "gelu_python": "gelu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh",
+               "gelu_fast": "gelu_tanh", "silu": "silu", "swish": "silu",
+               "none": "none", "identity": "none", "linear": "none"}
+# the activations the runtime's kernels implement (kernels.EPILOGUE); other rows pass their own set
+KERNEL_ACTIVATIONS = ("gelu", "none")
+
+
+class TransposedWeights(SafetensorsFile):
+    """A safetensors file whose matrices `names` read transposed: [out, in] for a checkpoint that
+    stores them [in, out]. Shapes, values and raw bytes all agree, so a tensor written from it (a
+    quantized checkpoint, a bundle) is the [out, in] matrix."""
+
+    def __init__(self, base: SafetensorsFile, names: frozenset[str]):  # not super().__init__: that re-reads the file
+        self.__dict__.update(base.__dict__)
+        self.transposed = frozenset(names)
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        shape = super().shape(name)
+        return shape[::-1] if name in self.transposed else shape
+
+    def raw(self, name: str) -> np.ndarray:
+        values = super().raw(name)
+        return np.ascontiguousarray(values.T) if name in self.transposed else values
 
 
 def natural_key(name: str):
@@ -59,10 +85,18 @@ def config_int(source: ModelSource, key: str, default=None) -> int:
     return value
 
 
-def activation(source: ModelSource) -> str:
-    name = str(source.config.get("hidden_act", "gelu"))
+def activation(source: ModelSource, key: str = "hidden_act", default: str = "gelu",
+               allowed: tuple[str, ...] = KERNEL_ACTIVATIONS) -> str:
+    """The graph's activation for config.json's `key`, one of `allowed` (what this architecture's
+    runtime computes), else a UserError naming the field."""
+    name = str(source.config.get(key, default))
     if name not in ACTIVATIONS:
-        raise UserError(f"{source.path}: hidden_act {name!r} is not supported; use one of {', '.join(ACTIVATIONS)}")
+        raise UserError(f"{source.path}: config.json {key} {name!r} is not supported; use one of "
+                        f"{', '.join(n for n in ACTIVATIONS if ACTIVATIONS[n] in allowed)}")
+    if ACTIVATIONS[name] not in allowed:
+        raise UserError(f"{source.path}: config.json {key} {name!r} ({ACTIVATIONS[name]}) is not implemented by this "
+                        f"architecture's runtime kernels; supported: "
+                        f"{', '.join(n for n in ACTIVATIONS if ACTIVATIONS[n] in allowed)}")
     return ACTIVATIONS[name]
 
 

@@ -82,6 +82,10 @@ class Architecture:
     bench_goals         the accuracy goals `bench` reports as met or missed
     preset_overrides    bench preset name -> the QuantSpec fields this family builds it with, where
                         they differ from the general rule (bench.Preset.parse)
+    stored_transposed   ModelSource -> names of matrices the checkpoint stores [in, out] (GPT-2's Conv1D):
+                        open_model presents them [out, in], as every other matrix, to describe, the
+                        quantizer, the reference and the bundle alike; never raises (any checkpoint opens)
+    bundle_unsupported  None, or the one-line reason `bundle` refuses this family (no runtime runs it yet)
     """
 
     name: str
@@ -101,6 +105,8 @@ class Architecture:
     bench_presets: tuple[str, ...] = ("float32", "int8", "int4")
     bench_goals: tuple[Goal, ...] = ()
     preset_overrides: dict[str, dict] = field(default_factory=dict)
+    stored_transposed: Callable[..., frozenset] = lambda source: frozenset()
+    bundle_unsupported: str | None = None
 
 
 ARCHITECTURES: dict[str, Architecture] = {}  # name -> row, in the order `supported()` lists them
