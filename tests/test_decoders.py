@@ -154,6 +154,15 @@ def test_left_padding_matches_transformers(built):
     assert relative_error(logits[1], expected[1]) < FLOAT64_TOLERANCE[model["positions"]["kind"]]
     tokens = dr.generate_greedy(model, weights, ids, 4, mask)
     np.testing.assert_array_equal(tokens[:1], dr.generate_greedy(model, weights, ids[:1, 5:], 4))
+    # right padding (calibration batches): real tokens never see the padding after them, and the hook
+    # sees real tokens' rows only
+    right = np.ones(ids.shape)
+    right[1, 8:] = 0
+    rows = []
+    padded = dr.reference_forward(model, weights, type("Batch", (), {"ids": ids, "mask": right}),
+                                  hook=lambda node, x: rows.append(len(x)))
+    assert relative_error(padded[1, :8], dr.prefill(model, weights, ids[1:, :8])[0][0]) < CACHE_TOLERANCE
+    assert set(rows) == {SEQ + 8}
 
 
 def test_descriptions_carry_what_a_runtime_needs(built):
@@ -366,3 +375,21 @@ def test_default_quantize_calibrates_on_the_shipped_text(built, tmp_path, main):
     restored = {n: np.array(source.weights.tensor(n), np.float32) for n in model_tensors(model)}
     ids = _ids(seed=3)
     assert 0 < relative_error(dr.reference_forward(model, restored, ids), dr.reference_forward(model, weights, ids)) < INT4_TOLERANCE
+
+
+def test_rotary_frequencies_and_the_older_config_form(built, tmp_path):
+    """inv_freq as transformers computes it (default, linear, llama3); a config in the form before
+    transformers 5 (rope_theta and rope_scaling at the top, as Llama-3.2's config.json has them)
+    describes the same model."""
+    for name in ("llama-tied", "llama-untied-llama3-rope", "llama-linear-rope-bias"):
+        folder, torch64, torch32 = built[name]
+        model, _ = _ours(folder)
+        expected = torch32.model.rotary_emb.inv_freq.numpy()
+        np.testing.assert_allclose(model["positions"]["inv_freq"], expected, rtol=1e-6, atol=0, err_msg=name)
+    folder, _, _ = built["llama-untied-llama3-rope"]
+    config = json.loads((folder / "config.json").read_text())
+    params = config.pop("rope_parameters")
+    old = tmp_path / "old-form"
+    shutil.copytree(folder, old)
+    (old / "config.json").write_text(json.dumps({**config, "rope_theta": params.pop("rope_theta"), "rope_scaling": params}))
+    assert _ours(old)[0] == _ours(folder)[0]
