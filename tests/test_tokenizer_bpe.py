@@ -6,7 +6,8 @@ Llama-3 regex + ByteLevel without regex, ignore_merges, a <|begin_of_text|> temp
 (NFC normalizer, Qwen2's regex, chat special tokens), the tokenizer.json transformers' own GPT2Tokenizer
 and Qwen2Tokenizer build from such a vocabulary, and variants edited from those (merges as
 "a b" strings, every Split behaviour, unk/fuse_unk, byte_fallback, subword prefix/suffix, added
-tokens with lstrip/rstrip/single_word/normalized). Every text must give identical ids, identical
+tokens with lstrip/rstrip/single_word/normalized), and Llama-2's SentencePiece-style BPE (Prepend/Replace
+normalizer, byte fallback, Replace/ByteFallback/Fuse/Strip decoder). Every text must give identical ids, identical
 decoded text (special tokens kept and skipped) and a streaming decode that adds up to the decode."""
 
 import json
@@ -26,6 +27,7 @@ from tokenizers import (
     processors,
     trainers,
 )
+from tokenizers.decoders import DecodeStream
 
 DRIVER = ROOT / "tests/js/tokenizer_bpe.mjs"
 LLAMA3_PATTERN = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
@@ -53,6 +55,7 @@ TRICKY = [
     "partial <|endoftext and <|im_start without end", "<|endoftext|>\n\n<|endoftext|>  ",
     "x <mask> y  <mask>  z", "wordtok and wordtoks and xwordtok wordtok.", "naïve token and naive token",
     "Café! Cafe\u0301! CAFÉ!", "\u0085next line\u00a0nbsp\u2003em\u3000ideo\u180emongolian\u200bzwsp\ufeffbom\u2028ls\u2029ps",
+    "\ufeffstarts with a byte order mark", "\ufeff", "\ufeff\ufeffx",
     "control \u0000 \u0007 \u001b[31m \u007f", "replacement \ufffd and private \ue000 and astral 𝕏𝔸𝟘 𐍈",
     "a" * 300, "ab" * 200, " " * 100, "\n" * 50, "word " * 200, "!" * 120, "7" * 50, "😀" * 40,
     "def f(x):\n    return x ** 2  # comment\n\tif x:\n\t\tpass\n", "{\"key\": [1, 2.5, null], 'b': true}",
@@ -175,6 +178,32 @@ SPLIT_BEHAVIORS = {"removed": "Removed", "merged_with_previous": "MergedWithPrev
                    "contiguous": "Contiguous"}
 
 
+def llama2():
+    """Llama-2's SentencePiece-style BPE as transformers converts it: '▁' prepended and for spaces by the
+    normalizer, no pre-tokenizer, <0xXX> byte fallback for characters outside a small alphabet, <unk>
+    fused, the Replace/ByteFallback/Fuse/Strip decoder and a <s> template."""
+    tok = Tokenizer(models.BPE(unk_token="<unk>", fuse_unk=True, byte_fallback=True))
+    tok.normalizer = normalizers.Sequence([normalizers.Prepend("▁"), normalizers.Replace(" ", "▁")])
+    tok.pre_tokenizer = pre_tokenizers.Split("▁", behavior="merged_with_next")  # training only: no merges across words
+    trainer = trainers.BpeTrainer(vocab_size=1500, special_tokens=[AddedToken(s, special=True, normalized=False)
+                                                                   for s in ("<unk>", "<s>", "</s>")],
+                                  limit_alphabet=120, show_progress=False)
+    tok.train_from_iterator(CORPUS, trainer)
+    data = json.loads(tok.to_str())
+    data["pre_tokenizer"] = None
+    vocab = data["model"]["vocab"]
+    for b in range(256):
+        vocab[f"<0x{b:02X}>"] = len(vocab)
+    data["post_processor"] = {"type": "TemplateProcessing", "single": [{"SpecialToken": {"id": "<s>", "type_id": 0}},
+                                                                       {"Sequence": {"id": "A", "type_id": 0}}],
+                              "pair": [{"Sequence": {"id": "A", "type_id": 0}}, {"Sequence": {"id": "B", "type_id": 1}}],
+                              "special_tokens": {"<s>": {"id": "<s>", "ids": [vocab["<s>"]], "tokens": ["<s>"]}}}
+    data["decoder"] = {"type": "Sequence", "decoders": [
+        {"type": "Replace", "pattern": {"String": "▁"}, "content": " "}, {"type": "ByteFallback"}, {"type": "Fuse"},
+        {"type": "Strip", "content": " ", "start": 1, "stop": 0}]}
+    return Tokenizer.from_str(json.dumps(data))
+
+
 def transformers_built(cls, base, extra_specials=()):
     """The tokenizer.json transformers' own tokenizer class builds from a vocab and merges (the layout of
     the files GPT-2 / Qwen2 checkpoints ship), over `base`'s trained vocabulary."""
@@ -206,6 +235,7 @@ def tokenizers_under_test():
         "unk_unfused": unk_variant(False),
         "byte_fallback": edited(base_gpt2, with_byte_fallback),
         "subword_affixes": affix_variant(),
+        "llama2": llama2(),
     }
 
 
@@ -249,14 +279,15 @@ def assert_streams(decoded, expected):
                                   "transformers_gpt2", "transformers_qwen2",
                                   "split_removed", "split_merged_with_previous", "split_merged_with_next", "split_contiguous",
                                   "split_isolated_inverted", "split_onig_escapes", "split_string", "unk_fused", "unk_unfused", "byte_fallback",
-                                  "subword_affixes"])
+                                  "subword_affixes", "llama2"])
 def test_js_matches_tokenizers(compared, name):
     toks, texts, request, out = compared
     index = list(toks).index(name)
     tok, got = toks[name], out["cases"][index]
     mismatches = []
     for text, words, ids, plain, decoded in zip(texts, got["words"], got["encoded"], got["plain"], got["decoded"]):
-        if words != [w for w, _ in tok.pre_tokenizer.pre_tokenize_str(text)]:  # the regexes split alike
+        pre = tok.pre_tokenizer
+        if words != ([w for w, _ in pre.pre_tokenize_str(text)] if pre else [text] if text else []):  # the regexes split alike
             mismatches.append((text, words))
             continue
         want = tok.encode(text).ids
@@ -273,6 +304,23 @@ def test_js_matches_tokenizers(compared, name):
     expected = [(tok.decode(ids, skip_special_tokens=False), tok.decode(ids, skip_special_tokens=True))
                 for ids in request["cases"][index]["ids"]]
     assert [(d["kept"], d["skipped"]) for d in got["free"]] == expected
+    if name == "llama2":
+        # a token-level decoder streams by `tokenizers`' DecodeStream algorithm, chunk for chunk; on
+        # arbitrary ids its U+FFFD per invalid byte depends on the window, so the chunks need not add up
+        # (where `tokenizers` raises "Invalid prefix" the JS carries on: that list is not compared)
+        raised = 0
+        for ids, d in zip(got["encoded"] + request["cases"][index]["ids"], got["decoded"] + got["free"]):
+            for skip, chunks in ((False, d["stream"]), (True, d["streamSkipped"])):
+                stream = DecodeStream(skip_special_tokens=skip)
+                try:
+                    want = [stream.step(tok, i) or "" for i in ids]
+                except Exception as e:  # noqa: BLE001 (`tokenizers` raises a bare Exception)
+                    assert "Invalid prefix" in str(e) and ids in request["cases"][index]["ids"], (e, ids)
+                    raised += 1
+                    continue
+                assert chunks[:-1] == want, ids
+        assert raised < len(request["cases"][index]["ids"]) // 4
+        return
     if name.startswith("unk_"):  # an ASCII-only vocabulary: the rest is <unk>, one per character unless fused
         unk = tok.token_to_id("<unk>")
         runs = [ids.count(unk) for ids in got["encoded"]]

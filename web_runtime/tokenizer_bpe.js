@@ -1,5 +1,7 @@
-// Byte-level BPE tokenizer (GPT-2, Llama-3, Qwen2 families): the same ids and the same decoded text
-// as Hugging Face `tokenizers` for their tokenizer.json. tests/test_tokenizer_bpe.py trains such
+// BPE tokenizer of the byte-level family (GPT-2, Llama-3, Qwen2) and of Llama-2's SentencePiece-style
+// layout (legacy converter: Prepend/Replace normalizer, no pre-tokenizer, byte fallback, the
+// Replace/ByteFallback/Fuse/Strip decoder): the same ids and the same decoded text as Hugging Face
+// `tokenizers` for their tokenizer.json. tests/test_tokenizer_bpe.py trains such
 // tokenizers with `tokenizers` and compares encode, decode and streaming decode on several hundred
 // strings. A field this file does not implement is an Error naming it, never a silent difference.
 //
@@ -33,6 +35,7 @@ const ONIG_WORD = '\\p{L}\\p{M}\\p{N}\\p{Pc}';
 const REGEX_SYNTAX = new Set('^$\\.*+?()[]{}|/'.split('')); // what JS's u mode lets one escape
 
 const utf8 = new TextEncoder();
+const KEEP_BOM = { ignoreBOM: true }; // a leading U+FEFF is text (TextDecoder drops it by default)
 
 function unsupported(field, value) {
   const shown = typeof value === 'string' ? value : JSON.stringify(value);
@@ -240,6 +243,18 @@ function byteLevelChars(text) {
   return out;
 }
 
+/** A Replace normalizer/decoder ({pattern: {String | Regex}, content}) as a string -> string function. */
+function replacer(spec, where) {
+  const pattern = spec.pattern ?? {};
+  const content = String(spec.content ?? '');
+  if (typeof pattern.String === 'string') return (s) => (pattern.String ? s.split(pattern.String).join(content) : s);
+  if (typeof pattern.Regex === 'string') {
+    const regex = onigToJsRegex(pattern.Regex, `${where}.pattern.Regex`);
+    return (s) => s.replace(regex, () => content);
+  }
+  throw unsupported(`${where}.pattern`, pattern);
+}
+
 /** A normalizer of tokenizer.json as a string -> string function (null: none). */
 function buildNormalizer(spec) {
   if (spec == null) return null;
@@ -250,17 +265,18 @@ function buildNormalizer(spec) {
       const parts = (spec.normalizers ?? []).map(buildNormalizer).filter(Boolean);
       return (s) => parts.reduce((acc, f) => f(acc), s);
     }
+    case 'Prepend': // SentencePiece-style (Llama-2): '▁' before every non-empty piece
+      return (s) => (s.length ? spec.prepend + s : s);
+    case 'Replace':
+      return replacer(spec, 'normalizer');
     default:
       throw unsupported('normalizer.type', spec.type);
   }
 }
 
-/**
- * The pre-tokenizer as a list of steps, each (pieces: string[]) -> string[]. Returns whether a
- * ByteLevel step maps bytes to characters (required: this is the byte-level family).
- */
+/** The pre-tokenizer as a list of steps, each (pieces: string[]) -> string[]; none for null. */
 function buildPreTokenizer(spec, steps = []) {
-  if (spec == null) throw unsupported('pre_tokenizer', null);
+  if (spec == null) return steps;
   switch (spec.type) {
     case 'Sequence':
       for (const p of spec.pretokenizers ?? []) buildPreTokenizer(p, steps);
@@ -295,6 +311,61 @@ function buildPreTokenizer(spec, steps = []) {
       throw unsupported('pre_tokenizer.type', spec.type);
   }
   return steps;
+}
+
+const BYTE_TOKEN = /^<0x([0-9A-Fa-f]{2})>$/;
+
+/**
+ * A decoder other than ByteLevel as (tokens: string[]) -> string[] (`tokenizers`' decode_chain);
+ * the decoded text is the pieces joined. Covers Llama-2's Sequence[Replace, ByteFallback, Fuse, Strip].
+ */
+function buildTokenDecoder(spec) {
+  switch (spec.type) {
+    case 'Sequence': {
+      const parts = (spec.decoders ?? []).map(buildTokenDecoder);
+      return (tokens) => parts.reduce((acc, f) => f(acc), tokens);
+    }
+    case 'Replace': {
+      const replace = replacer(spec, 'decoder');
+      return (tokens) => tokens.map(replace);
+    }
+    case 'Fuse':
+      return (tokens) => [tokens.join('')];
+    case 'Strip': {
+      const { content, start = 0, stop = 0 } = spec;
+      return (tokens) => tokens.map((token) => {
+        const chars = Array.from(token);
+        let from = 0, to = chars.length;
+        while (from < Math.min(start, chars.length) && chars[from] === content) from++;
+        for (let i = 0; i < stop && to > from && chars[to - 1] === content; i++) to--;
+        return chars.slice(from, to).join('');
+      });
+    }
+    case 'ByteFallback':
+      // runs of <0xXX> tokens become their UTF-8 text, or one U+FFFD per byte when invalid
+      return (tokens) => {
+        const out = [];
+        let bytes = [];
+        const flush = () => {
+          if (!bytes.length) return;
+          try {
+            out.push(new TextDecoder('utf-8', { fatal: true, ignoreBOM: true }).decode(Uint8Array.from(bytes)));
+          } catch {
+            for (let i = 0; i < bytes.length; i++) out.push('\ufffd');
+          }
+          bytes = [];
+        };
+        for (const token of tokens) {
+          const m = BYTE_TOKEN.exec(token);
+          if (m) bytes.push(parseInt(m[1], 16));
+          else { flush(); out.push(token); }
+        }
+        flush();
+        return out;
+      };
+    default:
+      throw unsupported('decoder.type', spec.type);
+  }
 }
 
 /** The post-processor as (ids) -> ids for a single sequence with special tokens added. */
@@ -543,7 +614,7 @@ export class BpeDecodeStream {
   constructor(tokenizer, skipSpecialTokens = false) {
     this.tokenizer = tokenizer;
     this.skipSpecialTokens = skipSpecialTokens;
-    this.decoder = new TextDecoder('utf-8');
+    this.decoder = new TextDecoder('utf-8', KEEP_BOM);
   }
 
   /** The complete characters this id closes (possibly ''). */
@@ -554,7 +625,56 @@ export class BpeDecodeStream {
   /** The end of the stream: bytes of an unfinished character come out as U+FFFD, as decode() gives them. */
   flush() {
     const rest = this.decoder.decode();
-    this.decoder = new TextDecoder('utf-8');
+    this.decoder = new TextDecoder('utf-8', KEEP_BOM);
+    return rest;
+  }
+}
+
+/**
+ * Incremental decoding for token-level decoders (Llama-2's), by `tokenizers`' DecodeStream
+ * algorithm: decode a window of recent ids and emit what grew past the previous window's text,
+ * unless it ends in U+FFFD (an unfinished byte-fallback character); the window keeps one token of
+ * context so a decoder's start-of-text rules (Strip) apply once. Where the window's text stops
+ * starting with the previous one (invalid byte runs, whose U+FFFDs depend on the window),
+ * `tokenizers` raises "Invalid prefix"; this stream carries on with what lies past the old length.
+ */
+export class WindowDecodeStream {
+  constructor(tokenizer, skipSpecialTokens = false) {
+    this.tokenizer = tokenizer;
+    this.skipSpecialTokens = skipSpecialTokens;
+    this.ids = [];
+    this.prefix = '';
+    this.prefixIndex = 0;
+  }
+
+  decodeWindow() {
+    return this.tokenizer.decode(this.ids, { skipSpecialTokens: this.skipSpecialTokens });
+  }
+
+  /** The text this id adds ('' while it is still unfinished). */
+  step(id) {
+    if (this.prefix === '' && this.ids.length) {
+      const prefix = this.decodeWindow();
+      if (!prefix.endsWith('\ufffd')) { this.prefix = prefix; this.prefixIndex = this.ids.length; }
+    }
+    this.ids.push(id);
+    const text = this.decodeWindow();
+    if (text.length <= this.prefix.length || text.endsWith('\ufffd')) return '';
+    const added = text.slice(this.prefix.length);
+    const nextIndex = this.ids.length - this.prefixIndex;
+    this.ids = this.ids.slice(this.prefixIndex);
+    this.prefix = this.decodeWindow();
+    this.prefixIndex = nextIndex;
+    return added;
+  }
+
+  /** The end of the stream: what the window holds past the last emitted text. */
+  flush() {
+    const text = this.decodeWindow();
+    const rest = text.length > this.prefix.length ? text.slice(this.prefix.length) : '';
+    this.ids = [];
+    this.prefix = '';
+    this.prefixIndex = 0;
     return rest;
   }
 }
@@ -567,10 +687,11 @@ export class ByteLevelBpeTokenizer {
     if (model.type !== 'BPE') throw unsupported('model.type', model.type ?? null);
     if (json.truncation != null) throw unsupported('truncation', json.truncation);
     if (json.padding != null) throw unsupported('padding', json.padding);
-    if (json.decoder == null || json.decoder.type !== 'ByteLevel') throw unsupported('decoder.type', json.decoder?.type ?? null);
+    if (json.decoder == null) throw unsupported('decoder', null);
+    this.byteLevel = json.decoder.type === 'ByteLevel';
+    this.decodeTokens = this.byteLevel ? null : buildTokenDecoder(json.decoder);
     this.normalize = buildNormalizer(json.normalizer);
     this.preTokenizers = buildPreTokenizer(json.pre_tokenizer);
-    if (!this.preTokenizers.some((s) => s.kind === 'bytelevel')) throw unsupported('pre_tokenizer', 'no ByteLevel step');
     this.postProcess = buildPostProcessor(json.post_processor);
     this.model = new BpeModel(model);
 
@@ -649,12 +770,21 @@ export class ByteLevelBpeTokenizer {
    * @param {{skipSpecialTokens?: boolean}} [options]
    */
   decode(ids, { skipSpecialTokens = false } = {}) {
-    return new TextDecoder('utf-8').decode(this.tokenBytes(ids, skipSpecialTokens));
+    if (this.byteLevel) return new TextDecoder('utf-8', KEEP_BOM).decode(this.tokenBytes(ids, skipSpecialTokens));
+    const tokens = [];
+    for (const id of ids) {
+      const token = this.idToToken(id);
+      if (token !== undefined && !(skipSpecialTokens && this.specialIds.has(id))) tokens.push(token);
+    }
+    return this.decodeTokens(tokens).join('');
   }
 
-  /** A streaming decoder for generation: feed ids one at a time, get only complete characters. */
+  /**
+   * A streaming decoder for generation: feed ids one at a time, get only complete characters.
+   * @returns {BpeDecodeStream | WindowDecodeStream}
+   */
   decodeStream({ skipSpecialTokens = false } = {}) {
-    return new BpeDecodeStream(this, skipSpecialTokens);
+    return this.byteLevel ? new BpeDecodeStream(this, skipSpecialTokens) : new WindowDecodeStream(this, skipSpecialTokens);
   }
 
   /** @param {string} token */

@@ -12,7 +12,15 @@ export interface BpeDecodeOptions {
 }
 
 /** Incremental decoding for streamed generation: only complete characters come out of step(). */
-export declare class BpeDecodeStream {
+export interface TokenTextStream {
+  /** The text this id completes ('' while a character is still open). */
+  step(id: number): string;
+  /** What is left at the end of the stream. */
+  flush(): string;
+}
+
+/** The byte-level stream: the chunks add up to decode() of the same ids. */
+export declare class BpeDecodeStream implements TokenTextStream {
   constructor(tokenizer: ByteLevelBpeTokenizer, skipSpecialTokens?: boolean);
   /** The text this id completes ('' while a multi-byte character is still open). */
   step(id: number): string;
@@ -20,7 +28,18 @@ export declare class BpeDecodeStream {
   flush(): string;
 }
 
-/** A tokenizer.json of the byte-level BPE family (GPT-2, Llama-3, Qwen2); unsupported fields throw, naming the field. */
+/** The stream for token-level decoders (Llama-2's): `tokenizers`' DecodeStream algorithm, chunk for chunk. */
+export declare class WindowDecodeStream implements TokenTextStream {
+  constructor(tokenizer: ByteLevelBpeTokenizer, skipSpecialTokens?: boolean);
+  step(id: number): string;
+  flush(): string;
+}
+
+/**
+ * A BPE tokenizer.json: the byte-level family (GPT-2, Llama-3, Qwen2) and Llama-2's SentencePiece-style
+ * layout (Prepend/Replace normalizer, byte fallback, Replace/ByteFallback/Fuse/Strip decoder).
+ * Unsupported fields throw, naming the field.
+ */
 export declare class ByteLevelBpeTokenizer {
   constructor(json: unknown);
   static fromJSON(json: unknown): ByteLevelBpeTokenizer;
@@ -28,7 +47,7 @@ export declare class ByteLevelBpeTokenizer {
   readonly vocabSize: number;
   encode(text: string, options?: BpeEncodeOptions): number[];
   decode(ids: Iterable<number>, options?: BpeDecodeOptions): string;
-  decodeStream(options?: BpeDecodeOptions): BpeDecodeStream;
+  decodeStream(options?: BpeDecodeOptions): BpeDecodeStream | WindowDecodeStream;
   /** The pre-tokenizer's words (byte-level characters), as `pre_tokenizer.pre_tokenize_str`. */
   preTokenize(text: string): string[];
   /** The UTF-8 bytes that ids stand for. */
