@@ -100,6 +100,15 @@ def _ids(seed=1, batch=2, seq=SEQ):
     return np.random.default_rng(seed).integers(0, VOCAB, (batch, seq))
 
 
+def _torch_greedy(model, ids, steps=STEPS):
+    """transformers' greedy generate(), every prompt token attended (an explicit mask: without one,
+    generate() takes the pad id's occurrences in the random prompt for padding)."""
+    with torch.no_grad():
+        out = model.generate(torch.tensor(ids), attention_mask=torch.ones(ids.shape, dtype=torch.long),
+                             max_new_tokens=steps, min_new_tokens=steps, do_sample=False, pad_token_id=0, eos_token_id=None)
+    return out[:, ids.shape[1]:].numpy()
+
+
 @pytest.mark.parametrize("name", list(_configs()))
 def test_reference_matches_transformers(built, name):
     folder, torch64, torch32 = built[name]
@@ -114,8 +123,7 @@ def test_reference_matches_transformers(built, name):
 
     tokens = dr.generate_greedy(model, weights, ids, STEPS)
     with torch.no_grad():
-        generated = torch64.generate(torch.tensor(ids), max_new_tokens=STEPS, min_new_tokens=STEPS, do_sample=False,
-                                     pad_token_id=0, eos_token_id=None)[:, SEQ:].numpy()
+        generated = _torch_greedy(torch64, ids)
     assert tokens.shape == (2, STEPS)
     np.testing.assert_array_equal(tokens, generated)
     assert len(np.unique(tokens)) > 3  # the random model does not just repeat one token
@@ -393,3 +401,25 @@ def test_rotary_frequencies_and_the_older_config_form(built, tmp_path):
     shutil.copytree(folder, old)
     (old / "config.json").write_text(json.dumps({**config, "rope_theta": params.pop("rope_theta"), "rope_scaling": params}))
     assert _ours(old)[0] == _ours(folder)[0]
+
+
+def test_gpt2_as_the_hub_stores_it(built, tmp_path):
+    """openai-community/gpt2's layout: no `transformer.` prefix, no lm_head (tied), and here bfloat16
+    (as many checkpoints are): read through the same code, matching transformers on that file."""
+    from safetensors.torch import load_file, save_file
+    from transformers import AutoModelForCausalLM
+
+    folder = built["gpt2"][0]
+    hub = tmp_path / "gpt2-hub"
+    hub.mkdir()
+    shutil.copy(folder / "config.json", hub)
+    tensors = {k.removeprefix("transformer."): v.to(torch.bfloat16) for k, v in load_file(folder / "model.safetensors").items()}
+    save_file(tensors, hub / "model.safetensors", metadata={"format": "pt"})
+    model, weights = _ours(hub)
+    assert model["layers"][0]["qkv"]["weight"] == "h.0.attn.c_attn.weight" and model["tied_lm_head"]
+    torch64 = AutoModelForCausalLM.from_pretrained(hub, dtype=torch.float64).eval()
+    ids = _ids(seed=5)
+    with torch.no_grad():
+        expected = torch64(torch.tensor(ids)).logits.numpy()
+    assert relative_error(dr.reference_forward(model, weights, ids), expected) < FLOAT64_TOLERANCE["learned"]
+    np.testing.assert_array_equal(dr.generate_greedy(model, weights, ids, STEPS), _torch_greedy(torch64, ids))
