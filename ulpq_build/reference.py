@@ -2,8 +2,9 @@
 module holds the shared operators (linear, layernorm, attention, activations) and the error
 measures; each architecture's forward pass, built from them, lives with its row in
 ulpq_build/architectures/ (bert_forward, vit_forward, mlp_forward, vit_preprocess are still
-importable from here). Computed in float64 from float32 weights (the dequantized weights of a
-bundle when checking a bundle), so the reference adds no rounding of its own."""
+importable from here); the generative decoders' graph, with its KV cache, is
+decoder_reference.py. Computed in float64 from float32 weights (the dequantized weights of a bundle
+when checking a bundle), so the reference adds no rounding of its own."""
 
 from __future__ import annotations
 
