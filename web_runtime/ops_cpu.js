@@ -14,6 +14,7 @@ export function erf(v) {
 export const ACTIVATIONS = {
   none: (v) => v,
   gelu: (v) => 0.5 * v * (1 + erf(v * Math.SQRT1_2)),
+  gelu_tanh: (v) => 0.5 * v * (1 + Math.tanh(0.7978845608028654 * (v + 0.044715 * v * v * v))), // GPT-2's gelu_new
 };
 
 /** y[m, n] = act(sum_k x[m, k] W[n, k] + b[n]) (+ residual[m, n]) for x of shape [rows, k]; W packed. */
