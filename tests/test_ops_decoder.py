@@ -1,7 +1,9 @@
 """The CPU path's decoder operators (web_runtime/ops_decoder.js, under Node) against the numpy decoder
 reference (ulpq_build/decoder_reference.py): RMSNorm, rotary positions (rotate-half), SwiGLU's gate
 product, the tanh GELU, and causal grouped-query attention through a KV cache that grows by doubling,
-over left-padded prompts, a prefill followed by single-token steps, and several layers. Inputs are
+over left-padded prompts, a prefill followed by single-token steps, and several layers; then the
+decoder graph built from them (decoderForward, dense float32 weights behind its io) on tiny Llama- and
+GPT-2-style descriptions: prefill logits, cached greedy steps and their tokens. Inputs are
 seeded random float32 values (never zeros); every buffer an operator writes is NaN-filled first, and
 the cache's padding slots and unused capacity are NaN, so a value read or left unwritten fails."""
 
@@ -16,7 +18,8 @@ DRIVER = ROOT / "tests/js/ops_decoder.mjs"
 # relative_error (max |js - numpy| / max |numpy|), JS in float32 storage against numpy in float64:
 ELEMENTWISE_TOLERANCE = 1e-6  # rmsNorm, rotary, gate product, activations: one float32 rounding of the result
 ATTENTION_TOLERANCE = 1e-5  # q and k rounded to float32 after rotary, then a float64 softmax over them
-STEP_VS_FULL_TOLERANCE = 1e-6  # the JS cache stepped token by token against one JS pass over all tokens
+STEP_VS_FULL_TOLERANCE = 1e-6
+DECODER_TOLERANCE = 1e-5  # logits of two-layer float32 decoders (dense weights) against float64  # the JS cache stepped token by token against one JS pass over all tokens
 # a deliberately wrong variant (interleaved rotary pairs, kv head h % kvHeads) must differ by far more
 WRONG_VARIANT_MARGIN = 100 * ATTENTION_TOLERANCE
 
@@ -105,8 +108,78 @@ def build_cases():
         "mha_right_padded": sequence_case(rng, layers=1, batch=2, heads=2, kv_heads=2, d=64, capacity=16, lengths=[10],
                                           masks=np.array([[1] * 10, [1] * 6 + [0] * 4], np.float64)),
         "errors": {"op": "errors"},
+        "decode_llama": decode_case(rng, *llama_like(rng)),
+        "decode_gpt2": decode_case(rng, *gpt2_like(rng)),
     }
     return cases
+
+
+# tiny decoders described as architectures/llama.py and gpt2.py describe them, random float32 weights
+# (matrices of std 0.3, norms near 1) so that greedy decoding varies
+HIDDEN, HEADS, VOCAB, INTER, LAYERS = 32, 4, 50, 48, 2
+
+
+def _linear(rng, weights, name, out_features, in_features, activation="none", residual=False, bias=True):
+    weights[f"{name}.weight"] = f32(rng, out_features, in_features, scale=0.3)
+    if bias:
+        weights[f"{name}.bias"] = f32(rng, out_features, scale=0.3)
+    return {"weight": f"{name}.weight", "bias": f"{name}.bias" if bias else None, "in_features": in_features,
+            "out_features": out_features, "activation": activation, "residual": residual}
+
+
+def _norm(rng, weights, name, bias):
+    weights[f"{name}.weight"] = (1 + f32(rng, HIDDEN, scale=0.1)).astype(np.float32)
+    if bias:
+        weights[f"{name}.bias"] = f32(rng, HIDDEN, scale=0.1)
+    return {"weight": f"{name}.weight", "bias": f"{name}.bias" if bias else None}
+
+
+def llama_like(rng, kv_heads=2):
+    """RMSNorm, rotary (theta 10000), grouped-query q/k/v with biases (Qwen2-style), SwiGLU, tied head."""
+    d = HIDDEN // HEADS
+    w = {"embed.weight": f32(rng, VOCAB, HIDDEN, scale=0.5)}
+    layers = [{"attn_norm": _norm(rng, w, f"l{i}.in", False),
+               "query": _linear(rng, w, f"l{i}.q", HEADS * d, HIDDEN),
+               "key": _linear(rng, w, f"l{i}.k", kv_heads * d, HIDDEN),
+               "value": _linear(rng, w, f"l{i}.v", kv_heads * d, HIDDEN),
+               "attn_out": _linear(rng, w, f"l{i}.o", HIDDEN, HEADS * d, residual=True, bias=False),
+               "mlp_norm": _norm(rng, w, f"l{i}.post", False),
+               "gate": _linear(rng, w, f"l{i}.gate", INTER, HIDDEN, "silu", bias=False),
+               "up": _linear(rng, w, f"l{i}.up", INTER, HIDDEN, bias=False),
+               "down": _linear(rng, w, f"l{i}.down", HIDDEN, INTER, residual=True, bias=False)} for i in range(LAYERS)]
+    model = {"hidden_size": HIDDEN, "num_layers": LAYERS, "num_heads": HEADS, "num_kv_heads": kv_heads, "head_dim": d,
+             "vocab_size": VOCAB, "max_position": 64, "norm": "rms", "norm_eps": 1e-6, "ffn": "gated",
+             "positions": {"kind": "rotary", "inv_freq": inv_freq(d).tolist()},
+             "embeddings": {"word": {"table": "embed.weight"}}, "layers": layers,
+             "final_norm": _norm(rng, w, "final", False),
+             "lm_head": {"weight": "embed.weight", "bias": None, "in_features": HIDDEN, "out_features": VOCAB,
+                         "activation": "none", "residual": False}}
+    return model, w
+
+
+def gpt2_like(rng):
+    """LayerNorm, learned positions, fused q|k|v with bias, the tanh GELU, an untied head."""
+    w = {"wte.weight": f32(rng, VOCAB, HIDDEN, scale=0.5), "wpe.weight": f32(rng, 32, HIDDEN, scale=0.5)}
+    layers = [{"attn_norm": _norm(rng, w, f"h{i}.ln_1", True),
+               "qkv": _linear(rng, w, f"h{i}.c_attn", 3 * HIDDEN, HIDDEN),
+               "attn_out": _linear(rng, w, f"h{i}.c_proj", HIDDEN, HIDDEN, residual=True),
+               "mlp_norm": _norm(rng, w, f"h{i}.ln_2", True),
+               "fc": _linear(rng, w, f"h{i}.c_fc", INTER, HIDDEN, "gelu_tanh"),
+               "proj": _linear(rng, w, f"h{i}.mlp_proj", HIDDEN, INTER, residual=True)} for i in range(LAYERS)]
+    model = {"hidden_size": HIDDEN, "num_layers": LAYERS, "num_heads": HEADS, "num_kv_heads": HEADS,
+             "head_dim": HIDDEN // HEADS, "vocab_size": VOCAB, "max_position": 32, "norm": "layer", "norm_eps": 1e-5,
+             "ffn": "plain", "positions": {"kind": "learned"},
+             "embeddings": {"word": {"table": "wte.weight"}, "position": {"table": "wpe.weight"}}, "layers": layers,
+             "final_norm": _norm(rng, w, "ln_f", True), "lm_head": _linear(rng, w, "lm_head", VOCAB, HIDDEN, bias=False)}
+    return model, w
+
+
+def decode_case(rng, model, weights, batch=2, seq=6, steps=10):
+    ids = rng.integers(0, VOCAB, (batch, seq))
+    mask = np.ones((batch, seq))
+    mask[1, :2] = 0  # row 1 left-padded
+    return {"op": "decode", "model": model, "weights": weights, "ids": ids, "mask": mask, "batch": batch, "seq": seq,
+            "steps": steps, "capacity": 4}
 
 
 def to_json(value):
@@ -293,3 +366,22 @@ def test_bad_arguments_are_one_clear_error(run):
     assert "headDim 6 needs 3 frequencies, got 2" in answer["rotary"]
     assert "capacity must be a positive integer" in answer["capacity"]
     assert "the cache holds 1" in answer["pastLength"]
+
+
+@pytest.mark.parametrize("name", ["decode_llama", "decode_gpt2"])
+def test_decoder_forward_prefill_and_greedy_steps_match_the_reference(run, name):
+    case, answer = run[name]
+    model, weights, batch, seq = case["model"], case["weights"], case["batch"], case["seq"]
+    expected, cache = dr.prefill(model, weights, case["ids"], case["mask"])
+    got = arr(answer["prefill"]).reshape(expected.shape)
+    assert not np.isnan(got).any()
+    assert relative_error(got, expected) < DECODER_TOLERANCE
+    tokens = np.array(answer["tokens"]).T  # [batch, steps]
+    # the reference stepped along the tokens JS picked, so one early difference cannot hide later ones
+    for s, step_logits in enumerate(answer["steps"]):
+        expected, cache = dr.step(model, weights, tokens[:, s], cache)
+        assert relative_error(arr(step_logits).reshape(expected.shape), expected) < DECODER_TOLERANCE, f"step {s + 1}"
+    np.testing.assert_array_equal(tokens, dr.generate_greedy(model, weights, case["ids"], case["steps"], case["mask"]))
+    assert len(np.unique(tokens)) > 3  # decoding varies, so equal tokens mean something
+    assert answer["capacity"] == 16  # 4 -> 8 for the prompt of 6, -> 16 past 8 tokens
+    assert f"position {model['max_position']} is past the model's {model['max_position']} positions" in answer["past"]

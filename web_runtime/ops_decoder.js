@@ -6,7 +6,7 @@
 //
 // Functions that write a result take an optional `out` buffer (a fresh one otherwise) and return it.
 
-import { ACTIVATIONS } from './ops_cpu.js';
+import { ACTIVATIONS, layernorm } from './ops_cpu.js';
 
 /** x * sigmoid(x), the SwiGLU gate; exp(-|x|) so that neither sign overflows (as reference.silu). */
 export function silu(v) {
@@ -229,4 +229,71 @@ export function causalAttention(q, cache, layer, batch, newTokens, heads, kvHead
     }
   }
   return y;
+}
+
+/**
+ * One pass of a decoder graph (decoder_reference.decoder_forward) over `newTokens` tokens per row
+ * after those in `cache`: ids [batch*newTokens], mask [batch*newTokens] (1 token / 0 padding; null:
+ * all tokens). `model` is the description architectures/llama.py or gpt2.py writes; `io` reaches the
+ * weights, so that packed or dense ones serve alike:
+ *   io.linear(node, x, rows, residual) -> act(x W^T + b) (+ residual when node.residual), [rows, out]
+ *   io.embed(table, ids) -> the rows ids of a table, [ids.length, hidden]
+ *   io.vector(name) -> a norm's weight or bias
+ * Extends the cache and returns the logits [batch*newTokens, vocab].
+ */
+export function decoderForward(model, io, cache, ids, mask, newTokens) {
+  const { batch } = cache;
+  const rows = batch * newTokens;
+  const { num_heads: heads, num_kv_heads: kvHeads, head_dim: d, hidden_size: hidden } = model;
+  const { start, positions } = cache.beginStep(mask, newTokens);
+  const top = positions.reduce((a, b) => Math.max(a, b), 0);
+  if (top >= model.max_position) throw new Error(`decoderForward: position ${top} is past the model's ${model.max_position} positions`);
+  const norm = (x, node) => (model.norm === 'rms'
+    ? rmsNorm(x, rows, hidden, io.vector(node.weight), model.norm_eps)
+    : layernorm(x, rows, hidden, io.vector(node.weight), io.vector(node.bias), model.norm_eps));
+  const rotate = model.positions.kind === 'rotary';
+  const invFreq = rotate ? Float64Array.from(model.positions.inv_freq) : null;
+  let x = io.embed(model.embeddings.word.table, ids);
+  if (model.positions.kind === 'learned') {
+    const table = io.embed(model.embeddings.position.table, positions);
+    for (let i = 0; i < x.length; i++) x[i] += table[i];
+  }
+  model.layers.forEach((layer, i) => {
+    const a = norm(x, layer.attn_norm);
+    let q, k, v;
+    if (layer.qkv) {
+      const qkv = io.linear(layer.qkv, a, rows, null);
+      [q, k, v] = splitColumns(qkv, rows, [heads * d, kvHeads * d, kvHeads * d]);
+    } else {
+      [q, k, v] = ['query', 'key', 'value'].map((role) => io.linear(layer[role], a, rows, null));
+    }
+    if (rotate) {
+      rotary(q, rows, heads, d, positions, invFreq);
+      rotary(k, rows, kvHeads, d, positions, invFreq);
+    }
+    cache.append(i, k, v);
+    const context = causalAttention(q, cache, i, batch, newTokens, heads, kvHeads, d, start);
+    x = io.linear(layer.attn_out, context, rows, x);
+    const m = norm(x, layer.mlp_norm);
+    if (model.ffn === 'gated') {
+      const gate = io.linear({ ...layer.gate, activation: 'none' }, m, rows, null);
+      const product = gluMultiply(gate, io.linear(layer.up, m, rows, null), layer.gate.activation, gate);
+      x = io.linear(layer.down, product, rows, x);
+    } else {
+      x = io.linear(layer.proj, io.linear(layer.fc, m, rows, null), rows, x);
+    }
+  });
+  return io.linear(model.lm_head, norm(x, model.final_norm), rows, null);
+}
+
+/** The column blocks of widths `widths` of x [rows, sum(widths)], each [rows, width]. */
+function splitColumns(x, rows, widths) {
+  const total = widths.reduce((a, b) => a + b, 0);
+  let offset = 0;
+  return widths.map((width) => {
+    const part = new Float32Array(rows * width);
+    for (let r = 0; r < rows; r++) part.set(x.subarray(r * total + offset, r * total + offset + width), r * width);
+    offset += width;
+    return part;
+  });
 }

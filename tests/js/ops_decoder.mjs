@@ -100,5 +100,65 @@ function errors() {
   };
 }
 
-const OPS = { rmsNorm, rotary, glu, activation, sequence, errors };
+// Dense float32 weights behind decoderForward's io (the packed linear op is ops_cpu.js's, tested
+// elsewhere): only the activations ops_cpu.js's linear applies are accepted, as there.
+function denseIo(weights, hidden) {
+  const tensors = Object.fromEntries(Object.entries(weights).map(([name, values]) => [name, f32(values)]));
+  return {
+    vector: (name) => tensors[name],
+    embed(table, ids) {
+      const t = tensors[table];
+      const y = poisoned(ids.length * hidden);
+      ids.forEach((id, r) => y.set(t.subarray(id * hidden, (id + 1) * hidden), r * hidden));
+      return y;
+    },
+    linear(node, x, rows, residual) {
+      const act = ACTIVATIONS[node.activation];
+      if (!act) throw new Error(`linear: activation ${node.activation} is not the linear op's`);
+      const { in_features: k, out_features: n } = node;
+      const w = tensors[node.weight];
+      const b = node.bias ? tensors[node.bias] : null;
+      const y = poisoned(rows * n);
+      for (let m = 0; m < rows; m++) {
+        for (let j = 0; j < n; j++) {
+          let acc = 0;
+          for (let i = 0; i < k; i++) acc += x[m * k + i] * w[j * k + i];
+          if (b) acc += b[j];
+          y[m * n + j] = node.residual ? act(acc) + residual[m * n + j] : act(acc);
+        }
+      }
+      return y;
+    },
+  };
+}
+
+// A prompt (left-padded where mask says so) prefilled, then `steps` greedy tokens one cached step at
+// a time: the prefill's logits, each step's, and the tokens picked (argmax, ties to the lowest id).
+function decode({ model, weights, ids, mask, batch, seq, steps, capacity }) {
+  const io = denseIo(weights, model.hidden_size);
+  const cache = ops.createKvCache({ layers: model.num_layers, batch, kvHeads: model.num_kv_heads, headDim: model.head_dim, capacity });
+  const vocab = model.vocab_size;
+  const argmax = (logits, row) => {
+    let best = 0;
+    for (let j = 1; j < vocab; j++) if (logits[row * vocab + j] > logits[row * vocab + best]) best = j;
+    return best;
+  };
+  const prefill = ops.decoderForward(model, io, cache, Int32Array.from(ids), Float32Array.from(mask), seq);
+  let token = Int32Array.from({ length: batch }, (_, b) => argmax(prefill, b * seq + seq - 1));
+  const tokens = [Array.from(token)];
+  const stepLogits = [];
+  for (let s = 1; s < steps; s++) {
+    const logits = ops.decoderForward(model, io, cache, token, null, 1);
+    stepLogits.push(list(logits));
+    token = Int32Array.from({ length: batch }, (_, b) => argmax(logits, b));
+    tokens.push(Array.from(token));
+  }
+  const past = errorOf(() => {
+    const far = ops.createKvCache({ layers: model.num_layers, batch: 1, kvHeads: model.num_kv_heads, headDim: model.head_dim });
+    ops.decoderForward(model, io, far, new Int32Array(model.max_position + 1), null, model.max_position + 1);
+  });
+  return { prefill: list(prefill), steps: stepLogits, tokens, capacity: cache.capacity, past };
+}
+
+const OPS = { rmsNorm, rotary, glu, activation, sequence, errors, decode };
 process.stdout.write(JSON.stringify(request.cases.map((c) => OPS[c.op](c))));
