@@ -385,3 +385,4 @@ def test_decoder_forward_prefill_and_greedy_steps_match_the_reference(run, name)
     assert len(np.unique(tokens)) > 3  # decoding varies, so equal tokens mean something
     assert answer["capacity"] == 16  # 4 -> 8 for the prompt of 6, -> 16 past 8 tokens
     assert f"position {model['max_position']} is past the model's {model['max_position']} positions" in answer["past"]
+    assert answer["pastLeftCache"]  # the refused pass did not move the cache

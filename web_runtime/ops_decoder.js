@@ -245,9 +245,15 @@ export function decoderForward(model, io, cache, ids, mask, newTokens) {
   const { batch } = cache;
   const rows = batch * newTokens;
   const { num_heads: heads, num_kv_heads: kvHeads, head_dim: d, hidden_size: hidden } = model;
-  const { start, positions } = cache.beginStep(mask, newTokens);
-  const top = positions.reduce((a, b) => Math.max(a, b), 0);
+  // checked before the cache moves, so a refused step leaves it as it was
+  let top = 0;
+  for (let b = 0; b < batch; b++) {
+    let real = 0;
+    for (let s = 0; s < newTokens; s++) real += !mask || mask[b * newTokens + s] > 0.5 ? 1 : 0;
+    top = Math.max(top, cache.nextPosition[b] + real - 1);
+  }
   if (top >= model.max_position) throw new Error(`decoderForward: position ${top} is past the model's ${model.max_position} positions`);
+  const { start, positions } = cache.beginStep(mask, newTokens);
   const norm = (x, node) => (model.norm === 'rms'
     ? rmsNorm(x, rows, hidden, io.vector(node.weight), model.norm_eps)
     : layernorm(x, rows, hidden, io.vector(node.weight), io.vector(node.bias), model.norm_eps));
@@ -276,6 +282,7 @@ export function decoderForward(model, io, cache, ids, mask, newTokens) {
     x = io.linear(layer.attn_out, context, rows, x);
     const m = norm(x, layer.mlp_norm);
     if (model.ffn === 'gated') {
+      // the gate's activation (silu) is applied here, not by the linear op, whose table lacks it
       const gate = io.linear({ ...layer.gate, activation: 'none' }, m, rows, null);
       const product = gluMultiply(gate, io.linear(layer.up, m, rows, null), layer.gate.activation, gate);
       x = io.linear(layer.down, product, rows, x);

@@ -153,11 +153,9 @@ function decode({ model, weights, ids, mask, batch, seq, steps, capacity }) {
     token = Int32Array.from({ length: batch }, (_, b) => argmax(logits, b));
     tokens.push(Array.from(token));
   }
-  const past = errorOf(() => {
-    const far = ops.createKvCache({ layers: model.num_layers, batch: 1, kvHeads: model.num_kv_heads, headDim: model.head_dim });
-    ops.decoderForward(model, io, far, new Int32Array(model.max_position + 1), null, model.max_position + 1);
-  });
-  return { prefill: list(prefill), steps: stepLogits, tokens, capacity: cache.capacity, past };
+  const far = ops.createKvCache({ layers: model.num_layers, batch: 1, kvHeads: model.num_kv_heads, headDim: model.head_dim });
+  const past = errorOf(() => ops.decoderForward(model, io, far, new Int32Array(model.max_position + 1), null, model.max_position + 1));
+  return { prefill: list(prefill), steps: stepLogits, tokens, capacity: cache.capacity, past, pastLeftCache: far.length === 0 };
 }
 
 const OPS = { rmsNorm, rotary, glu, activation, sequence, errors, decode };
