@@ -270,6 +270,17 @@ def test_unsupported_config_exits_2_from_the_cli(built, tmp_path):
     assert not (tmp_path / "b").exists() and not (tmp_path / "q.safetensors").exists()
 
 
+
+def test_plain_quantize_of_a_refused_config_says_why_it_rounds_to_nearest(built, tmp_path, main):
+    """`quantize` takes any checkpoint, but a known family it cannot describe must not quietly lose
+    GPTQ: the output names the refused field and the method used instead."""
+    folder = _variant(built, tmp_path, "mistral", {"sliding_window": 32})
+    status, out, err = main("quantize", folder, "--out", tmp_path / "q.safetensors")
+    assert status == 0, err
+    note = [line for line in (out + err).splitlines() if line.startswith("note:")]
+    assert len(note) == 1 and "sliding_window = 32" in note[0] and "round-to-nearest" in note[0], out + err
+    assert (tmp_path / "q.safetensors").is_file()
+
 def test_bundle_is_refused_until_the_decoder_runtime_exists(built, tmp_path, main):
     for name in ("llama-tied", "gpt2"):
         out = tmp_path / f"bundle-{name}"

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ulpq_build.architectures import describe_if_known, describe_model, float_operands
+from ulpq_build.architectures import describe_if_known, describe_model, float_operands, for_model_type
 from ulpq_build.calibration import calibration_for, ships_calibration
 from ulpq_build.config import resolve_options
 from ulpq_build.errors import UserError
@@ -33,6 +33,14 @@ def choose_method(method: str, model: dict | None, source: ModelSource, default_
     return "gptq" if default_formats and model is not None and ships_calibration(model, source) else "rtn"
 
 
+def _refusal(source: ModelSource) -> str:
+    try:
+        describe_model(source)
+    except UserError as err:
+        return str(err)
+    return "the model description failed"
+
+
 def plan_and_quantize(source: ModelSource, tensors: list[tuple[str, tuple[int, ...], str]], overrides: dict, config,
                       method: str = "rtn", target_bpw: float | None = None, target_mb: float | None = None,
                       model: dict | None = None, log=print) -> tuple[Plan, dict[str, QuantizedTensor] | None]:
@@ -43,6 +51,10 @@ def plan_and_quantize(source: ModelSource, tensors: list[tuple[str, tuple[int, .
     targeted = target_bpw is not None or target_mb is not None
     if model is None:  # `quantize` takes any checkpoint; where the architecture is known, plan as a bundle does
         model = describe_if_known(source)
+        if model is None and method == "auto" and for_model_type(source.config.get("model_type")) is not None:
+            # a family this tool knows, in a configuration it refuses: say why GPTQ is not used
+            # (`--method gptq` stops with the same reason) instead of quietly rounding to nearest
+            log(f"note: {_refusal(source)}; quantizing by round-to-nearest, which needs no model description")
     keep_float = float_operands(model) if model else set()
     pinned = [Rule("<float operands>", FLOAT32, "architecture (kernels read these as float32)", frozenset(keep_float))] if keep_float else []
     method = choose_method(method, model, source, not (targeted or config or "format" in overrides))
