@@ -53,6 +53,11 @@ class TextBatch:
     ids: np.ndarray  # [docs, seq] padded
     mask: np.ndarray  # [docs, seq] 1 token / 0 pad
 
+    def trimmed(self) -> TextBatch:
+        """Without the columns that are padding in every row (the longest text sets the width)."""
+        width = int(self.mask.sum(axis=1).max())
+        return TextBatch(self.ids[:, :width], self.mask[:, :width])
+
 
 def load_tokenizer(tokenizer_file: Path):
     """The `tokenizers` Tokenizer of a tokenizer.json; a file it cannot read is one UserError line."""

@@ -154,30 +154,13 @@ def embed(model: dict, weights: dict, batch: ev.TextBatch) -> np.ndarray:
 
 # --- inputs: calibration, verification, demo --------------------------------------------------------
 
-def _trim(batch: ev.TextBatch) -> ev.TextBatch:
-    """Drop the columns that are padding in every row (the longest sentence sets the width)."""
-    width = int(batch.mask.sum(axis=1).max())
-    return type(batch)(batch.ids[:, :width], batch.mask[:, :width])
-
-
 def calibration_inputs(model: dict, folder: Path | None, texts: list[str]) -> CalibrationInputs:
     tokenizer = folder / "tokenizer.json" if folder else None
     if tokenizer is None or not tokenizer.is_file():
         raise UserError("calibration for a BERT model needs its tokenizer.json in the model folder")
     batch = ev.tokenize(tokenizer, texts, TEXT_TOKENS)
-    small = _trim(ev.TextBatch(batch.ids[::PLANNER_TEXT_STRIDE], batch.mask[::PLANNER_TEXT_STRIDE]))
-    batch = _trim(batch)
-    table = model["embeddings"]["word"]["table"]
-
-    def fits(weights: dict) -> dict:
-        # a tokenizer.json from another model gives ids past the word table: say so, not an IndexError
-        rows, top = weights[table].shape[0], int(batch.ids.max())
-        if top >= rows:
-            raise UserError(f"{tokenizer}: its token ids reach {top} but the model's word table has {rows} rows, so "
-                            f"this tokenizer is not the model's; put the model's own tokenizer.json in the folder")
-        return weights
-
-    return CalibrationInputs(batch, small, fits)
+    small = ev.TextBatch(batch.ids[::PLANNER_TEXT_STRIDE], batch.mask[::PLANNER_TEXT_STRIDE]).trimmed()
+    return CalibrationInputs.of_tokens(batch.trimmed(), small, tokenizer, model["embeddings"]["word"]["table"])
 
 
 def ships_calibration(model: dict, source: ModelSource) -> bool:

@@ -87,23 +87,9 @@ def calibration_inputs(model: dict, folder: Path | None, texts: list[str]) -> Ca
                         "--method rtn, or add the tokenizer")
     batch = ev.tokenize(tokenizer, texts, min(CALIBRATION_TOKENS, model["max_position"]))
     keep = max(1, LOGITS_BUDGET // (8 * model["vocab_size"] * batch.ids.shape[1]))
-    batch = _trim(ev.TextBatch(batch.ids[:keep], batch.mask[:keep]))
-    small = _trim(ev.TextBatch(batch.ids[::PLANNER_TEXT_STRIDE], batch.mask[::PLANNER_TEXT_STRIDE]))
-    table = model["embeddings"]["word"]["table"]
-
-    def fits(weights: dict) -> dict:
-        rows, top = weights[table].shape[0], int(batch.ids.max())
-        if top >= rows:
-            raise UserError(f"{tokenizer}: its token ids reach {top} but the model's word table has {rows} rows, so "
-                            f"this tokenizer is not the model's; put the model's own tokenizer.json in the folder")
-        return weights
-
-    return CalibrationInputs(batch, small, fits)
-
-
-def _trim(batch: ev.TextBatch) -> ev.TextBatch:
-    width = int(batch.mask.sum(axis=1).max())
-    return ev.TextBatch(batch.ids[:, :width], batch.mask[:, :width])
+    batch = ev.TextBatch(batch.ids[:keep], batch.mask[:keep]).trimmed()
+    small = ev.TextBatch(batch.ids[::PLANNER_TEXT_STRIDE], batch.mask[::PLANNER_TEXT_STRIDE]).trimmed()
+    return CalibrationInputs.of_tokens(batch, small, tokenizer, model["embeddings"]["word"]["table"])
 
 
 def ships_calibration(model: dict, source: ModelSource) -> bool:

@@ -28,6 +28,20 @@ class CalibrationInputs:
     subset: Any
     check_weights: Callable[[dict], dict] = lambda weights: weights
 
+    @classmethod
+    def of_tokens(cls, full, subset, tokenizer, table: str) -> CalibrationInputs:
+        """Token-id inputs (TextBatch) whose check is that `tokenizer`'s ids fit the word `table`: a
+        tokenizer.json from another model gives ids past it, said so here, not as an IndexError."""
+
+        def fits(weights: dict) -> dict:
+            rows, top = weights[table].shape[0], int(full.ids.max())
+            if top >= rows:
+                raise UserError(f"{tokenizer}: its token ids reach {top} but the model's word table has {rows} rows, so "
+                                f"this tokenizer is not the model's; put the model's own tokenizer.json in the folder")
+            return weights
+
+        return cls(full, subset, fits)
+
 
 @dataclass(frozen=True)
 class Goal:
