@@ -1,0 +1,204 @@
+"""What incoherence processing (random Hadamard rotations) and E8 codebooks each contribute on
+all-MiniLM-L6-v2, measured in one run (issue 15): for each configuration, every matrix of the
+model (the word, position and token-type tables included) is quantized, restored to its original
+basis, and scored on the Lee corpus as `bench` scores it (Pearson of the embedding cosines with the
+human scores, as % of float32's; mean cosine of each document's embedding to its float32 one).
+Bits per weight count every stored byte of every quantized matrix (codes, scales, rotation seeds)
+over their weights; LayerNorm parameters and biases stay float32 and are not counted, as in bench.
+
+    nice -n 5 python scripts/study_two_bit.py [--runs NAME,...] [--max-minutes M] [--json FILE]
+
+The ~2.25 and ~2.5 bits-per-weight rows mix codebook formats per matrix by this script's own
+allocation (the planner's rule, greedy distortion drop per byte, over sensitivities measured here
+with rotations and rounding), since the codebook formats are not registry rows yet.
+docs/two_bit_study.md holds a run's table.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # as the CLI: threaded BLAS on 2 shared cores is slower
+
+import argparse  # noqa: E402
+import datetime  # noqa: E402
+import json  # noqa: E402
+import platform  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import numpy as np  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from ulpq_build import calibration as cal  # noqa: E402
+from ulpq_build.architectures import describe_model, float_operands, model_tensors  # noqa: E402
+from ulpq_build.architectures.bert import LeeSimilarity  # noqa: E402
+from ulpq_build.model_source import open_model, resolve_model  # noqa: E402
+from ulpq_build.quantspec import QuantSpec, matrix_shape  # noqa: E402
+from ulpq_build.vq.codebook import CODEBOOK_FORMATS  # noqa: E402
+from ulpq_build.vq.incoherence import MatrixRotation  # noqa: E402
+from ulpq_build.vq.model import Recipe, quantize_matrix, quantize_weights  # noqa: E402
+
+TERNARY = QuantSpec("int2-ternary", 0)
+TERNARY_G32 = QuantSpec("int2-ternary", 32, scale_dtype="float16")  # bench's int2-gptq preset
+INT3 = QuantSpec("int3-dense", 0)
+INT4 = QuantSpec("int4", 0)
+MIX_OPTIONS = ("e8p", "e8p-rvq3", "e8p-rvq4")
+
+
+def uniform(**kw):
+    return lambda study: {n: Recipe(**kw) for n in study.matrices}
+
+
+def mixed(budget: float):
+    return lambda study: study.mix(budget)
+
+
+# (name, target bits per weight, what it measures, recipes of the study's matrices), most telling first
+RUNS = [
+    ("int2-rtn", "~2", "scalar int2 (ternary levels, per-channel scales), round to nearest", uniform(spec=TERNARY)),
+    ("int2-gptq", "~2", "scalar int2, GPTQ (today's baseline)", uniform(spec=TERNARY, gptq=True)),
+    ("rot-int2-rtn", "~2", "rotations alone, round to nearest", uniform(spec=TERNARY, rotate=True)),
+    ("rot-int2-gptq", "~2", "rotations alone, GPTQ", uniform(spec=TERNARY, rotate=True, gptq=True)),
+    ("e8p-rtn", "~2", "codebook alone (E8P), nearest codeword", uniform(codebook="e8p")),
+    ("e8p-gptq", "~2", "codebook alone, block GPTQ (LDLQ)", uniform(codebook="e8p", gptq=True)),
+    ("rot-e8p-rtn", "~2", "rotations + codebook, nearest codeword", uniform(codebook="e8p", rotate=True)),
+    ("rot-e8p-gptq", "~2", "rotations + codebook + block GPTQ", uniform(codebook="e8p", rotate=True, gptq=True)),
+    ("rot-mix-2.25-gptq", "~2.25", "rotations + codebooks mixed per matrix + block GPTQ", mixed(2.25)),
+    ("rot-mix-2.5-gptq", "~2.5", "rotations + codebooks mixed per matrix + block GPTQ", mixed(2.5)),
+    ("int2-g32-gptq", "~2.5", "scalar int2, groups of 32, float16 scales, GPTQ (bench's int2-gptq)", uniform(spec=TERNARY_G32, gptq=True)),
+    ("rot-int2-g32-gptq", "~2.5", "rotations alone, groups of 32, GPTQ", uniform(spec=TERNARY_G32, rotate=True, gptq=True)),
+    ("int3-gptq", "~3", "scalar int3 (dense), GPTQ", uniform(spec=INT3, gptq=True)),
+    ("rot-int3-gptq", "~3", "rotations alone, int3, GPTQ", uniform(spec=INT3, rotate=True, gptq=True)),
+    ("e8p-rvq3-gptq", "~3", "codebook alone (E8P + E81B residual), block GPTQ", uniform(codebook="e8p-rvq3", gptq=True)),
+    ("rot-e8p-rvq3-gptq", "~3", "rotations + codebook (E8P + E81B) + block GPTQ", uniform(codebook="e8p-rvq3", rotate=True, gptq=True)),
+    ("int4-rtn", "~4.1", "scalar int4, round to nearest", uniform(spec=INT4)),
+    ("int4-gptq", "~4.1", "scalar int4, GPTQ (today's default)", uniform(spec=INT4, gptq=True)),
+    ("rot-int4-gptq", "~4.1", "rotations alone, int4, GPTQ", uniform(spec=INT4, rotate=True, gptq=True)),
+    ("e8p-rvq4-gptq", "~4", "codebook alone (E8P + E8P residual), block GPTQ", uniform(codebook="e8p-rvq4", gptq=True)),
+    ("rot-e8p-rvq4-gptq", "~4", "rotations + codebook (E8P + E8P) + block GPTQ", uniform(codebook="e8p-rvq4", rotate=True, gptq=True)),
+]
+
+
+class Study:
+    def __init__(self, log):
+        self.log = log
+        folder, _ = resolve_model("builtin:minilm", Path("."))
+        source = open_model(folder)
+        self.model = describe_model(source)
+        self.weights = {n: np.asarray(source.weights.tensor(n), np.float32) for n in model_tensors(self.model)}
+        keep = float_operands(self.model)
+        self.matrices = [n for n, w in self.weights.items() if w.ndim == 2 and n not in keep]
+        self.params = sum(self.weights[n].size for n in self.matrices)
+        self.score = LeeSimilarity(self.model, folder, self.weights)
+        self.calibration = cal.calibration_for(self.model, folder)
+        self._sensitivity = None
+
+    def run(self, recipes: dict[str, Recipe]) -> dict:
+        weights, stored = quantize_weights(self.model, self.weights, recipes, self.calibration.run)
+        result = self.score(weights)
+        return {"bits_per_weight": 8 * sum(stored.values()) / self.params, "pearson_pct": result["ratio"],
+                "pearson": result["value"], "mean_cosine": result["mean_cosine_to_float32"]}
+
+    def option_bytes(self, name: str, option: str) -> int:
+        rows, k = matrix_shape(self.weights[name].shape)
+        return CODEBOOK_FORMATS[option].stored_bytes(rows, k) + MatrixRotation.STORED_BYTES
+
+    def sensitivities(self) -> dict[str, list[float]]:
+        """cost[name][j]: calibration distortion with only `name` rotated and rounded to MIX_OPTIONS[j]."""
+        if self._sensitivity is None:
+            start = time.time()
+            reference = self.calibration.run_subset(self.weights)
+            cost = {}
+            for name in self.matrices:
+                cost[name] = []
+                for option in MIX_OPTIONS:
+                    trial = dict(self.weights)
+                    trial[name], _ = quantize_matrix(name, self.weights[name], Recipe(codebook=option, rotate=True))
+                    cost[name].append(cal.distortion(self.model, reference, self.calibration.run_subset(trial)))
+            self.log(f"sensitivities of {len(self.matrices)} matrices x {len(MIX_OPTIONS)} formats: {time.time() - start:.0f} s")
+            self._sensitivity = cost
+        return self._sensitivity
+
+    def mix(self, budget_bpw: float) -> dict[str, Recipe]:
+        """The planner's greedy rule over MIX_OPTIONS: start every matrix at e8p, take the upgrade with
+        the largest distortion drop per byte while the total fits budget_bpw."""
+        cost = self.sensitivities()
+        budget = budget_bpw * self.params / 8
+        choice = {n: 0 for n in self.matrices}
+        used = sum(self.option_bytes(n, MIX_OPTIONS[0]) for n in self.matrices)
+        while True:
+            best = None
+            for name in self.matrices:
+                here = choice[name]
+                for j in range(here + 1, len(MIX_OPTIONS)):
+                    extra = self.option_bytes(name, MIX_OPTIONS[j]) - self.option_bytes(name, MIX_OPTIONS[here])
+                    gain = cost[name][here] - cost[name][j]
+                    if extra > 0 and gain > 0 and used + extra <= budget and (best is None or gain / extra > best[0]):
+                        best = (gain / extra, name, j, extra)
+            if best is None:
+                break
+            _, name, j, extra = best
+            choice[name], used = j, used + extra
+        upgraded = {n: MIX_OPTIONS[j] for n, j in choice.items() if j}
+        self.log(f"mix at {budget_bpw} bits per weight: {len(upgraded)} matrices above e8p: "
+                 + ", ".join(f"{n.removeprefix('encoder.layer.')}={o}" for n, o in upgraded.items()))
+        return {n: Recipe(codebook=MIX_OPTIONS[j], rotate=True, gptq=True) for n, j in choice.items()}
+
+
+def machine() -> str:
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), platform.processor())
+    return f"{platform.machine()}, {cpu}, {os.cpu_count()} CPUs, Python {platform.python_version()}, numpy {np.__version__}"
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", help="comma-separated run names (default: all): " + ", ".join(r[0] for r in RUNS))
+    parser.add_argument("--max-minutes", type=float, default=60.0, help="start no new run after this many minutes")
+    parser.add_argument("--json", type=Path, help="also write the rows here")
+    args = parser.parse_args(argv)
+    names = args.runs.split(",") if args.runs else [r[0] for r in RUNS]
+    unknown = [n for n in names if n not in {r[0] for r in RUNS}]
+    if unknown:
+        print(f"--runs: unknown run {unknown[0]!r}; choose from {', '.join(r[0] for r in RUNS)}", file=sys.stderr)
+        return 2
+    log = lambda message: print(message, flush=True)  # noqa: E731
+    start = time.time()
+    started = datetime.datetime.now(datetime.timezone.utc)
+    log(f"{started:%Y-%m-%d %H:%M} UTC on {machine()}, load average {os.getloadavg()[0]:.1f}")
+    study = Study(log)
+    log(f"all-MiniLM-L6-v2: {len(study.matrices)} matrices, {study.params} weights; float32 Lee Pearson "
+        f"{study.score.base:.4f} ({time.time() - start:.0f} s)")
+    rows, skipped = [], []
+    for name, target, what, recipes in RUNS:
+        if name not in names:
+            continue
+        if time.time() - start > 60 * args.max_minutes:
+            skipped.append(name)
+            continue
+        t0 = time.time()
+        row = {"run": name, "target": target, "what": what, **study.run(recipes(study)), "seconds": round(time.time() - t0)}
+        rows.append(row)
+        log(f"{name:20s} {row['bits_per_weight']:.3f} bpw  Pearson {row['pearson_pct']:6.2f}%  "
+            f"cosine {row['mean_cosine']:.4f}  ({row['seconds']} s)")
+    log("")
+    log(f"Measured {started:%Y-%m-%d} on {machine()}; load average {os.getloadavg()[0]:.1f} at the end; "
+        f"total {time.time() - start:.0f} s. float32 Lee Pearson {study.score.base:.4f}.")
+    log("")
+    log("| run | target bpw | what | bits/weight | Lee Pearson % of fp32 | mean cosine to fp32 | seconds |")
+    log("|---|---|---|---:|---:|---:|---:|")
+    for r in rows:
+        log(f"| {r['run']} | {r['target']} | {r['what']} | {r['bits_per_weight']:.3f} | {r['pearson_pct']:.2f} | "
+            f"{r['mean_cosine']:.4f} | {r['seconds']} |")
+    if skipped:
+        log(f"\nnot run (--max-minutes {args.max_minutes}): {', '.join(skipped)}")
+    if args.json:
+        args.json.write_text(json.dumps({"date": f"{started:%Y-%m-%d}", "machine": machine(), "rows": rows}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
