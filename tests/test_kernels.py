@@ -148,6 +148,46 @@ def test_gemv_input_rows_per_workgroup(spec, vec4, profile, rng):
     run_and_compare(variant, spec, rng, 13, 45, k)
 
 
+# float32 sums over K = 2304 products against a float64 reference
+LONG_ROW_TOLERANCE = 4e-5
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("profile", ["chrome", "firefox"])
+@pytest.mark.parametrize("spec, vec4", [(QuantSpec("int4", 32), True), (QuantSpec("int4", 64, True, "float16"), False),
+                                        (QuantSpec("int8", 128), True), (QuantSpec("int2", 32), True),
+                                        (QuantSpec("int2-optimal", 32, codebook="channel"), False),
+                                        (QuantSpec("int4", 0), True), (QuantSpec("int1", 256), False),
+                                        (QuantSpec("int4", 96), False), (QuantSpec("int4", 96), True)],
+                         ids=lambda v: str(v))
+def test_gemv_scale_groups_over_long_rows(spec, vec4, profile, rng):
+    """The GEMV keeps each block's scale group by adding as its threads stride along K (no division
+    per block): rows long enough that every thread strides several times and crosses many groups."""
+    variant = KernelVariant.make("gemv", profile, WeightStorage.of(spec), vec4=vec4, activation="none", bias=True)
+    m, n, k = 1, 9, 2304  # 18 x 128: several strides per thread; groups of 96 straddle the strides
+    w = (rng.standard_normal((n, k)) * 0.2).astype(np.float32)
+    qt = quantize("w", w, spec)
+    x = rng.standard_normal((m, k)).astype(np.float32)
+    bias = rng.standard_normal(n).astype(np.float32)
+    expected = x.astype(np.float64) @ dequantize(qt).astype(np.float64).T + bias
+    y = KernelRunner(device_for(variant)).run(variant, {"x": x, **weight_arrays(qt), "bias": bias},
+                                              matmul_params(qt, m), {"y": m * n})["y"].reshape(m, n)
+    assert np.isfinite(y).all(), "an output element was never written (still NaN)"
+    assert relative_error(y, expected) < LONG_ROW_TOLERANCE
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("profile", ["chrome", "firefox"])
+@pytest.mark.parametrize("spec", [QuantSpec("int8", 0), QuantSpec("int4", 0, True), QuantSpec("int2", 0, False, "float16"),
+                                  QuantSpec("int2-optimal", 0, codebook="channel"), QuantSpec("int1", 0)],
+                         ids=lambda s: WeightStorage.of(s).key)
+def test_gemm_partial_last_word(spec, profile, rng):
+    """GEMM tiles stage W a whole word at a time: K = 100 ends inside a word of every word format
+    (the codes past K must be staged as zeros, whatever the padding holds)."""
+    variant = KernelVariant.make("gemm", profile, WeightStorage.of(spec), size="small", activation="none", bias=True)
+    run_and_compare(variant, spec, rng, 37, 45, 100)
+
+
 SPLIT_SPECS = [QuantSpec("float32"), QuantSpec("int4", 32), QuantSpec("int3-dense", 32, True, "float16"),
                QuantSpec("int2-optimal", 32, codebook="channel"), QuantSpec("int8")]
 
