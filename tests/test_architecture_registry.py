@@ -165,8 +165,8 @@ def test_an_unknown_model_type_still_names_what_is_supported(tmp_path):
         describe_model(open_model(folder))
     assert str(err.value).endswith("unsupported architecture 'gpt9' (config.json model_type); supported: bert (BertModel, "
                                    "sentence-transformers), vit (ViTModel, ViTForImageClassification), ulpq-mlp (a chain "
-                                   "of Linear layers), llama, qwen2, mistral (LlamaForCausalLM-style decoders: quantize "
-                                   "only, no bundle yet), gpt2 (GPT2LMHeadModel: quantize only, no bundle yet)")
+                                   "of Linear layers), llama, qwen2, mistral (LlamaForCausalLM-style decoders), gpt2 "
+                                   "(GPT2LMHeadModel)")
     assert "\n" not in str(err.value)
 
 

@@ -2,7 +2,7 @@
 reference with a KV cache (ulpq_build/decoder_reference.py), checked against transformers on tiny
 random-weight models it builds and saves offline: prefill logits, cached decode steps, 16 greedy
 tokens; tied and untied heads; every unsupported config field a one-line error naming it; quantize /
-dequantize on these rows; bundle refused until the decoder runtime exists."""
+dequantize on these rows; bundle refused without the tokenizer a decoder bundle needs."""
 
 import copy
 import dataclasses
@@ -281,11 +281,13 @@ def test_plain_quantize_of_a_refused_config_says_why_it_rounds_to_nearest(built,
     assert len(note) == 1 and "sliding_window = 32" in note[0] and "round-to-nearest" in note[0], out + err
     assert (tmp_path / "q.safetensors").is_file()
 
-def test_bundle_is_refused_until_the_decoder_runtime_exists(built, tmp_path, main):
+def test_bundle_without_a_tokenizer_is_refused(built, tmp_path, main):
+    """These folders have no tokenizer.json, which a decoder bundle needs (tests/test_decoder_bundle.py
+    bundles decoders that have one)."""
     for name in ("llama-tied", "gpt2"):
         out = tmp_path / f"bundle-{name}"
         status, _, err = main("bundle", "--model", built[name][0], "--out", out, "--format", "int4")
-        assert status == 2 and "decoder bundles need the decoder runtime (issue 14): use quantize for now" in err
+        assert status == 2 and "a decoder bundle needs the model's tokenizer.json" in err
         assert err.count("\n") == 1 and not out.exists()
 
 

@@ -1,7 +1,8 @@
 """Run a bundle in a browser and compare its output with the numpy reference over the bundle's own
 dequantized weights: what `verify` prints and `bench` records. Each architecture's row gives its
 fixed input (architectures/*.py verification_input): sentences for text models, the bundle's sample
-images (else seeded random images) for image models, the demo input for the MLP."""
+images (else seeded random images) for image models, the demo input for the MLP, the manifest's prompt
+ids for decoders (whose greedy tokens must equal the reference's, every one)."""
 
 from __future__ import annotations
 
@@ -29,11 +30,14 @@ RUN = """async ({ kind, input, repeats }) => {
   const model = window.ulpqDemo.model;
   let x = input;
   if (kind === 'images') x = input.map((im) => ({ width: im.width, height: im.height, data: Uint8ClampedArray.from(im.data) }));
+  // decoders ('prompt'): greedy generation from the verification case's token ids
+  const call = kind === 'prompt' ? () => model.generate(input.prompt_ids, { maxNewTokens: input.max_new_tokens })
+    : () => model.process(x);
   const t0 = performance.now();
-  const first = await model.process(x);
+  const first = await call();
   const firstMs = performance.now() - t0;
   const runs = [];
-  for (let i = 0; i < repeats; i++) { const t = performance.now(); await model.process(x); runs.push(performance.now() - t); }
+  for (let i = 0; i < repeats; i++) { const t = performance.now(); await call(); runs.push(performance.now() - t); }
   const heap = performance.memory ? performance.memory.usedJSHeapSize : null;
   // bytes the page fetched (manifest, shards, shaders, runtime): body sizes as sent, cache or not
   const downloaded = performance.getEntriesByType('resource').reduce((s, e) => s + (e.encodedBodySize || 0), 0);
@@ -72,13 +76,15 @@ def fixed_input(bundle: LoadedBundle, images: int = 8) -> tuple[str, object, np.
     model = bundle.model
     arch = architecture_of(model)
     payload, inputs, agreement = arch.verification_input(model, bundle.folder, bundle.manifest, images)
-    expected = arch.reference_forward(model, bundle.weights, inputs)
+    expected = (arch.verification_forward or arch.reference_forward)(model, bundle.weights, inputs)
     return arch.input_kind, payload, expected, lambda got: agreement(expected, got)
 
 
 def passes(metric: str, value: float) -> bool:
     if metric == "min cosine":
         return value >= MIN_COSINE
+    if metric == "tokens differing":  # decoders: greedy tokens, each one identical
+        return value == 0
     return value < (MAX_LOGITS_ERROR if metric.startswith("logits") else MAX_OUTPUT_ERROR)
 
 
@@ -101,7 +107,8 @@ def check_in_browser(session, page_url: str, bundle: LoadedBundle, browser: str,
     result.path = r["path"]
     result.variant = r["variant"]["name"] if r["variant"] else None
     result.notes = r["notes"]
-    got = np.asarray(r.get("embeddings") or r.get("logits") or r["output"], np.float64)
+    got = np.asarray(next(r[key] for key in ("embeddings", "logits", "tokenIds", "output") if r.get(key) is not None),
+                     np.float64)
     result.metric, result.value = compare(got)
     result.passed = passes(result.metric, result.value)
     result.load_ms, result.init_ms = out["timings"].get("load_ms"), out["timings"].get("init_ms")

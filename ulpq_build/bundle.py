@@ -24,7 +24,7 @@ import numpy as np
 from ulpq_build import __version__
 from ulpq_build.architectures import architecture_of, describe_model, model_tensors
 from ulpq_build.atomic import atomic_folder, preflight_folder, scratch_folder
-from ulpq_build.bundle_reader import GENERATOR, MANIFEST_SCHEMA_VERSION, MARKER, foreign_content
+from ulpq_build.bundle_reader import GENERATOR, MANIFEST_SCHEMA_VERSION, MARKER, foreign_content, load_bundle
 from ulpq_build.checkpoint import iter_quantized
 from ulpq_build.config import resolve_options
 from ulpq_build.strategy import plan_and_quantize
@@ -121,6 +121,10 @@ def plan_shaders(model: dict, specs: dict[str, QuantSpec]) -> list[KernelVariant
     picks by row count, kernels.matmul_choice's rule), each embedding table {first, accumulate},
     and the model op_kernels[profile] for its weightless operators."""
     variants: dict[str, KernelVariant] = {}
+    if not architecture_of(model).webgpu_graph:  # the runtime runs it on the CPU path: no WGSL to ship
+        for node in [*_nodes(model, "in_features"), *_nodes(model, "table")]:
+            node["kernels"] = {}  # no profile has a shader for it
+        return []
 
     def use(kernel: str, profile: str, weight=None, **options) -> str:
         variant = KernelVariant.make(kernel, profile, weight, **options)
@@ -171,7 +175,7 @@ def build_bundle(model_path: str | Path | None, out: Path, overrides: dict | Non
         path, model_name = resolve_model(model_path, scratch)
         source = open_model(path)
         model = describe_model(source)
-        refusal = architecture_of(model).bundle_unsupported  # no runtime runs it: refuse before quantizing
+        refusal = architecture_of(model).bundle_unsupported(model)  # no runtime runs it: refuse before quantizing
         if refusal:
             raise UserError(f"{path}: {refusal}")
         names = model_tensors(model)
@@ -229,7 +233,8 @@ def _write_bundle(folder: Path, source: ModelSource, model_name: str, model: dic
 
     variants = plan_shaders(model, {e.name: e.spec for e in plan.entries})
     shader_files, file_of = distinct_shaders(variants)
-    (folder / "shaders").mkdir()
+    if shader_files:  # none for a family the runtime runs on the CPU path only
+        (folder / "shaders").mkdir()
     for shader in shader_files:
         (folder / shader.file).write_bytes(shader.data)
 
@@ -265,6 +270,10 @@ def _write_bundle(folder: Path, source: ModelSource, model_name: str, model: dic
         "demo": demo_section(model),
     }
     (folder / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n", encoding="utf-8")
+    case = architecture_of(model).verification_case
+    if case is not None:  # computed over the weights as written, read back: what every runtime will run
+        manifest["verification"] = case(model, source.folder, load_bundle(folder).weights)
+        (folder / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n", encoding="utf-8")
     # With the manifest's generator field, this marker is what lets a later `bundle --out` replace
     # the folder (bundle_reader.foreign_content): a folder without it is never deleted.
     (folder / MARKER).write_text(json.dumps({"generator": GENERATOR}) + "\n", encoding="utf-8")

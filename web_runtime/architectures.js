@@ -8,6 +8,7 @@ import { GRAPHS } from './graphs.js';
 import { preprocessImages } from './images.js';
 import { checkImages, checkTexts, toMatrix } from './inputs.js';
 import { WordPieceTokenizer } from './tokenizer.js';
+import { ByteLevelBpeTokenizer } from './tokenizer_bpe.js';
 
 /**
  * @typedef {object} EncodedBatch  an input checked and encoded for the graph
@@ -25,17 +26,45 @@ import { WordPieceTokenizer } from './tokenizer.js';
 
 /**
  * @typedef {object} Architecture
- * @property {'text' | 'image' | 'rows'} input  what process() takes: strings, images, rows of numbers
+ * @property {'text' | 'image' | 'rows' | 'prompt'} input  what process() takes: strings, images, rows of
+ *   numbers; 'prompt': a generative decoder, run by generate() (decoder_cpu.js), not process()
  * @property {Record<string, any>} manifest  the fields of manifest.model this runtime reads, in
  *   bundle_loader.js's schema notation (checked before anything is fetched)
  * @property {TokenizerRow | null} tokenizer  the tokenizer a text model loads, else null
  * @property {(model: any, input: any, tokenizer: any) => EncodedBatch} encode  check and encode an input
  * @property {(backend: any, model: any, x: any) => Promise<{data: Float32Array, rows: number, cols: number}>} run  its graph
  * @property {(out: any, job: EncodedBatch) => void} output  add the family's own fields to a result
- * @property {'sentences' | 'images' | 'rows'} demo  what the demo page shows (demo.js)
+ * @property {'sentences' | 'images' | 'rows' | 'prompt'} demo  what the demo page shows (demo.js)
+ * @property {boolean} [decoder]  a generative decoder: the model gets generate() (ulpq.js)
  */
 
 const nothingMore = () => {};
+
+/**
+ * Llama/Qwen2/Mistral- and GPT-2-style decoders (ulpq_build/architectures/llama.py, gpt2.py): one
+ * graph (ops_decoder.js decoderForward) reads which variant of each part the description names.
+ * @type {Architecture}
+ */
+const DECODER = {
+  input: 'prompt',
+  decoder: true,
+  manifest: { hidden_size: 'uint', num_layers: 'uint', num_heads: 'uint', num_kv_heads: 'uint', head_dim: 'uint',
+    vocab_size: 'uint', max_position: 'uint', norm: 'string', norm_eps: 'number', ffn: 'string', positions: { kind: 'string' },
+    embeddings: { word: { table: 'string' } }, layers: ['object'], final_norm: 'object', lm_head: 'object',
+    eos_token_ids: ['uint'], tokenizer: { files: ['string'] } },
+  tokenizer: {
+    files: ['tokenizer.json'],
+    read: (name, text) => new ByteLevelBpeTokenizer(JSON.parse(text)),
+  },
+  encode() {
+    throw new TypeError('this bundle is a generative decoder: call generate(prompt, options), not process()');
+  },
+  run() {
+    throw new TypeError('this bundle is a generative decoder: call generate(prompt, options), not process()');
+  },
+  output: nothingMore,
+  demo: 'prompt',
+};
 
 /** @type {Record<string, Architecture>} */
 export const ARCHITECTURES = {
@@ -90,6 +119,8 @@ export const ARCHITECTURES = {
     output: nothingMore,
     demo: 'images',
   },
+  llama: DECODER,
+  gpt2: DECODER,
 };
 
 /** The row of manifest.model.architecture, or null for a name this runtime does not know. */

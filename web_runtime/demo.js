@@ -1,6 +1,6 @@
 // The demo page: loads the bundle beside it and runs it, as its architecture's row says (DEMOS):
 // sentence similarity for text models, classification of built-in samples or a picked image for
-// image models, a fixed input for the demo MLP. Shows precision, path and variant, load progress,
+// image models, a fixed input for the demo MLP, streamed text generation for decoders. Shows precision, path and variant, load progress,
 // bundle size and timings. Tests read window.ulpqDemo (status, result, model, progress).
 
 import * as ulpq from './ulpq.js';
@@ -149,11 +149,72 @@ async function rowsDemo(model, m) {
   showResult(result);
 }
 
-// What the page shows, by the `demo` of the model's row in architectures.js.
-const DEMOS = { sentences: sentencesDemo, images: imagesDemo, rows: rowsDemo };
+/** Text generation: the prompt box, the text as it streams, tokens per second; Stop aborts. */
+async function promptDemo(model, m) {
+  $('prompt-demo').hidden = false;
+  $('prompt').value = m.demo.prompt;
+  $('max-new-tokens').value = String(m.demo.max_new_tokens);
+  let controller = null;
+  const number = (id) => Number($(id).value);
+  const generate = async () => {
+    controller = new AbortController();
+    $('generate').disabled = true;
+    $('stop').disabled = false;
+    $('generated-prompt').textContent = $('prompt').value;
+    $('generated-text').textContent = '';
+    $('output').textContent = 'generating...';
+    let first = null;
+    try {
+      const result = await model.generate($('prompt').value, {
+        maxNewTokens: number('max-new-tokens'), temperature: number('temperature'), topK: number('top-k'),
+        topP: number('top-p'), seed: number('seed'), signal: controller.signal,
+        onToken: ({ text, index }) => {
+          $('generated-text').textContent += text;
+          const now = performance.now();
+          first ??= now;
+          $('speed').textContent = index > 0 ? `${index + 1} tokens, ${((1000 * index) / (now - first)).toFixed(1)} tokens/s` : '1 token';
+        },
+      });
+      $('generated-text').textContent = result.text;
+      const t = result.timings;
+      $('speed').textContent = `${result.tokenIds.length} new tokens (${result.finishReason}); prompt ${t.prompt_tokens} tokens `
+        + `in ${t.prefill_ms.toFixed(1)} ms; ${t.tokens_per_second === null ? '-' : t.tokens_per_second.toFixed(1)} tokens/s decoding`;
+      showGeneration(result);
+      return result;
+    } catch (err) {
+      if (err.name !== 'AbortError') throw err;
+      $('output').textContent = 'stopped';
+      return null;
+    } finally {
+      $('generate').disabled = false;
+      $('stop').disabled = true;
+    }
+  };
+  $('generate').onclick = () => generate().catch(showError);
+  $('stop').onclick = () => controller?.abort();
+  await generate();
+}
 
-main().catch((err) => {
+function showGeneration(result) {
+  fact('Path', result.path);
+  fact('Variant', 'none (CPU)');
+  fact('WebGPU', result.webgpu.available ? 'available' : `absent: ${result.webgpu.reason}`);
+  fact('Notes', result.notes.join(' | ') || '-');
+  const t = result.timings;
+  fact('Timings', `load ${t.load_ms.toFixed(0)} ms, init ${t.init_ms.toFixed(0)} ms, prefill ${t.prefill_ms.toFixed(1)} ms, `
+    + `decode ${t.decode_ms.toFixed(1)} ms for ${t.decode_steps} steps`);
+  $('output').textContent = `token ids: ${result.tokenIds.join(' ')}`;
+  $('output').classList.remove('muted');
+  state.result = result;
+}
+
+// What the page shows, by the `demo` of the model's row in architectures.js.
+const DEMOS = { sentences: sentencesDemo, images: imagesDemo, rows: rowsDemo, prompt: promptDemo };
+
+function showError(err) {
   state.error = { name: err.name, message: err.message };
   state.status = 'error';
   $('error').textContent = `${err.name}: ${err.message}`;
-});
+}
+
+main().catch(showError);

@@ -239,9 +239,10 @@ export function causalAttention(q, cache, layer, batch, newTokens, heads, kvHead
  *   io.linear(node, x, rows, residual) -> act(x W^T + b) (+ residual when node.residual), [rows, out]
  *   io.embed(table, ids) -> the rows ids of a table, [ids.length, hidden]
  *   io.vector(name) -> a norm's weight or bias
- * Extends the cache and returns the logits [batch*newTokens, vocab].
+ * linear and embed may return a Promise (a backend that runs its kernels on worker threads):
+ * awaited either way. Extends the cache and resolves to the logits [batch*newTokens, vocab].
  */
-export function decoderForward(model, io, cache, ids, mask, newTokens) {
+export async function decoderForward(model, io, cache, ids, mask, newTokens) {
   const { batch } = cache;
   const rows = batch * newTokens;
   const { num_heads: heads, num_kv_heads: kvHeads, head_dim: d, hidden_size: hidden } = model;
@@ -259,19 +260,21 @@ export function decoderForward(model, io, cache, ids, mask, newTokens) {
     : layernorm(x, rows, hidden, io.vector(node.weight), io.vector(node.bias), model.norm_eps));
   const rotate = model.positions.kind === 'rotary';
   const invFreq = rotate ? Float64Array.from(model.positions.inv_freq) : null;
-  let x = io.embed(model.embeddings.word.table, ids);
+  let x = await io.embed(model.embeddings.word.table, ids);
   if (model.positions.kind === 'learned') {
-    const table = io.embed(model.embeddings.position.table, positions);
+    const table = await io.embed(model.embeddings.position.table, positions);
     for (let i = 0; i < x.length; i++) x[i] += table[i];
   }
-  model.layers.forEach((layer, i) => {
+  for (const [i, layer] of model.layers.entries()) {
     const a = norm(x, layer.attn_norm);
     let q, k, v;
     if (layer.qkv) {
-      const qkv = io.linear(layer.qkv, a, rows, null);
+      const qkv = await io.linear(layer.qkv, a, rows, null);
       [q, k, v] = splitColumns(qkv, rows, [heads * d, kvHeads * d, kvHeads * d]);
     } else {
-      [q, k, v] = ['query', 'key', 'value'].map((role) => io.linear(layer[role], a, rows, null));
+      q = await io.linear(layer.query, a, rows, null);
+      k = await io.linear(layer.key, a, rows, null);
+      v = await io.linear(layer.value, a, rows, null);
     }
     if (rotate) {
       rotary(q, rows, heads, d, positions, invFreq);
@@ -279,17 +282,17 @@ export function decoderForward(model, io, cache, ids, mask, newTokens) {
     }
     cache.append(i, k, v);
     const context = causalAttention(q, cache, i, batch, newTokens, heads, kvHeads, d, start);
-    x = io.linear(layer.attn_out, context, rows, x);
+    x = await io.linear(layer.attn_out, context, rows, x);
     const m = norm(x, layer.mlp_norm);
     if (model.ffn === 'gated') {
       // the gate's activation (silu) is applied here, not by the linear op, whose table lacks it
-      const gate = io.linear({ ...layer.gate, activation: 'none' }, m, rows, null);
-      const product = gluMultiply(gate, io.linear(layer.up, m, rows, null), layer.gate.activation, gate);
-      x = io.linear(layer.down, product, rows, x);
+      const gate = await io.linear({ ...layer.gate, activation: 'none' }, m, rows, null);
+      const product = gluMultiply(gate, await io.linear(layer.up, m, rows, null), layer.gate.activation, gate);
+      x = await io.linear(layer.down, product, rows, x);
     } else {
-      x = io.linear(layer.proj, io.linear(layer.fc, m, rows, null), rows, x);
+      x = await io.linear(layer.proj, await io.linear(layer.fc, m, rows, null), rows, x);
     }
-  });
+  }
   return io.linear(model.lm_head, norm(x, model.final_norm), rows, null);
 }
 

@@ -5,6 +5,9 @@
 //   const model = await loadBundle('./manifest.json', { hardware: 'auto' });
 //   const { embeddings, path, variant, notes, timings } = await model.process(['a sentence', 'another']);
 //
+//   const llm = await loadBundle('./manifest.json');      // a decoder bundle (Llama / GPT-2 style)
+//   const { text, tokenIds } = await llm.generate('Once upon a time', { maxNewTokens: 32, onToken: ({ text }) => show(text) });
+//
 //   const bert = createBertModel('webgpu', { modelId: 'models/minilm-int4', quantization: { bitsPerWeight: 4 } });
 //   await bert.initialize();
 //   const { embeddings } = await bert.process(['hello world']);
@@ -14,6 +17,8 @@ import {
 } from './bundle_loader.js';
 import { architectureOf, tokenizerFile } from './architectures.js';
 import { createCpuBackend } from './cpu_select.js';
+import { backendIo, generateTokens } from './decoder_cpu.js';
+import { checkGenerateOptions, createRng, pickToken } from './generate.js';
 import { GpuUnavailable, createGpuBackend, webgpuPresence } from './backend_webgpu.js';
 import { linear as opsLinear } from './ops_cpu.js';
 import { checkOptions, slices } from './inputs.js';
@@ -34,6 +39,17 @@ const DISPOSED = 'UlpqModel: model disposed (dispose() was called); load the bun
 
 /** A macrotask: lets the page handle input, timers and rendering before the next CPU slice. */
 const yieldToPage = () => new Promise((resolve) => { setTimeout(resolve, 0); });
+
+/**
+ * A macrotask without setTimeout's 4 ms clamp on nested calls: between decode steps the page
+ * renders the streamed text and handles input, without capping tokens per second.
+ */
+const yieldBetweenSteps = () => new Promise((resolve) => {
+  if (typeof MessageChannel !== 'function') { setTimeout(resolve, 0); return; }
+  const channel = new MessageChannel();
+  channel.port1.onmessage = () => { channel.port1.close(); resolve(); };
+  channel.port2.postMessage(null);
+});
 
 const isIntegrityError = (err) => err instanceof IntegrityError || err?.name === 'IntegrityError';
 
@@ -201,6 +217,17 @@ export class UlpqModel {
 
   async #selectBackend() {
     const { hardware } = this.options;
+    if (this.#architecture.decoder) {
+      // the WebGPU decoder kernels are not in this runtime yet: decoders run on the CPU path
+      if (hardware === 'webgpu') {
+        throw new GpuUnavailable('decoder bundles run on the CPU path for now (this runtime has no WebGPU decoder kernels yet); '
+          + 'use hardware \'auto\' or \'cpu\'');
+      }
+      this.notes.push(hardware === 'cpu' ? 'CPU path requested' : `decoder bundles run on the CPU path for now (WebGPU `
+        + `${this.webgpu.available ? 'is present, but this runtime has no decoder kernels for it yet' : 'is absent'})`);
+      await this.#useCpu();
+      return;
+    }
     if (hardware === 'cpu') {
       this.notes.push('CPU path requested');
       await this.#useCpu();
@@ -314,6 +341,70 @@ export class UlpqModel {
     const job = this.#encode(input);
     const encodeMs = performance.now() - t0;
     return this.#enqueue(() => this.#run(job, encodeMs));
+  }
+
+  /**
+   * Generate text after `prompt` (a string, or token ids) with a decoder bundle: the prompt in one
+   * pass, then one cached step per new token, each streamed through onToken({token, text, index})
+   * (`text`: the characters that token completes). Options: maxNewTokens (32), temperature (0:
+   * greedy), topK (0: off), topP (1: off), seed (null: a random one, reported), onToken, signal (an
+   * AbortSignal: rejects with an AbortError). Stops after an end-of-sequence token (kept), at
+   * maxNewTokens, or at the model's last position. Resolves to {text, tokenIds (the new tokens
+   * only), promptIds, finishReason, seed, path, variant, notes, webgpu, timings}.
+   */
+  async generate(prompt, options = {}) {
+    this.#throwIfDisposed();
+    if (!this.#init) throw new Error('call initialize() before generate()');
+    const checked = checkGenerateOptions(options);
+    if (!this.#ready) {
+      await this.#init;
+      this.#throwIfDisposed();
+    }
+    if (!this.#architecture.decoder) {
+      throw new TypeError(`generate() runs generative decoders; this bundle's ${this.manifest.model.architecture} model takes process()`);
+    }
+    const t0 = performance.now();
+    const promptIds = this.#promptIds(prompt);
+    const encodeMs = performance.now() - t0;
+    return this.#enqueue(() => this.#generate(promptIds, checked, encodeMs));
+  }
+
+  /** The prompt's token ids: a string through the bundle's tokenizer, or ids checked against the vocabulary. */
+  #promptIds(prompt) {
+    const model = this.manifest.model;
+    let ids;
+    if (typeof prompt === 'string') {
+      ids = this.tokenizer.encode(prompt);
+    } else if (Array.isArray(prompt) || ArrayBuffer.isView(prompt)) {
+      ids = Array.from(/** @type {ArrayLike<number>} */ (prompt));
+      const bad = ids.findIndex((id) => !Number.isInteger(id) || id < 0 || id >= model.vocab_size);
+      if (bad >= 0) throw new TypeError(`generate: prompt token ${bad} is ${ids[bad]}, not an id in 0..${model.vocab_size - 1}`);
+    } else {
+      throw new TypeError(`generate: prompt must be a string or an array of token ids, not ${typeof prompt}`);
+    }
+    if (ids.length === 0 && Number.isInteger(model.bos_token_id)) ids = [model.bos_token_id];
+    if (ids.length === 0) throw new TypeError('generate: the prompt encodes to no tokens and the model has no bos token to start from');
+    return ids;
+  }
+
+  async #generate(promptIds, options, encodeMs) {
+    if (!this.backend && this.#disposed) throw new Error(DISPOSED);
+    const model = this.manifest.model;
+    const seed = options.seed ?? Math.floor(Math.random() * 2 ** 32);
+    const random = createRng(seed);
+    const stream = this.tokenizer.decodeStream({ skipSpecialTokens: true });
+    const onToken = options.onToken;
+    const run = await generateTokens({
+      model, io: backendIo(this.backend, this.tensors), promptIds, maxNewTokens: options.maxNewTokens,
+      choose: (logits) => pickToken(logits, options, random), eos: new Set(model.eos_token_ids),
+      onToken: onToken ? (token, index) => onToken({ token, index, text: stream.step(token) }) : null,
+      signal: options.signal, pause: yieldBetweenSteps,
+    });
+    return /** @type {import('./types/ulpq.js').GenerateResult} */ ({
+      text: this.tokenizer.decode(run.tokens, { skipSpecialTokens: true }), tokenIds: run.tokens, promptIds,
+      finishReason: run.finish, seed, path: this.backend.path, variant: this.variant, notes: [...this.notes],
+      webgpu: this.webgpu, timings: { ...this.timings, encode_ms: encodeMs, ...run.timings },
+    });
   }
 
   async #run(job, encodeMs) {

@@ -134,7 +134,8 @@ function denseIo(weights, hidden) {
 
 // A prompt (left-padded where mask says so) prefilled, then `steps` greedy tokens one cached step at
 // a time: the prefill's logits, each step's, and the tokens picked (argmax, ties to the lowest id).
-function decode({ model, weights, ids, mask, batch, seq, steps, capacity }) {
+// decoderForward is async (a backend's io may run kernels on workers); this io answers at once.
+async function decode({ model, weights, ids, mask, batch, seq, steps, capacity }) {
   const io = denseIo(weights, model.hidden_size);
   const cache = ops.createKvCache({ layers: model.num_layers, batch, kvHeads: model.num_kv_heads, headDim: model.head_dim, capacity });
   const vocab = model.vocab_size;
@@ -143,20 +144,21 @@ function decode({ model, weights, ids, mask, batch, seq, steps, capacity }) {
     for (let j = 1; j < vocab; j++) if (logits[row * vocab + j] > logits[row * vocab + best]) best = j;
     return best;
   };
-  const prefill = ops.decoderForward(model, io, cache, Int32Array.from(ids), Float32Array.from(mask), seq);
+  const prefill = await ops.decoderForward(model, io, cache, Int32Array.from(ids), Float32Array.from(mask), seq);
   let token = Int32Array.from({ length: batch }, (_, b) => argmax(prefill, b * seq + seq - 1));
   const tokens = [Array.from(token)];
   const stepLogits = [];
   for (let s = 1; s < steps; s++) {
-    const logits = ops.decoderForward(model, io, cache, token, null, 1);
+    const logits = await ops.decoderForward(model, io, cache, token, null, 1);
     stepLogits.push(list(logits));
     token = Int32Array.from({ length: batch }, (_, b) => argmax(logits, b));
     tokens.push(Array.from(token));
   }
   const far = ops.createKvCache({ layers: model.num_layers, batch: 1, kvHeads: model.num_kv_heads, headDim: model.head_dim });
-  const past = errorOf(() => ops.decoderForward(model, io, far, new Int32Array(model.max_position + 1), null, model.max_position + 1));
+  const past = await ops.decoderForward(model, io, far, new Int32Array(model.max_position + 1), null, model.max_position + 1)
+    .then(() => null, (e) => String(e.message));
   return { prefill: list(prefill), steps: stepLogits, tokens, capacity: cache.capacity, past, pastLeftCache: far.length === 0 };
 }
 
 const OPS = { rmsNorm, rotary, glu, activation, sequence, errors, decode };
-process.stdout.write(JSON.stringify(request.cases.map((c) => OPS[c.op](c))));
+process.stdout.write(JSON.stringify(await Promise.all(request.cases.map((c) => OPS[c.op](c)))));

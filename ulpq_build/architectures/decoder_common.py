@@ -1,14 +1,18 @@
 """What the generative-decoder rows (llama.py, gpt2.py) share: refusing config fields they do not
-implement, bos/eos ids, tokenizer files, calibration on the shipped text, and the parts of a row a
-decoder has no runtime for yet (issue 14: the JS/WGSL decoder runtime)."""
+implement, bos/eos ids, tokenizer files, calibration on the shipped text, and what a decoder bundle
+carries for its check: a fixed prompt's ids and the numpy reference's greedy tokens over the bundle's
+own weights (the JS runtime's generate() must give the same tokens)."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
+import numpy as np
+
 from ulpq_build import evaluation as ev
 from ulpq_build.architectures.registry import CalibrationInputs
+from ulpq_build.decoder_reference import generate_greedy
 from ulpq_build.errors import UserError
 from ulpq_build.model_source import ModelSource
 
@@ -18,7 +22,9 @@ PLANNER_TEXT_STRIDE = 4  # the planner's many runs see every 4th passage
 # calibrates on fewer passages, so they stay within this many bytes (2 GiB: 16 passages of 128 tokens)
 LOGITS_BUDGET = 2 << 30
 DEMO_PROMPT = "Once upon a time"
-BUNDLE_UNSUPPORTED = "decoder bundles need the decoder runtime (issue 14): use quantize for now"
+VERIFY_STEPS = 32  # greedy tokens the bundle's check compares
+NO_TOKENIZER = ("a decoder bundle needs the model's tokenizer.json beside model.safetensors (generate() takes text); "
+                "add it to the model folder")
 MOE_FIELDS = ("num_experts", "num_local_experts", "n_routed_experts", "moe_intermediate_size", "num_experts_per_tok")
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
 
@@ -102,10 +108,61 @@ def ships_calibration(model: dict, source: ModelSource) -> bool:
     return tokenizer.get_vocab_size() <= source.weights.shape(model["embeddings"]["word"]["table"])[0]
 
 
+def bundle_unsupported(model: dict) -> str | None:
+    return None if model.get("tokenizer") else NO_TOKENIZER
+
+
+def prompt_ids(folder: Path, prompt: str = DEMO_PROMPT) -> list[int]:
+    """The prompt's ids as `tokenizers` encodes it (special tokens of the post-processor included, as
+    the runtime's tokenizer_bpe.js encodes it)."""
+    return [int(i) for i in ev.load_tokenizer(folder / "tokenizer.json").encode(prompt).ids]
+
+
+def steps_for(model: dict, prompt_length: int, wanted: int = VERIFY_STEPS) -> int:
+    """How many tokens a generation after `prompt_length` tokens may give: the prefill gives the
+    first, each further one takes the next position, and positions end at max_position."""
+    return max(0, min(wanted, model["max_position"] - prompt_length + 1))
+
+
+def greedy_tokens(model: dict, weights: dict, ids, steps: int = VERIFY_STEPS) -> list[int]:
+    """The reference's greedy tokens after prompt ids [1, n], ending at the first eos token (included),
+    as generate() stops there; float64 over the given (the bundle's dequantized) weights."""
+    ids = np.asarray(ids, np.int64).reshape(1, -1)
+    n = steps_for(model, ids.shape[1], steps)
+    tokens = [int(t) for t in generate_greedy(model, weights, ids, n)[0]] if n else []
+    eos = set(model.get("eos_token_ids") or [])
+    end = next((i + 1 for i, t in enumerate(tokens) if t in eos), len(tokens))
+    return tokens[:end]
+
+
+def verification_case(model: dict, folder: Path, weights: dict) -> dict:
+    """The manifest's `verification`: the demo prompt's ids and the reference's greedy tokens after it."""
+    ids = prompt_ids(folder)
+    if not ids:
+        raise UserError(f"{folder / 'tokenizer.json'}: encodes {DEMO_PROMPT!r} to no tokens; is it the model's tokenizer?")
+    return {"prompt": DEMO_PROMPT, "prompt_ids": ids, "max_new_tokens": VERIFY_STEPS,
+            "greedy_tokens": greedy_tokens(model, weights, [ids])}
+
+
 def verification_input(model: dict, folder: Path, manifest: dict, images: int):
-    raise UserError(BUNDLE_UNSUPPORTED)
+    """The browser generates greedily from the manifest's prompt ids; the check counts the positions
+    where its tokens differ from the reference's (a missing or extra token counts too)."""
+    case = manifest.get("verification")
+    if not isinstance(case, dict) or not isinstance(case.get("prompt_ids"), list):
+        raise UserError(f"{folder / 'manifest.json'}: a decoder bundle needs its verification section; rebuild the bundle")
+    payload = {"prompt_ids": case["prompt_ids"], "max_new_tokens": VERIFY_STEPS}
+    return payload, np.asarray([case["prompt_ids"]], np.int64), tokens_differing
+
+
+def tokens_differing(expected: list[int], got) -> tuple[str, float]:
+    got = [int(t) for t in np.asarray(got).reshape(-1)]
+    differing = sum(a != b for a, b in zip(expected, got)) + abs(len(expected) - len(got))
+    return "tokens differing", float(differing)
+
+
+def verification_forward(model: dict, weights: dict, inputs) -> list[int]:
+    return greedy_tokens(model, weights, inputs)
 
 
 def demo(model: dict) -> dict:
     return {"prompt": DEMO_PROMPT, "max_new_tokens": 32}
-

@@ -91,10 +91,12 @@ def describe(source: ModelSource) -> dict:
 
 GPT2 = Architecture(
     name="gpt2", model_types=("gpt2",),
-    summary="gpt2 (GPT2LMHeadModel: quantize only, no bundle yet)",
+    summary="gpt2 (GPT2LMHeadModel)",
     describe=describe, reference_forward=reference_forward, input_kind="prompt",
     verification_input=dc.verification_input, demo=dc.demo,
     bundle_files=lambda model, source: list((model["tokenizer"] or {}).get("files", [])),
     calibration_inputs=dc.calibration_inputs, ships_calibration=dc.ships_calibration,
-    bench_presets=(), bundle_unsupported=dc.BUNDLE_UNSUPPORTED, stored_transposed=stored_transposed,
+    bench_presets=(), bundle_unsupported=dc.bundle_unsupported, webgpu_graph=False,
+    verification_forward=dc.verification_forward, verification_case=dc.verification_case,
+    stored_transposed=stored_transposed,
 )

@@ -153,10 +153,11 @@ def describe(source: ModelSource) -> dict:
 
 LLAMA = Architecture(
     name="llama", model_types=("llama", "qwen2", "mistral"),
-    summary="llama, qwen2, mistral (LlamaForCausalLM-style decoders: quantize only, no bundle yet)",
+    summary="llama, qwen2, mistral (LlamaForCausalLM-style decoders)",
     describe=describe, reference_forward=reference_forward, input_kind="prompt",
     verification_input=dc.verification_input, demo=dc.demo,
     bundle_files=lambda model, source: list((model["tokenizer"] or {}).get("files", [])),
     calibration_inputs=dc.calibration_inputs, ships_calibration=dc.ships_calibration,
-    bench_presets=(), bundle_unsupported=dc.BUNDLE_UNSUPPORTED,
+    bench_presets=(), bundle_unsupported=dc.bundle_unsupported, webgpu_graph=False,
+    verification_forward=dc.verification_forward, verification_case=dc.verification_case,
 )

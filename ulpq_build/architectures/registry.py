@@ -99,7 +99,15 @@ class Architecture:
     stored_transposed   ModelSource -> names of matrices the checkpoint stores [in, out] (GPT-2's Conv1D):
                         open_model presents them [out, in], as every other matrix, to describe, the
                         quantizer, the reference and the bundle alike; never raises (any checkpoint opens)
-    bundle_unsupported  None, or the one-line reason `bundle` refuses this family (no runtime runs it yet)
+    bundle_unsupported  model -> None, or the one-line reason `bundle` refuses this model (checked before
+                        quantizing: no runtime runs the family, or a file the runtime needs is missing)
+    webgpu_graph        whether the JS runtime has a WebGPU graph for it: the bundle ships its shaders
+                        (False: no WGSL is planned and the runtime runs it on the CPU path)
+    verification_forward  (model, weights, inputs) -> what the browser's output is compared with, for
+                        a row whose check is not reference_forward's output (a decoder's greedy tokens)
+    verification_case   (model, ModelSource folder, dequantized weights) -> the manifest's `verification`
+                        section (a fixed input and the reference's answer over the bundle's own weights),
+                        or None
     """
 
     name: str
@@ -120,7 +128,10 @@ class Architecture:
     bench_goals: tuple[Goal, ...] = ()
     preset_overrides: dict[str, dict] = field(default_factory=dict)
     stored_transposed: Callable[..., frozenset] = lambda source: frozenset()
-    bundle_unsupported: str | None = None
+    bundle_unsupported: Callable[[dict], str | None] = lambda model: None
+    webgpu_graph: bool = True
+    verification_forward: Callable[..., Any] | None = None
+    verification_case: Callable[..., dict] | None = None
 
 
 ARCHITECTURES: dict[str, Architecture] = {}  # name -> row, in the order `supported()` lists them

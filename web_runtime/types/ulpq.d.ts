@@ -170,6 +170,67 @@ export interface AnyResult extends ResultBase {
   tokens?: number[];
 }
 
+/** What generate() hears of each new token, as soon as it is chosen. */
+export interface GeneratedToken {
+  token: number;
+  /** 0 for the first new token. */
+  index: number;
+  /** The characters this token completes ('' while a multi-byte character is still open). */
+  text: string;
+}
+
+/** generate()'s options; a TypeError (RangeError: a number out of range) names a bad one. */
+export interface GenerateOptions {
+  /** New tokens at most (default 32). */
+  maxNewTokens?: number;
+  /** 0 (the default): greedy; above 0: sampling from softmax(logits / temperature). */
+  temperature?: number;
+  /** Sample among the k most probable tokens (0, the default: all). */
+  topK?: number;
+  /** Sample among the most probable tokens whose mass reaches topP (1, the default: all). */
+  topP?: number;
+  /** Seed of the sampling PRNG (null, the default: a random one, reported in the result). */
+  seed?: number | null;
+  onToken?: ((token: GeneratedToken) => void) | null;
+  /** Aborting it rejects the call with an AbortError (checked between tokens). */
+  signal?: AbortSignal | null;
+}
+
+/** Milliseconds and counts of a generation. */
+export interface GenerateTimings {
+  load_ms: number;
+  init_ms: number;
+  encode_ms: number;
+  /** The prompt's one pass. */
+  prefill_ms: number;
+  /** The cached steps after the first token. */
+  decode_ms: number;
+  prompt_tokens: number;
+  decode_steps: number;
+  /** decode_steps per second of decode_ms; null with fewer than two new tokens. */
+  tokens_per_second: number | null;
+}
+
+/** What generate() resolves to. */
+export interface GenerateResult {
+  /** The new tokens' text (special tokens left out). */
+  text: string;
+  /** The new tokens only. */
+  tokenIds: number[];
+  /** The prompt's ids as the model read them. */
+  promptIds: number[];
+  /** 'eos': an end-of-sequence token (kept in tokenIds); 'length': maxNewTokens; 'max_position': the model's last position. */
+  finishReason: 'eos' | 'length' | 'max_position';
+  /** The sampling PRNG's seed (pass it again to repeat the run). */
+  seed: number;
+  /** Decoders run on the CPU path for now. */
+  path: RunPath;
+  variant: Variant | null;
+  notes: string[];
+  webgpu: WebGpuPresence;
+  timings: GenerateTimings;
+}
+
 /** An RGBA image: ImageData, or the same fields (data holds width * height * 4 values, 0..255). */
 export interface ImageInput {
   width: number;
@@ -244,6 +305,12 @@ export class UlpqModel<K extends ModelKind = 'any'> {
    * working GPU) or an Error once disposed.
    */
   process(input: ModelKinds[K]['input']): Promise<ModelKinds[K]['result']>;
+  /**
+   * A decoder bundle's text generation after `prompt` (a string, or token ids): the prompt in one
+   * pass, then one cached step per token, each streamed through onToken. Rejects with a TypeError
+   * for a bundle that is not a decoder, an AbortError when `signal` fires.
+   */
+  generate(prompt: string | readonly number[], options?: GenerateOptions): Promise<GenerateResult>;
   /** Free the GPU device, buffers, weights and tokenizer after the calls already made; later calls throw. */
   dispose(): Promise<void>;
 }
