@@ -105,7 +105,19 @@ def _reg(*kernels: Kernel) -> dict[str, Kernel]:
     return {k.name: k for k in kernels}
 
 
-EPILOGUE = {"activation": ("none", "gelu"), "bias": (False, True), "residual": (False, True)}
+# The activations a kernel can apply, each a row of the activation table in templates/_epilogue.wgsl.jinja
+# (and of reference.ACTIVATIONS): the matrix products' epilogue takes the first group, the gate
+# product (gated) the second.
+EPILOGUE_ACTIVATIONS = ("none", "gelu", "gelu_tanh")
+GATE_ACTIVATIONS = ("silu", "gelu", "gelu_tanh")
+EPILOGUE = {"activation": EPILOGUE_ACTIVATIONS, "bias": (False, True), "residual": (False, True)}
+
+# cache_attention's uniforms: query row r = b * seq + t sits at slot start + t of sequence b;
+# capacity: slots per (sequence, kv head) in the cache; chunk, chunks: the split of the slots.
+DECODER_ATTENTION_PARAMS = (("rows", "u32"), ("seq", "u32"), ("heads", "u32"), ("kv_heads", "u32"), ("head_dim", "u32"),
+                            ("scale", "f32"), ("start", "u32"), ("capacity", "u32"), ("chunk", "u32"), ("chunks", "u32"),
+                            ("q_stride", "u32"), ("q_off", "u32"), ("cache_off", "u32"))
+CACHE_ATTENTION_KEY_THREADS = 8  # threads per key dot product in cache_attention (divides every profile's workgroup)
 
 KERNELS: dict[str, Kernel] = _reg(
     Kernel(
@@ -214,6 +226,76 @@ KERNELS: dict[str, Kernel] = _reg(
         "y[b*(P+1) + 0, :] = cls + pos[0, :]; y[b*(P+1) + 1 + p, :] = patches[b*P + p, :] + pos[1 + p, :]",
         ("params", "patches", "cls", "pos", "y"), (("batch", "u32"), ("patches", "u32"), ("hidden", "u32"),
                                                    ("count", "u32")), "elementwise",
+    ),
+    # Generative decoders (templates/decoder/). The KV cache of one layer is [batch][kv_heads][slot]
+    # [head_dim] float32 from element cache_off of its buffer (one buffer may hold every layer): a
+    # (sequence, kv head) is one contiguous block of `capacity` slots, so a decode step's attention
+    # reads a head's keys and values as one run, shared by the head's whole query group, and
+    # appending a token writes in place, never moving the cache. Slot s of sequence b holds a real
+    # token (not padding) when keep[b * capacity + s] > 0.5; the host writes keep.
+    Kernel(
+        "rmsnorm", "decoder/rmsnorm.wgsl.jinja",
+        "y[r, :] = h / sqrt(mean(h^2) + eps) * gamma with h = x[r, :] (+ residual[r, :], then written back into "
+        "residual: the residual stream updated in place); one workgroup per row",
+        ("params", "x", "residual", "gamma", "y"), (("rows", "u32"), ("cols", "u32"), ("eps", "f32")), "rows",
+        {"residual": (False, True)},
+    ),
+    Kernel(
+        "rotary_cache", "decoder/cache_append.wgsl.jinja",
+        "from the fused Q|K|V product qkv [rows, (heads + 2 kv_heads) * head_dim] (row b * seq + t): q = rotary(Q) "
+        "into q [rows, heads * head_dim], rotary(K) and V appended to the caches at slot start + t; rotary in the "
+        "rotate-half layout (dimension i pairs with i + head_dim/2) at angle positions[row] * inv_freq[i] (f32, "
+        "as transformers computes it); count = rows * (heads + 2 kv_heads) * head_dim / 2",
+        ("params", "qkv", "positions", "inv_freq", "q", "k_cache", "v_cache"),
+        (("rows", "u32"), ("seq", "u32"), ("heads", "u32"), ("kv_heads", "u32"), ("head_dim", "u32"),
+         ("start", "u32"), ("capacity", "u32"), ("cache_off", "u32"), ("count", "u32")), "elementwise",
+    ),
+    Kernel(
+        "append_cache", "decoder/cache_append.wgsl.jinja",
+        "rotary_cache without the rotation (learned positions, GPT-2): Q copied into q, K and V appended to the caches",
+        ("params", "qkv", "q", "k_cache", "v_cache"),
+        (("rows", "u32"), ("seq", "u32"), ("heads", "u32"), ("kv_heads", "u32"), ("head_dim", "u32"),
+         ("start", "u32"), ("capacity", "u32"), ("cache_off", "u32"), ("count", "u32")), "elementwise",
+    ),
+    Kernel(
+        "cache_attention", "decoder/cache_attention.wgsl.jinja",
+        "y[r, h*d:(h+1)*d] = softmax_j(q_r,h . k_j * scale) v_j over the kept cache slots j <= start + t of query row "
+        "r = b * seq + t (causal and padding mask); grouped-query: head h reads kv head h / (heads / kv_heads); q at "
+        "r * q_stride + q_off + h * d; one workgroup per (kv head, row) serves the head's whole query group over its "
+        "slots with an online softmax in blocks (f32, running max subtracted): no length limit. The prefill "
+        "kernel: grid (chunks = 1, kv_heads, rows), chunk >= start + seq",
+        ("params", "q", "k_cache", "v_cache", "keep", "y"), DECODER_ATTENTION_PARAMS, "cache_attention",
+        tiles={"*": {"max_group": 16, "acc": 2048}},
+    ),
+    Kernel(
+        "cache_attention_split", "decoder/cache_attention.wgsl.jinja",
+        "cache_attention with the slots cut into `chunks` chunks of `chunk` (grid (chunks, kv_heads, rows)): each "
+        "workgroup writes its chunk's unnormalized output part_o [(r * heads + h) * chunks + c, d] and its (max, sum) "
+        "part_ml [.., 2], which attention_combine merges. The decode step (one query per sequence, a long cache); a "
+        "chunk past a row's last slot writes an empty part, so a grid fixed by the capacity serves every step",
+        ("params", "q", "k_cache", "v_cache", "keep", "part_o", "part_ml"), DECODER_ATTENTION_PARAMS, "cache_attention",
+        tiles={"*": {"max_group": 16, "acc": 2048}},
+    ),
+    Kernel(
+        "attention_combine", "decoder/attention_combine.wgsl.jinja",
+        "y[r, h*d + e] = sum_c exp(m_c - M) o_c[e] / sum_c exp(m_c - M) l_c (M = max_c m_c) over the chunk parts of "
+        "cache_attention_split; zeros where no chunk saw a kept slot; count = rows * heads * head_dim",
+        ("params", "part_o", "part_ml", "y"),
+        (("rows", "u32"), ("heads", "u32"), ("head_dim", "u32"), ("chunks", "u32"), ("count", "u32")), "elementwise",
+    ),
+    Kernel(
+        "gated", "decoder/gated.wgsl.jinja",
+        "y[r, c] = act(gate[r * in_stride + gate_off + c]) * up[r * in_stride + up_off + c] (SwiGLU: silu; the "
+        "concatenated gate|up product bound twice: in_stride = 2 cols, offsets 0 and cols); count = rows * cols",
+        ("params", "gate", "up", "y"), (("count", "u32"), ("cols", "u32"), ("in_stride", "u32"), ("gate_off", "u32"),
+                                         ("up_off", "u32")), "elementwise",
+        {"activation": GATE_ACTIVATIONS},
+    ),
+    Kernel(
+        "argmax", "decoder/argmax.wgsl.jinja",
+        "y[r] = the lowest c < cols where x[r * row_stride + row_off + c] is largest, as u32 (greedy decoding reads "
+        "back 4 bytes per sequence, not the logits); one workgroup per row",
+        ("params", "x", "y"), (("rows", "u32"), ("cols", "u32"), ("row_stride", "u32"), ("row_off", "u32")), "rows",
     ),
 )
 
@@ -374,6 +456,13 @@ class KernelVariant:
             return 4 * (t["max_seq"] + self.workgroup_size)
         if self.kernel in ("layernorm", "softmax") or (self.kernel == "meanpool" and self.opts["normalize"]):
             return 4 * self.workgroup_size  # one f32 per thread for the tree reductions
+        if self.kernel == "rmsnorm":
+            return 4 * self.workgroup_size
+        if self.kernel == "argmax":  # a value and an index per thread
+            return 8 * self.workgroup_size
+        if self.spec.dispatch == "cache_attention":  # red, a block of scores per group head, acc, max / sum / alpha
+            keys = self.workgroup_size // CACHE_ATTENTION_KEY_THREADS
+            return 4 * (self.workgroup_size + t["max_group"] * keys + t["acc"] + 3 * t["max_group"])
         return 0
 
     @property
@@ -450,6 +539,8 @@ def workgroups(variant: KernelVariant, dims: dict[str, int]) -> tuple[int, int, 
         return (*_grid(dims["rows"] if "rows" in dims else dims["batch"]), 1)
     if rule == "attention":  # x: query position, y: head, z: sequence
         return dims["seq"], dims["heads"], dims["batch"]
+    if rule == "cache_attention":  # x: slot chunk, y: kv head, z: query row
+        return dims["chunks"], dims["kv_heads"], dims["rows"]
     raise ValueError(f"unknown dispatch rule {rule!r}")
 
 
@@ -471,7 +562,62 @@ def check_attention_dims(variant: KernelVariant, dims: dict[str, int]) -> None:
             raise ValueError(f"attention: {name} = {dims[name]} exceeds {MAX_WORKGROUPS_PER_DIM} workgroups per dimension")
 
 
+def check_cache_dims(dims: dict[str, int]) -> None:
+    """Refuse dims that would touch slots outside a sequence's cache block (rotary_cache,
+    append_cache and cache_attention share the rule; the host checks before it dispatches)."""
+    for name in ("rows", "seq", "heads", "kv_heads", "head_dim", "capacity"):
+        if int(dims[name]) < 1:
+            raise ValueError(f"decoder kernel: {name} = {dims[name]}; it must be at least 1")
+    if dims["rows"] % dims["seq"]:
+        raise ValueError(f"decoder kernel: rows {dims['rows']} are not whole sequences of {dims['seq']} tokens")
+    if dims["heads"] % dims["kv_heads"]:
+        raise ValueError(f"decoder kernel: heads {dims['heads']} is not a multiple of kv_heads {dims['kv_heads']}")
+    if dims["head_dim"] % 2:
+        raise ValueError(f"decoder kernel: head_dim {dims['head_dim']} must be even (rotate-half pairs i with i + d/2)")
+    if dims["start"] + dims["seq"] > dims["capacity"]:
+        raise ValueError(f"decoder kernel: slots {dims['start']} + {dims['seq']} exceed the cache's capacity "
+                         f"{dims['capacity']}; allocate a longer cache")
+
+
+def check_cache_attention_dims(variant: KernelVariant, dims: dict[str, int]) -> None:
+    """Refuse dims cache_attention(_split) cannot compute: a workgroup keeps its query group's outputs
+    (group * head_dim <= tiles["acc"]) and scores (group <= tiles["max_group"]) in workgroup memory,
+    the chunks must cover every slot a query sees, and the grid is (chunks, kv_heads, rows)."""
+    if variant.spec.dispatch != "cache_attention":
+        raise ValueError(f"check_cache_attention_dims: {variant.key} is not a cache attention variant")
+    check_cache_dims(dims)
+    t, group = variant.tiles, dims["heads"] // dims["kv_heads"]
+    if group > t["max_group"] or group * dims["head_dim"] > t["acc"]:
+        raise ValueError(f"{variant.kernel}: a query group of {group} heads x head_dim {dims['head_dim']} exceeds "
+                         f"{t['max_group']} heads / {t['acc']} outputs per workgroup of {variant.key}")
+    if dims["chunk"] < 1 or dims["chunk"] * dims["chunks"] < dims["start"] + dims["seq"]:
+        raise ValueError(f"{variant.kernel}: {dims['chunks']} chunks of {dims['chunk']} slots do not cover "
+                         f"{dims['start'] + dims['seq']} slots")
+    if variant.kernel == "cache_attention" and dims["chunks"] != 1:
+        raise ValueError("cache_attention writes normalized outputs of one chunk; split the slots with "
+                         "cache_attention_split and attention_combine")
+    for name in ("chunks", "kv_heads", "rows"):
+        if dims[name] > MAX_WORKGROUPS_PER_DIM:
+            raise ValueError(f"{variant.kernel}: {name} = {dims[name]} exceeds {MAX_WORKGROUPS_PER_DIM} workgroups per dimension")
+
+
 def pack_params(variant: KernelVariant, values: dict[str, float]) -> bytes:
     """The uniform buffer for `values`: fields in the kernel's order, padded to 16 bytes."""
     raw = b"".join(struct.pack("<I" if kind == "u32" else "<f", values[name]) for name, kind in variant.spec.params)
     return raw + b"\0" * (-len(raw) % 16 or (16 if not raw else 0))
+
+
+def decoder_operator_kernels(model: dict) -> list:
+    """The weightless operators a generative decoder (a decoder_reference description: `norm`,
+    `positions`, `ffn`, `activation`) runs on the GPU, as an architecture row's operator_kernels
+    list [(role, kernel, None, options)]: the bundle renders each for every profile."""
+    rms = model["norm"] == "rms"
+    ops = [("norm", "rmsnorm", None, {"residual": False}) if rms else ("norm", "layernorm", None, {})]
+    if rms:
+        ops.append(("norm_residual", "rmsnorm", None, {"residual": True}))
+    ops.append(("cache_append", "rotary_cache" if model["positions"]["kind"] == "rotary" else "append_cache", None, {}))
+    ops += [("attention_prefill", "cache_attention", None, {}), ("attention_decode", "cache_attention_split", None, {}),
+            ("attention_combine", "attention_combine", None, {}), ("argmax", "argmax", None, {})]
+    if model["ffn"] == "gated":
+        ops.append(("gate", "gated", None, {"activation": model["activation"]}))
+    return ops
