@@ -28,8 +28,9 @@ import pytest
 from support import ROOT
 from ulpq_build.browsers import node_environment
 from ulpq_build.decoder_reference import causal_attention, rms_norm, rotary
-from ulpq_build.kernels import (EPILOGUE, GATE_ACTIVATIONS, KERNELS, KernelVariant, WeightStorage, check_cache_attention_dims,
-                                check_cache_dims, decoder_operator_kernels, pack_params, render, workgroups)
+from ulpq_build.kernels import (EPILOGUE, GATE_ACTIVATIONS, KERNELS, MAX_DECODE_CHUNK, KernelVariant, WeightStorage,
+                                check_cache_attention_dims, check_cache_dims, decode_chunks, decoder_operator_kernels,
+                                pack_params, render, workgroups)
 from ulpq_build.native_webgpu import (COMPILERS, KernelRunner, adapter_summary, cached_device, matmul_params, validate,
                                       weight_arrays)
 from ulpq_build.profiles import PROFILES
@@ -152,6 +153,19 @@ def test_dims_checks_refuse_what_the_kernels_cannot_compute():
         check_cache_attention_dims(KernelVariant.make("argmax", "firefox"), dims)
     with pytest.raises(ValueError, match="capacity"):
         check_cache_dims({**dims, "start": 100})
+
+
+def test_decode_chunks_cover_the_cache_in_whole_blocks():
+    for profile in PROFILES:
+        variant = KernelVariant.make("cache_attention_split", profile)
+        block = variant.workgroup_size // 8
+        for slots, kv, rows in itertools.product((1, 31, 293, 2048, 32769), (1, 2, 8), (1, 4)):
+            chunk, chunks = decode_chunks(variant, slots, kv, rows)
+            assert chunk % block == 0 and block <= chunk <= max(block, MAX_DECODE_CHUNK)
+            assert (chunks - 1) * chunk < slots <= chunks * chunk  # every slot, no empty chunk
+            check_cache_attention_dims(variant, {"rows": rows, "seq": 1, "heads": 4 * kv, "kv_heads": kv, "head_dim": 64,
+                                                 "start": slots - 1, "capacity": slots, "chunk": chunk, "chunks": chunks})
+        assert decode_chunks(variant, 32768, 8, 1) == (MAX_DECODE_CHUNK, 32768 // MAX_DECODE_CHUNK)
 
 
 # --- execution -----------------------------------------------------------------------------------
@@ -412,21 +426,28 @@ def test_cache_attention_decode_split_and_combine(profile, rng):
     split = KernelVariant.make("cache_attention_split", profile)
     combine = KernelVariant.make("attention_combine", profile)
     for case in DECODE_CASES:
-        batch, heads, kv, d, start, capacity, kept, chunk, chunks = case
+        batch, heads, kv, d, start, capacity, kept, case_chunk, case_chunks = case
         inputs, dims, want = attention_case(rng, batch, 1, heads, kv, d, start, capacity, kept)
-        dims.update(chunk=chunk, chunks=chunks)
-        check_cache_attention_dims(split, dims)
-        parts = batch * heads * chunks
-        got = execute(split, inputs, dims, {"part_o": poisoned(parts * d), "part_ml": poisoned(parts * 2)})
-        assert np.isfinite(got["part_o"]).all() and np.isfinite(got["part_ml"]).all(), "a chunk's part was never written"
-        ml = got["part_ml"].reshape(batch, heads, chunks, 2)
-        empty = np.arange(chunks) * chunk >= start + 1
-        assert (ml[:, :, empty, 1] == 0).all() and (got["part_o"].reshape(batch, heads, chunks, d)[:, :, empty] == 0).all()
-        cdims = {"rows": batch, "heads": heads, "head_dim": d, "chunks": chunks, "count": want.size}
-        y = execute(combine, {"part_o": got["part_o"], "part_ml": got["part_ml"]}, cdims, {"y": poisoned(want.size)})["y"]
-        check(y, want, ATTENTION_TOLERANCE, f"decode {case}")
-        if start + 1 == kept[-1]:  # the last sequence sees only padding: zeros, as the reference
-            assert not y.reshape(batch, -1)[-1].any()
+        for chunk, chunks in ((case_chunk, case_chunks), decode_chunks(split, start + 1, kv, batch)):  # the case's, the rule's
+            decode_step(split, combine, inputs, {**dims, "chunk": chunk, "chunks": chunks}, want, case)
+
+
+def decode_step(split, combine, inputs, dims, want, case):
+    """cache_attention_split then attention_combine: every part written (empty chunks empty), then
+    the merged output against the reference."""
+    batch, heads, d, chunk, chunks = dims["rows"], dims["heads"], dims["head_dim"], dims["chunk"], dims["chunks"]
+    check_cache_attention_dims(split, dims)
+    parts = batch * heads * chunks
+    got = execute(split, inputs, dims, {"part_o": poisoned(parts * d), "part_ml": poisoned(parts * 2)})
+    assert np.isfinite(got["part_o"]).all() and np.isfinite(got["part_ml"]).all(), "a chunk's part was never written"
+    ml = got["part_ml"].reshape(batch, heads, chunks, 2)
+    empty = np.arange(chunks) * chunk >= dims["start"] + 1
+    assert (ml[:, :, empty, 1] == 0).all() and (got["part_o"].reshape(batch, heads, chunks, d)[:, :, empty] == 0).all()
+    cdims = {"rows": batch, "heads": heads, "head_dim": d, "chunks": chunks, "count": want.size}
+    y = execute(combine, {"part_o": got["part_o"], "part_ml": got["part_ml"]}, cdims, {"y": poisoned(want.size)})["y"]
+    check(y, want, ATTENTION_TOLERANCE, f"decode {case}, chunks of {chunk}")
+    if dims["start"] + 1 == case[6][-1]:  # the last sequence sees only padding: zeros, as the reference
+        assert not y.reshape(batch, -1)[-1].any()
 
 
 # --- gated, the tanh GELU epilogue, argmax --------------------------------------------------------

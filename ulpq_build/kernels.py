@@ -562,6 +562,26 @@ def check_attention_dims(variant: KernelVariant, dims: dict[str, int]) -> None:
             raise ValueError(f"attention: {name} = {dims[name]} exceeds {MAX_WORKGROUPS_PER_DIM} workgroups per dimension")
 
 
+# The longest chunk of slots a decode-step attention workgroup walks: on an H200 (Dawn), chunks of 1024
+# and 4096 slots ran 1.07-1.38x slower than 256 at 8192-32768 cached slots (fewer workgroups, each a
+# longer serial chain), and 256 was never far from the best measured (scripts/bench_decoder_kernels.py).
+MAX_DECODE_CHUNK = 256
+
+
+def decode_chunks(variant: KernelVariant, slots: int, kv_heads: int, rows: int) -> tuple[int, int]:
+    """(chunk, chunks) for cache_attention_split over `slots` cached slots: each workgroup walks its
+    chunk block after block (a serial chain of loads and barriers), so the slots are cut until the
+    grid (chunks x kv_heads x rows) reaches SPLIT_TARGET_WORKGROUPS workgroups or the chunks are one
+    block (the variant's keys per pass) short, and never longer than MAX_DECODE_CHUNK. On an H200
+    (Dawn, chrome variant) its pick was the fastest measured of 32/64/256/rule slots, or within 1.11x of
+    it, for Llama-3.2-1B's and Qwen2.5-0.5B's heads at 512 to 32768 slots, batch 1 and 4 (where a
+    repeated row varied by up to 1.4x between trials at under 100 us)."""
+    block = variant.workgroup_size // CACHE_ATTENTION_KEY_THREADS
+    chunks = max(1, min(math.ceil(SPLIT_TARGET_WORKGROUPS / (kv_heads * rows)), math.ceil(slots / block)))
+    chunk = min(MAX_DECODE_CHUNK, math.ceil(math.ceil(slots / chunks) / block) * block)
+    return chunk, math.ceil(slots / chunk)
+
+
 def check_cache_dims(dims: dict[str, int]) -> None:
     """Refuse dims that would touch slots outside a sequence's cache block (rotary_cache,
     append_cache and cache_attention share the rule; the host checks before it dispatches)."""
