@@ -19,6 +19,7 @@ kernels.
 from __future__ import annotations
 
 import argparse
+import itertools
 import datetime
 import json
 import math
@@ -181,6 +182,7 @@ def main() -> int:
     parser.add_argument("--formats", default=",".join(FORMATS))
     parser.add_argument("--quick", action="store_true", help="small shapes only (lavapipe smoke run)")
     parser.add_argument("--sweep", action="store_true", help="time other tile shapes per profile instead (to tune the table)")
+    parser.add_argument("--sweep-shapes", default="16384x8192", help="GEMV shapes (n x k, comma-separated) the sweep times")
     parser.add_argument("--json", type=Path, help="write the results here")
     parser.add_argument("--report", type=Path, nargs="+", help="format result files instead of measuring")
     parser.add_argument("--write-docs", type=Path)
@@ -216,7 +218,8 @@ def main() -> int:
     print(f"copy bandwidth: {result['copy_bandwidth'] / 1e12:.3f} TB/s buffer copy, "
           f"{result['kernel_copy_bandwidth'] / 1e12:.3f} TB/s compute-shader copy (read + write)", flush=True)
     if args.sweep:
-        result["sweep"] = sweep(timer, rng, args.quick)
+        shapes = [tuple(int(v) for v in s.split("x")) for s in args.sweep_shapes.split(",")]
+        result["sweep"] = sweep(timer, rng, args.quick, shapes)
         result["copy_bandwidth"] = max(result["copy_bandwidth"], copy())
         if args.json:
             args.json.write_text(json.dumps(result, indent=1) + "\n")
@@ -276,11 +279,10 @@ SWEEP_GEMM = {
 }
 
 
-def sweep(timer: Timer, rng, quick: bool) -> list[dict]:
-    """Time candidate tiles per profile: GEMV at the large shape, GEMM at 4096^3 and 128 tokens."""
+def sweep(timer: Timer, rng, quick: bool, gemv_shapes=((16384, 8192),)) -> list[dict]:
+    """Time candidate tiles per profile: GEMV at the given n x k shapes, GEMM at 4096^3 and 128 tokens."""
     rows = []
-    n, k = (768, 768) if quick else (16384, 8192)
-    for name in ("int4", "int2", "int8"):
+    for (n, k), name in itertools.product([(768, 768)] if quick else gemv_shapes, ("int4", "int2", "int8")):
         spec = QuantSpec(name)
         qt = random_weight(spec, n, k, rng)
         x = rng.standard_normal((1, k)).astype(np.float32)
@@ -292,7 +294,7 @@ def sweep(timer: Timer, rng, quick: bool) -> list[dict]:
                                        2 if quick else 24, 3, copies=copies)
                 rows.append({"kernel": "gemv", "profile": profile, "format": name, "tiles": tiles, "shape": [1, n, k],
                              "seconds": seconds, "bandwidth": qt.nbytes / seconds})
-                print(f"gemv {profile:8s} {name:10s} {tiles}: {seconds * 1e6:8.1f} us {qt.nbytes / seconds / 1e9:7.1f} GB/s", flush=True)
+                print(f"gemv {profile:8s} {name:10s} {n}x{k} {tiles}: {seconds * 1e6:8.1f} us {qt.nbytes / seconds / 1e9:7.1f} GB/s", flush=True)
     for name in () if not quick else ("int4",):  # GEMM tiles were chosen from the first sweep (docs/benchmarks.md)
         spec = QuantSpec(name)
         for m, n, k in ([(64, 256, 256)] if quick else [(4096, 4096, 4096), (128, 3072, 768)]):

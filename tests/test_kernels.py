@@ -14,7 +14,7 @@ import pytest
 
 from support import ROOT
 from ulpq_build.formats import FORMATS
-from ulpq_build.kernels import (SPLIT_MIN_K, SPLIT_TARGET_WORKGROUPS, KernelVariant, WeightStorage, gemv_vec4_fits, pack_params,
+from ulpq_build.kernels import (SPLIT_MIN_K, SPLIT_TARGET_WORKGROUPS, KernelVariant, WeightStorage, gemv_deep, gemv_vec4_fits, pack_params,
                                 render, split_for, vec4_capable, workgroups)
 from ulpq_build.native_webgpu import COMPILERS, KernelRunner, cached_device, compile_shader, matmul_params, validate, weight_arrays
 from ulpq_build.profiles import PROFILES
@@ -158,12 +158,16 @@ LONG_ROW_TOLERANCE = 4e-5
                                         (QuantSpec("int8", 128), True), (QuantSpec("int2", 32), True),
                                         (QuantSpec("int2-optimal", 32, codebook="channel"), False),
                                         (QuantSpec("int4", 0), True), (QuantSpec("int1", 256), False),
-                                        (QuantSpec("int4", 96), False), (QuantSpec("int4", 96), True)],
+                                        (QuantSpec("int4", 96), False), (QuantSpec("int4", 96), True),
+                                        (QuantSpec("int3", 32), False)],
                          ids=lambda v: str(v))
-def test_gemv_scale_groups_over_long_rows(spec, vec4, profile, rng):
+@pytest.mark.parametrize("deep", [False, True])
+def test_gemv_scale_groups_over_long_rows(spec, vec4, deep, profile, rng):
     """The GEMV keeps each block's scale group by adding as its threads stride along K (no division
-    per block): rows long enough that every thread strides several times and crosses many groups."""
-    variant = KernelVariant.make("gemv", profile, WeightStorage.of(spec), vec4=vec4, activation="none", bias=True)
+    per block): rows long enough that every thread strides several times and crosses many groups,
+    with the few-thread tiles of short rows and the deep tiles bundles use from GEMV_DEEP_K inputs."""
+    variant = KernelVariant.make("gemv", profile, WeightStorage.of(spec), vec4=vec4, deep=deep, activation="none", bias=True)
+    assert gemv_deep(variant.weight, 2304) and not gemv_deep(variant.weight, 768)  # what a bundle would pick
     m, n, k = 1, 9, 2304  # 18 x 128: several strides per thread; groups of 96 straddle the strides
     w = (rng.standard_normal((n, k)) * 0.2).astype(np.float32)
     qt = quantize("w", w, spec)

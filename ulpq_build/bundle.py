@@ -31,7 +31,7 @@ from ulpq_build.strategy import plan_and_quantize
 from ulpq_build.errors import UserError
 from ulpq_build.formats import FORMATS
 from ulpq_build.kernels import (GEMM_LARGE_ROWS, GEMV_MAX_ROWS, SPLIT_MIN_K, SPLIT_TARGET_WORKGROUPS, KernelVariant,
-                                WeightStorage, gemv_vec4_fits)
+                                WeightStorage, gemv_deep, gemv_vec4_fits)
 from ulpq_build.model_source import ModelSource, open_model, resolve_model
 from ulpq_build.plan import Plan
 from ulpq_build.profiles import PROFILES
@@ -137,7 +137,8 @@ def plan_shaders(model: dict, specs: dict[str, QuantSpec]) -> list[KernelVariant
         vec4 = gemv_vec4_fits(weight, node["in_features"])
         # gemm_split + split_finish: the small-tile GEMM cut along K (raw partial sums), then the
         # epilogue over their sum, for row counts whose tiles alone would leave the GPU idle
-        node["kernels"] = {p: {"gemv": use("gemv", p, weight, vec4=vec4, **epilogue),
+        deep = gemv_deep(weight, node["in_features"])
+        node["kernels"] = {p: {"gemv": use("gemv", p, weight, vec4=vec4, deep=deep, **epilogue),
                                "gemm_small": use("gemm", p, weight, size="small", **epilogue),
                                "gemm_large": use("gemm", p, weight, size="large", **epilogue),
                                "gemm_split": use("gemm", p, weight, size="small", split=True),

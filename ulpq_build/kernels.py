@@ -128,7 +128,7 @@ KERNELS: dict[str, Kernel] = _reg(
         ("params", "x", "w.codes", "w.scales", "w.zeros", "w.codebook", "bias", "residual", "y"),
         (("m", "u32"), ("n", "u32"), ("k", "u32"), ("words_per_row", "u32"), ("groups_per_row", "u32"),
          ("group_size", "u32"), ("codebook_stride", "u32")),
-        "gemv", {**EPILOGUE, "vec4": (False, True)},
+        "gemv", {**EPILOGUE, "vec4": (False, True), "deep": (False, True)},
         # From an H200 sweep (docs/benchmarks.md): 8 rows per thread group; 32 threads per row at 128
         # threads per workgroup, 64 at 256 and 512.
         {"*": {"rows": 8, "threads_per_row": 64}, "firefox": {"threads_per_row": 32}},
@@ -313,6 +313,20 @@ def gemv_packed_tiles(tiles: dict, bits: int) -> dict:
     return {"threads_per_row": tpr, "rows": max(1, tiles["rows"] * tpr // tiles["threads_per_row"])}
 
 
+# Packed rows of at least this many inputs take the `deep` GEMV tiles: 64 threads per row, 4 rows per
+# thread group. An H200 sweep at decoder shapes (docs/benchmarks.md, Dawn, groups of 32) had the
+# few-thread tiles above 1.6-3x slower there (int4 2048x8192: 148 vs 66 us; 16384x8192: 444 vs 218;
+# 2048x2048: 45 vs 25), while at K = 768 they win (int4 768x768: 9.4 vs 11.6 us): long rows want
+# more threads per row and more rows per thread, i.e. more loads in flight per thread.
+GEMV_DEEP_K = 2048
+GEMV_DEEP_TILES = {"threads_per_row": 64, "rows": 4}
+
+
+def gemv_deep(weight: "WeightStorage", k: int) -> bool:
+    """Does a GEMV over K inputs of this storage take the deep tiles (packed formats only)?"""
+    return weight.fmt.quantized and k >= GEMV_DEEP_K
+
+
 def vec4_capable(weight: "WeightStorage | None") -> bool:
     """Can the vec4 GEMV read this storage 4 words at a time (a word never splits a block)?"""
     if weight is None:
@@ -358,7 +372,7 @@ def matmul_choice(m: int, k: int, weight: "WeightStorage") -> tuple[str, dict]:
     """Which matrix-product kernel and options serve m rows of x against W[:, k].
     web_runtime/dispatch.js applies the same rule (its thresholds come from the manifest)."""
     if m <= GEMV_MAX_ROWS:
-        return "gemv", {"vec4": gemv_vec4_fits(weight, k)}
+        return "gemv", {"vec4": gemv_vec4_fits(weight, k), "deep": gemv_deep(weight, k)}
     return "gemm", {"size": "large" if m >= GEMM_LARGE_ROWS else "small"}
 
 
@@ -408,7 +422,8 @@ class KernelVariant:
         tiles = self.spec.tiles_for(self.profile, self.opts)
         if self.kernel == "gemv":
             if self.weight is not None and self.weight.fmt.quantized:
-                tiles = {**tiles, **gemv_packed_tiles(tiles, self.weight.fmt.bits)}
+                deep = {**GEMV_DEEP_TILES, "threads_per_row": min(GEMV_DEEP_TILES["threads_per_row"], self.workgroup_size)}
+                tiles = {**tiles, **(deep if self.opts.get("deep") else gemv_packed_tiles(tiles, self.weight.fmt.bits))}
             # x_rows: input rows per workgroup, each decoded weight applied to all of them. One by
             # default: decoding once for 8 rows left BERT-base's 768 outputs 24 workgroups at 1x8 and
             # ran 1.8x slower on an H200 (docs/benchmarks.md); it pays only where the grid stays full.
