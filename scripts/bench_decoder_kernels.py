@@ -31,7 +31,7 @@ sys.path.insert(0, str(ROOT / "scripts"))
 
 from bench_kernels import Timer  # noqa: E402
 from ulpq_build.decoder_reference import causal_attention, rms_norm, rotary  # noqa: E402
-from ulpq_build.kernels import KernelVariant, check_cache_attention_dims, decode_chunks  # noqa: E402
+from ulpq_build.kernels import KernelVariant, argmax_split, check_cache_attention_dims, decode_chunks  # noqa: E402
 from ulpq_build import kernels  # noqa: E402
 from ulpq_build.native_webgpu import KernelRunner, adapter_summary, compile_shader, engine_module, request_device  # noqa: E402
 from ulpq_build.reference import relative_error  # noqa: E402
@@ -98,6 +98,7 @@ def main() -> int:
     parser.add_argument("--profile", default="chrome")
     parser.add_argument("--quick", action="store_true", help="small shapes, no minimum trial time (lavapipe)")
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--only", choices=("argmax",), help="time only these kernels")
     parser.add_argument("--baseline-template", type=Path, help="also time cache_attention_split from this template file")
     args = parser.parse_args()
     rng = np.random.default_rng(0)
@@ -132,7 +133,7 @@ def main() -> int:
         baseline.min_seconds = timer.min_seconds
         runners.append(("baseline ", baseline.runner, baseline))
     lengths = (100, 300) if args.quick else (512, 2048, 8192, 32768)
-    for name, (heads, kv, d) in SHAPES.items():
+    for name, (heads, kv, d) in SHAPES.items() if not args.only else ():
         for batch in (1, 4):
             for length in lengths:
                 arrays, dims = attention_inputs(rng, batch, 1, heads, kv, d, length - 1, length)
@@ -153,7 +154,7 @@ def main() -> int:
                         row(f"{which}{name} decode attention b{batch} L{length} {label}", t, kv_bytes, error)
 
     heads, kv, d = SHAPES["llama-3.2-1b"]
-    for seq in ((17,) if args.quick else (128, 512)):
+    for seq in () if args.only else (17,) if args.quick else (128, 512):
         arrays, dims = attention_inputs(rng, 1, seq, heads, kv, d, 0, seq)
         variant = KernelVariant.make("cache_attention", args.profile)
         dims.update(chunk=seq, chunks=1)
@@ -164,7 +165,7 @@ def main() -> int:
             None, error)
 
     inv_freq = (1.0 / 500000.0 ** (np.arange(0, d, 2) / d)).astype(np.float32)
-    for rows in (1, 512):
+    for rows in () if args.only else (1, 512):
         capacity = 8192
         qkv = rng.standard_normal((rows, (heads + 2 * kv) * d)).astype(np.float32)
         positions = rng.integers(0, 8000, rows).astype(np.uint32)
@@ -180,7 +181,7 @@ def main() -> int:
         t = timer.kernel(variant, {**arrays, "k_cache": cache, "v_cache": cache}, dims, {"q": rows * heads * d}, 4, trials)
         row(f"llama-3.2-1b rotary_cache {rows} rows (positions < 8000)", t, None, error)
 
-    for rows in (1, 512):
+    for rows in () if args.only else (1, 512):
         cols = 2048
         variant = KernelVariant.make("rmsnorm", args.profile, residual=True)
         x = rng.standard_normal((rows, cols)).astype(np.float32)
@@ -194,13 +195,29 @@ def main() -> int:
         row(f"rmsnorm + residual {rows} x {cols}", t, None, error)
 
     vocab = 128256
-    logits = rng.standard_normal((4, vocab)).astype(np.float32)
-    variant = KernelVariant.make("argmax", args.profile)
-    dims = {"rows": 4, "cols": vocab, "row_stride": vocab, "row_off": 0}
-    got = runner.run(variant, {"x": logits}, dims, {"y": 4})["y"].view(np.uint32)
-    if got.tolist() != logits.argmax(axis=1).tolist():
-        raise SystemExit(f"argmax: {got.tolist()} != {logits.argmax(axis=1).tolist()}")
-    row(f"argmax 4 x {vocab}", timer.kernel(variant, {"x": logits}, dims, {"y": 4}, 4, trials), logits.nbytes, 0.0)
+    for rows in (1, 4):
+        logits = rng.standard_normal((rows, vocab)).astype(np.float32)
+        want = logits.argmax(axis=1).tolist()
+        variant = KernelVariant.make("argmax", args.profile, indices=False)
+        dims = {"rows": rows, "cols": vocab, "row_stride": vocab, "row_off": 0}
+        got = runner.run(variant, {"x": logits}, dims, {"y": rows})["y"].view(np.uint32)
+        if got.tolist() != want:
+            raise SystemExit(f"argmax: {got.tolist()} != {want}")
+        row(f"argmax {rows} x {vocab}, one workgroup per row", timer.kernel(variant, {"x": logits}, dims, {"y": rows}, 4, trials),
+            logits.nbytes, 0.0)
+        first = KernelVariant.make("argmax_parts", args.profile)
+        finish = KernelVariant.make("argmax", args.profile, indices=True)
+        parts, span = argmax_split(first, vocab)
+        pdims = {**dims, "parts": parts, "span": span}
+        part = runner.run(first, {"x": logits}, pdims, {"part_value": rows * parts, "part_index": rows * parts})
+        fdims = {"rows": rows, "cols": parts, "row_stride": parts, "row_off": 0}
+        stage2 = {"x": part["part_value"], "indices": part["part_index"]}
+        got = runner.run(finish, stage2, fdims, {"y": rows})["y"].view(np.uint32)
+        if got.tolist() != want:
+            raise SystemExit(f"argmax in two stages: {got.tolist()} != {want}")
+        t = timer.kernel(first, {"x": logits}, pdims, {"part_value": rows * parts, "part_index": rows * parts}, 4, trials)
+        t += timer.kernel(finish, stage2, fdims, {"y": rows}, 4, trials)
+        row(f"argmax {rows} x {vocab}, argmax_parts ({parts} parts) + argmax", t, logits.nbytes, 0.0)
 
     if args.json:
         args.json.write_text(json.dumps(result, indent=1))

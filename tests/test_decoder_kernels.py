@@ -3,7 +3,8 @@ place), rotary_cache / append_cache (rotate-half rotary on Q and K of the fused 
 and V appended to the [batch][kv_heads][slot][head_dim] cache), cache_attention (prefill: causal,
 padding mask, grouped-query heads, online softmax over any cache length), cache_attention_split +
 attention_combine (the decode step split over slot chunks), gated (act(gate) * up), argmax over
-logits rows, and the tanh GELU as a new row of the matrix products' activation table.
+logits rows (one stage, or argmax_parts then argmax with indices for long rows), and the tanh GELU
+as a new row of the matrix products' activation table.
 
 Every variant compiles in naga (Firefox's compiler) and Tint (Chrome's). Executed for each distinct
 workgroup size (Firefox 128, Chrome/Edge 256, Safari 512) on both engines browsers ship: wgpu (naga,
@@ -29,8 +30,8 @@ from support import ROOT
 from ulpq_build.browsers import node_environment
 from ulpq_build.decoder_reference import causal_attention, rms_norm, rotary
 from ulpq_build.kernels import (EPILOGUE, GATE_ACTIVATIONS, KERNELS, MAX_DECODE_CHUNK, KernelVariant, WeightStorage,
-                                check_cache_attention_dims, check_cache_dims, decode_chunks, decoder_operator_kernels,
-                                pack_params, render, workgroups)
+                                argmax_split, check_cache_attention_dims, check_cache_dims, decode_chunks,
+                                decoder_operator_kernels, pack_params, render, workgroups)
 from ulpq_build.native_webgpu import (COMPILERS, KernelRunner, adapter_summary, cached_device, matmul_params, validate,
                                       weight_arrays)
 from ulpq_build.profiles import PROFILES
@@ -57,7 +58,7 @@ GATED_TOLERANCE = 2e-6
 MATMUL_TOLERANCE = 1e-5
 
 DECODER_KERNELS = ("rmsnorm", "rotary_cache", "append_cache", "cache_attention", "cache_attention_split",
-                   "attention_combine", "gated", "argmax")
+                   "attention_combine", "gated", "argmax", "argmax_parts")
 EXECUTED_PROFILES = ("firefox", "chrome", "safari")  # 128, 256, 512 threads; edge renders chrome's programs
 
 
@@ -498,7 +499,7 @@ def test_gelu_tanh_epilogue(kernel, options, m, rng):
 @pytest.mark.gpu
 @pytest.mark.parametrize("profile", EXECUTED_PROFILES)
 def test_argmax(profile, rng):
-    variant = KernelVariant.make("argmax", profile)
+    variant = KernelVariant.make("argmax", profile, indices=False)
     batch, seq, vocab = 3, 4, 1001
     logits = (rng.standard_normal((batch * seq, vocab)) * 5).astype(np.float32)
     logits[0, [10, 700]] = 99.0  # a tie: the lower column wins, as numpy's argmax
@@ -514,3 +515,30 @@ def test_argmax(profile, rng):
     last = execute(variant, {"x": logits}, {"rows": batch, "cols": vocab, "row_stride": seq * vocab,
                                              "row_off": (seq - 1) * vocab}, {"y": np.full(batch, 0xFFFFFFFF, np.uint32)})["y"]
     assert last.tolist() == np.nanargmax(logits.reshape(batch, seq, vocab)[:, -1], axis=1).tolist()
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("profile", EXECUTED_PROFILES)
+def test_argmax_in_two_stages(profile, rng):
+    """argmax_parts over spans of a row, then argmax with indices over the parts: the same column as
+    numpy's argmax, ties across parts to the lowest column, a part of NaN only skipped."""
+    parts_variant = KernelVariant.make("argmax_parts", profile)
+    finish = KernelVariant.make("argmax", profile, indices=True)
+    rows, vocab = 5, 5001
+    logits = (rng.standard_normal((rows, vocab)) * 5).astype(np.float32)
+    logits[0, [4999, 17]] = 50.0  # a tie between the first part and the last, partial one
+    logits[1, vocab - 1] = 50.0
+    logits[2, :700] = np.nan  # whole parts (at span 300) of NaN
+    logits[3, :] = -3.0e38
+    logits[3, 4001] = -2.9e38
+    for parts, span in (argmax_split(parts_variant, vocab), (math.ceil(vocab / 300), 300)):
+        dims = {"rows": rows, "cols": vocab, "row_stride": vocab, "row_off": 0, "parts": parts, "span": span}
+        assert parts > 1 and (parts - 1) * span < vocab <= parts * span
+        got = execute(parts_variant, {"x": logits}, dims, {"part_value": poisoned(rows * parts),
+                                                          "part_index": np.full(rows * parts, 0xFFFFFFFE, np.uint32)})
+        assert not (got["part_index"] == 0xFFFFFFFE).any(), "a part was never written"
+        final = execute(finish, {"x": got["part_value"], "indices": got["part_index"]},
+                        {"rows": rows, "cols": parts, "row_stride": parts, "row_off": 0},
+                        {"y": np.full(rows, 0xFFFFFFFF, np.uint32)})["y"]
+        assert final.tolist() == np.nanargmax(logits, axis=1).tolist(), (parts, span)
+        assert final[0] == 17 and final[1] == vocab - 1 and final[3] == 4001
