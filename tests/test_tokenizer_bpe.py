@@ -236,6 +236,7 @@ def tokenizers_under_test():
         "byte_fallback": edited(base_gpt2, with_byte_fallback),
         "subword_affixes": affix_variant(),
         "llama2": llama2(),
+        "trained_decoder": Tokenizer.from_file(str(ROOT / "ulpq_build/models/llama-pydoc/tokenizer.json")),  # the committed model's
     }
 
 
@@ -279,7 +280,7 @@ def assert_streams(decoded, expected):
                                   "transformers_gpt2", "transformers_qwen2",
                                   "split_removed", "split_merged_with_previous", "split_merged_with_next", "split_contiguous",
                                   "split_isolated_inverted", "split_onig_escapes", "split_string", "unk_fused", "unk_unfused", "byte_fallback",
-                                  "subword_affixes", "llama2"])
+                                  "subword_affixes", "llama2", "trained_decoder"])
 def test_js_matches_tokenizers(compared, name):
     toks, texts, request, out = compared
     index = list(toks).index(name)
