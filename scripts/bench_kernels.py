@@ -182,6 +182,8 @@ def main() -> int:
     parser.add_argument("--formats", default=",".join(FORMATS))
     parser.add_argument("--quick", action="store_true", help="small shapes only (lavapipe smoke run)")
     parser.add_argument("--sweep", action="store_true", help="time other tile shapes per profile instead (to tune the table)")
+    parser.add_argument("--gemv-shapes", help="GEMV shapes (n x k, comma-separated) instead of the table's")
+    parser.add_argument("--no-gemm", action="store_true", help="time the GEMV shapes only")
     parser.add_argument("--sweep-shapes", default="16384x8192", help="GEMV shapes (n x k, comma-separated) the sweep times")
     parser.add_argument("--json", type=Path, help="write the results here")
     parser.add_argument("--report", type=Path, nargs="+", help="format result files instead of measuring")
@@ -225,7 +227,11 @@ def main() -> int:
             args.json.write_text(json.dumps(result, indent=1) + "\n")
         return 0
     gemv_shapes = [(768, 768), (3072, 768)] if args.quick else GEMV_SHAPES
+    if args.gemv_shapes:
+        gemv_shapes = [tuple(int(v) for v in s.split("x")) for s in args.gemv_shapes.split(",")]
     gemm_shapes = [(64, 256, 256)] if args.quick else GEMM_SHAPES
+    if args.no_gemm:
+        gemm_shapes = []
     for name in args.formats.split(","):
         spec = QuantSpec(name, 0)
         errors = {kern: check(runner, kern, args.profile, spec, rng) for kern in ("gemv", "gemm")}
