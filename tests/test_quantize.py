@@ -136,3 +136,16 @@ def test_spec_validation():
         QuantSpec("int2-ternary", asymmetric=True).validate("--format")
     with pytest.raises(UserError, match="group size 48"):
         QuantSpec("int4", 48).validate("--group-size")
+
+
+def test_plan_table_names_the_stored_dtype_of_kept_tensors():
+    """A float16 norm weight kept as stored is 16 bits in the table and named float16 (it was
+    labelled float32 at 16 bits per weight); quantized tensors show their format."""
+    from ulpq_build.plan import resolve_plan
+
+    plan = resolve_plan([("w", (8, 32), "float16"), ("norm", (32,), "float16"), ("bias", (8,), "float32")],
+                        QuantSpec("int4", 32))
+    rows = {line.split()[0]: line.split() for line in plan.table().splitlines()[1:-1]}
+    assert rows["w"][2] == "int4"
+    assert rows["norm"][2] == "float16" and rows["norm"][-1] == "16.000"
+    assert rows["bias"][2] == "float32" and rows["bias"][-1] == "32.000"

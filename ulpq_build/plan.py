@@ -52,6 +52,12 @@ class PlanEntry:
     def bits_per_weight(self) -> float:
         return 8 * self.bytes / max(1, math.prod(self.shape))
 
+    @property
+    def stored_format(self) -> str:
+        """What the table calls this tensor's storage: the format, or for a tensor kept as stored its
+        dtype (a float16 norm weight is 16 bits, not the float32 its spec names)."""
+        return self.spec.format if self.spec.fmt.quantized else str(self.dtype)
+
     def to_json(self) -> dict:
         return {"name": self.name, "shape": list(self.shape), "dtype": self.dtype, **self.spec.to_json(),
                 "bytes": self.bytes, "bits_per_weight": round(self.bits_per_weight, 4), "reason": self.reason}
@@ -97,7 +103,7 @@ class Plan:
         lines = [f"{'tensor':<{width}}  {'shape':<14} {'format':<13} {'group':>6} {'bytes':>11} {'bits/w':>7}"]
         for e in self.entries:
             group = {-1: "tensor", 0: "chan"}.get(e.spec.group_size, str(e.spec.group_size)) if e.spec.fmt.quantized else "-"
-            lines.append(f"{e.name:<{width}}  {'x'.join(map(str, e.shape)):<14} {e.spec.format:<13} {group:>6} "
+            lines.append(f"{e.name:<{width}}  {'x'.join(map(str, e.shape)):<14} {e.stored_format:<13} {group:>6} "
                          f"{e.bytes:>11,} {e.bits_per_weight:>7.3f}")
         s = self.summary()
         lines.append(f"total: {s['bytes']:,} bytes ({s['reduction_vs_float32']}x smaller than float32), "
