@@ -131,9 +131,13 @@ def plan_shaders(model: dict, specs: dict[str, QuantSpec]) -> list[KernelVariant
         variants.setdefault(variant.key, variant)
         return variant.key
 
+    # a gated FFN's gate product runs without its activation: the `gated` kernel applies it (silu is
+    # no epilogue activation), as the CPU path's decoderForward does
+    gates = {id(layer["gate"]) for layer in model.get("layers", []) if model.get("ffn") == "gated" and "gate" in layer}
     for node in _nodes(model, "in_features"):
         weight = WeightStorage.of(specs[node["weight"]])
-        epilogue = {"activation": node["activation"], "bias": bool(node["bias"]), "residual": bool(node.get("residual"))}
+        act = "none" if id(node) in gates else node["activation"]
+        epilogue = {"activation": act, "bias": bool(node["bias"]), "residual": bool(node.get("residual"))}
         vec4 = gemv_vec4_fits(weight, node["in_features"])
         # gemm_split + split_finish: the small-tile GEMM cut along K (raw partial sums), then the
         # epilogue over their sum, for row counts whose tiles alone would leave the GPU idle

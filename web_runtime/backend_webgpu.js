@@ -18,7 +18,7 @@
 // views that the fused Q/K/V projection returns); they get buffer slots once a plan is adopted.
 
 import { IntegrityError, fetchVerifiedText } from './bundle_loader.js';
-import { chooseProfiles, detectProfile, profileShaders } from './variants.js';
+import { chooseProfiles, cpuAdapter, detectProfile, profileShaders } from './variants.js';
 import { matmulKey, packParams, splitFor, workgroups } from './dispatch.js';
 
 export class GpuUnavailable extends Error {
@@ -57,9 +57,10 @@ export async function createGpuBackend(manifest, tensors, baseUrl, { profile = n
     throw new GpuUnavailable(`navigator.gpu.requestAdapter() failed: ${err.message}`);
   }
   if (!probe) throw new GpuUnavailable('navigator.gpu.requestAdapter() returned null: no usable WebGPU adapter');
-  const detected = detectProfile(globalThis.navigator?.userAgent ?? '', manifest.profiles);
+  const cpu = cpuAdapter(probe); // SwiftShader, lavapipe: the cpu_adapter profiles (profiles.py says why)
+  const detected = detectProfile(globalThis.navigator?.userAgent ?? '', manifest.profiles, cpu);
   const requested = profile ?? detected ?? FALLBACK_PROFILE;
-  const choice = chooseProfiles(manifest.profiles, requested, probe.limits);
+  const choice = chooseProfiles(manifest.profiles, requested, probe.limits, cpu);
   const notes = choice.fallback ? [choice.fallback] : [];
   let adapter = probe;
   for (const candidate of choice.candidates) {
@@ -97,11 +98,13 @@ const ACTIVATION_USAGE = () => GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_SRC 
 
 /**
  * Q, K and V of one attention layer as one matrix product: when the three weights share storage,
- * kernels, shape and per-row layout, each part (codes, scales, ...) of the three is uploaded into
- * one buffer, q|k|v (each part is row-major with whole bytes per row, so the concatenation is the
- * [3 * hidden, k] matrix), and one GEMM writes [rows, 3 * hidden]. The separate tensors stay
- * usable as 256-byte-aligned views of the same buffers, so nothing is stored twice. Returns null
- * when they cannot be fused (mixed formats, per-tensor scales or codebooks, unaligned parts).
+ * kernels and per-row layout, each part (codes, scales, ...) of the three is uploaded into one
+ * buffer, q|k|v (each part is row-major with whole bytes per row, so the concatenation is the
+ * [q + k + v rows, k] matrix), and one GEMM writes [rows, q + k + v columns]. K and V may have
+ * fewer rows than Q (grouped-query decoders). `aligned`: every piece is one size and 256-byte
+ * aligned, so the separate tensors stay usable as views of the same buffers and nothing is stored
+ * twice (the encoders' case; they fuse only then). Returns null when they cannot be fused (mixed
+ * formats, per-tensor scales or codebooks).
  */
 function qkvLayout(tensors, layer) {
   const nodes = [layer.query, layer.key, layer.value];
@@ -110,20 +113,32 @@ function qkvLayout(tensors, layer) {
   const same = (f) => nodes.every((n) => f(n) === f(nodes[0]));
   if (!same((n) => JSON.stringify(n.kernels)) || !same((n) => Boolean(n.bias)) || !same((n) => n.activation)) return null;
   const m = weights[0].entry.matrix;
-  if (weights.some((w) => JSON.stringify(w.entry.matrix) !== JSON.stringify(m))) return null;
+  const shape = (w) => JSON.stringify({ ...w.entry.matrix, rows: 0 });
+  if (weights.some((w) => shape(w) !== shape(weights[0]))) return null;
   if (m.groups_per_row === 0 && 'scales' in weights[0].parts) return null; // one scale for the whole tensor
   if ('codebook' in weights[0].parts && !(m.codebook_stride > 0)) return null; // one codebook for the whole tensor
-  const aligned = (pieces) => pieces.every((p) => p && p.length === pieces[0].length && p.length % m.rows === 0
-    && p.length % STORAGE_ALIGN === 0);
+  const rows = weights.map((w) => w.entry.matrix.rows);
+  const perRow = (pieces) => pieces.every((p, i) => p && p.length % rows[i] === 0
+    && p.length / rows[i] === pieces[0].length / rows[0]);
+  let aligned = true;
   const parts = {};
   for (const part of Object.keys(weights[0].parts)) {
     const pieces = weights.map((w) => w.parts[part]?.bytes);
-    if (!aligned(pieces)) return null;
+    if (!perRow(pieces)) return null;
+    aligned &&= pieces.every((p) => p.length === pieces[0].length && p.length % STORAGE_ALIGN === 0);
     parts[part] = pieces;
   }
   const bias = nodes[0].bias ? nodes.map((n) => tensors.get(n.bias).parts.codes.bytes) : null;
-  if (bias && !aligned(bias)) return null;
-  return { nodes, parts, bias, matrix: { ...m, rows: m.rows * 3 }, hidden: m.rows };
+  if (bias && !perRow(bias)) return null;
+  if (bias) aligned &&= bias.every((p) => p.length === bias[0].length && p.length % STORAGE_ALIGN === 0);
+  const total = rows.reduce((a, b) => a + b, 0);
+  return { nodes, parts, bias, matrix: { ...m, rows: total }, hidden: m.rows, widths: rows, aligned };
+}
+
+/** Two steps' dims hold the same values (replays usually pass equal objects, compared field by field). */
+function sameDims(a, b) {
+  const keys = Object.keys(a);
+  return keys.length === Object.keys(b).length && keys.every((k) => a[k] === b[k]);
 }
 
 function concat(pieces) {
@@ -228,25 +243,31 @@ export class GpuBackend {
    */
   #upload() {
     const placed = new Set();
+    // a decoder's graph reads Q|K|V as one product, always; an encoder's only where views are free
+    const decoder = Boolean(this.manifest.model.positions);
     for (const layer of this.manifest.model.layers ?? []) {
       const qkv = qkvLayout(this.tensors, layer);
-      if (!qkv) continue;
+      if (!qkv || !(qkv.aligned || decoder)) continue;
+      // unaligned pieces (a small decoder's K/V scales): the fused copy for the graph, the separate
+      // tensors uploaded as well below (the self-test's product reads the query alone)
+      const views = qkv.aligned;
       const view = (buffer, pieces, i) => ({ buffer, offset: i * pieces[0].length, size: pieces[0].length });
       const whole = {};
-      qkv.nodes.forEach((n) => this.weights.set(n.weight, {}));
+      if (views) qkv.nodes.forEach((n) => this.weights.set(n.weight, {}));
       for (const [part, pieces] of Object.entries(qkv.parts)) {
         const buffer = this.#buffer(concat(pieces), `${layer.query.weight}+k+v:${part}`);
         whole[`w.${part}`] = { buffer };
-        qkv.nodes.forEach((n, i) => { this.weights.get(n.weight)[part] = view(buffer, pieces, i); });
+        if (views) qkv.nodes.forEach((n, i) => { this.weights.get(n.weight)[part] = view(buffer, pieces, i); });
       }
       let bias = null;
       if (qkv.bias) {
         const buffer = this.#buffer(concat(qkv.bias), `${layer.query.weight}+k+v:bias`);
         bias = { buffer };
-        qkv.nodes.forEach((n, i) => { this.weights.set(n.bias, { codes: view(buffer, qkv.bias, i) }); placed.add(n.bias); });
+        if (views) qkv.nodes.forEach((n, i) => { this.weights.set(n.bias, { codes: view(buffer, qkv.bias, i) }); placed.add(n.bias); });
       }
-      qkv.nodes.forEach((n) => placed.add(n.weight));
-      this.fused.set(layer.query.weight, { resources: whole, bias, matrix: qkv.matrix, node: qkv.nodes[0], hidden: qkv.hidden });
+      if (views) qkv.nodes.forEach((n) => placed.add(n.weight));
+      this.fused.set(layer.query.weight, { resources: whole, bias, matrix: qkv.matrix, node: qkv.nodes[0], hidden: qkv.hidden,
+        widths: qkv.widths });
     }
     for (const [name, tensor] of this.tensors) {
       if (placed.has(name)) continue;
@@ -300,12 +321,53 @@ export class GpuBackend {
     return value;
   }
 
-  /** A dispatch step; its resources and output value are made only when it is recorded. */
-  #dispatchStep(kind, key, resources, dims, out) {
-    return this.#step(kind, () => {
+  /**
+   * A dispatch step; its resources and output value are made only when it is recorded. `outName`:
+   * the binding the output value takes (default y). A replayed step whose dims differ from the
+   * recording (a decode step's cache slot) keeps its buffers and bind group; only its params (and
+   * grid) are written anew before the run.
+   */
+  #dispatchStep(kind, key, resources, dims, out, outName = 'y') {
+    const run = this.run;
+    const step = this.#step(kind, () => {
       if (!this.pipelines.has(key)) throw new Error(`no pipeline ${key} for profile ${this.profile.name}`);
-      return { key, resources: resources(), dims, out: out() };
-    }).out;
+      const made = { key, resources: resources(), dims, out: out() };
+      if (outName !== 'y') made.resources[outName] = made.out;
+      return made;
+    });
+    if (run.replay && step.dims !== dims && !sameDims(step.dims, dims)) {
+      if (step.key !== key) throw new Error(`plan ${run.plan.key}: step ${run.cursor - 1} runs ${step.key}, the graph asked for ${key}`);
+      step.dims = dims;
+      (run.changed ??= []).push(step);
+    }
+    return step.out;
+  }
+
+  /**
+   * A weightless operator of the model's op_kernels (`role`) over values and fixed buffers
+   * (`resources`: binding name -> value or {buffer}), writing a new value of rows x cols (bound as
+   * `outName`; `bytes` overrides its size). For graphs outside this module (decoder_webgpu.js).
+   */
+  operator(kind, role, resources, dims, rows, cols, outName = 'y') {
+    return this.#dispatchStep(kind, this.#op(role), () => ({ ...resources }), dims, () => this.#value(rows, cols), outName);
+  }
+
+  /** The shader entry (tiles, workgroup size, dispatch rule) serving op_kernels role `role`. */
+  operatorShader(role) {
+    return this.pipelines.get(this.#op(role)).shader;
+  }
+
+  /**
+   * A storage buffer that lives as long as the backend (a decoder's KV cache, its keep mask): a
+   * binding resource {buffer} steps may read and write like weights. Written with `data` when given.
+   */
+  storageBuffer(bytes, label, data = null) {
+    const buffer = this.device.createBuffer({ size: Math.max(4, ceil4(bytes)), label,
+      usage: GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_DST | GPUBufferUsage.COPY_SRC });
+    this.stats.buffersCreated++;
+    if (data) this.device.queue.writeBuffer(buffer, 0, data.buffer, data.byteOffset, data.byteLength);
+    this.weightBuffers.push(buffer);
+    return { buffer };
   }
 
   /** A plan input: a buffer of the typed array's size, written with `typed` at every run. */
@@ -383,9 +445,20 @@ export class GpuBackend {
    * Q, K and V of an attention layer from one GEMM when the bundle's weights allow it (else null:
    * the graph then runs three projections). Returns column views into one [rows, 3 * hidden] value.
    */
-  linearQKV(h, layer) {
+  /**
+   * A decoder layer's Q|K|V as one [rows, q + 2 kv columns] product (a GPT-2 c_attn node, or the
+   * query/key/value weights fused at upload), or null when the bundle's weights cannot be fused.
+   */
+  linearQKVWhole(h, layer) {
+    if (layer.qkv) return this.linear(h, layer.qkv);
     const fused = this.fused.get(layer.query.weight);
     if (!fused) return null;
+    return this.#matmul('qkv', fused.node.kernels[this.profile.name], h, fused.matrix, () => fused.resources, fused.bias, null);
+  }
+
+  linearQKV(h, layer) {
+    const fused = this.fused.get(layer.query.weight);
+    if (!fused || fused.widths.some((w) => w !== fused.hidden)) return null;
     const out = this.#matmul('qkv', fused.node.kernels[this.profile.name], h, fused.matrix, () => fused.resources,
       fused.bias, null);
     const view = (offset) => ({ ...out, cols: fused.hidden, stride: fused.matrix.rows, offset, base: out });
@@ -647,9 +720,15 @@ export class GpuBackend {
     const slot = (value) => layout.slots[value.slot].buffer;
     this.device.pushErrorScope('validation');
     this.device.pushErrorScope('out-of-memory');
+    if (run.changed) run.changedSpan = this.#rewriteParams(plan, layout, run.changed);
     if (layout.current !== plan) {
       queue.writeBuffer(layout.params, 0, plan.staging);
       layout.current = plan;
+      this.stats.paramsWrites++;
+    } else if (run.changed) {
+      // one write over the span of the steps whose params changed
+      const { from, to } = run.changedSpan;
+      queue.writeBuffer(layout.params, from, plan.staging.buffer, plan.staging.byteOffset + from, to - from);
       this.stats.paramsWrites++;
     }
     for (const [value, typed] of run.writes ?? []) queue.writeBuffer(slot(value), 0, typed.buffer, typed.byteOffset, typed.byteLength);
@@ -693,6 +772,23 @@ export class GpuBackend {
     } finally {
       rb.busy = false;
     }
+  }
+
+  /** Replayed steps with new dims: their params into the plan's staging bytes, their grids recomputed. */
+  #rewriteParams(plan, layout, changed) {
+    const index = new Map(plan.steps.filter((s) => s.key).map((s, i) => [s, i]));
+    let from = Infinity;
+    let to = 0;
+    for (const step of changed) {
+      const i = index.get(step);
+      const { shader } = layout.steps[i];
+      const bytes = new Uint8Array(packParams(shader, step.dims));
+      plan.staging.set(bytes, layout.paramsOffsets[i]);
+      plan.grids[i] = workgroups(shader, step.dims);
+      from = Math.min(from, layout.paramsOffsets[i]);
+      to = Math.max(to, layout.paramsOffsets[i] + bytes.length);
+    }
+    return { from, to };
   }
 
   /** Timing mode: each dispatch in its own pass, bracketed by timestamps. */

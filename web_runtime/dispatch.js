@@ -20,6 +20,8 @@ export function workgroups(shader, dims) {
     case 'elementwise': return grid(Math.ceil(dims.count / wg));
     case 'rows': return grid(dims.rows ?? dims.batch);
     case 'attention': return [dims.seq, dims.heads, dims.batch];
+    case 'cache_attention': return [dims.chunks, dims.kv_heads, dims.rows]; // slot chunk, kv head, query row
+    case 'row_parts': return grid(dims.rows * dims.parts); // one workgroup per (row, part)
     default: throw new Error(`${shader.key}: unknown dispatch rule '${shader.dispatch}'`);
   }
 }
@@ -55,6 +57,29 @@ export function splitFor(m, n, k, tiles, thresholds) {
   const splits = Math.min(Math.ceil(target / count), Math.floor(k / thresholds.split_min_k));
   if (count >= target || splits < 2) return k;
   return Math.ceil(k / splits / tiles.tile_k) * tiles.tile_k;
+}
+
+// kernels.py: CACHE_ATTENTION_KEY_THREADS, MAX_DECODE_CHUNK, ARGMAX_LOADS_PER_THREAD
+const CACHE_ATTENTION_KEY_THREADS = 8;
+const MAX_DECODE_CHUNK = 256;
+const ARGMAX_LOADS_PER_THREAD = 8;
+
+/**
+ * [chunk, chunks] for cache_attention_split over `slots` cached slots (kernels.py: decode_chunks,
+ * the same rule): cut until the grid reaches `target` workgroups or chunks are one block short,
+ * never longer than MAX_DECODE_CHUNK.
+ */
+export function decodeChunks(shader, slots, kvHeads, rows, target) {
+  const block = shader.workgroup_size / CACHE_ATTENTION_KEY_THREADS;
+  const chunks = Math.max(1, Math.min(Math.ceil(target / (kvHeads * rows)), Math.ceil(slots / block)));
+  const chunk = Math.min(MAX_DECODE_CHUNK, Math.ceil(Math.ceil(slots / chunks) / block) * block);
+  return [chunk, Math.ceil(slots / chunk)];
+}
+
+/** [parts, span] for argmax_parts over rows of `cols` values (kernels.py: argmax_split). */
+export function argmaxSplit(shader, cols) {
+  const span = shader.workgroup_size * ARGMAX_LOADS_PER_THREAD;
+  return [Math.ceil(cols / span), span];
 }
 
 /** Every object in the model description holding key `has` ("in_features": linear nodes; "table": embedding tables). */

@@ -20,6 +20,7 @@ import { createCpuBackend } from './cpu_select.js';
 import { backendIo, generateTokens } from './decoder_cpu.js';
 import { checkGenerateOptions, createRng, pickToken } from './generate.js';
 import { GpuUnavailable, createGpuBackend, webgpuPresence } from './backend_webgpu.js';
+import { GpuDecoder } from './decoder_webgpu.js';
 import { linear as opsLinear } from './ops_cpu.js';
 import { checkOptions, slices } from './inputs.js';
 import { WordPieceTokenizer } from './tokenizer.js';
@@ -97,6 +98,7 @@ export class UlpqModel {
     this.manifest = null;
     this.tensors = null;
     this.backend = null;
+    this.decoder = null; // a decoder bundle's GpuDecoder (its KV cache) on the WebGPU path
     this.variant = null;
     this.notes = [];
     this.webgpu = webgpuPresence();
@@ -217,17 +219,6 @@ export class UlpqModel {
 
   async #selectBackend() {
     const { hardware } = this.options;
-    if (this.#architecture.decoder) {
-      // the WebGPU decoder kernels are not in this runtime yet: decoders run on the CPU path
-      if (hardware === 'webgpu') {
-        throw new GpuUnavailable('decoder bundles run on the CPU path for now (this runtime has no WebGPU decoder kernels yet); '
-          + 'use hardware \'auto\' or \'cpu\'');
-      }
-      this.notes.push(hardware === 'cpu' ? 'CPU path requested' : `decoder bundles run on the CPU path for now (WebGPU `
-        + `${this.webgpu.available ? 'is present, but this runtime has no decoder kernels for it yet' : 'is absent'})`);
-      await this.#useCpu();
-      return;
-    }
     if (hardware === 'cpu') {
       this.notes.push('CPU path requested');
       await this.#useCpu();
@@ -262,6 +253,15 @@ export class UlpqModel {
     if (tampered) {
       destroyQuietly(gpu.backend);
       throw tampered;
+    }
+    if (this.#architecture.decoder) {
+      // the KV cache and the scratch buffers of the decoder graph, made once per device
+      try {
+        this.decoder = new GpuDecoder(gpu.backend, this.manifest.model);
+      } catch (err) {
+        destroyQuietly(gpu.backend);
+        throw asGpuUnavailable(err);
+      }
     }
     this.backend = gpu.backend;
     this.variant = gpu.variant;
@@ -394,15 +394,27 @@ export class UlpqModel {
     const random = createRng(seed);
     const stream = this.tokenizer.decodeStream({ skipSpecialTokens: true });
     const onToken = options.onToken;
+    const notes = [...this.notes];
+    const gpu = this.backend.path === 'webgpu' ? this.decoder : null;
+    let pass = null;
+    if (gpu) {
+      // greedy: the argmax on the GPU, 4 bytes back per token; sampling: the logits row back, drawn here
+      gpu.reset();
+      const greedy = options.temperature === 0;
+      pass = (ids) => gpu.forward(ids, greedy);
+      if (gpu.capacity < model.max_position && promptIds.length + options.maxNewTokens > gpu.capacity) {
+        notes.push(`the WebGPU KV cache holds ${gpu.capacity} positions of the model's ${model.max_position}; generation ends there`);
+      }
+    }
     const run = await generateTokens({
-      model, io: backendIo(this.backend, this.tensors), promptIds, maxNewTokens: options.maxNewTokens,
+      model, io: gpu ? null : backendIo(this.backend, this.tensors), promptIds, maxNewTokens: options.maxNewTokens,
       choose: (logits) => pickToken(logits, options, random), eos: new Set(model.eos_token_ids),
       onToken: onToken ? (token, index) => onToken({ token, index, text: stream.step(token) }) : null,
-      signal: options.signal, pause: yieldBetweenSteps,
+      signal: options.signal, pause: yieldBetweenSteps, pass, maxPosition: gpu ? gpu.capacity : model.max_position,
     });
     return /** @type {import('./types/ulpq.js').GenerateResult} */ ({
       text: this.tokenizer.decode(run.tokens, { skipSpecialTokens: true }), tokenIds: run.tokens, promptIds,
-      finishReason: run.finish, seed, path: this.backend.path, variant: this.variant, notes: [...this.notes],
+      finishReason: run.finish, seed, path: this.backend.path, variant: this.variant, notes,
       webgpu: this.webgpu, timings: { ...this.timings, encode_ms: encodeMs, ...run.timings },
     });
   }

@@ -164,5 +164,14 @@ def verification_forward(model: dict, weights: dict, inputs) -> list[int]:
     return greedy_tokens(model, weights, inputs)
 
 
+def operator_kernels(model: dict) -> list:
+    """The weightless operators of the WebGPU decoder graph (web_runtime/decoder_webgpu.js): the
+    decoder kernels, and "rows", which picks each sequence's last row before the LM head (an embed
+    over float32 storage, as ViT's [CLS] rows), so the prefill's head is one GEMV, not n rows of it."""
+    from ulpq_build.kernels import WeightStorage, decoder_operator_kernels
+
+    return [*decoder_operator_kernels(model), ("rows", "embed", WeightStorage("float32"), {"accumulate": False})]
+
+
 def demo(model: dict) -> dict:
     return {"prompt": DEMO_PROMPT, "max_new_tokens": 32}

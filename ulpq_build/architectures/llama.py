@@ -158,6 +158,6 @@ LLAMA = Architecture(
     verification_input=dc.verification_input, demo=dc.demo,
     bundle_files=lambda model, source: list((model["tokenizer"] or {}).get("files", [])),
     calibration_inputs=dc.calibration_inputs, ships_calibration=dc.ships_calibration,
-    bench_presets=(), bundle_unsupported=dc.bundle_unsupported, webgpu_graph=False,
+    bench_presets=(), bundle_unsupported=dc.bundle_unsupported, operator_kernels=dc.operator_kernels,
     verification_forward=dc.verification_forward, verification_case=dc.verification_case,
 )

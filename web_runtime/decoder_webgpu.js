@@ -1,0 +1,144 @@
+// Decoder generation on WebGPU (Llama/Qwen2/Mistral- and GPT-2-style): the decoder graph of
+// ops_decoder.js's decoderForward, recorded through the WebGPU backend's plans (backend_webgpu.js)
+// so each pass is one replayed sequence of dispatches. The KV cache of every layer lives in one GPU
+// buffer per K and V, made once per model and never read back: the prefill writes the prompt's
+// slots, each decode step appends one. Two plans serve a generation: the prefill at the prompt's
+// length (GEMM where the rows pass the GEMV threshold, as encoders) and the decode step (GEMVs),
+// recorded once and replayed for every token; what changes per token (the cache slot, the
+// position) is a 4-byte input and the params of the cache and attention steps, rewritten in place
+// (no buffer, bind group or pipeline is made per token). Greedy decoding takes the argmax on the
+// GPU and reads back 4 bytes; sampling reads back the last row's logits.
+
+import { argmaxSplit, decodeChunks } from './dispatch.js';
+
+// Slots of the cache: the model's positions, capped (a real checkpoint's 32k-131k positions would
+// take gigabytes: Llama-3.2-1B keeps 64 KiB of K and V per slot, so 4096 slots are 256 MiB) and
+// cut to what one storage binding holds (every layer's keys are one buffer bound whole).
+export const CACHE_CAP = 4096;
+
+export class GpuUnfusable extends Error {
+  constructor(message) { super(message); this.name = 'GpuUnfusable'; }
+}
+
+export class GpuDecoder {
+  /** @param backend a GpuBackend over a decoder bundle; @param model manifest.model */
+  constructor(backend, model) {
+    this.backend = backend;
+    this.model = model;
+    for (const layer of model.layers) {
+      if (!layer.qkv && !backend.fused.has(layer.query.weight)) {
+        throw new GpuUnfusable(`${layer.query.weight}: its query, key and value weights differ in format or layout, and `
+          + 'the WebGPU decoder reads them as one product; quantize them alike');
+      }
+    }
+    const { num_layers: layers, num_kv_heads: kv, head_dim: d } = model;
+    const limits = backend.device.limits;
+    const perSlot = layers * kv * d * 4; // bytes of K (and of V) per cache slot, every layer
+    const fit = Math.floor(Math.min(limits.maxStorageBufferBindingSize, limits.maxBufferSize) / perSlot);
+    this.capacity = Math.min(model.max_position, CACHE_CAP, fit);
+    if (this.capacity < 2) throw new Error(`a KV cache of ${perSlot} bytes per slot does not fit this device's storage bindings`);
+    this.kCache = backend.storageBuffer(perSlot * this.capacity, 'k cache');
+    this.vCache = backend.storageBuffer(perSlot * this.capacity, 'v cache');
+    // batch 1, no padding: every slot is a token; the causal bound keeps a query off later slots
+    this.keep = backend.storageBuffer(this.capacity * 4, 'keep', new Float32Array(this.capacity).fill(1));
+    this.invFreq = model.positions.kind === 'rotary'
+      ? backend.storageBuffer(model.positions.inv_freq.length * 4, 'inv_freq', Float32Array.from(model.positions.inv_freq))
+      : null;
+    const rows = 1;
+    [this.chunk, this.chunks] = decodeChunks(backend.operatorShader('attention_decode'), this.capacity, kv, rows,
+      backend.manifest.matmul.split_target_workgroups);
+    // second outputs of two kernels (the running (max, sum) of attention chunks, the argmax parts'
+    // columns): fixed scratch buffers, rewritten wholly by each use
+    this.partMl = backend.storageBuffer(rows * model.num_heads * this.chunks * 2 * 4, 'attention part_ml');
+    const [parts] = argmaxSplit(backend.operatorShader('argmax_parts'), model.vocab_size);
+    this.argmaxParts = parts;
+    this.partIndex = backend.storageBuffer(rows * parts * 4, 'argmax part_index');
+    this.length = 0; // slots filled
+  }
+
+  /** Start a new sequence: the cache's slots are overwritten from slot 0. */
+  reset() {
+    this.length = 0;
+  }
+
+  /**
+   * One pass over `ids` (the prompt, or the last token) after the cached ones: resolves to the next
+   * token (greedy: the argmax, on the GPU) or to the last row's logits (Float32Array [vocab]).
+   */
+  async forward(ids, greedy) {
+    const n = ids.length;
+    const start = this.length;
+    if (start + n > this.capacity) throw new RangeError(`the KV cache holds ${this.capacity} slots; ${start + n} requested`);
+    const b = this.backend;
+    const model = this.model;
+    const { num_heads: heads, num_kv_heads: kv, head_dim: d, hidden_size: hidden } = model;
+    b.begin(`decoder:${start === 0 ? `prefill:${n}` : 'step'}:${greedy ? 'argmax' : 'logits'}`);
+    const idsValue = b.upload(Uint32Array.from(ids));
+    const positions = b.upload(Uint32Array.from({ length: n }, (_, i) => start + i));
+    let x = b.embed(model.embeddings.word, idsValue, n);
+    if (model.positions.kind === 'learned') b.embed(model.embeddings.position, positions, n, x);
+    const norm = (h, node) => (model.norm === 'rms'
+      ? b.operator('rmsnorm', 'norm', { x: h, gamma: b.weights.get(node.weight).codes }, { rows: n, cols: hidden, eps: model.norm_eps }, n, hidden)
+      : b.operator('layernorm', 'norm', { x: h, gamma: b.weights.get(node.weight).codes, beta: b.weights.get(node.bias).codes },
+        { rows: n, cols: hidden, eps: model.norm_eps }, n, hidden));
+    const cacheDims = { rows: n, seq: n, heads, kv_heads: kv, head_dim: d, start, capacity: this.capacity };
+    const layerSize = kv * this.capacity * d;
+    const prefill = start === 0 && n > 1;
+    for (const [i, layer] of model.layers.entries()) {
+      const cacheOff = i * layerSize;
+      const qkv = b.linearQKVWhole(norm(x, layer.attn_norm), layer);
+      const appendResources = { qkv, k_cache: this.kCache, v_cache: this.vCache };
+      if (this.invFreq) Object.assign(appendResources, { positions, inv_freq: this.invFreq });
+      const q = b.operator('cache_append', 'cache_append', appendResources,
+        { ...cacheDims, cache_off: cacheOff, count: n * (heads + 2 * kv) * (d / 2) }, n, heads * d, 'q');
+      const attention = { ...cacheDims, scale: 1 / Math.sqrt(d), q_stride: heads * d, q_off: 0, cache_off: cacheOff };
+      const read = { q, k_cache: this.kCache, v_cache: this.vCache, keep: this.keep };
+      let context;
+      if (prefill) {
+        context = b.operator('cache_attention', 'attention_prefill', read, { ...attention, chunk: start + n, chunks: 1 }, n, heads * d);
+      } else {
+        const parts = b.operator('cache_attention_split', 'attention_decode', { ...read, part_ml: this.partMl },
+          { ...attention, chunk: this.chunk, chunks: this.chunks }, n * heads * this.chunks, d, 'part_o');
+        context = b.operator('attention_combine', 'attention_combine', { part_o: parts, part_ml: this.partMl },
+          { rows: n, heads, head_dim: d, chunks: this.chunks, count: n * heads * d }, n, heads * d);
+      }
+      x = b.linear(context, layer.attn_out, x);
+      const m = norm(x, layer.mlp_norm);
+      if (model.ffn === 'gated') {
+        const gate = b.linear(m, layer.gate); // planned without its activation: `gated` applies it
+        const up = b.linear(m, layer.up);
+        const cols = layer.gate.out_features;
+        const product = b.operator('gated', 'gate', { gate, up }, { count: n * cols, cols, in_stride: cols, gate_off: 0, up_off: 0 }, n, cols);
+        x = b.linear(product, layer.down, x);
+      } else {
+        x = b.linear(b.linear(m, layer.fc), layer.proj, x);
+      }
+    }
+    const last = n === 1 ? x : b.rows(x, b.upload(Uint32Array.of(n - 1)), 1);
+    const logits = b.linear(norm1(b, model, last, hidden), model.lm_head);
+    this.length = start + n;
+    if (!greedy) return (await b.output(logits)).data;
+    const vocab = model.vocab_size;
+    let token;
+    if (this.argmaxParts <= 1) {
+      token = b.operator('argmax', 'argmax', { x: logits }, { rows: 1, cols: vocab, row_stride: vocab, row_off: 0 }, 1, 1);
+    } else {
+      const [parts, span] = [this.argmaxParts, argmaxSplit(b.operatorShader('argmax_parts'), vocab)[1]];
+      const values = b.operator('argmax_parts', 'argmax_parts', { x: logits, part_index: this.partIndex },
+        { rows: 1, cols: vocab, row_stride: vocab, row_off: 0, parts, span }, 1, parts, 'part_value');
+      token = b.operator('argmax', 'argmax_finish', { x: values, indices: this.partIndex },
+        { rows: 1, cols: parts, row_stride: parts, row_off: 0 }, 1, 1);
+    }
+    const out = await b.output(token);
+    return new Uint32Array(out.data.buffer, out.data.byteOffset, 1)[0];
+  }
+}
+
+/** The final norm of one row (a function: the graph's `norm` closes over the pass's row count). */
+function norm1(b, model, h, hidden) {
+  const node = model.final_norm;
+  const dims = { rows: 1, cols: hidden, eps: model.norm_eps };
+  return model.norm === 'rms'
+    ? b.operator('rmsnorm', 'norm', { x: h, gamma: b.weights.get(node.weight).codes }, dims, 1, hidden)
+    : b.operator('layernorm', 'norm', { x: h, gamma: b.weights.get(node.weight).codes, beta: b.weights.get(node.bias).codes }, dims, 1, hidden);
+}
