@@ -10,6 +10,7 @@
 
 import { IntegrityError, sha256Hex } from './bundle_loader.js';
 import { runOps } from './wasm_exec.js';
+import { decoderKernels } from './decoder_wasm_ops.js';
 
 const inNode = typeof process !== 'undefined' && !!process.versions?.node && typeof window === 'undefined';
 const PAGE = 65536;
@@ -126,6 +127,8 @@ export class WasmBackend {
     this.activationBytes = 0; // the last run's activations: its inputs and the peak of its live outputs
     this.runs = 0;
     this.exports = null;
+    this.held = []; // regions held across runs (a generation's KV cache): [ptr, arena before]
+    this.profile = null; // a Map fn -> ms while set: one-thread runs time each op (benchmarks)
     this.#placeWeights(manifest, tensors);
   }
 
@@ -198,7 +201,8 @@ export class WasmBackend {
 
   async start() {
     const instance = await WebAssembly.instantiate(this.module, { env: { memory: this.memory } });
-    this.exports = instance.exports;
+    // the decoder's non-product operators run beside the kernels, in the same recorded programs
+    this.exports = { ...instance.exports, ...decoderKernels(this.memory) };
     if (this.threads === 1) return;
     const url = new URL('./wasm_worker.js', import.meta.url);
     this.workers = await Promise.all(Array.from({ length: this.threads }, () => spawnWorker(url)));
@@ -296,6 +300,47 @@ export class WasmBackend {
     return out < 0 ? where[-out - 1] : out;
   }
 
+  /**
+   * Hold `bytes` of the memory across runs (a generation's KV cache) until release(ptr): the arena
+   * of later runs starts above it. Regions are released last-held first.
+   */
+  hold(bytes) {
+    if (this.ops.length) throw new Error('hold(): a recording is in progress');
+    const ptr = this.arena;
+    this.held.push([ptr, this.arena]);
+    this.arena = align(ptr + bytes);
+    this.top = this.arena;
+    this.#grow(this.arena);
+    return ptr;
+  }
+
+  release(ptr) {
+    const i = this.held.findIndex(([p]) => p === ptr);
+    if (i < 0) return;
+    this.arena = this.held[i][1];
+    this.held.length = i; // anything held after it goes too (last held, first released)
+    this.top = this.arena;
+  }
+
+  /** The wasm-memory address of a tensor's values (float32 tensors: norm weights, biases). */
+  address(name) {
+    return this.#tensor(name).codes;
+  }
+
+  /** A fresh activation [rows, cols] of the recording (placed when it runs). */
+  reserve(rows, cols) {
+    return this.#out(rows, cols);
+  }
+
+  /**
+   * Record a call of kernel `fn` (a wasm export or a decoder_wasm_ops.js kernel): args are numbers
+   * (handles' .ptr included), args[range], args[range + 1] its parallel range [0, total), split
+   * between threads in multiples of `unit`.
+   */
+  record(fn, args, range, total, unit = 1) {
+    this.#op(fn, args, range, total, unit);
+  }
+
   begin() {
     this.ops = [];
     this.buffers = [];
@@ -383,7 +428,15 @@ export class WasmBackend {
 
   async #execute(ops) {
     if (this.threads === 1) {
-      runOps(this.exports, ops, this.scratch);
+      if (!this.profile) {
+        runOps(this.exports, ops, this.scratch);
+        return;
+      }
+      for (const op of ops) {
+        const t = performance.now();
+        runOps(this.exports, [op], this.scratch);
+        this.profile.set(op.fn, (this.profile.get(op.fn) ?? 0) + performance.now() - t);
+      }
       return;
     }
     // one op per counter cell; a longer program (a very deep model) runs in pieces

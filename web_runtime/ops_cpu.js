@@ -1,7 +1,7 @@
 // The CPU path's operators, in plain JS over Float32Arrays. Matrices are decoded one row at a
 // time from the packed weights, so the CPU path needs no dequantized copy of the model.
 
-import { rowDecoder } from './decode.js';
+import { halfToFloat, rowDecoder } from './decode.js';
 
 // erf by Abramowitz & Stegun 7.1.26 (|error| < 1.5e-7), the same approximation as the shaders.
 export function erf(v) {
@@ -17,9 +17,59 @@ export const ACTIVATIONS = {
   gelu_tanh: (v) => 0.5 * v * (1 + Math.tanh(0.7978845608028654 * (v + 0.044715 * v * v * v))), // GPT-2's gelu_new
 };
 
+/**
+ * For one row of x (a decode step's GEMV), a function dot(row, x) = x . W[row] that reads the packed
+ * row as it lies, each weight dequantized exactly as rowDecoder writes it (float32-rounded
+ * scale * level) and multiplied in at once: no decoded copy of the row (the per-row decode into a
+ * buffer cost int8 and int4 eight times float32's time here). Raw float32 rows and whole-word
+ * uniform codes (int8/4/3/2/1 words); null for the others (tables, fitted levels, bit streams),
+ * which decode a row first.
+ */
+export function rowDot(weight, formats) {
+  const { entry, parts } = weight;
+  const fmt = formats[entry.format];
+  const { k, words_per_row: wpr, groups_per_row: gpr, group_size: gsize } = entry.matrix;
+  const codes = parts.codes.values;
+  if (fmt.layout === 'raw') {
+    return (row, x) => {
+      let acc = 0;
+      const o = row * k;
+      for (let i = 0; i < k; i++) acc += x[i] * codes[o + i];
+      return acc;
+    };
+  }
+  if (fmt.layout !== 'words' || fmt.levels !== 'uniform') return null;
+  const { bits, values_per_word: vpw, symmetric_zero: symmetricZero } = fmt;
+  const mask = (1 << bits) - 1;
+  const scales = parts.scales.values;
+  const half = entry.spec.scale_dtype === 'float16';
+  const zeros = parts.zeros?.values;
+  return (row, x) => {
+    let acc = 0;
+    const base = row * wpr;
+    for (let i0 = 0, gi = 0; i0 < k; i0 += gsize, gi++) {
+      const g = row * gpr + gi; // per-tensor scales: gpr 0, one group
+      const scale = half ? halfToFloat(scales[g]) : scales[g];
+      const zero = zeros ? zeros[g] : symmetricZero;
+      const i1 = Math.min(k, i0 + gsize);
+      for (let i = i0; i < i1;) {
+        const wi = (i / vpw) | 0;
+        const word = codes[base + wi];
+        const end = Math.min(i1, (wi + 1) * vpw);
+        for (let shift = (i - wi * vpw) * bits; i < end; i++, shift += bits) {
+          acc += x[i] * Math.fround(scale * (((word >>> shift) & mask) - zero));
+        }
+      }
+    }
+    return acc;
+  };
+}
+
 /** y[m, n] = act(sum_k x[m, k] W[n, k] + b[n]) (+ residual[m, n]) for x of shape [rows, k]; W packed. */
 export function linear(x, rows, weight, bias, activation, formats, residual = null, outputs = null) {
   const { rows: n, k } = weight.entry.matrix;
+  const dot = rows === 1 ? rowDot(weight, formats) : null;
+  if (dot) return linearRow(x, weight, bias, activation, dot, residual, outputs);
   const decode = rowDecoder(weight, formats);
   const b = bias ? bias.parts.codes.values : null;
   const act = ACTIVATIONS[activation];
@@ -38,6 +88,22 @@ export function linear(x, rows, weight, bias, activation, formats, residual = nu
       if (b) acc += b[j];
       y[m * n + j] = residual ? act(acc) + residual[m * n + j] : act(acc);
     }
+  }
+  return y;
+}
+
+/** linear() for one row of x, through rowDot: each weight read once, from its packed word. */
+function linearRow(x, weight, bias, activation, dot, residual, outputs) {
+  const n = weight.entry.matrix.rows;
+  const b = bias ? bias.parts.codes.values : null;
+  const act = ACTIVATIONS[activation];
+  const y = new Float32Array(n);
+  const count = outputs ? outputs.length : n;
+  for (let o = 0; o < count; o++) {
+    const j = outputs ? outputs[o] : o;
+    let acc = dot(j, x);
+    if (b) acc += b[j];
+    y[j] = residual ? act(acc) + residual[j] : act(acc);
   }
   return y;
 }

@@ -3,6 +3,7 @@
 // recorded program; worker 0 says when all threads are past the last op.
 
 import { makeBarrier, runOps } from './wasm_exec.js';
+import { decoderKernels } from './decoder_wasm_ops.js';
 
 const inNode = typeof process !== 'undefined' && !!process.versions?.node && typeof self === 'undefined';
 let port;
@@ -20,7 +21,7 @@ port.on(async (msg) => {
     if (msg.type === 'init') {
       const instance = await WebAssembly.instantiate(/** @type {WebAssembly.Module} */ (msg.module), { env: { memory: msg.memory } });
       const cells = new Int32Array(msg.memory.buffer, msg.barrier, 2);
-      state = { exports: instance.exports, thread: msg.thread, scratch: msg.scratch,
+      state = { exports: { ...instance.exports, ...decoderKernels(msg.memory) }, thread: msg.thread, scratch: msg.scratch,
         sync: { barrier: makeBarrier(cells, msg.threads), counters: new Int32Array(msg.memory.buffer, msg.counters, msg.maxOps) } };
       port.post({ type: 'ready', thread: msg.thread });
     } else if (msg.type === 'run') {
