@@ -8,7 +8,7 @@ over their weights; LayerNorm parameters and biases stay float32 and are not cou
 
     nice -n 5 python scripts/study_two_bit.py [--runs NAME,...] [--max-minutes M] [--json FILE]
 
-The ~2.25 and ~2.5 bits-per-weight rows mix codebook formats per matrix by this script's own
+The rot-mix rows mix formats per matrix (rotated E81B, E8P, E8P+E81B, E8P+E8P, int8) by this script's own
 allocation (the planner's rule, greedy distortion drop per byte, over sensitivities measured here
 with rotations and rounding), since the codebook formats are not registry rows yet.
 docs/two_bit_study.md holds a run's table.
@@ -21,6 +21,7 @@ import os
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # as the CLI: threaded BLAS on 2 shared cores is slower
 
 import argparse  # noqa: E402
+import dataclasses  # noqa: E402
 import datetime  # noqa: E402
 import json  # noqa: E402
 import platform  # noqa: E402
@@ -36,7 +37,7 @@ from ulpq_build import calibration as cal  # noqa: E402
 from ulpq_build.architectures import describe_model, float_operands, model_tensors  # noqa: E402
 from ulpq_build.architectures.bert import LeeSimilarity  # noqa: E402
 from ulpq_build.model_source import open_model, resolve_model  # noqa: E402
-from ulpq_build.quantspec import QuantSpec, matrix_shape  # noqa: E402
+from ulpq_build.quantspec import QuantSpec, matrix_shape, stored_bytes  # noqa: E402
 from ulpq_build.vq.codebook import CODEBOOK_FORMATS  # noqa: E402
 from ulpq_build.vq.incoherence import MatrixRotation  # noqa: E402
 from ulpq_build.vq.model import Recipe, quantize_matrix, quantize_weights  # noqa: E402
@@ -45,15 +46,20 @@ TERNARY = QuantSpec("int2-ternary", 0)
 TERNARY_G32 = QuantSpec("int2-ternary", 32, scale_dtype="float16")  # bench's int2-gptq preset
 INT3 = QuantSpec("int3-dense", 0)
 INT4 = QuantSpec("int4", 0)
-MIX_OPTIONS = ("e8p", "e8p-rvq3", "e8p-rvq4")
+INT8 = QuantSpec("int8", 0)
+# What the mixed rows choose from per matrix, cheapest first: rotated codebooks of 1 to 4 bits per
+# weight and rotated scalar int8 (a registry row today) for the few matrices worth 8 bits.
+MIX_OPTIONS = (Recipe(codebook="e81b", rotate=True), Recipe(codebook="e8p", rotate=True),
+               Recipe(codebook="e8p-rvq3", rotate=True), Recipe(codebook="e8p-rvq4", rotate=True),
+               Recipe(spec=INT8, rotate=True))
 
 
 def uniform(**kw):
     return lambda study: {n: Recipe(**kw) for n in study.matrices}
 
 
-def mixed(budget: float):
-    return lambda study: study.mix(budget)
+def mixed(budget: float, floors: dict[str, int] | None = None):
+    return lambda study: study.mix(budget, floors or {})
 
 
 # (name, target bits per weight, what it measures, recipes of the study's matrices), most telling first
@@ -66,19 +72,26 @@ RUNS = [
     ("e8p-gptq", "~2", "codebook alone, block GPTQ (LDLQ)", uniform(codebook="e8p", gptq=True)),
     ("rot-e8p-rtn", "~2", "rotations + codebook, nearest codeword", uniform(codebook="e8p", rotate=True)),
     ("rot-e8p-gptq", "~2", "rotations + codebook + block GPTQ", uniform(codebook="e8p", rotate=True, gptq=True)),
-    ("rot-mix-2.25-gptq", "~2.25", "rotations + codebooks mixed per matrix + block GPTQ", mixed(2.25)),
-    ("rot-mix-2.5-gptq", "~2.5", "rotations + codebooks mixed per matrix + block GPTQ", mixed(2.5)),
+    ("rot-mix-2.25-gptq", "~2.25", "rotations + formats mixed per matrix + GPTQ", mixed(2.25)),
+    ("rot-mix-2.25-word2-gptq", "~2.25", "as rot-mix-2.25, the word table held at E8P (2 bits) or above",
+     mixed(2.25, {"word_embeddings": 1})),
+    ("rot-mix-2.5-gptq", "~2.5", "rotations + formats mixed per matrix + GPTQ", mixed(2.5)),
     ("int2-g32-gptq", "~2.5", "scalar int2, groups of 32, float16 scales, GPTQ (bench's int2-gptq)", uniform(spec=TERNARY_G32, gptq=True)),
     ("rot-int2-g32-gptq", "~2.5", "rotations alone, groups of 32, GPTQ", uniform(spec=TERNARY_G32, rotate=True, gptq=True)),
-    ("int3-gptq", "~3", "scalar int3 (dense), GPTQ", uniform(spec=INT3, gptq=True)),
-    ("rot-int3-gptq", "~3", "rotations alone, int3, GPTQ", uniform(spec=INT3, rotate=True, gptq=True)),
-    ("e8p-rvq3-gptq", "~3", "codebook alone (E8P + E81B residual), block GPTQ", uniform(codebook="e8p-rvq3", gptq=True)),
-    ("rot-e8p-rvq3-gptq", "~3", "rotations + codebook (E8P + E81B) + block GPTQ", uniform(codebook="e8p-rvq3", rotate=True, gptq=True)),
-    ("int4-rtn", "~4.1", "scalar int4, round to nearest", uniform(spec=INT4)),
     ("int4-gptq", "~4.1", "scalar int4, GPTQ (today's default)", uniform(spec=INT4, gptq=True)),
     ("rot-int4-gptq", "~4.1", "rotations alone, int4, GPTQ", uniform(spec=INT4, rotate=True, gptq=True)),
-    ("e8p-rvq4-gptq", "~4", "codebook alone (E8P + E8P residual), block GPTQ", uniform(codebook="e8p-rvq4", gptq=True)),
-    ("rot-e8p-rvq4-gptq", "~4", "rotations + codebook (E8P + E8P) + block GPTQ", uniform(codebook="e8p-rvq4", rotate=True, gptq=True)),
+    ("rot-e8p-rvq4-gptq", "~4", "rotations + codebook (E8P + E8P residual) + block GPTQ", uniform(codebook="e8p-rvq4", rotate=True, gptq=True)),
+    ("rot-mix-4.1-gptq", "~4.1", "rotations + formats mixed per matrix + GPTQ", mixed(4.1)),
+    ("rot-mix-2.5-word2-gptq", "~2.5", "as rot-mix-2.5, the word table held at E8P (2 bits) or above",
+     mixed(2.5, {"word_embeddings": 1})),
+    ("rot-mix-4.1-word3-gptq", "~4.1", "as rot-mix-4.1, the word table held at E8P+E81B (3 bits) or above",
+     mixed(4.1, {"word_embeddings": 2})),
+    ("int3-gptq", "~3", "scalar int3 (dense), GPTQ", uniform(spec=INT3, gptq=True)),
+    ("rot-int3-gptq", "~3", "rotations alone, int3, GPTQ", uniform(spec=INT3, rotate=True, gptq=True)),
+    ("rot-e8p-rvq3-gptq", "~3", "rotations + codebook (E8P + E81B residual) + block GPTQ", uniform(codebook="e8p-rvq3", rotate=True, gptq=True)),
+    ("rot-mix-3-gptq", "~3", "rotations + formats mixed per matrix + GPTQ", mixed(3.0)),
+    ("int4-rtn", "~4.1", "scalar int4, round to nearest", uniform(spec=INT4)),
+    ("e8p-rvq4-gptq", "~4", "codebook alone (E8P + E8P), block GPTQ", uniform(codebook="e8p-rvq4", gptq=True)),
 ]
 
 
@@ -102,12 +115,14 @@ class Study:
         return {"bits_per_weight": 8 * sum(stored.values()) / self.params, "pearson_pct": result["ratio"],
                 "pearson": result["value"], "mean_cosine": result["mean_cosine_to_float32"]}
 
-    def option_bytes(self, name: str, option: str) -> int:
-        rows, k = matrix_shape(self.weights[name].shape)
-        return CODEBOOK_FORMATS[option].stored_bytes(rows, k) + MatrixRotation.STORED_BYTES
+    def option_bytes(self, name: str, option: Recipe) -> int:
+        shape = self.weights[name].shape
+        rows, k = matrix_shape(shape)
+        stored = CODEBOOK_FORMATS[option.codebook].stored_bytes(rows, k) if option.codebook else stored_bytes(option.spec, shape)
+        return stored + (MatrixRotation.STORED_BYTES if option.rotate else 0)
 
     def sensitivities(self) -> dict[str, list[float]]:
-        """cost[name][j]: calibration distortion with only `name` rotated and rounded to MIX_OPTIONS[j]."""
+        """cost[name][j]: calibration distortion with only `name` quantized by MIX_OPTIONS[j], rounding to nearest."""
         if self._sensitivity is None:
             start = time.time()
             reference = self.calibration.run_subset(self.weights)
@@ -116,19 +131,20 @@ class Study:
                 cost[name] = []
                 for option in MIX_OPTIONS:
                     trial = dict(self.weights)
-                    trial[name], _ = quantize_matrix(name, self.weights[name], Recipe(codebook=option, rotate=True))
+                    trial[name], _ = quantize_matrix(name, self.weights[name], option)
                     cost[name].append(cal.distortion(self.model, reference, self.calibration.run_subset(trial)))
             self.log(f"sensitivities of {len(self.matrices)} matrices x {len(MIX_OPTIONS)} formats: {time.time() - start:.0f} s")
             self._sensitivity = cost
         return self._sensitivity
 
-    def mix(self, budget_bpw: float) -> dict[str, Recipe]:
-        """The planner's greedy rule over MIX_OPTIONS: start every matrix at e8p, take the upgrade with
-        the largest distortion drop per byte while the total fits budget_bpw."""
+    def mix(self, budget_bpw: float, floors: dict[str, int]) -> dict[str, Recipe]:
+        """The planner's greedy rule over MIX_OPTIONS: start every matrix at the cheapest, take the
+        upgrade with the largest distortion drop per byte while the total fits budget_bpw; then GPTQ.
+        floors: {part of a matrix name: the lowest MIX_OPTIONS index it may take}."""
         cost = self.sensitivities()
         budget = budget_bpw * self.params / 8
-        choice = {n: 0 for n in self.matrices}
-        used = sum(self.option_bytes(n, MIX_OPTIONS[0]) for n in self.matrices)
+        choice = {n: max([j for part, j in floors.items() if part in n], default=0) for n in self.matrices}
+        used = sum(self.option_bytes(n, MIX_OPTIONS[choice[n]]) for n in self.matrices)
         while True:
             best = None
             for name in self.matrices:
@@ -142,10 +158,9 @@ class Study:
                 break
             _, name, j, extra = best
             choice[name], used = j, used + extra
-        upgraded = {n: MIX_OPTIONS[j] for n, j in choice.items() if j}
-        self.log(f"mix at {budget_bpw} bits per weight: {len(upgraded)} matrices above e8p: "
-                 + ", ".join(f"{n.removeprefix('encoder.layer.')}={o}" for n, o in upgraded.items()))
-        return {n: Recipe(codebook=MIX_OPTIONS[j], rotate=True, gptq=True) for n, j in choice.items()}
+        self.log(f"mix at {budget_bpw} bits per weight: "
+                 + ", ".join(f"{n.removeprefix('encoder.layer.')}={MIX_OPTIONS[j].label}" for n, j in choice.items()))
+        return {n: dataclasses.replace(MIX_OPTIONS[j], gptq=True) for n, j in choice.items()}
 
 
 def machine() -> str:
@@ -196,7 +211,9 @@ def main(argv=None) -> int:
     if skipped:
         log(f"\nnot run (--max-minutes {args.max_minutes}): {', '.join(skipped)}")
     if args.json:
-        args.json.write_text(json.dumps({"date": f"{started:%Y-%m-%d}", "machine": machine(), "rows": rows}, indent=1))
+        sensitivity = {n: dict(zip((o.label for o in MIX_OPTIONS), c)) for n, c in (study._sensitivity or {}).items()}
+        args.json.write_text(json.dumps({"date": f"{started:%Y-%m-%d}", "machine": machine(), "rows": rows,
+                                         "sensitivity": sensitivity}, indent=1))
     return 0
 
 

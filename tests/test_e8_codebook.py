@@ -80,7 +80,7 @@ def test_e8p_beats_scalar_2_bit_on_gaussian_data(rng):
     assert 0.085 < mse < 0.1
 
 
-@pytest.mark.parametrize("name,bits,mse_max", [("e8p", 2, 0.1), ("e8p-rvq3", 3, 0.035), ("e8p-rvq4", 4, 0.011)])
+@pytest.mark.parametrize("name,bits,mse_max", [("e81b", 1, 0.36), ("e8p", 2, 0.1), ("e8p-rvq3", 3, 0.035), ("e8p-rvq4", 4, 0.011)])
 def test_rtn_round_trip_and_size(rng, name, bits, mse_max):
     fmt = CODEBOOK_FORMATS[name]
     w = rng.standard_normal((48, 64)) * rng.uniform(0.5, 2, (48, 1))  # rows of different scales

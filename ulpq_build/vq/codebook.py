@@ -1,12 +1,15 @@
 """Vector-quantized matrices: every row of W [rows, k] is cut into groups of 8 consecutive inputs,
 each group coded jointly by an E8 codebook (e8.py), with one float16 scale per row:
 
-    w[r, 8j:8j+8] = scale[r] * (c1 + c2 / resid_scale)      c1 from E8P, c2 from the residual stage
+    w[r, 8j:8j+8] = scale[r] * (c1 + c2 / resid_scale)      c1 from the first stage, c2 from the residual one
 
-Formats (QuIP#'s, github.com/Cornell-RelaxML/quip-sharp lib/codebook/; `opt_scale` is the RMS the
-codebook is tuned for, `resid_scale` how much the residual is magnified before its own codebook,
-both QuIP#'s constants):
+Formats (after QuIP#'s, github.com/Cornell-RelaxML/quip-sharp lib/codebook/; `opt_scale` is the
+RMS the codebook is tuned for, `resid_scale` how much the residual is magnified before its own
+codebook: QuIP#'s constants, except where CODEBOOK_FORMATS says otherwise; row_scales then
+searches a factor around `opt_scale` per matrix):
 
+    e81b       E81B alone                        8 bits per 8 weights  = 1 bit per weight (this
+               project's: for tables that tolerate it, such as a word-embedding table)
     e8p        E8P alone                        16 bits per 8 weights  = 2 bits per weight
     e8p-rvq3   E8P + E81B on the residual       24 bits per 8 weights  = 3 (QuIP#'s E8P12RVQ3B)
     e8p-rvq4   E8P + E8P on the residual        32 bits per 8 weights  = 4 (QuIP#'s E8P12RVQ4B)
@@ -31,17 +34,26 @@ SCALE_FACTORS = (0.8, 0.85, 0.9, 0.95, 1.0, 1.05, 1.1, 1.15, 1.2)  # tried on ea
 SCALE_SAMPLE_ROWS = 192  # rows that choose the factor
 
 
+STAGES = {  # codebook: (nearest search, decode table, bits per group of 8)
+    "e8p": (e8p_nearest, e8p_grid, 16),
+    "e81b": (e81b_nearest, lambda: e81b_grid().astype(np.float32), 8),
+}
+
+
 @dataclass(frozen=True)
 class CodebookFormat:
+    """Stages: the first codes the group, each further one the residual left, magnified by
+    resid_scale before its search (and divided by it on decoding)."""
+
     name: str
-    residual: str | None  # None, "e81b" or "e8p"
+    stages: tuple[str, ...]
     opt_scale: float
     resid_scale: float = 1.0
 
     @property
     def code_bits(self) -> int:
         """Stored bits per group of 8 weights."""
-        return 16 + {None: 0, "e81b": 8, "e8p": 16}[self.residual]
+        return sum(STAGES[s][2] for s in self.stages)
 
     def stored_bytes(self, rows: int, k: int) -> int:
         """Codes and float16 row scales of a [rows, k] matrix."""
@@ -50,28 +62,31 @@ class CodebookFormat:
     def nearest(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(codes [n, stages], values [n, 8]) for groups x [n, 8] already divided by their scale."""
         x = np.asarray(x, np.float32).reshape(-1, DIM)
-        c1, v1 = e8p_nearest(x)
-        if self.residual is None:
-            return c1[:, None].astype(np.int32), v1
-        r = (x - v1) * np.float32(self.resid_scale)
-        c2, v2 = (e81b_nearest if self.residual == "e81b" else e8p_nearest)(r)
-        return np.stack([c1, c2], axis=1).astype(np.int32), v1 + v2 / np.float32(self.resid_scale)
+        codes, values, magnify = [], np.zeros_like(x), np.float32(1.0)
+        for stage in self.stages:
+            c, v = STAGES[stage][0]((x - values) * magnify)
+            codes.append(c)
+            values = values + v / magnify
+            magnify = magnify * np.float32(self.resid_scale)
+        return np.stack(codes, axis=1).astype(np.int32), values
 
     def decode(self, codes: np.ndarray) -> np.ndarray:
         """values [n, 8] of codes [n, stages] (by table lookup)."""
-        v = e8p_grid()[codes[:, 0]]
-        if self.residual is not None:
-            table = e81b_grid().astype(np.float32) if self.residual == "e81b" else e8p_grid()
-            v = v + table[codes[:, 1]] / np.float32(self.resid_scale)
-        return v
+        values, magnify = 0, np.float32(1.0)
+        for i, stage in enumerate(self.stages):
+            values = values + STAGES[stage][1]()[codes[:, i]] / magnify
+            magnify = magnify * np.float32(self.resid_scale)
+        return values
 
 
 CODEBOOK_FORMATS = {
     f.name: f
     for f in (
-        CodebookFormat("e8p", None, 1.03),
-        CodebookFormat("e8p-rvq3", "e81b", 0.98, 2.04),
-        CodebookFormat("e8p-rvq4", "e8p", 1.03, 3.45),
+        CodebookFormat("e81b", ("e81b",), 0.6),  # least squared error on unit Gaussians (0.319 per coordinate)
+        CodebookFormat("e8p", ("e8p",), 1.03),
+        CodebookFormat("e8p-rvq3", ("e8p", "e81b"), 0.98, 2.04),
+        # QuIP#'s residual scale; 0.9 rather than its 1.03 overall: 0.0088 vs 0.0097 per coordinate on unit Gaussians here
+        CodebookFormat("e8p-rvq4", ("e8p", "e8p"), 0.9, 3.45),
     )
 }
 
@@ -150,7 +165,7 @@ def quantize_ldlq(w: np.ndarray, fmt: CodebookFormat, h: np.ndarray) -> CodedMat
     W[:, dead] = 0.0
     H[np.diag_indices(k)] += DAMPING * np.mean(np.diag(H))
     U = upper_cholesky_of_inverse(H)
-    codes = np.zeros((rows, k // DIM, 1 if fmt.residual is None else 2), np.int32)
+    codes = np.zeros((rows, k // DIM, len(fmt.stages)), np.int32)
     for i1 in range(0, k, BLOCK):
         i2 = min(i1 + BLOCK, k)
         W1 = W[:, i1:i2].copy()
