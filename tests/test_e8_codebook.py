@@ -40,7 +40,7 @@ def test_decoding_from_bits_matches_the_layout():
     code = (200 << 8) | (0b1010011 << 1) | 1
     a = e8.abs_grid()[200]
     negative = [1, 1, 0, 0, 1, 0, 1]
-    negative.append((sum(negative) + int(round(a.sum()))) % 2)
+    negative.append((sum(negative) + round(a.sum())) % 2)
     expected = a * (1 - 2 * np.array(negative)) - 0.25
     np.testing.assert_allclose(e8.e8p_decode(np.array([code]))[0], expected)
 
@@ -66,6 +66,7 @@ def test_e81b_grid_and_search(rng):
     assert (norms == 0).sum() == 1 and (norms == 2).sum() == 240 and (norms == 4).sum() == 15
     x = rng.standard_normal((500, 8)).astype(np.float32)
     codes, values = e8.e81b_nearest(x)
+    np.testing.assert_array_equal(values, grid[codes].astype(np.float32))
     d = ((x[:, None, :] - grid[None].astype(np.float32)) ** 2).sum(axis=-1)
     assert np.all(d[np.arange(500), codes] <= d.min(axis=1) + DIST_TOL)
 

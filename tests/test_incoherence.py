@@ -5,7 +5,13 @@ import numpy as np
 import pytest
 from scipy.linalg import hadamard
 
-from ulpq_build.vq.incoherence import MatrixRotation, RandomHadamard, fwht, paley_hadamard_12, split_size
+from ulpq_build.vq.incoherence import (
+    MatrixRotation,
+    RandomHadamard,
+    fwht,
+    paley_hadamard_12,
+    split_size,
+)
 
 ORTHO_TOL = 1e-12  # |R R^T - I| in float64
 ROUND_TRIP_TOL = 1e-12  # relative error of inverse(forward(x)) in float64

@@ -27,7 +27,7 @@ import numpy as np
 from scipy.linalg import solve_triangular
 
 from ulpq_build.gptq import BLOCK, DAMPING, upper_cholesky_of_inverse
-from ulpq_build.vq.e8 import DIM, e81b_grid, e81b_nearest, e8p_grid, e8p_nearest
+from ulpq_build.vq.e8 import DIM, e8p_grid, e8p_nearest, e81b_grid, e81b_nearest
 
 SCALE_DTYPE = np.float16
 SCALE_FACTORS = (0.8, 0.85, 0.9, 0.95, 1.0, 1.05, 1.1, 1.15, 1.2)  # tried on each matrix's rms scale

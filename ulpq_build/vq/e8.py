@@ -31,7 +31,7 @@ parity penalty for each a, twice (one per shift).
 from __future__ import annotations
 
 import itertools
-from functools import lru_cache
+from functools import cache
 
 import numpy as np
 
@@ -50,7 +50,7 @@ NORM12 = np.array([
 ], np.float64) / 2  # QuIP#'s get_norm12(), verbatim
 
 
-@lru_cache(maxsize=None)
+@cache
 def abs_grid() -> np.ndarray:
     """The 256 x 8 abs vectors of E8P (module docstring). Every |v| of a half-integer vector with
     |v|^2 <= 10 occurs for some v with an even sum (one sign flip changes the sum's parity), so the
@@ -64,7 +64,7 @@ def abs_grid() -> np.ndarray:
     return grid
 
 
-@lru_cache(maxsize=None)
+@cache
 def abs_parity() -> np.ndarray:
     """sum(a) mod 2 per abs vector: the parity that the count of negative signs must have."""
     return (np.rint(abs_grid().sum(axis=1)).astype(np.int64) % 2).astype(np.uint8)
@@ -81,7 +81,7 @@ def e8p_decode(codes: np.ndarray) -> np.ndarray:
     return (a * (1 - 2 * negative) + shift[..., None]).astype(np.float32)
 
 
-@lru_cache(maxsize=None)
+@cache
 def e8p_grid() -> np.ndarray:
     """All 65536 codewords, row c = e8p_decode(c) (float32, 2 MiB): decoding by lookup."""
     grid = e8p_decode(np.arange(1 << 16))
@@ -99,7 +99,7 @@ def e8p_nearest(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return codes, e8p_grid()[codes]
 
 
-@lru_cache(maxsize=None)
+@cache
 def _search_tables() -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
     """The abs grid reordered even-parity first (so each parity is one contiguous slice of columns),
     that order, the [9, 256] matrix whose product with [|y|, 1] is || |y| - a ||^2 - |y|^2, and the
@@ -161,7 +161,7 @@ def _e8p_chunk(x: np.ndarray) -> np.ndarray:
     return best_code.astype(np.uint16)
 
 
-@lru_cache(maxsize=None)
+@cache
 def e81b_grid() -> np.ndarray:
     """The 256 x 8 codewords of QuIP#'s 1-bit E8 residual codebook (module docstring), in its order:
     integer points before half-integer ones, each in itertools/cartesian_prod order, then +-2 e_i."""

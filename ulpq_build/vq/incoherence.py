@@ -26,7 +26,7 @@ W' = R_out W R_in^T; the runtime computes y = R_out^T (W' (R_in x)); `unrotate_w
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache, lru_cache
 
 import numpy as np
 
@@ -49,7 +49,7 @@ def fwht(x: np.ndarray) -> np.ndarray:
     return x
 
 
-@lru_cache(maxsize=None)
+@cache
 def paley_hadamard_12() -> np.ndarray:
     """The Hadamard matrix of order 12 by Paley's first construction (q = 11, q = 3 mod 4):
     H = I + S, S = [[0, 1^T], [-1, Q]], Q the Jacobsthal matrix of the quadratic residues mod 11."""
