@@ -302,12 +302,13 @@ export class WasmBackend {
 
   /**
    * Hold `bytes` of the memory across runs (a generation's KV cache) until release(ptr): the arena
-   * of later runs starts above it. Regions are released last-held first.
+   * of later runs starts above it (and comes back down once every region above a released one is
+   * released too).
    */
   hold(bytes) {
     if (this.ops.length) throw new Error('hold(): a recording is in progress');
     const ptr = this.arena;
-    this.held.push([ptr, this.arena]);
+    this.held.push(Object.assign([ptr, this.arena], { released: false }));
     this.arena = align(ptr + bytes);
     this.top = this.arena;
     this.#grow(this.arena);
@@ -315,10 +316,11 @@ export class WasmBackend {
   }
 
   release(ptr) {
-    const i = this.held.findIndex(([p]) => p === ptr);
-    if (i < 0) return;
-    this.arena = this.held[i][1];
-    this.held.length = i; // anything held after it goes too (last held, first released)
+    const entry = this.held.find(([p]) => p === ptr);
+    if (!entry) return;
+    entry.released = true;
+    // the arena comes down past the trailing released regions only: one held later stays where it is
+    while (this.held.length && this.held[this.held.length - 1].released) this.arena = this.held.pop()[1];
     this.top = this.arena;
   }
 
