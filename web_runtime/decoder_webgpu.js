@@ -50,9 +50,8 @@ export class GpuDecoder {
     // second outputs of two kernels (the running (max, sum) of attention chunks, the argmax parts'
     // columns): fixed scratch buffers, rewritten wholly by each use
     this.partMl = backend.storageBuffer(rows * model.num_heads * this.chunks * 2 * 4, 'attention part_ml');
-    const [parts] = argmaxSplit(backend.operatorShader('argmax_parts'), model.vocab_size);
-    this.argmaxParts = parts;
-    this.partIndex = backend.storageBuffer(rows * parts * 4, 'argmax part_index');
+    [this.argmaxParts, this.argmaxSpan] = argmaxSplit(backend.operatorShader('argmax_parts'), model.vocab_size);
+    this.partIndex = backend.storageBuffer(rows * this.argmaxParts * 4, 'argmax part_index');
     this.length = 0; // slots filled
   }
 
@@ -77,10 +76,12 @@ export class GpuDecoder {
     const positions = b.upload(Uint32Array.from({ length: n }, (_, i) => start + i));
     let x = b.embed(model.embeddings.word, idsValue, n);
     if (model.positions.kind === 'learned') b.embed(model.embeddings.position, positions, n, x);
-    const norm = (h, node) => (model.norm === 'rms'
-      ? b.operator('rmsnorm', 'norm', { x: h, gamma: b.weights.get(node.weight).codes }, { rows: n, cols: hidden, eps: model.norm_eps }, n, hidden)
-      : b.operator('layernorm', 'norm', { x: h, gamma: b.weights.get(node.weight).codes, beta: b.weights.get(node.bias).codes },
-        { rows: n, cols: hidden, eps: model.norm_eps }, n, hidden));
+    const norm = (h, node, rows = n) => {
+      const dims = { rows, cols: hidden, eps: model.norm_eps };
+      const gamma = b.weights.get(node.weight).codes;
+      return model.norm === 'rms' ? b.operator('rmsnorm', 'norm', { x: h, gamma }, dims, rows, hidden)
+        : b.operator('layernorm', 'norm', { x: h, gamma, beta: b.weights.get(node.bias).codes }, dims, rows, hidden);
+    };
     const cacheDims = { rows: n, seq: n, heads, kv_heads: kv, head_dim: d, start, capacity: this.capacity };
     const layerSize = kv * this.capacity * d;
     const prefill = start === 0 && n > 1;
@@ -115,7 +116,7 @@ export class GpuDecoder {
       }
     }
     const last = n === 1 ? x : b.rows(x, b.upload(Uint32Array.of(n - 1)), 1);
-    const logits = b.linear(norm1(b, model, last, hidden), model.lm_head);
+    const logits = b.linear(norm(last, model.final_norm, 1), model.lm_head);
     this.length = start + n;
     if (!greedy) return (await b.output(logits)).data;
     const vocab = model.vocab_size;
@@ -123,22 +124,13 @@ export class GpuDecoder {
     if (this.argmaxParts <= 1) {
       token = b.operator('argmax', 'argmax', { x: logits }, { rows: 1, cols: vocab, row_stride: vocab, row_off: 0 }, 1, 1);
     } else {
-      const [parts, span] = [this.argmaxParts, argmaxSplit(b.operatorShader('argmax_parts'), vocab)[1]];
+      const parts = this.argmaxParts;
       const values = b.operator('argmax_parts', 'argmax_parts', { x: logits, part_index: this.partIndex },
-        { rows: 1, cols: vocab, row_stride: vocab, row_off: 0, parts, span }, 1, parts, 'part_value');
+        { rows: 1, cols: vocab, row_stride: vocab, row_off: 0, parts, span: this.argmaxSpan }, 1, parts, 'part_value');
       token = b.operator('argmax', 'argmax_finish', { x: values, indices: this.partIndex },
         { rows: 1, cols: parts, row_stride: parts, row_off: 0 }, 1, 1);
     }
     const out = await b.output(token);
     return new Uint32Array(out.data.buffer, out.data.byteOffset, 1)[0];
   }
-}
-
-/** The final norm of one row (a function: the graph's `norm` closes over the pass's row count). */
-function norm1(b, model, h, hidden) {
-  const node = model.final_norm;
-  const dims = { rows: 1, cols: hidden, eps: model.norm_eps };
-  return model.norm === 'rms'
-    ? b.operator('rmsnorm', 'norm', { x: h, gamma: b.weights.get(node.weight).codes }, dims, 1, hidden)
-    : b.operator('layernorm', 'norm', { x: h, gamma: b.weights.get(node.weight).codes, beta: b.weights.get(node.bias).codes }, dims, 1, hidden);
 }
