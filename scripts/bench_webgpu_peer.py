@@ -42,10 +42,10 @@ async function adapterInfo() {
   return [info.vendor, info.architecture, info.device, info.description].filter(Boolean).join(' ') || null;
 }
 
-export async function runOurs({ bundle, sentences, warmup, repeats }) {
+export async function runOurs({ bundle, sentences, warmup, repeats, profile = null }) {
   const ulpq = await import(`./${bundle}/ulpq.js`);
   const t0 = performance.now();
-  const model = await ulpq.loadBundle(`./${bundle}/manifest.json`, { hardware: 'webgpu', cache: false });
+  const model = await ulpq.loadBundle(`./${bundle}/manifest.json`, { hardware: 'webgpu', cache: false, profile });
   const initMs = performance.now() - t0;
   const times = [];
   let out;
@@ -115,6 +115,12 @@ CONFIGURATIONS = [
 ]
 
 
+# --gpu-variants: also this runtime forced onto the browser's GPU profile (what ran on these adapters
+# before the cpu profile existed), so before and after come from one run
+GPU_PROFILE = {"chromium": "chrome", "firefox": "firefox"}
+GPU_CONFIGURATIONS = [("ours-gpu fp32", "runOurs", {"bundle": "bundle-fp32"}), ("ours-gpu int4", "runOurs", {"bundle": "bundle-int4"})]
+
+
 def build_site(work: Path) -> Path:
     site = work / "gpu-site"
     if site.exists():
@@ -135,7 +141,7 @@ def build_site(work: Path) -> Path:
     return site
 
 
-def bench_browser(browser: str, url: str, warmup: int, repeats: int, rounds: int) -> dict:
+def bench_browser(browser: str, url: str, warmup: int, repeats: int, rounds: int, gpu_variants: bool = False) -> dict:
     results: dict[str, dict] = {}
     with started(browser) as (session, failure):
         if session is None:
@@ -145,7 +151,8 @@ def bench_browser(browser: str, url: str, warmup: int, repeats: int, rounds: int
         x = session.evaluate("async (s) => (await import('./bench.js')).tokens({bundle: 'bundle-fp32', sentences: s})",
                              SENTENCES, timeout_s=600)
         for round_ in range(rounds):
-            for label, fn, args in CONFIGURATIONS:
+            extra = [(label, fn, {**args, "profile": GPU_PROFILE[browser]}) for label, fn, args in GPU_CONFIGURATIONS]
+            for label, fn, args in CONFIGURATIONS + (extra if gpu_variants else []):
                 session.goto(url)  # a fresh page, a fresh device
                 arg = {**args, **x, "sentences": SENTENCES, "warmup": warmup, "repeats": repeats}
                 r = session.evaluate(f"async (a) => (await import('./bench.js')).{fn}(a)", arg, timeout_s=1800)
@@ -180,12 +187,15 @@ def table(report: dict) -> str:
     for browser, b in report["browsers"].items():
         runs = b["runs"]
         adapter = runs["ours fp32"].get("adapter") or "?"
-        for runtime in ("ort", "ours"):
+        for runtime in ("ort", "ours", "ours-gpu"):
+            if f"{runtime} fp32" not in runs:
+                continue
             fp, q = runs[f"{runtime} fp32"], runs[f"{runtime} int4"]
             cell = lambda r: f"{r['median_ms']:.0f} ({r['first_ms']:.0f} / {r['init_ms']:.0f})"  # noqa: E731
             ratio = "" if runtime == "ort" else " / ".join(
-                f"{runs[f'ours {f}']['median_ms'] / runs[f'ort {f}']['median_ms']:.2f}x" for f in ("fp32", "int4"))
-            name = {"ort": "ORT Web WebGPU EP", "ours": "this runtime, WebGPU"}[runtime]
+                f"{runs[f'{runtime} {f}']['median_ms'] / runs[f'ort {f}']['median_ms']:.2f}x" for f in ("fp32", "int4"))
+            name = {"ort": "ORT Web WebGPU EP", "ours": f"this runtime, WebGPU ({runs['ours fp32'].get('variant')})",
+                    "ours-gpu": f"this runtime, GPU variant forced ({runs['ours-gpu fp32'].get('variant') if 'ours-gpu fp32' in runs else ''})"}[runtime]
             lines.append(f"| {browser} ({adapter}) | {name} | {cell(fp)} | {cell(q)} | {fp['cos_min']:.5f} / {q['cos_min']:.5f} | {ratio} |")
     lines += ["", "Target (issue 10): on the software adapters, at most 0.5x ORT's WebGPU time, float32 and 4-bit:"]
     for browser, b in report["browsers"].items():
@@ -216,8 +226,11 @@ def main(argv=None) -> int:
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--work", type=Path, default=ROOT / ".bench")
     ap.add_argument("--write-docs", type=Path)
+    ap.add_argument("--gpu-variants", action="store_true",
+                    help="also time this runtime forced onto the browser's GPU profile (before/after in one run)")
     args = ap.parse_args(argv)
-    report = measure(build_site(args.work), bench_browser, args, isolate=False)
+    bench = lambda *a: bench_browser(*a, gpu_variants=args.gpu_variants)  # noqa: E731
+    report = measure(build_site(args.work), bench, args, isolate=False)
     (args.work / "webgpu_peer_results.json").write_text(json.dumps(report, indent=1))
     text = table(report)
     print(text)

@@ -19,7 +19,7 @@ from functools import lru_cache
 import jinja2
 
 from ulpq_build.formats import Format, get_format
-from ulpq_build.profiles import DEFAULT_LIMITS, Profile, get_profile
+from ulpq_build.profiles import DEFAULT_LIMITS, PROFILES, Profile, get_profile
 from ulpq_build.resources import templates_dir
 
 MAX_WORKGROUPS_PER_DIM = 65535
@@ -119,6 +119,17 @@ DECODER_ATTENTION_PARAMS = (("rows", "u32"), ("seq", "u32"), ("heads", "u32"), (
                             ("q_stride", "u32"), ("q_off", "u32"), ("cache_off", "u32"))
 CACHE_ATTENTION_KEY_THREADS = 8  # threads per key dot product in cache_attention (divides every profile's workgroup)
 
+# CPU adapters (profiles with cpu_adapter: SwiftShader, lavapipe) run a workgroup as a loop over SIMD
+# lanes, and a workgroup barrier there is a switch between coroutines, one per lane group, so the
+# staged GEMM's two barriers per K step and the GEMV's tree reduction cost more than the loads they
+# save (no GPU cache hierarchy to save from: the CPU's caches serve the re-reads). `direct` GEMM tiles:
+# each thread computes its reg_m x reg_n block straight from x and the packed words (no workgroup
+# memory, no barrier); tile_k only rounds split-K's k_split. The GEMV: one thread per `rows` outputs.
+# Measured per kernel through wgpu-py on SwiftShader and lavapipe (scripts/profile_cpu_adapter.py).
+CPU_PROFILES = tuple(name for name, p in PROFILES.items() if p.cpu_adapter)
+CPU_GEMM_TILES = {"tile_m": 64, "tile_n": 32, "tile_k": 32, "reg_m": 8, "reg_n": 4, "direct": 1}
+CPU_GEMV_TILES = {"threads_per_row": 1, "rows": 2}
+
 KERNELS: dict[str, Kernel] = _reg(
     Kernel(
         "gemv", "gemv.wgsl.jinja",
@@ -130,8 +141,10 @@ KERNELS: dict[str, Kernel] = _reg(
          ("group_size", "u32"), ("codebook_stride", "u32")),
         "gemv", {**EPILOGUE, "vec4": (False, True), "deep": (False, True)},
         # From an H200 sweep (docs/benchmarks.md): 8 rows per thread group; 32 threads per row at 128
-        # threads per workgroup, 64 at 256 and 512.
-        {"*": {"rows": 8, "threads_per_row": 64}, "firefox": {"threads_per_row": 32}},
+        # threads per workgroup, 64 at 256 and 512. CPU adapters: one thread per `rows` outputs walks
+        # the whole of K, so no partial sums meet in workgroup memory and no barrier is passed.
+        {"*": {"rows": 8, "threads_per_row": 64}, "firefox": {"threads_per_row": 32},
+         **{p: CPU_GEMV_TILES for p in CPU_PROFILES}},
         weighted=True,
     ),
     Kernel(
@@ -156,7 +169,8 @@ KERNELS: dict[str, Kernel] = _reg(
          "edge:large": {"tile_m": 128, "tile_n": 64, "tile_k": 16, "reg_m": 8, "reg_n": 4},
          "edge:small": {"tile_m": 64, "tile_n": 64, "tile_k": 16, "reg_m": 4, "reg_n": 4},
          "safari:small": {"tile_m": 128, "tile_n": 64, "tile_k": 16, "reg_m": 4, "reg_n": 4},
-         "safari:large": {"tile_m": 128, "tile_n": 128, "tile_k": 16, "reg_m": 8, "reg_n": 4}},
+         "safari:large": {"tile_m": 128, "tile_n": 128, "tile_k": 16, "reg_m": 8, "reg_n": 4},
+         **{p: CPU_GEMM_TILES for p in CPU_PROFILES}},
         weighted=True,
     ),
     Kernel(
@@ -204,7 +218,8 @@ KERNELS: dict[str, Kernel] = _reg(
         (("batch", "u32"), ("seq", "u32"), ("heads", "u32"), ("head_dim", "u32"), ("scale", "f32"),
          ("in_stride", "u32"), ("q_off", "u32"), ("k_off", "u32"), ("v_off", "u32")), "attention",
         # (64-thread workgroups were tried on an H200: no faster than the profile's 256)
-        {"mask": (True, False)}, {"*": {"max_seq": 512}},
+        # CPU adapters: one_barrier (the template says why)
+        {"mask": (True, False)}, {"*": {"max_seq": 512}, **{p: {"one_barrier": 1} for p in CPU_PROFILES}},
     ),
     Kernel(
         "meanpool", "meanpool.wgsl.jinja",
@@ -435,7 +450,7 @@ class KernelVariant:
     def tiles(self) -> dict:
         tiles = self.spec.tiles_for(self.profile, self.opts)
         if self.kernel == "gemv":
-            if self.weight is not None and self.weight.fmt.quantized:
+            if self.weight is not None and self.weight.fmt.quantized and not self.prof.cpu_adapter:
                 deep = {**GEMV_DEEP_TILES, "threads_per_row": min(GEMV_DEEP_TILES["threads_per_row"], self.workgroup_size)}
                 tiles = {**tiles, **(deep if self.opts.get("deep") else gemv_packed_tiles(tiles, self.weight.fmt.bits))}
             # x_rows: input rows per workgroup, each decoded weight applied to all of them. One by
@@ -478,11 +493,11 @@ class KernelVariant:
     def workgroup_storage_bytes(self) -> int:
         t = self.tiles
         if self.kernel == "gemm":
-            return 4 * t["tile_k"] * (t["tile_m"] + t["tile_n"])
+            return 0 if t.get("direct") else 4 * t["tile_k"] * (t["tile_m"] + t["tile_n"])
         if self.kernel == "gemv":
-            return 4 * self.workgroup_size * t["rows"] * t["x_rows"]
-        if self.kernel == "attention":  # the scores of one query row + the reduction array
-            return 4 * (t["max_seq"] + self.workgroup_size)
+            return 0 if t["threads_per_row"] == 1 else 4 * self.workgroup_size * t["rows"] * t["x_rows"]
+        if self.kernel == "attention":  # the scores of one query row (+ the reduction array)
+            return 4 * (t["max_seq"] + (0 if t.get("one_barrier") else self.workgroup_size))
         if self.kernel in ("layernorm", "softmax") or (self.kernel == "meanpool" and self.opts["normalize"]):
             return 4 * self.workgroup_size  # one f32 per thread for the tree reductions
         if self.kernel == "rmsnorm":

@@ -5,6 +5,19 @@ The JS runtime reads this table from the manifest: it matches the user agent aga
 `user_agent` (first match in table order wins, so Edge is tried before Chrome and Chrome before
 Safari, whose token every Chromium UA also carries), then checks the adapter's real limits and
 falls back to the largest variant that fits.
+
+The `cpu` row (cpu_adapter) serves only adapters that are CPU implementations of WebGPU (the adapter
+reports isFallbackAdapter, or its vendor/architecture/description names SwiftShader, llvmpipe or
+lavapipe: web_runtime/variants.js, cpuAdapter), in any browser: there it is tried before the user
+agent's row, so Chromium on SwiftShader and Firefox on lavapipe both run it, while on a real GPU it is
+neither detected nor a fallback (the GPU profiles' variants stay exactly as they were). Its shaders
+suit a CPU running a workgroup as a loop over SIMD lanes: small workgroups (idle invocations and
+workgroup barriers are what cost there, not memory latency) and matrix products without workgroup
+memory or barriers (kernels.py: the gemm `direct` tiles, the one-thread-per-row gemv). A profile row
+rather than a kernel option, because the choice is one per device, like the workgroup size, and
+every kernel (layernorm, attention, ...) wants the small workgroups too; one row rather than one per
+browser, because what suits the adapter does not depend on the browser around it (both WGSL
+compilers accept the same text, and the bundle ships it once).
 """
 
 from __future__ import annotations
@@ -29,6 +42,7 @@ class Profile:
     browser: str
     workgroup_size: int
     user_agent: str  # a JS RegExp source matched against navigator.userAgent
+    cpu_adapter: bool = False  # serves (only) adapters that are CPU implementations
 
     @property
     def limits(self) -> dict[str, int]:
@@ -51,14 +65,22 @@ class Profile:
             "workgroup_size": self.workgroup_size,
             "variant": self.variant,
             "user_agent": self.user_agent,
+            "cpu_adapter": self.cpu_adapter,
             "limits": self.limits,
             "required_limits": self.required_limits,
         }
 
 
+# Threads per workgroup on CPU adapters: SwiftShader and lavapipe run a workgroup as a loop over
+# SIMD lanes (4 or 8 wide), one workgroup per CPU thread at a time, so a 256-thread workgroup where
+# 18 threads have work (attention over 18 keys, a row's reductions) pays for 256.
+CPU_WORKGROUP = 64
+
 PROFILES: dict[str, Profile] = {
     p.name: p
     for p in (
+        # any browser whose adapter is a CPU (Chromium: SwiftShader; Firefox: lavapipe)
+        Profile("cpu", "any browser on a CPU adapter", CPU_WORKGROUP, r".", True),
         Profile("edge", "Microsoft Edge", 256, r"\bEdg(e|A|iOS)?/"),
         Profile("firefox", "Firefox", 128, r"\bFirefox/"),
         Profile("chrome", "Chrome / Chromium", 256, r"\b(Chrome|Chromium|HeadlessChrome)/"),

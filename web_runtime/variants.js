@@ -5,9 +5,26 @@
 
 import { graphNodes } from './dispatch.js';
 
-/** The profile whose `user_agent` pattern matches first, in table order (Edge before Chrome, Chrome before Safari). */
-export function detectProfile(userAgent, profiles) {
-  for (const p of profiles) {
+// What CPU implementations of WebGPU call themselves in GPUAdapterInfo (Chromium: vendor "google",
+// architecture "swiftshader"; Mesa's llvmpipe / lavapipe). Firefox leaves the strings empty on
+// lavapipe but sets isFallbackAdapter, as Chromium does on SwiftShader.
+const CPU_ADAPTER_NAMES = /swiftshader|llvmpipe|lavapipe|softpipe|warp|software/i;
+
+/** Is this GPUAdapter a CPU implementation (SwiftShader, lavapipe, ...)? Then the cpu_adapter profiles serve it. */
+export function cpuAdapter(adapter) {
+  const info = adapter?.info ?? {};
+  if (info.isFallbackAdapter === true || adapter?.isFallbackAdapter === true) return true;
+  return CPU_ADAPTER_NAMES.test([info.vendor, info.architecture, info.device, info.description].filter(Boolean).join(' '));
+}
+
+/**
+ * The profile whose `user_agent` pattern matches first, in table order (Edge before Chrome, Chrome
+ * before Safari). On a CPU adapter the cpu_adapter rows are tried first; elsewhere they never match.
+ */
+export function detectProfile(userAgent, profiles, cpu = false) {
+  const rows = cpu ? [...profiles.filter((p) => p.cpu_adapter), ...profiles.filter((p) => !p.cpu_adapter)]
+    : profiles.filter((p) => !p.cpu_adapter);
+  for (const p of rows) {
     if (new RegExp(p.user_agent).test(userAgent)) return p.name;
   }
   return null;
@@ -25,17 +42,19 @@ export function shortfall(required, limits) {
 
 /**
  * Order the profiles to try on an adapter: the requested one if it fits, then every other
- * fitting profile, largest workgroup first. `fallback` explains why the requested one was skipped.
+ * fitting profile, largest workgroup first (on a CPU adapter the cpu_adapter rows first; on any
+ * other adapter they are never a fallback). `fallback` explains why the requested one was skipped.
  */
-export function chooseProfiles(profiles, requestedName, limits) {
+export function chooseProfiles(profiles, requestedName, limits, cpu = false) {
   const byName = new Map(profiles.map((p) => [p.name, p]));
   if (requestedName !== null && requestedName !== undefined && !byName.has(requestedName)) {
     throw new Error(`unknown profile '${requestedName}'; this bundle has ${profiles.map((p) => p.name).join(', ')}`);
   }
   const requested = byName.get(requestedName) ?? null;
   const others = profiles
-    .filter((p) => p !== requested)
-    .sort((a, b) => b.workgroup_size - a.workgroup_size || a.name.localeCompare(b.name));
+    .filter((p) => p !== requested && (cpu || !p.cpu_adapter))
+    .sort((a, b) => Number(Boolean(b.cpu_adapter)) - Number(Boolean(a.cpu_adapter))
+      || b.workgroup_size - a.workgroup_size || a.name.localeCompare(b.name));
   const ordered = requested ? [requested, ...others] : others;
   const fitting = ordered.filter((p) => shortfall(p.limits, limits).length === 0);
   let fallback = null;
