@@ -238,3 +238,31 @@ def test_bench_gpu_decode_smoke(tmp_path):
     row, = results["rows"]
     assert row["matches_reference"] is True and row["tokens_per_second"] > 0 and row["weight_bytes"] > 0
     assert "| int4 |" in (tmp_path / "out/gpu_decode.md").read_text()
+
+
+def test_dispatch_js_decoder_rules_equal_kernels_py(tmp_path):
+    """dispatch.js's copies of decode_chunks, argmax_split and the cache_attention / row_parts grids give
+    what kernels.py gives, for every profile's variants over a spread of shapes."""
+    from support import ROOT, node_json
+
+    from ulpq_build import kernels
+    from ulpq_build.profiles import PROFILES
+
+    cases, want = [], []
+    for profile in PROFILES:
+        split = kernels.KernelVariant.make("cache_attention_split", profile)
+        parts = kernels.KernelVariant.make("argmax_parts", profile)
+        for slots, kv, rows in [(1, 1, 1), (7, 2, 1), (128, 8, 1), (4096, 8, 1), (4096, 2, 4), (32768, 8, 1), (300, 1, 3)]:
+            chunk, chunks = kernels.decode_chunks(split, slots, kv, rows)
+            dims = {"chunks": chunks, "kv_heads": kv, "rows": rows}
+            cases.append({"shader": split.to_manifest(), "slots": slots, "kv_heads": kv, "rows": rows,
+                          "target": kernels.SPLIT_TARGET_WORKGROUPS, "dims": dims})
+            want.append({"chunks": [chunk, chunks], "grid": list(kernels.workgroups(split, dims))})
+        for cols in (1, 300, 2048, 4500, 128256):
+            n, span = kernels.argmax_split(parts, cols)
+            dims = {"rows": 3, "parts": n}
+            cases.append({"shader": parts.to_manifest(), "cols": cols, "dims": dims})
+            want.append({"argmax": [n, span], "grid": list(kernels.workgroups(parts, dims))})
+    got = node_json(ROOT / "tests/js/decoder_dispatch.mjs", request=cases, tmp_path=tmp_path)
+    for case, g, w in zip(cases, got, want):
+        assert {k: g[k] for k in w} == w, (case["shader"]["key"], case.get("slots"), case.get("cols"))
