@@ -19,7 +19,7 @@ pytestmark = pytest.mark.browser
 
 E2E_COSINE = 0.9999
 E2E_LOGITS = 1e-3
-BROWSERS = [("chromium", "chrome-256"), ("firefox", "firefox-128")]
+BROWSERS = [("chromium", "cpu-64"), ("firefox", "cpu-64")]  # both adapters here are CPU ones: the cpu profile
 
 # Wraps the device's object factories and the encoder's pass starts, runs `body`, returns the counts.
 COUNT = """

@@ -30,8 +30,8 @@ TEXT_BUNDLES = {"int8": ["--format", "int8"], "int4": ["--format", "int4"], "int
 IMAGE_BUNDLES = {"int4": ["--format", "int4"], "int2": ["--format", "int2-optimal"]}
 # browser, query, expected path, expected variant
 BROWSER_CASES = [
-    ("chromium", "", "webgpu", "chrome-256"),
-    ("firefox", "", "webgpu", "firefox-128"),
+    ("chromium", "", "webgpu", "cpu-64"),  # SwiftShader and lavapipe: the cpu profile
+    ("firefox", "", "webgpu", "cpu-64"),
     ("firefox", "&profile=safari", "webgpu", "safari-512"),
     ("webkit", "", "cpu", None),
 ]

@@ -22,7 +22,7 @@ pytestmark = pytest.mark.browser
 MLP_TOLERANCE = 1e-4  # relative error, as test_bundle_in_browsers
 FETCHED = "() => performance.getEntriesByType('resource').map((e) => new URL(e.name).pathname)"
 # browser, query, the profile that must run
-CASES = [("chromium", "", "chrome"), ("firefox", "&profile=safari", "safari")]
+CASES = [("chromium", "&profile=chrome", "chrome"), ("firefox", "&profile=safari", "safari")]  # (by default: cpu)
 
 
 @pytest.fixture(scope="module")

@@ -55,7 +55,7 @@ def test_first_command_on_a_fresh_copy(tmp_path):
     manifest = json.loads((repo / "ulpq-bundle" / "manifest.json").read_text())
     # int4 by GPTQ, so the calibration text was found inside the installed wheel
     assert (manifest["quantization"]["method"], manifest["quantization"]["default"]["format"]) == ("gptq", "int4")
-    assert {s["profile"] for s in manifest["shaders"]} == {"firefox", "chrome", "safari", "edge"}
+    assert {s["profile"] for s in manifest["shaders"]} == {"cpu", "firefox", "chrome", "safari", "edge"}
     assert (repo / "ulpq-bundle" / "index.html").is_file()
 
     # the installed wheel (not the checkout) works from any folder
