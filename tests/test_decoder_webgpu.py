@@ -182,7 +182,7 @@ def test_browsers_generate_the_reference_tokens_on_webgpu(served, browser):
             model, case = bundle.model, bundle.manifest["verification"]
             extra = EXTRA[browser] == (name, fmt)
             end = list(range(1, model["max_position"] - 3))  # 124 tokens of 128 positions: 5 new tokens fit
-            _open(session, f"{server.url}{folder.name}/index.html?run=0&poison=1")
+            _open(session, f"{server.url}{folder.name}/index.html?run=0&poison=1&hardware=webgpu")
             out = session.evaluate(GENERATE, {"ids": case["prompt_ids"], "long": LONG_PROMPT, "sampling": SAMPLING,
                                               "end": end, "extra": extra})
             greedy = out["greedy"]
@@ -204,6 +204,23 @@ def test_browsers_generate_the_reference_tokens_on_webgpu(served, browser):
             check_steady(session.evaluate(COUNT, {"ids": case["prompt_ids"]}), case)
     finally:
         session.close()
+
+
+@pytest.mark.parametrize("browser", BROWSERS)
+def test_auto_generates_on_the_cpu_path_on_a_cpu_adapter(served, browser):
+    """hardware 'auto' (verify's default) with a decoder on a CPU implementation of WebGPU (SwiftShader,
+    lavapipe here) takes the CPU path, says why, and still gives numpy's tokens."""
+    from ulpq_build.browser_check import check_in_browser
+
+    server, bundles = served
+    (name, fmt), folder = next(iter(bundles.items()))
+    session = launch(browser)
+    try:
+        result = check_in_browser(session, f"{server.url}{folder.name}/index.html", load_bundle(folder), browser)
+    finally:
+        session.close()
+    assert result.passed and result.value == 0 and result.path == "cpu", (name, fmt, result)
+    assert any("CPU implementation" in n for n in result.notes), result.notes
 
 
 def check_steady(out, case):

@@ -41,6 +41,16 @@ export function webgpuPresence() {
   return { available: true, reason: null };
 }
 
+/** Is the adapter this environment would hand out a CPU implementation (SwiftShader, lavapipe)? False without one. */
+export async function adapterIsCpu() {
+  if (!webgpuPresence().available) return false;
+  try {
+    return cpuAdapter(await navigator.gpu.requestAdapter());
+  } catch {
+    return false;
+  }
+}
+
 /**
  * Try the variants this adapter allows, best first; return {backend, variant, notes}. A variant
  * whose device, pipelines or `selfTest(backend)` fail is skipped with a note. Throws GpuUnavailable

@@ -19,7 +19,7 @@ import { architectureOf, tokenizerFile } from './architectures.js';
 import { createCpuBackend } from './cpu_select.js';
 import { backendIo, generateTokens } from './decoder_cpu.js';
 import { checkGenerateOptions, createRng, pickToken } from './generate.js';
-import { GpuUnavailable, createGpuBackend, webgpuPresence } from './backend_webgpu.js';
+import { GpuUnavailable, adapterIsCpu, createGpuBackend, webgpuPresence } from './backend_webgpu.js';
 import { GpuDecoder } from './decoder_webgpu.js';
 import { linear as opsLinear } from './ops_cpu.js';
 import { checkOptions, slices } from './inputs.js';
@@ -221,6 +221,14 @@ export class UlpqModel {
     const { hardware } = this.options;
     if (hardware === 'cpu') {
       this.notes.push('CPU path requested');
+      await this.#useCpu();
+      return;
+    }
+    if (hardware === 'auto' && this.#architecture.decoder && await adapterIsCpu()) {
+      // A decode step is a few hundred small dispatches: on a CPU implementation of WebGPU
+      // (SwiftShader, lavapipe) generation ran 40-370x slower than on the CPU path's wasm
+      // kernels (docs/benchmarks.md). hardware 'webgpu' still runs it there.
+      this.notes.push('the WebGPU adapter is a CPU implementation: a decoder generates faster on the CPU path (hardware \'webgpu\' runs it on WebGPU anyway)');
       await this.#useCpu();
       return;
     }
