@@ -45,12 +45,16 @@ export class GpuDecoder {
       ? backend.storageBuffer(model.positions.inv_freq.length * 4, 'inv_freq', Float32Array.from(model.positions.inv_freq))
       : null;
     const rows = 1;
-    [this.chunk, this.chunks] = decodeChunks(backend.operatorShader('attention_decode'), this.capacity, kv, rows,
+    const [chunk, chunks] = decodeChunks(backend.operatorShader('attention_decode'), this.capacity, kv, rows,
       backend.manifest.matmul.split_target_workgroups);
+    this.chunk = chunk; // slots per workgroup of the split decode attention
+    this.chunks = chunks;
     // second outputs of two kernels (the running (max, sum) of attention chunks, the argmax parts'
     // columns): fixed scratch buffers, rewritten wholly by each use
     this.partMl = backend.storageBuffer(rows * model.num_heads * this.chunks * 2 * 4, 'attention part_ml');
-    [this.argmaxParts, this.argmaxSpan] = argmaxSplit(backend.operatorShader('argmax_parts'), model.vocab_size);
+    const [argmaxParts, argmaxSpan] = argmaxSplit(backend.operatorShader('argmax_parts'), model.vocab_size);
+    this.argmaxParts = argmaxParts; // the first argmax stage's parts per row, each over argmaxSpan columns
+    this.argmaxSpan = argmaxSpan;
     this.partIndex = backend.storageBuffer(rows * this.argmaxParts * 4, 'argmax part_index');
     this.length = 0; // slots filled
   }
