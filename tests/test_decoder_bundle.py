@@ -53,20 +53,11 @@ def _configs():
 
 
 def _build(folder, config, seed):
-    """Random weights large enough that greedy decoding varies (as tests/test_decoders.py builds them),
-    saved as safetensors, with a byte-level BPE tokenizer.json trained on the shipped text."""
-    from test_decoders import _train_tokenizer
-    from transformers import AutoModelForCausalLM
+    """tests/test_decoders.py's random model (weights large enough that greedy decoding varies), saved
+    as safetensors, with a byte-level BPE tokenizer.json trained on the shipped text."""
+    from test_decoders import _build as build_model, _train_tokenizer
 
-    torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_config(config).eval()
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if p.dim() == 1 and ("norm" in name or "ln_" in name) and name.endswith("weight"):
-                p.copy_(1 + 0.1 * torch.randn_like(p))
-            else:
-                p.copy_(0.15 * torch.randn_like(p))
-    model.save_pretrained(folder, safe_serialization=True)
+    build_model(folder, config, seed)
     _train_tokenizer(folder / "tokenizer.json", VOCAB)
     return folder
 

@@ -27,6 +27,7 @@ from test_decoder_bundle import (
 
 from ulpq_build import decoder_reference as dr
 from ulpq_build.architectures import decoder_common as dc
+from ulpq_build.browser_check import WAIT_READY
 from ulpq_build.browsers import launch
 from ulpq_build.bundle_reader import load_bundle
 from ulpq_build.cli import main as cli_main
@@ -44,14 +45,6 @@ ONE_BROWSER = {("qwen2-gqa-tied-bias", "int4"): "firefox", ("llama-wide-vocab", 
 EXTRA = {"chromium": ("llama-gqa-untied", "int4"), "firefox": ("gpt2", "float32")}
 SAMPLING = {"maxNewTokens": 16, "temperature": 0.9, "topK": 40, "topP": 0.9, "seed": 7}
 
-WAIT_READY = """async () => {
-  for (let i = 0; i < 6000; i++) {
-    const d = window.ulpqDemo;
-    if (d && d.status !== 'loading') return { status: d.status, error: d.error };
-    await new Promise((r) => setTimeout(r, 100));
-  }
-  return { status: 'timeout' };
-}"""
 
 # Every generation a bundle is checked with; `extra`: the long prompt, sampling and the cache's end too.
 GENERATE = """async ({ ids, long, sampling, end, extra }) => {
