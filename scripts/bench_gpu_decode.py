@@ -206,6 +206,25 @@ def table(results: dict) -> str:
     return "\n".join(lines)
 
 
+def profile_text(results: dict) -> str:
+    """Per bundle with a profile: the read-back round trip and the decode step's kernels, costliest first."""
+    out = []
+    for row in results["rows"]:
+        prof = row.get("step_profile")
+        if not prof:
+            continue
+        if prof.get("error"):
+            out.append(f"\n{row['format']}: no step profile ({prof['error']})")
+            continue
+        trip = row.get("round_trip") or {}
+        out.append(f"\n{row['format']}: one decode step, {prof['dispatches']} dispatches, {prof['total_us']:.0f} us of kernels "
+                   f"(each timed in its own pass); submit + 4-byte read-back round trip {trip.get('median_ms', 0):.3f} ms "
+                   f"(min {trip.get('min_ms', 0):.3f})\n\n| kernel | dispatches | us | us each |\n|---|---|---|---|")
+        for name, k in sorted(prof["by_kernel"].items(), key=lambda kv: -kv[1]["us"]):
+            out.append(f"| {name} | {k['count']} | {k['us']:.1f} | {k['us'] / k['count']:.2f} |")
+    return "\n".join(out)
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", type=Path, required=True)
@@ -220,6 +239,8 @@ def main(argv=None) -> int:
     p.add_argument("--hardware", default="webgpu", help="the runtime's hardware option (webgpu: fail rather than fall back)")
     p.add_argument("--jobs", type=int, default=3, help="bundles built at once")
     p.add_argument("--timeout-s", type=float, default=1800, help="per bundle build and for the Node run")
+    p.add_argument("--profile", action="store_true",
+                   help="also time each kernel of one decode step and the submit/read-back round trip (printed after the table)")
     args = p.parse_args(argv)
 
     shape = SHAPES["tiny" if args.tiny else "1b"]
@@ -255,7 +276,8 @@ def main(argv=None) -> int:
     if built:
         prompt = [(7 * i + 11) % TOKENIZER_VOCAB for i in range(args.prompt_tokens)]
         request = {"bundles": [{"name": r["format"], "dir": r["dir"]} for r in built], "prompt_ids": prompt,
-                   "new_tokens": args.new_tokens, "repeats": args.repeats, "hardware": args.hardware}
+                   "new_tokens": args.new_tokens, "repeats": args.repeats, "hardware": args.hardware,
+                   "profile": args.profile}
         req = args.work / "request.json"
         req.write_text(json.dumps(request))
         proc = subprocess.run([args.node, str(DRIVER), str(req)], capture_output=True, text=True, timeout=args.timeout_s,
@@ -271,12 +293,12 @@ def main(argv=None) -> int:
             for row, entry in zip(built, got["bundles"]):
                 row.update({k: entry.get(k) for k in ("error", "path", "variant", "tokens_per_second", "prefill_ms",
                                                       "matches_reference", "init_ms", "load_ms", "cache_slots", "first",
-                                                      "runs", "notes", "gpu_memory")})
+                                                      "runs", "notes", "gpu_memory", "round_trip", "step_profile")})
                 if entry.get("runs"):
                     row["tokens_per_second_spread"] = [min(r["tokens_per_second"] for r in entry["runs"]),
                                                        max(r["tokens_per_second"] for r in entry["runs"])]
                     row["decode_median_check"] = statistics.median(r["tokens_per_second"] for r in entry["runs"])
-    text = table(results)
+    text = table(results) + profile_text(results)
     (args.out / "gpu_decode.json").write_text(json.dumps(results, indent=1))
     (args.out / "gpu_decode.md").write_text(text + "\n")
     for error in results["errors"]:

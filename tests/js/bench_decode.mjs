@@ -7,12 +7,15 @@
 // of them warms the plans up and is reported apart), each with its prefill ms and decode tokens/s.
 // Once, on the first WebGPU device: the copy bandwidth (copyBufferToBuffer of copy_bytes, median
 // of 10 after 3 warm-ups, timed to queue.onSubmittedWorkDone).
+// With `profile: true`, per WebGPU bundle also: the round trip of an empty submit and a 4-byte
+// read-back (the sync every greedy token pays), and one decode step with every dispatch timed
+// (ULPQ_GPU_TIMING: each dispatch in its own pass between timestamps), summed by kernel.
 import { readFileSync } from 'node:fs';
 import path from 'node:path';
 import { pathToFileURL } from 'node:url';
 
 const request = JSON.parse(readFileSync(process.argv[2], 'utf8'));
-const { repeats = 5, hardware = 'webgpu', new_tokens: newTokens = 128, copy_bytes: copyBytes = 1 << 30 } = request;
+const { repeats = 5, hardware = 'webgpu', new_tokens: newTokens = 128, copy_bytes: copyBytes = 1 << 30, profile = false } = request;
 const median = (xs) => { const s = [...xs].sort((a, b) => a - b); const m = s.length >> 1; return s.length % 2 ? s[m] : (s[m - 1] + s[m]) / 2; };
 
 async function copyBandwidth(device) {
@@ -32,6 +35,47 @@ async function copyBandwidth(device) {
   b.destroy();
   const ms = median(times);
   return { bytes: size, ms, copied_gb_per_s: size / ms / 1e6, traffic_gb_per_s: (2 * size) / ms / 1e6 };
+}
+
+async function roundTrip(device) {
+  const src = device.createBuffer({ size: 4, usage: GPUBufferUsage.COPY_SRC });
+  const dst = device.createBuffer({ size: 4, usage: GPUBufferUsage.COPY_DST | GPUBufferUsage.MAP_READ });
+  const times = [];
+  for (let i = 0; i < 53; i++) {
+    const t = performance.now();
+    const encoder = device.createCommandEncoder();
+    encoder.copyBufferToBuffer(src, 0, dst, 0, 4);
+    device.queue.submit([encoder.finish()]);
+    await dst.mapAsync(GPUMapMode.READ);
+    dst.unmap();
+    if (i >= 3) times.push(performance.now() - t);
+  }
+  src.destroy();
+  dst.destroy();
+  return { median_ms: median(times), min_ms: Math.min(...times) };
+}
+
+/** One decode step with every dispatch timed, on a fresh load with timestamps on. */
+async function stepProfile(node, dir) {
+  globalThis.ULPQ_GPU_TIMING = true;
+  const model = await node.loadBundle(dir, { hardware });
+  try {
+    if (!model.backend.timing) return { error: 'the adapter has no timestamp-query' };
+    await model.generate(request.prompt_ids, { maxNewTokens: 4 });
+    const dispatches = model.backend.lastTiming;
+    const byKernel = {};
+    for (const d of dispatches) {
+      const k = `${d.kind}:${d.key}`;
+      byKernel[k] ??= { count: 0, us: 0 };
+      byKernel[k].count++;
+      byKernel[k].us += d.us;
+    }
+    const total = dispatches.reduce((s, d) => s + d.us, 0);
+    return { dispatches: dispatches.length, total_us: total, by_kernel: byKernel };
+  } finally {
+    globalThis.ULPQ_GPU_TIMING = false;
+    await model.dispose();
+  }
 }
 
 const node = await import(pathToFileURL(path.resolve(path.join(request.bundles[0].dir, 'node.js'))).href);
@@ -66,6 +110,12 @@ for (const { name, dir } of request.bundles) {
     entry.tokens_per_second = median(entry.runs.map((r) => r.tokens_per_second));
     entry.ms_per_token = 1000 / entry.tokens_per_second;
     entry.prefill_ms = median(entry.runs.map((r) => r.prefill_ms));
+    if (profile && model.backend.path === 'webgpu') {
+      entry.round_trip = await roundTrip(model.backend.device);
+      await model.dispose();
+      model = null;
+      entry.step_profile = await stepProfile(node, dir);
+    }
   } catch (err) {
     entry.error = `${err.name}: ${err.message}`;
   } finally {
