@@ -272,6 +272,23 @@ KERNELS: dict[str, Kernel] = _reg(
         (("rows", "u32"), ("seq", "u32"), ("heads", "u32"), ("kv_heads", "u32"), ("head_dim", "u32"),
          ("start", "u32"), ("capacity", "u32"), ("cache_off", "u32"), ("count", "u32")), "elementwise",
     ),
+    # a layer whose Q, K and V weights cannot be one matrix (per-tensor codebooks or scales, mixed
+    # formats): three products, gathered by the append itself rather than by an extra copy dispatch
+    Kernel(
+        "rotary_cache_split", "decoder/cache_append_split.wgsl.jinja",
+        "rotary_cache over three products q_in [rows, heads * head_dim], k_in and v_in [rows, kv_heads * head_dim] "
+        "instead of the fused qkv; same params, dispatch and outputs",
+        ("params", "q_in", "k_in", "v_in", "positions", "inv_freq", "q", "k_cache", "v_cache"),
+        (("rows", "u32"), ("seq", "u32"), ("heads", "u32"), ("kv_heads", "u32"), ("head_dim", "u32"),
+         ("start", "u32"), ("capacity", "u32"), ("cache_off", "u32"), ("count", "u32")), "elementwise",
+    ),
+    Kernel(
+        "append_cache_split", "decoder/cache_append_split.wgsl.jinja",
+        "rotary_cache_split without the rotation (learned positions)",
+        ("params", "q_in", "k_in", "v_in", "q", "k_cache", "v_cache"),
+        (("rows", "u32"), ("seq", "u32"), ("heads", "u32"), ("kv_heads", "u32"), ("head_dim", "u32"),
+         ("start", "u32"), ("capacity", "u32"), ("cache_off", "u32"), ("count", "u32")), "elementwise",
+    ),
     Kernel(
         "cache_attention", "decoder/cache_attention.wgsl.jinja",
         "y[r, h*d:(h+1)*d] = softmax_j(q_r,h . k_j * scale) v_j over the kept cache slots j <= start + t of query row "
@@ -693,6 +710,11 @@ def decoder_operator_kernels(model: dict) -> list:
     if rms:
         ops.append(("norm_residual", "rmsnorm", None, {"residual": True}))
     ops.append(("cache_append", "rotary_cache" if model["positions"]["kind"] == "rotary" else "append_cache", None, {}))
+    if any("query" in layer for layer in model.get("layers", [])):
+        # separate query/key/value weights: the runtime fuses them into one product where their storage
+        # allows, else it runs three and appends with this (decoder_qkv.js decides, per layer)
+        ops.append(("cache_append_split", "rotary_cache_split" if model["positions"]["kind"] == "rotary"
+                    else "append_cache_split", None, {}))
     ops += [("attention_prefill", "cache_attention", None, {}), ("attention_decode", "cache_attention_split", None, {}),
             ("attention_combine", "attention_combine", None, {}), ("argmax", "argmax", None, {"indices": False}),
             ("argmax_parts", "argmax_parts", None, {}), ("argmax_finish", "argmax", None, {"indices": True})]

@@ -10,6 +10,7 @@
 // GPU and reads back 4 bytes; sampling reads back the last row's logits.
 
 import { argmaxSplit, decodeChunks } from './dispatch.js';
+import { qkvInputs, qkvUnsupported } from './decoder_qkv.js';
 
 // Slots of the cache: the model's positions, capped (a real checkpoint's 32k-131k positions would
 // take gigabytes: Llama-3.2-1B keeps 64 KiB of K and V per slot, so 4096 slots are 256 MiB) and
@@ -26,10 +27,8 @@ export class GpuDecoder {
     this.backend = backend;
     this.model = model;
     for (const layer of model.layers) {
-      if (!layer.qkv && !backend.fused.has(layer.query.weight)) {
-        throw new GpuUnfusable(`${layer.query.weight}: its query, key and value weights differ in format or layout, and `
-          + 'the WebGPU decoder reads them as one product; quantize them alike');
-      }
+      const why = qkvUnsupported(backend, layer);
+      if (why) throw new GpuUnfusable(why);
     }
     const { num_layers: layers, num_kv_heads: kv, head_dim: d } = model;
     const limits = backend.device.limits;
@@ -91,10 +90,10 @@ export class GpuDecoder {
     const prefill = start === 0 && n > 1;
     for (const [i, layer] of model.layers.entries()) {
       const cacheOff = i * layerSize;
-      const qkv = b.linearQKVWhole(norm(x, layer.attn_norm), layer);
-      const appendResources = { qkv, k_cache: this.kCache, v_cache: this.vCache };
+      const qkv = qkvInputs(b, norm(x, layer.attn_norm), layer); // one fused product, or three (decoder_qkv.js)
+      const appendResources = { ...qkv.resources, k_cache: this.kCache, v_cache: this.vCache };
       if (this.invFreq) Object.assign(appendResources, { positions, inv_freq: this.invFreq });
-      const q = b.operator('cache_append', 'cache_append', appendResources,
+      const q = b.operator('cache_append', qkv.role, appendResources,
         { ...cacheDims, cache_off: cacheOff, count: n * (heads + 2 * kv) * (d / 2) }, n, heads * d, 'q');
       const attention = { ...cacheDims, scale: 1 / Math.sqrt(d), q_stride: heads * d, q_off: 0, cache_off: cacheOff };
       const read = { q, k_cache: this.kCache, v_cache: this.vCache, keep: this.keep };

@@ -1,0 +1,142 @@
+"""Decoder layers whose query, key and value weights cannot be one matrix (the -optimal formats' per-tensor
+codebooks) on WebGPU: the runtime runs three products and the split cache append (rotary_cache_split /
+append_cache_split) reads them directly. The split kernels compile in naga and Tint and, executed on
+wgpu (lavapipe) for each workgroup size with poisoned outputs, equal numpy's rotary and the fused
+kernel's outputs bit for bit; a Llama bundle at int4-optimal generates numpy's 32 greedy tokens in
+Chromium (SwiftShader, Dawn) and Firefox (lavapipe, wgpu) on WebGPU, over three products per layer."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from test_decoder_bundle import SMALL, _build
+from test_decoder_kernels import (
+    APPEND_CASES,
+    COPY_TOLERANCE,
+    EXECUTED_PROFILES,
+    MAX_TEST_POSITION,
+    ROTARY_TOLERANCE,
+    by_head,
+    check,
+    execute,
+    inv_freq_of,
+    poisoned,
+)
+
+from ulpq_build.browser_check import check_in_browser
+from ulpq_build.browsers import launch
+from ulpq_build.bundle_reader import load_bundle
+from ulpq_build.cli import main as cli_main
+from ulpq_build.decoder_reference import rotary
+from ulpq_build.kernels import KernelVariant, check_cache_dims, decoder_operator_kernels, render
+from ulpq_build.native_webgpu import COMPILERS, validate
+from ulpq_build.profiles import PROFILES
+
+SPLIT = {"rotary_cache_split": "rotary_cache", "append_cache_split": "append_cache"}  # split kernel -> fused peer
+BROWSERS = ("chromium", "firefox")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("compiler", COMPILERS)
+@pytest.mark.parametrize("kernel", SPLIT)
+def test_split_append_compiles(kernel, compiler):
+    for profile in PROFILES:
+        variant = KernelVariant.make(kernel, profile)
+        assert variant.limits["maxStorageBuffersPerShaderStage"] <= 8  # WebGPU's default
+        validate(render(variant), variant.workgroup_size, compiler)
+
+
+def test_split_role_only_for_separate_projections():
+    """Llama-style layers (query/key/value nodes) get the split append beside the fused one; GPT-2's
+    c_attn is one matrix and never needs it."""
+    llama = {"norm": "rms", "positions": {"kind": "rotary"}, "ffn": "gated", "activation": "silu",
+             "layers": [{"query": {}, "key": {}, "value": {}}]}
+    gpt2 = {"norm": "layer", "positions": {"kind": "learned"}, "ffn": "plain", "activation": "gelu_tanh",
+            "layers": [{"qkv": {}}]}
+    roles = {role: kernel for role, kernel, _, _ in decoder_operator_kernels(llama)}
+    assert roles["cache_append"] == "rotary_cache" and roles["cache_append_split"] == "rotary_cache_split"
+    assert "cache_append_split" not in {role for role, *_ in decoder_operator_kernels(gpt2)}
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("kernel", SPLIT)
+@pytest.mark.parametrize("profile", EXECUTED_PROFILES)
+def test_split_append_matches_numpy_and_the_fused_kernel(kernel, profile, rng):
+    split, fused = KernelVariant.make(kernel, profile), KernelVariant.make(SPLIT[kernel], profile)
+    rotate = kernel == "rotary_cache_split"
+    for batch, seq, heads, kv, d, start, capacity in APPEND_CASES:
+        rows = batch * seq
+        qkv = rng.standard_normal((rows, (heads + 2 * kv) * d)).astype(np.float32)
+        q_in, k_in, v_in = (np.ascontiguousarray(p) for p in np.split(qkv, [heads * d, (heads + kv) * d], axis=1))
+        positions = rng.integers(0, MAX_TEST_POSITION, rows).astype(np.uint32)
+        inv_freq = inv_freq_of(d)
+        layers, layer = 2, 1  # this call writes layer 1's block (cache_off)
+        per_layer = batch * kv * capacity * d
+        old_k = rng.standard_normal((layers, batch, kv, capacity, d)).astype(np.float32)
+        old_v = rng.standard_normal((layers, batch, kv, capacity, d)).astype(np.float32)
+        old_k[layer, :, :, start:start + seq] = np.nan  # the slots this call must write
+        old_v[layer, :, :, start:start + seq] = np.nan
+        dims = {"rows": rows, "seq": seq, "heads": heads, "kv_heads": kv, "head_dim": d, "start": start,
+                "capacity": capacity, "cache_off": layer * per_layer, "count": rows * (heads + 2 * kv) * d // 2}
+        check_cache_dims(dims)
+        extra = {"positions": positions, "inv_freq": inv_freq} if rotate else {}
+        outputs = lambda: {"q": poisoned(rows * heads * d), "k_cache": old_k.ravel().copy(), "v_cache": old_v.ravel().copy()}  # noqa: E731
+        got = execute(split, {"q_in": q_in, "k_in": k_in, "v_in": v_in, **extra}, dims, outputs())
+        peer = execute(fused, {"qkv": qkv, **extra}, dims, outputs())
+
+        q, k, v = by_head(q_in, batch, seq, heads, d), by_head(k_in, batch, seq, kv, d), by_head(v_in, batch, seq, kv, d)
+        if rotate:
+            pos = positions.reshape(batch, seq)
+            q, k = rotary(q, pos, inv_freq.astype(np.float64)), rotary(k, pos, inv_freq.astype(np.float64))
+        tolerance = ROTARY_TOLERANCE if rotate else COPY_TOLERANCE
+        check(got["q"], q.transpose(0, 2, 1, 3).reshape(rows, heads * d), tolerance, "q")
+        k_cache, v_cache = got["k_cache"].reshape(old_k.shape), got["v_cache"].reshape(old_v.shape)
+        check(k_cache[layer, :, :, start:start + seq], k, tolerance, "k appended")
+        check(v_cache[layer, :, :, start:start + seq], v, COPY_TOLERANCE, "v appended")
+        untouched = np.ones(old_k.shape, bool)
+        untouched[layer, :, :, start:start + seq] = False
+        for name, cache, old in (("k", k_cache, old_k), ("v", v_cache, old_v)):
+            assert np.array_equal(cache[untouched], old[untouched]), f"{name}: a slot outside start .. start + seq changed"
+        for name in ("q", "k_cache", "v_cache"):  # the same float32 operations as the fused kernel
+            assert np.array_equal(got[name], peer[name], equal_nan=True), f"{name} differs from {SPLIT[kernel]}'s"
+
+
+# --- a bundle whose Q/K/V cannot fuse, in the browsers --------------------------------------------
+
+@pytest.fixture(scope="module")
+def optimal_site(tmp_path_factory):
+    from transformers import LlamaConfig
+
+    root = tmp_path_factory.mktemp("qkv-split-site")
+    folder = _build(tmp_path_factory.mktemp("qkv-split-model") / "llama", LlamaConfig(**SMALL, tie_word_embeddings=False), 0)
+    out = root / "llama-int4-optimal"
+    assert cli_main(["bundle", "--model", str(folder), "--out", str(out), "--format", "int4-optimal"]) == 0
+    return root, out
+
+
+@pytest.mark.parametrize("browser", BROWSERS)
+def test_unfusable_qkv_generates_the_reference_tokens_on_webgpu(optimal_site, browser):
+    """Per-tensor codebooks keep Q, K and V apart: every layer runs three products and the split append
+    (none fused at upload), and the 32 greedy tokens equal numpy's, outputs poisoned before each pass."""
+    from ulpq_build.serve import BundleServer
+
+    root, folder = optimal_site
+    server = BundleServer(root, 0).start_in_background()
+    session = launch(browser)
+    try:
+        result = check_in_browser(session, f"{server.url}{folder.name}/index.html", load_bundle(folder), browser,
+                                  query="&hardware=webgpu")
+        assert result.error is None and result.path == "webgpu", result
+        assert result.metric == "tokens differing" and result.value == 0 and result.passed, result
+        ran = session.evaluate("""() => {
+          const m = window.ulpqDemo.model;
+          const layouts = [...m.backend.layouts.values()].map((l) => l.steps.map((s) => s.key));
+          return { fused: m.backend.fused.size, keys: layouts.flat() };
+        }""")
+        assert ran["fused"] == 0, ran
+        assert any(k.startswith("rotary_cache_split.") for k in ran["keys"]), ran["keys"]
+        assert not any(k.startswith("rotary_cache.") for k in ran["keys"]), ran["keys"]
+    finally:
+        session.close()
+        server.shutdown()
+        server.server_close()
