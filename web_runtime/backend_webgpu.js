@@ -390,6 +390,17 @@ export class GpuBackend {
     return out;
   }
 
+  /**
+   * A plan input that the previous run of this plan left on the device (submit's `feed`): its
+   * buffer is not written. `bytes` must be the recorded input's.
+   */
+  inputOnDevice(rows, cols, bytes) {
+    const { out } = this.#step('input', () => ({ out: this.#value(rows, cols, { input: true, bytes }) }));
+    if (bytes !== out.bytes) throw new Error(`plan ${this.run.plan.key}: input of ${bytes} bytes where the plan holds ${out.bytes}`);
+    if (!this.run.replay) throw new Error(`plan ${this.run.plan.key}: an input on the device needs the plan recorded with it written`);
+    return out;
+  }
+
   /** A storage buffer holding a typed array (token ids, masks, positions). */
   upload(typed) {
     return this.input(typed, 1, typed.length);
@@ -711,6 +722,20 @@ export class GpuBackend {
 
   /** Finish the run: write the inputs (and params), one pass over every dispatch, copy `h` out and read it. */
   async output(h) {
+    return this.submit(h).result;
+  }
+
+  /**
+   * Finish the run without waiting for it: write the inputs (and params), one pass over every
+   * dispatch, copy `h` to a read-back buffer, submit. Returns {result}: a promise of {data, rows,
+   * cols}. The next run may begin before this one is read back (a decoder keeps its next step in
+   * flight so the GPU never waits on JavaScript): the queue runs submissions in order, and every
+   * write a later run makes (its params, its inputs) is queued after this submit, so it cannot
+   * reach this run. `feed`: an input value of the same plan that the output is also copied into on
+   * the device, for the next run to take as it is (see inputOnDevice): a greedy decoder's token.
+   */
+  submit(h, { feed = null } = {}) {
+    const started = performance.now();
     const run = this.run;
     this.run = null;
     if (h.stride && h.stride !== h.cols) throw new Error('a column view cannot be the output of a run');
@@ -760,14 +785,28 @@ export class GpuBackend {
       });
       pass.end();
     }
-    encoder.copyBufferToBuffer(layout.slots[layout.outputSlot].buffer, 0, rb.buffer, 0, ceil4(bytes));
+    const output = layout.slots[layout.outputSlot].buffer;
+    encoder.copyBufferToBuffer(output, 0, rb.buffer, 0, ceil4(bytes));
+    if (feed) {
+      if (!feed.input || feed.bytes !== bytes) throw new Error(`plan ${plan.key}: the output can feed only an input of its own size`);
+      encoder.copyBufferToBuffer(output, 0, slot(feed), 0, ceil4(bytes));
+    }
     queue.submit([encoder.finish()]);
-    if (this.timing) this.lastTiming = await this.#readTimes(plan);
     this.stats.dispatches += layout.steps.length;
     this.stats.passes++;
-    const oom = await this.device.popErrorScope();
-    const invalid = await this.device.popErrorScope();
+    const oom = this.device.popErrorScope();
+    const invalid = this.device.popErrorScope();
+    this.stats.lastSubmitMs = performance.now() - started; // JS + API time from the graph's end to the submit
+    const result = this.#collect(plan, rb, bytes, h, oom, invalid);
+    return { result };
+  }
+
+  /** A submitted run's output, once the GPU has made it (and its errors, if any). */
+  async #collect(plan, rb, bytes, h, oomScope, invalidScope) {
     try {
+      if (this.timing) this.lastTiming = await this.#readTimes(plan);
+      const oom = await oomScope;
+      const invalid = await invalidScope;
       if (oom || invalid) throw new Error(`WebGPU error: ${(oom ?? invalid).message}`);
       try {
         await rb.buffer.mapAsync(GPUMapMode.READ, 0, ceil4(bytes));

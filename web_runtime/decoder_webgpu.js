@@ -61,6 +61,7 @@ export class GpuDecoder {
   /** Start a new sequence: the cache's slots are overwritten from slot 0. */
   reset() {
     this.length = 0;
+    this.ahead = null; // a step in flight nobody will take: it ends on its own, its slot is rewritten
   }
 
   /**
@@ -68,14 +69,52 @@ export class GpuDecoder {
    * token (greedy: the argmax, on the GPU) or to the last row's logits (Float32Array [vocab]).
    */
   async forward(ids, greedy) {
-    const n = ids.length;
+    this.#dropAhead();
+    return this.#submit(Array.from(ids), greedy);
+  }
+
+  /**
+   * The greedy decode step after `token`, the token the previous pass chose: submitted (unless it
+   * already is), then the step after it at once, before this one is read back. That one takes its
+   * token from the device (each step's argmax is also copied into the step plan's ids input), so
+   * the GPU runs it while JavaScript reads this token back, hands it out and records the next
+   * graph, instead of idling through all of that every token. The step in flight becomes the next
+   * call's, or is dropped by forward()/reset() (its cache slot is written again later): at most
+   * one step is wasted, after an eos, and none where `more` says the caller stops after this one.
+   */
+  async next(token, more = true) {
+    const current = this.ahead ?? this.#submit([token], true);
+    this.ahead = null;
+    // `more`: the caller may want the token after this one. Timing mode reads its timestamps
+    // between runs; the last slot has no step after it.
+    if (more && !this.backend.timing && this.length > 0 && this.length < this.capacity) {
+      this.ahead = this.#submit(null, true);
+      this.ahead.catch(() => {}); // its failure reaches the call that takes it; untaken, it must not go unhandled
+    }
+    return current;
+  }
+
+  #dropAhead() {
+    if (!this.ahead) return;
+    this.ahead = null;
+    this.length -= 1; // its slot is free again
+  }
+
+  /**
+   * Record (or replay) the pass and submit it; resolves as forward() does. `ids` null: a decode
+   * step whose token is already on the device (see next()).
+   */
+  #submit(ids, greedy) {
+    const onDevice = ids === null;
+    const n = onDevice ? 1 : ids.length;
     const start = this.length;
     if (start + n > this.capacity) throw new RangeError(`the KV cache holds ${this.capacity} slots; ${start + n} requested`);
     const b = this.backend;
     const model = this.model;
     const { num_heads: heads, num_kv_heads: kv, head_dim: d, hidden_size: hidden } = model;
     b.begin(`decoder:${start === 0 ? `prefill:${n}` : 'step'}:${greedy ? 'argmax' : 'logits'}`);
-    const idsValue = b.upload(Uint32Array.from(ids));
+    const step = start > 0 && n === 1;
+    const idsValue = onDevice ? b.inputOnDevice(1, 1, 4) : b.upload(Uint32Array.from(ids));
     const positions = b.upload(Uint32Array.from({ length: n }, (_, i) => start + i));
     let x = b.embed(model.embeddings.word, idsValue, n);
     if (model.positions.kind === 'learned') b.embed(model.embeddings.position, positions, n, x);
@@ -121,7 +160,7 @@ export class GpuDecoder {
     const last = n === 1 ? x : b.rows(x, b.upload(Uint32Array.of(n - 1)), 1);
     const logits = b.linear(norm(last, model.final_norm, 1), model.lm_head);
     this.length = start + n;
-    if (!greedy) return (await b.output(logits)).data;
+    if (!greedy) return b.submit(logits).result.then((r) => r.data);
     const vocab = model.vocab_size;
     let token;
     if (this.argmaxParts <= 1) {
@@ -133,7 +172,8 @@ export class GpuDecoder {
       token = b.operator('argmax', 'argmax_finish', { x: values, indices: this.partIndex },
         { rows: 1, cols: parts, row_stride: parts, row_off: 0 }, 1, 1);
     }
-    const out = await b.output(token);
-    return new Uint32Array(out.data.buffer, out.data.byteOffset, 1)[0];
+    // a decode step's token also goes to its ids input, where the step after it may take it
+    return b.submit(token, { feed: step && greedy ? idsValue : null }).result
+      .then((out) => new Uint32Array(out.data.buffer, out.data.byteOffset, 1)[0]);
   }
 }
