@@ -3,13 +3,13 @@
 Renders the wasm kernels of this checkout and of `--before REV` (its template and wasm_kernels.py,
 read with `git show`), loads both into one page per browser, and times gemm_<format> at
 all-MiniLM-L6-v2's shapes (8 sentences x 18 tokens = 144 rows; 8 rows; 1 row) on seeded random
-inputs and weights quantized by this checkout's quantizer (float32, int4 and int2 in groups of 32).
-Every configuration runs interleaved for `--rounds` rounds; a figure is the fastest of its timed
-batches (on a shared machine the fastest run is the one least disturbed; medians drift with the
-load). Each kernel's output is first checked against numpy (relative error < 2e-5), so a fast wrong
+inputs and weights quantized by this checkout's quantizer (float32; int8, int4 and int2 in groups of
+32). Every configuration runs interleaved for `--rounds` rounds; a figure is the median of its timed
+batches and, in brackets, the fastest (on a shared machine the fastest run is the one least
+disturbed; medians drift with the load). `node` runs the same page code under Node. Each kernel's output is first checked against numpy (relative error < 2e-5), so a fast wrong
 kernel cannot score. Relaxed-SIMD builds where the engine validates them (as the runtime loads).
 
-    python scripts/bench_cpu_gemm.py [--before REV] [--browsers chromium,firefox,webkit] [--rounds 5]
+    python scripts/bench_cpu_gemm.py [--before REV] [--browsers node,chromium,firefox,webkit] [--rounds 5]
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -37,12 +38,13 @@ from ulpq_build.serve import BundleServer  # noqa: E402
 # GEMV whose float32 weights (64 MiB) do not fit a CPU cache, as a 1B-parameter model's do not
 SHAPES = [(144, 384, 1536), (144, 1536, 384), (144, 384, 384), (8, 384, 1536), (8, 1536, 384), (1, 384, 1536),
           (1, 2048, 8192)]
-FORMATS = {"float32": QuantSpec("float32"), "int4": QuantSpec("int4", group_size=32), "int2": QuantSpec("int2", group_size=32)}
+FORMATS = {"float32": QuantSpec("float32"), "int8": QuantSpec("int8", group_size=32), "int4": QuantSpec("int4", group_size=32),
+           "int2": QuantSpec("int2", group_size=32)}
 TOLERANCE = 2e-5
 
 PAGE_JS = r"""
-export async function bench({ kernels, cases, rounds }) {
-  const get = async (f) => new Uint8Array(await (await fetch(f)).arrayBuffer());
+export async function bench({ kernels, cases, rounds, base }) {
+  const get = async (f) => new Uint8Array(await (await fetch(base ? new URL(f, base).href : f)).arrayBuffer());
   const relaxedOk = WebAssembly.validate(await get(kernels[0].relaxed));
   const mods = [];
   for (const k of kernels) {
@@ -53,7 +55,7 @@ export async function bench({ kernels, cases, rounds }) {
   }
   const data = {};
   for (const c of cases) data[c.id] = { x: await get(c.x), parts: await Promise.all(c.parts.map(get)), want: await get(c.want) };
-  const best = {}, error = {};
+  const times = {}, error = {};
   for (let round = 0; round < rounds; round++) for (const m of mods) for (const c of cases) {
     const d = data[c.id];
     const u8 = new Uint8Array(m.memory.buffer);
@@ -79,10 +81,11 @@ export async function bench({ kernels, cases, rounds }) {
     for (let i = 0; i < 3; i++) {
       const t = performance.now();
       for (let j = 0; j < reps; j++) call();
-      best[key] = Math.min(best[key] ?? Infinity, (performance.now() - t) / reps);
+      (times[key] ??= []).push((performance.now() - t) / reps);
     }
   }
-  return { best, error, relaxed: relaxedOk, ua: navigator.userAgent };
+  const ua = globalThis.navigator?.userAgent ?? `Node ${globalThis.process?.version}`;
+  return { times, error, relaxed: relaxedOk, ua };
 }
 """
 
@@ -134,10 +137,21 @@ def write_cases(site: Path) -> list[dict]:
     return cases
 
 
+def run_in_node(site: Path, args: dict) -> dict:
+    """The page's bench() under Node (fetching from the same server), as a browser's evaluate returns it."""
+    driver = site / "node_driver.mjs"
+    driver.write_text("import { bench } from './bench.js';\n"
+                      "const args = JSON.parse(process.argv[2]);\n"
+                      "console.log(JSON.stringify(await bench(args)));\n")
+    (site / "package.json").write_text('{"type": "module"}')
+    out = subprocess.run(["node", str(driver), json.dumps(args)], check=True, capture_output=True, text=True, timeout=3600)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--before", help="a git revision whose kernels to time beside this checkout's")
-    ap.add_argument("--browsers", default="chromium,firefox,webkit")
+    ap.add_argument("--browsers", default="node,chromium,firefox,webkit", help="engines: node, chromium, firefox, webkit")
     ap.add_argument("--rounds", type=int, default=5)
     args = ap.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
@@ -153,6 +167,10 @@ def main(argv=None) -> int:
         results = {}
         try:
             for browser in args.browsers.split(","):
+                if browser == "node":
+                    results[browser] = run_in_node(site, {"kernels": kernels, "cases": cases, "rounds": args.rounds,
+                                                          "base": server.url})
+                    continue
                 with started(browser) as (session, failure):
                     if session is None:
                         raise SystemExit(f"{browser}: {failure}")
@@ -162,7 +180,8 @@ def main(argv=None) -> int:
         finally:
             server.shutdown()
     names = [k["name"] for k in kernels]
-    print(f"GFLOP/s, fastest of {args.rounds} interleaved rounds x 3 batches" + (f"; before = {args.before}" if args.before else ""))
+    print(f"GFLOP/s: the median of {args.rounds} interleaved rounds x 3 batches (the fastest batch in brackets)"
+          + (f"; before = {args.before}" if args.before else ""))
     print("| browser | kernels | shape (rows x k x n) | " + " | ".join(FORMATS) + " |")
     print("|---|---|---|" + "---|" * len(FORMATS))
     bad = []
@@ -175,7 +194,8 @@ def main(argv=None) -> int:
                     key = f"{name}|{fmt}-{m}x{k}x{n}"
                     if r["error"][key] > TOLERANCE:
                         bad.append(f"{browser} {key}: relative error {r['error'][key]:.2e}")
-                    cells.append(f"{2 * m * k * n / r['best'][key] / 1e6:.1f}")
+                    flop = 2 * m * k * n / 1e6
+                    cells.append(f"{flop / statistics.median(r['times'][key]):.1f} ({flop / min(r['times'][key]):.1f})")
                 print(f"| {label} | {name} | {m} x {k} x {n} | " + " | ".join(cells) + " |")
     print(json.dumps({"user_agents": {b: r["ua"] for b, r in results.items()}}))
     if bad:

@@ -140,6 +140,47 @@ def test_gemm_matches_numpy(wasm, wasm_relaxed, build, spec, k, rows, rng):
         assert rel(got, want) < (GELU_TOLERANCE if act else GEMM_TOLERANCE), (key, act, use_bias, use_res)
 
 
+def _kwise_specs():
+    """Every uniform word storage at a k the one-row k-wise kernel takes (whole 16-byte vectors of a
+    row): groups of 4m words, of 2 words (int2 in groups of 32: lanes of two groups), per channel, per tensor."""
+    out = []
+    for variant in wk.all_variants():
+        if not variant.panel_decode:
+            continue
+        k = 4 * variant.fmt.values_per_word * (8 if variant.fmt.values_per_word != 10 else 3)  # int3: 120
+        base = dict(format=variant.format, scale_dtype=variant.scale_dtype, asymmetric=variant.zeros)
+        sizes = [gs for gs in (32, 64) if gs % variant.fmt.values_per_word == 0 and k % gs == 0] + [0] + ([] if variant.zeros else [-1])
+        out += [(QuantSpec(**base, group_size=gs), k) for gs in sizes]
+    return out
+
+
+@pytest.mark.parametrize("spec,k", _kwise_specs(), ids=lambda v: str(v) if isinstance(v, int) else
+                         f"{v.format}-{v.scale_dtype}-{'asym' if v.asymmetric else 'sym'}-g{v.group_size}")
+@pytest.mark.parametrize("build", ["simd", "relaxed-simd"])
+def test_one_row_kwise_gemv_matches_numpy(wasm, wasm_relaxed, build, spec, k, rng):
+    """One row of x over whole vectors of a row's words: codes masked in place against x scaled by
+    powers of two, the zero point taken out through the groups' sums of x; n = 13 (a partial panel),
+    outputs poisoned, column ranges split as threads split them."""
+    wasm = wasm_relaxed if build == "relaxed-simd" else wasm
+    n = 13
+    qt = quantize("w", rng.standard_normal((n, k)).astype(np.float32), spec)
+    dense = dequantize(qt).astype(np.float64)
+    x = (rng.standard_normal((1, k)) * 3).astype(np.float32)
+    bias = rng.standard_normal(n).astype(np.float32)
+    L = qt.matrix_layout()
+    key = wk.variant_of(spec).key
+    wasm.reset()
+    ptrs = put_tensor(wasm, qt)
+    xp, bp = wasm.put(x), wasm.put(bias)
+    y = wasm.poisoned(n)
+    for lo, hi in [(0, wk.PANEL_COLUMNS), (wk.PANEL_COLUMNS, n)]:
+        wasm(f"gemm_{key}", xp, 1, k, y, n, lo, hi, ptrs["codes"], ptrs["scales"], ptrs["zeros"], ptrs["book"],
+             L["words_per_row"], L["groups_per_row"], L["group_size"], L["codebook_stride"], bp, 0, 0, wasm.scratch())
+    got = wasm.get(y, n)
+    assert np.isfinite(got).all(), "an output was left unwritten"
+    assert rel(got, x.astype(np.float64) @ dense.T + bias) < GEMM_TOLERANCE, key
+
+
 def test_gemm_column_ranges_split_the_work(wasm, rng):
     """Threads each take a range of output columns (multiples of the panel width); together they cover y exactly."""
     n, k, rows = 30, 64, 7
