@@ -206,6 +206,22 @@ def table(results: dict) -> str:
     return "\n".join(lines)
 
 
+def before_twin(row: dict, runtime: Path, rows: list) -> dict:
+    """The same bundle under an earlier runtime (its *.js from `runtime`, e.g. `git archive` of an older
+    commit's web_runtime/): the shards and shaders hard-linked, so the two differ only in JavaScript
+    and are timed in one run."""
+    src = Path(row["dir"])
+    dst = src.with_name(src.name + "-before")
+    shutil.rmtree(dst, ignore_errors=True)
+    shutil.copytree(src, dst, copy_function=os.link)
+    for js in runtime.glob("*.js"):
+        (dst / js.name).unlink(missing_ok=True)
+        shutil.copyfile(js, dst / js.name)
+    twin = {**row, "format": f"{row['format']} (before)", "dir": str(dst)}
+    rows.insert(rows.index(row), twin)
+    return twin
+
+
 def profile_text(results: dict) -> str:
     """Per bundle with a profile: the read-back round trip and the decode step's kernels, costliest first."""
     out = []
@@ -239,6 +255,8 @@ def main(argv=None) -> int:
     p.add_argument("--hardware", default="webgpu", help="the runtime's hardware option (webgpu: fail rather than fall back)")
     p.add_argument("--jobs", type=int, default=3, help="bundles built at once")
     p.add_argument("--timeout-s", type=float, default=1800, help="per bundle build and for the Node run")
+    p.add_argument("--before-runtime", type=Path, default=None,
+                   help="a folder of an earlier runtime's *.js: each bundle is also timed under it, in the same run")
     p.add_argument("--profile", action="store_true",
                    help="also time each kernel of one decode step and the submit/read-back round trip (printed after the table)")
     args = p.parse_args(argv)
@@ -273,6 +291,8 @@ def main(argv=None) -> int:
     with cf.ThreadPoolExecutor(max(1, args.jobs)) as pool:
         list(pool.map(build, rows))
     built = [r for r in rows if not r.get("error")]
+    if args.before_runtime:
+        built = [twin for row in built for twin in (before_twin(row, args.before_runtime, rows), row)]
     if built:
         prompt = [(7 * i + 11) % TOKENIZER_VOCAB for i in range(args.prompt_tokens)]
         request = {"bundles": [{"name": r["format"], "dir": r["dir"]} for r in built], "prompt_ids": prompt,

@@ -46,8 +46,12 @@ export class GpuDecoder {
     const rows = 1;
     const [chunk, chunks] = decodeChunks(backend.operatorShader('attention_decode'), this.capacity, kv, rows,
       backend.manifest.matmul.split_target_workgroups);
-    this.chunk = chunk; // slots per workgroup of the split decode attention
+    // the split decode attention at a full cache: its part buffers are sized for these many chunks;
+    // each step cuts the slots it attends over afresh (#split), so a short context is not spread
+    // over thousands of empty slots
+    this.chunk = chunk;
     this.chunks = chunks;
+    this.splitTarget = backend.manifest.matmul.split_target_workgroups;
     // second outputs of two kernels (the running (max, sum) of attention chunks, the argmax parts'
     // columns): fixed scratch buffers, rewritten wholly by each use
     this.partMl = backend.storageBuffer(rows * model.num_heads * this.chunks * 2 * 4, 'attention part_ml');
@@ -94,6 +98,16 @@ export class GpuDecoder {
     return current;
   }
 
+  /**
+   * The decode attention's cut of the `slots` filled (dispatch.js's rule, as at a full cache): its
+   * chunk length and count, within the chunks the part buffers hold.
+   */
+  #split(slots) {
+    const [chunk, chunks] = decodeChunks(this.backend.operatorShader('attention_decode'), slots, this.model.num_kv_heads, 1,
+      this.splitTarget);
+    return chunks <= this.chunks ? { chunk, chunks } : { chunk: this.chunk, chunks: this.chunks };
+  }
+
   #dropAhead() {
     if (!this.ahead) return;
     this.ahead = null;
@@ -127,6 +141,7 @@ export class GpuDecoder {
     const cacheDims = { rows: n, seq: n, heads, kv_heads: kv, head_dim: d, start, capacity: this.capacity };
     const layerSize = kv * this.capacity * d;
     const prefill = start === 0 && n > 1;
+    const split = prefill ? null : this.#split(start + n);
     for (const [i, layer] of model.layers.entries()) {
       const cacheOff = i * layerSize;
       const qkv = qkvInputs(b, norm(x, layer.attn_norm), layer); // one fused product, or three (decoder_qkv.js)
@@ -141,9 +156,9 @@ export class GpuDecoder {
         context = b.operator('cache_attention', 'attention_prefill', read, { ...attention, chunk: start + n, chunks: 1 }, n, heads * d);
       } else {
         const parts = b.operator('cache_attention_split', 'attention_decode', { ...read, part_ml: this.partMl },
-          { ...attention, chunk: this.chunk, chunks: this.chunks }, n * heads * this.chunks, d, 'part_o');
+          { ...attention, chunk: split.chunk, chunks: split.chunks }, n * heads * this.chunks, d, 'part_o');
         context = b.operator('attention_combine', 'attention_combine', { part_o: parts, part_ml: this.partMl },
-          { rows: n, heads, head_dim: d, chunks: this.chunks, count: n * heads * d }, n, heads * d);
+          { rows: n, heads, head_dim: d, chunks: split.chunks, count: n * heads * d }, n, heads * d);
       }
       x = b.linear(context, layer.attn_out, x);
       const m = norm(x, layer.mlp_norm);
