@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ulpq_build.formats import FORMATS, QUANTIZED_FORMATS
+from ulpq_build.formats import FORMATS, PACKED_FORMATS
 from ulpq_build.packing import pack, unpack
 
 COUNTS = [1, 9, 10, 11, 31, 32, 33, 2047]
@@ -40,7 +40,7 @@ def words_oracle(codes, bits):
     return np.array(words, dtype=np.uint32)
 
 
-@pytest.mark.parametrize("name", QUANTIZED_FORMATS)
+@pytest.mark.parametrize("name", PACKED_FORMATS)
 @pytest.mark.parametrize("n", COUNTS)
 def test_round_trip_and_oracle(name, n, rng):
     fmt = FORMATS[name]
@@ -68,7 +68,7 @@ def test_int3_words_leaves_top_bits_unused(rng):
     assert np.all(words >> 30 == 0)
 
 
-@pytest.mark.parametrize("name", QUANTIZED_FORMATS)
+@pytest.mark.parametrize("name", PACKED_FORMATS)
 def test_rows_pack_independently(name, rng):
     fmt = FORMATS[name]
     codes = random_codes(rng, fmt, (5, 37))
@@ -80,7 +80,7 @@ def test_rows_pack_independently(name, rng):
 
 
 @settings(max_examples=60, deadline=None)
-@given(name=st.sampled_from(QUANTIZED_FORMATS), rows=st.integers(1, 4), n=st.integers(1, 300), seed=st.integers(0, 2**32 - 1))
+@given(name=st.sampled_from(PACKED_FORMATS), rows=st.integers(1, 4), n=st.integers(1, 300), seed=st.integers(0, 2**32 - 1))
 def test_round_trip_property(name, rows, n, seed):
     fmt = FORMATS[name]
     codes = random_codes(np.random.default_rng(seed), fmt, (rows, n))

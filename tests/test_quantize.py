@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ulpq_build.errors import UserError
-from ulpq_build.formats import FORMATS, QUANTIZED_FORMATS
+from ulpq_build.formats import FORMATS, PACKED_FORMATS
 from ulpq_build.packing import unpack
 from ulpq_build.quantize import dequantize, quantize
 from ulpq_build.quantspec import QuantSpec
@@ -18,7 +18,7 @@ def rel_rmse(a, b):
 
 
 def specs():
-    for name in QUANTIZED_FORMATS:
+    for name in PACKED_FORMATS:
         fmt = FORMATS[name]
         for group in (0, 32, -1):
             for asym in (False, True) if fmt.supports_asymmetric else (False,):
@@ -98,7 +98,7 @@ def test_fp16_scales_are_the_stored_ones(rng):
 
 
 @settings(max_examples=40, deadline=None)
-@given(name=st.sampled_from(QUANTIZED_FORMATS), rows=st.integers(1, 6), groups=st.integers(1, 4),
+@given(name=st.sampled_from(PACKED_FORMATS), rows=st.integers(1, 6), groups=st.integers(1, 4),
        group=st.sampled_from([0, 32, 64, -1]), seed=st.integers(0, 2**31))
 def test_round_trip_property(name, rows, groups, group, seed):
     k = groups * 64

@@ -39,6 +39,7 @@ from ulpq_build.quantize import quantize
 from ulpq_build.quantspec import QuantSpec
 from ulpq_build.resources import web_runtime_dir
 from ulpq_build.shader_store import distinct_shaders
+from ulpq_build.vq.tensor import manifest_codebooks
 from ulpq_build.wasm_kernels import write_cpu_kernels
 
 SHARD_LIMIT = 128 * 1024 * 1024  # Firefox caps storage bindings at 128 MiB (environment.md)
@@ -142,7 +143,10 @@ def plan_shaders(model: dict, specs: dict[str, QuantSpec]) -> list[KernelVariant
         # gemm_split + split_finish: the small-tile GEMM cut along K (raw partial sums), then the
         # epilogue over their sum, for row counts whose tiles alone would leave the GPU idle
         deep = gemv_deep(weight, node["in_features"])
-        node["kernels"] = {p: {"gemv": use("gemv", p, weight, vec4=vec4, deep=deep, **epilogue),
+        # a codebook format rotates its inputs (ulpq_build/vq/): the hadamard kernel runs before the product
+        rotates = weight.fmt.levels == "codebook" and weight.fmt.rotate
+        node["kernels"] = {p: {**({"hadamard": use("hadamard", p)} if rotates else {}),
+                               "gemv": use("gemv", p, weight, vec4=vec4, deep=deep, **epilogue),
                                "gemm_small": use("gemm", p, weight, size="small", **epilogue),
                                "gemm_large": use("gemm", p, weight, size="large", **epilogue),
                                "gemm_split": use("gemm", p, weight, size="small", split=True),
@@ -244,7 +248,8 @@ def _write_bundle(folder: Path, source: ModelSource, model_name: str, model: dic
         (folder / shader.file).write_bytes(shader.data)
 
     files = _copy_files(folder, source, model)
-    cpu_kernels = write_cpu_kernels(folder, [e.spec for e in plan.entries])  # the CPU path's wasm
+    # the CPU path's wasm; codebook formats have no wasm kernels: such bundles run plain JS (cpu_select.js)
+    cpu_kernels = write_cpu_kernels(folder, [e.spec for e in plan.entries if e.spec.fmt.levels != "codebook"])
     files += cpu_kernels["files"].values()  # listed with sha256 like every other file
     runtime_files = sorted(p.name for p in web_runtime_dir().iterdir() if p.suffix in (".js", ".html", ".css"))
     runtime_hashes = {}
@@ -260,6 +265,8 @@ def _write_bundle(folder: Path, source: ModelSource, model_name: str, model: dic
         "quantization": {"default": default.to_json(), "method": method,
                          "mixed": len({e.spec for e in plan.entries if e.spec.fmt.quantized}) > 1, **plan.summary()},
         "formats": {name: FORMATS[name].to_manifest() for name in used_formats},
+        # the decode tables of every codebook stage, once per bundle (formats.CODEBOOK_STAGES)
+        **({"codebooks": manifest_codebooks()} if any(FORMATS[n].levels == "codebook" for n in used_formats) else {}),
         "profiles": [profile_entry(p, variants) for p in PROFILES.values()],
         "tensors": tensors,
         "shards": shard_list,

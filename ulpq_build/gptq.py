@@ -16,7 +16,7 @@ import numpy as np
 from scipy.linalg.blas import dsyrk
 from scipy.linalg.lapack import dtrtri
 
-from ulpq_build.quantize import QuantizedTensor, assemble, dequantize, fit_codebook, group_scales, quantize, quantize_column
+from ulpq_build.quantize import QuantizedTensor, assemble, dequantize, fit_codebook, group_scales, quantize, quantize_column, quantize_vq
 from ulpq_build.quantspec import PER_CHANNEL, PER_TENSOR, QuantSpec, matrix_shape
 
 DAMPING = 0.01  # fraction of the mean Hessian diagonal added for stability (the paper's default)
@@ -49,6 +49,8 @@ def gptq_quantize(name: str, w: np.ndarray, spec: QuantSpec, h: np.ndarray, act_
     original weights before any column moves ("static groups"), so a group's scale does not depend
     on the order."""
     fmt = spec.fmt
+    if fmt.levels == "codebook":  # groups of 8 coded jointly: block LDLQ (ulpq_build/vq/)
+        return quantize_vq(name, w, spec, h)
     if not fmt.quantized or spec.group_size == PER_TENSOR:
         return quantize(name, w, spec)  # nothing to compensate / one scale for everything: plain rounding
     rows, k = matrix_shape(w.shape)

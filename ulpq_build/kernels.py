@@ -23,6 +23,7 @@ from ulpq_build.profiles import DEFAULT_LIMITS, PROFILES, Profile, get_profile
 from ulpq_build.resources import templates_dir
 
 MAX_WORKGROUPS_PER_DIM = 65535
+HADAMARD_MAX_N = 4096  # the longest row the hadamard kernel rotates: 16 KiB of workgroup memory, the default limit
 
 
 @dataclass(frozen=True)
@@ -37,6 +38,8 @@ class WeightStorage:
     def of(cls, spec) -> "WeightStorage":
         if not spec.fmt.quantized:  # raw float weights: scale options do not apply
             return cls(spec.format)
+        if spec.fmt.levels == "codebook":  # float16 row scales whatever the spec says (quantspec.part_layout)
+            return cls(spec.format, "float16", False)
         return cls(spec.format, spec.scale_dtype, spec.asymmetric)
 
     @property
@@ -53,7 +56,8 @@ class WeightStorage:
         """The stored parts a kernel binds for this weight."""
         if not self.fmt.quantized:
             return ["codes"]
-        return ["codes", "scales"] + (["zeros"] if self.asymmetric else []) + (["codebook"] if self.fmt.levels == "fitted" else [])
+        # codebook formats bind the bundle's one codebook buffer (every stage's table) as `codebook`
+        return ["codes", "scales"] + (["zeros"] if self.asymmetric else []) + (["codebook"] if self.fmt.levels in ("fitted", "codebook") else [])
 
 
 @dataclass(frozen=True)
@@ -190,6 +194,14 @@ KERNELS: dict[str, Kernel] = _reg(
         (("tokens", "u32"), ("n", "u32"), ("k", "u32"), ("words_per_row", "u32"), ("groups_per_row", "u32"),
          ("group_size", "u32"), ("codebook_stride", "u32"), ("count", "u32")),
         "elementwise", {"accumulate": (False, True)}, weighted=True,
+    ),
+    Kernel(
+        "hadamard", "hadamard.wgsl.jinja",
+        "y[r, :] = R x[r, :] with R = (B kron H_p / sqrt(p)) D, n = b * p (b = 1 or 12): the input rotation of a "
+        "codebook-format matrix (ulpq_build/vq/incoherence.py), D's signs hashed from `seed`, B the Paley Hadamard "
+        "matrix of order 12 / sqrt(12), H_p by the fast Walsh-Hadamard butterflies in workgroup memory "
+        "(n <= HADAMARD_MAX_N); one workgroup per row",
+        ("params", "x", "y"), (("rows", "u32"), ("n", "u32"), ("p", "u32"), ("seed", "u32")), "rows",
     ),
     Kernel(
         "add", "add.wgsl.jinja", "y[i] = a[i] + b[i % b_count] (b_count = count: elementwise; smaller: broadcast rows)",
@@ -517,6 +529,8 @@ class KernelVariant:
             return 4 * (t["max_seq"] + (0 if t.get("one_barrier") else self.workgroup_size))
         if self.kernel in ("layernorm", "softmax") or (self.kernel == "meanpool" and self.opts["normalize"]):
             return 4 * self.workgroup_size  # one f32 per thread for the tree reductions
+        if self.kernel == "hadamard":
+            return 4 * HADAMARD_MAX_N
         if self.kernel == "rmsnorm":
             return 4 * self.workgroup_size
         if self.kernel in ("argmax", "argmax_parts"):  # a value and an index per thread
@@ -575,6 +589,7 @@ def render(variant: KernelVariant) -> str:
         opts=variant.opts, bindings=variant.bindings, params=variant.spec.params, required_limits_text=required,
         weight=weight, fmt=weight.fmt if weight else None,
         scale_dtype=weight.scale_dtype if weight else None, asymmetric=weight.asymmetric if weight else False,
+        max_n=HADAMARD_MAX_N,
     )
 
 

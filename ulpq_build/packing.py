@@ -61,3 +61,44 @@ def unpack(words: np.ndarray, fmt: Format, n: int) -> np.ndarray:
             value |= blocks[..., word + 1] << np.uint32(32 - offset)
         codes[..., j] = value & mask
     return codes.reshape(*lead, n_blocks * fmt.block_values)[..., :n]
+
+
+def pack_vq(codes: np.ndarray, fmt: Format) -> np.ndarray:
+    """Codes [rows, groups, stages] of a vector-quantized row format -> u32 [rows, words_per_row(8 * groups)]:
+    each stage's codes after the previous stage's, a stage starting on a word, code g of a stage at
+    bits [b * g, b * g + b) (b, the stage's bits, divides 32: no code straddles a word)."""
+    from ulpq_build.formats import CODEBOOK_STAGES, GROUP_DIM
+
+    codes = np.asarray(codes)
+    rows, groups, n_stages = codes.shape
+    if n_stages != len(fmt.stages):
+        raise ValueError(f"{fmt.name}: {len(fmt.stages)} stages, got codes for {n_stages}")
+    planes = []
+    for s, stage in enumerate(fmt.stages):
+        bits = CODEBOOK_STAGES[stage]["bits"]
+        per_word = 32 // bits
+        words = fmt.stage_words(groups * GROUP_DIM)[s]
+        padded = np.zeros((rows, words * per_word), np.uint32)
+        padded[:, :groups] = codes[:, :, s].astype(np.uint32)
+        lanes = padded.reshape(rows, words, per_word) << (np.arange(per_word, dtype=np.uint32) * np.uint32(bits))
+        planes.append(np.bitwise_or.reduce(lanes, axis=2).astype(np.uint32))
+    return np.ascontiguousarray(np.concatenate(planes, axis=1))
+
+
+def unpack_vq(words: np.ndarray, fmt: Format, k: int) -> np.ndarray:
+    """Inverse of pack_vq: u32 [rows, words_per_row(k)] -> int32 codes [rows, k / 8, stages]."""
+    from ulpq_build.formats import CODEBOOK_STAGES, GROUP_DIM
+
+    words = np.asarray(words, np.uint32)
+    if words.ndim != 2 or words.shape[1] != fmt.words_per_row(k):
+        raise ValueError(f"{fmt.name}: {k} values take {fmt.words_per_row(k)} words per row, got shape {words.shape}")
+    groups = k // GROUP_DIM
+    out, start = [], 0
+    for stage, count in zip(fmt.stages, fmt.stage_words(k)):
+        bits = CODEBOOK_STAGES[stage]["bits"]
+        per_word = 32 // bits
+        plane = words[:, start : start + count]
+        lanes = (plane[:, :, None] >> (np.arange(per_word, dtype=np.uint32) * np.uint32(bits))) & np.uint32((1 << bits) - 1)
+        out.append(lanes.reshape(len(words), -1)[:, :groups])
+        start += count
+    return np.stack(out, axis=2).astype(np.int32)

@@ -123,6 +123,8 @@ def quantize(name: str, w: np.ndarray, spec: QuantSpec) -> QuantizedTensor:
         raise UserError(f"tensor {name!r}: group size {spec.group_size} does not divide its row length {k}; "
                         f"choose a group size that divides {k}, or per-channel scales (--group-size 0)")
     matrix = w.reshape(rows, k)
+    if fmt.levels == "codebook":
+        return quantize_vq(name, w, spec)
     if not fmt.quantized:
         parts = {"codes": np.ascontiguousarray(matrix, dtype=np.float32)}
     else:
@@ -137,6 +139,18 @@ def quantize(name: str, w: np.ndarray, spec: QuantSpec) -> QuantizedTensor:
     assert {p: (str(a.dtype), a.shape) for p, a in parts.items()} == expected, (name, expected)
     dtype = str(w.dtype) if np.issubdtype(w.dtype, np.floating) else "float32"
     return QuantizedTensor(name, tuple(int(d) for d in w.shape), dtype, spec, parts)
+
+
+def quantize_vq(name: str, w: np.ndarray, spec: QuantSpec, h: np.ndarray | None = None) -> QuantizedTensor:
+    """A codebook-format tensor (ulpq_build/vq/tensor.py), by rounding or, with the Hessian h, block LDLQ."""
+    from ulpq_build.vq.tensor import quantize_codebook  # vq builds on gptq, which builds on this module
+
+    w = np.asarray(w)
+    _check_matrix(name, w, spec.fmt)
+    rows, k = matrix_shape(w.shape)
+    parts = quantize_codebook(name, w.astype(np.float64).reshape(rows, k), spec.fmt, h)
+    assert {p: (str(a.dtype), a.shape) for p, a in parts.items()} == part_layout(spec, w.shape), name
+    return QuantizedTensor(name, tuple(int(d) for d in w.shape), str(w.dtype), spec, parts)
 
 
 def _row_chunks(matrix: np.ndarray, work) -> list:
@@ -415,6 +429,10 @@ def dequantize_parts(parts: dict[str, np.ndarray], spec: QuantSpec, shape: tuple
     rows, k = matrix_shape(shape)
     if not fmt.quantized:
         return parts["codes"].astype(np.float32).reshape(shape)
+    if fmt.levels == "codebook":  # in the original basis: rotations undone
+        from ulpq_build.vq.tensor import dequantize_codebook
+
+        return dequantize_codebook(parts, fmt, rows, k, source or "quantized tensor").reshape(shape)
     codes = unpack(parts["codes"], fmt, k).reshape(rows, k)
     _check_stored(parts, fmt, codes, source)
     scales = parts["scales"].astype(np.float32)

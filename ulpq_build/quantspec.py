@@ -97,6 +97,9 @@ def part_layout(spec: QuantSpec, shape: tuple[int, ...]) -> dict[str, tuple[str,
     rows, k = matrix_shape(shape)
     if not fmt.quantized:
         return {"codes": ("float32", (rows, k))}
+    if fmt.levels == "codebook":  # one float16 scale per row and the rotation seed, whatever the spec says
+        return {"codes": ("uint32", (rows, fmt.words_per_row(k))), "scales": ("float16", (rows, 1)),
+                **({"seeds": ("uint32", (1,))} if fmt.rotate else {})}
     parts = {"codes": ("uint32", (rows, fmt.words_per_row(k))), "scales": (spec.scale_dtype, n_groups(spec, rows, k))}
     if spec.asymmetric:
         parts["zeros"] = ("uint8", n_groups(spec, rows, k))

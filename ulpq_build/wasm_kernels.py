@@ -110,6 +110,8 @@ def all_variants() -> list[WasmVariant]:
     """Every storage the registry allows (tests build all of them)."""
     out = []
     for f in FORMATS.values():
+        if f.levels == "codebook":  # no wasm kernels decode codebook formats: plain JS runs them (cpu_select.js)
+            continue
         if not f.quantized:
             out.append(WasmVariant(f.name))
             continue

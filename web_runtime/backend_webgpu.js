@@ -20,6 +20,7 @@
 import { IntegrityError, fetchVerifiedText } from './bundle_loader.js';
 import { chooseProfiles, cpuAdapter, detectProfile, profileShaders } from './variants.js';
 import { matmulKey, packParams, splitFor, workgroups } from './dispatch.js';
+import { rotationSeed, splitSize } from './vq.js';
 
 export class GpuUnavailable extends Error {
   constructor(message) { super(message); this.name = 'GpuUnavailable'; }
@@ -127,12 +128,17 @@ function qkvLayout(tensors, layer) {
   if (weights.some((w) => shape(w) !== shape(weights[0]))) return null;
   if (m.groups_per_row === 0 && 'scales' in weights[0].parts) return null; // one scale for the whole tensor
   if ('codebook' in weights[0].parts && !(m.codebook_stride > 0)) return null; // one codebook for the whole tensor
+  // codebook formats: one rotation of the shared input serves all three only when their seeds agree
+  const seed = rotationSeed(weights[0]);
+  if (weights.some((w) => rotationSeed(w) !== seed)) return null;
   const rows = weights.map((w) => w.entry.matrix.rows);
   const perRow = (pieces) => pieces.every((p, i) => p && p.length % rows[i] === 0
     && p.length / rows[i] === pieces[0].length / rows[0]);
   let aligned = true;
   const parts = {};
   for (const part of Object.keys(weights[0].parts)) {
+    // the seed rotates x (not bound); the codebook tables are the bundle's one buffer (bound as they are)
+    if (part === 'seeds' || weights[0].parts[part].shared) continue;
     const pieces = weights.map((w) => w.parts[part]?.bytes);
     if (!perRow(pieces)) return null;
     aligned &&= pieces.every((p) => p.length === pieces[0].length && p.length % STORAGE_ALIGN === 0);
@@ -142,7 +148,8 @@ function qkvLayout(tensors, layer) {
   if (bias && !perRow(bias)) return null;
   if (bias) aligned &&= bias.every((p) => p.length === bias[0].length && p.length % STORAGE_ALIGN === 0);
   const total = rows.reduce((a, b) => a + b, 0);
-  return { nodes, parts, bias, matrix: { ...m, rows: total }, hidden: m.rows, widths: rows, aligned };
+  return { nodes, parts, bias, matrix: { ...m, rows: total }, hidden: m.rows, widths: rows, aligned,
+    codebook: Boolean(weights[0].parts.codebook?.shared) };
 }
 
 /** Two steps' dims hold the same values (replays usually pass equal objects, compared field by field). */
@@ -239,6 +246,15 @@ export class GpuBackend {
     };
   }
 
+  /** The bundle's codebook tables (formats with levels 'codebook'), one buffer for every tensor. */
+  #sharedCodebook() {
+    if (!this.codebookResource) {
+      const tables = Uint32Array.from(this.manifest.codebooks.tables);
+      this.codebookResource = { buffer: this.#buffer(new Uint8Array(tables.buffer), 'codebooks') };
+    }
+    return this.codebookResource;
+  }
+
   #buffer(bytes, label) {
     const buffer = this.device.createBuffer({ size: Math.max(4, ceil4(bytes.length)), usage: GPUBufferUsage.STORAGE, mappedAtCreation: true, label });
     new Uint8Array(buffer.getMappedRange()).set(bytes);
@@ -275,6 +291,10 @@ export class GpuBackend {
         bias = { buffer };
         if (views) qkv.nodes.forEach((n, i) => { this.weights.set(n.bias, { codes: view(buffer, qkv.bias, i) }); placed.add(n.bias); });
       }
+      if (qkv.codebook) {
+        whole['w.codebook'] = this.#sharedCodebook();
+        if (views) qkv.nodes.forEach((n) => { this.weights.get(n.weight).codebook = this.#sharedCodebook(); });
+      }
       if (views) qkv.nodes.forEach((n) => placed.add(n.weight));
       this.fused.set(layer.query.weight, { resources: whole, bias, matrix: qkv.matrix, node: qkv.nodes[0], hidden: qkv.hidden,
         widths: qkv.widths });
@@ -282,7 +302,10 @@ export class GpuBackend {
     for (const [name, tensor] of this.tensors) {
       if (placed.has(name)) continue;
       const parts = {};
-      for (const [part, { bytes }] of Object.entries(tensor.parts)) parts[part] = { buffer: this.#buffer(bytes, `${name}:${part}`) };
+      for (const [part, { bytes, shared }] of Object.entries(tensor.parts)) {
+        if (part === 'seeds') continue; // rotates x on the way in (#rotated), never bound
+        parts[part] = shared ? this.#sharedCodebook() : { buffer: this.#buffer(bytes, `${name}:${part}`) };
+      }
       this.weights.set(name, parts);
     }
   }
@@ -456,10 +479,28 @@ export class GpuBackend {
     }, { m: h.rows, n: matrix.rows, splits, count: h.rows * matrix.rows }, () => this.#value(h.rows, matrix.rows));
   }
 
+  /**
+   * x rotated for a codebook-format matrix stored as W R^T (ulpq_build/vq/): the hadamard kernel
+   * writes R x[r, :] per row; x itself where the weight is not rotated. The rotation runs as its own
+   * dispatch: the operators before a product (LayerNorm, GELU, attention across heads) do not
+   * commute with a rotation of the whole row, so it cannot fold into them.
+   */
+  #rotated(h, node, tensor) {
+    const seed = rotationSeed(tensor);
+    if (!seed) return h;
+    const key = node.kernels[this.profile.name].hadamard;
+    if (!key) throw new Error(`${node.weight}: its inputs are rotated but the bundle ships no hadamard kernel; rebuild it`);
+    if (h.stride !== undefined && h.stride !== h.cols) throw new Error(`${node.weight}: rotating a strided view is not supported`);
+    const n = tensor.entry.matrix.k;
+    return this.#dispatchStep('hadamard', key, () => ({ x: h }), { rows: h.rows, n, p: splitSize(n).p, seed },
+      () => this.#value(h.rows, n));
+  }
+
   linear(h, node, residual = null) {
-    const m = this.tensors.get(node.weight).entry.matrix;
-    return this.#matmul('linear', node.kernels[this.profile.name], h, m, () => this.#weightResources(node.weight),
-      node.bias ? this.#plain(node.bias) : null, residual);
+    const tensor = this.tensors.get(node.weight);
+    const m = tensor.entry.matrix;
+    return this.#matmul('linear', node.kernels[this.profile.name], this.#rotated(h, node, tensor), m,
+      () => this.#weightResources(node.weight), node.bias ? this.#plain(node.bias) : null, residual);
   }
 
   /**
@@ -474,13 +515,15 @@ export class GpuBackend {
     if (layer.qkv) return this.linear(h, layer.qkv);
     const fused = this.fused.get(layer.query.weight);
     if (!fused) return null;
-    return this.#matmul('qkv', fused.node.kernels[this.profile.name], h, fused.matrix, () => fused.resources, fused.bias, null);
+    const x = this.#rotated(h, fused.node, this.tensors.get(fused.node.weight));
+    return this.#matmul('qkv', fused.node.kernels[this.profile.name], x, fused.matrix, () => fused.resources, fused.bias, null);
   }
 
   linearQKV(h, layer) {
     const fused = this.fused.get(layer.query.weight);
     if (!fused || fused.widths.some((w) => w !== fused.hidden)) return null;
-    const out = this.#matmul('qkv', fused.node.kernels[this.profile.name], h, fused.matrix, () => fused.resources,
+    const x = this.#rotated(h, fused.node, this.tensors.get(fused.node.weight));
+    const out = this.#matmul('qkv', fused.node.kernels[this.profile.name], x, fused.matrix, () => fused.resources,
       fused.bias, null);
     const view = (offset) => ({ ...out, cols: fused.hidden, stride: fused.matrix.rows, offset, base: out });
     return { q: view(0), k: view(fused.hidden), v: view(2 * fused.hidden) };
@@ -488,6 +531,7 @@ export class GpuBackend {
 
   embed(node, ids, count, into = null) {
     const m = this.tensors.get(node.table).entry.matrix;
+    if (rotationSeed(this.tensors.get(node.table))) throw new Error(`${node.table}: a rotated table; no kernel un-rotates gathered rows, rebuild the bundle`);
     const key = node.kernels[this.profile.name][into ? 'accumulate' : 'first'];
     const dims = { tokens: count, n: m.rows, k: m.k, words_per_row: m.words_per_row, groups_per_row: m.groups_per_row,
       group_size: m.group_size, codebook_stride: m.codebook_stride, count: count * m.k };

@@ -134,6 +134,12 @@ export function checkManifest(manifest, source = 'manifest.json') {
   if (manifest.quantization && !(manifest.quantization.default.format in manifest.formats)) {
     fail('manifest.quantization.default.format', `names '${manifest.quantization.default.format}', which manifest.formats lacks`);
   }
+  if (Object.values(manifest.formats).some((f) => f.levels === 'codebook')) {
+    const tables = manifest.codebooks?.tables;
+    if (!Array.isArray(tables) || tables.length !== 512 || !tables.every((v) => Number.isInteger(v) && v >= 0 && v < 2 ** 32)) {
+      fail('manifest.codebooks.tables', 'must hold the 512 u32 codebook table entries its codebook formats decode with');
+    }
+  }
   const shardBytes = new Map(manifest.shards.map((s) => [s.file, s.bytes]));
   manifest.tensors.forEach((tensor, i) => {
     if (!(tensor.format in manifest.formats)) fail(`manifest.tensors[${i}].format`, `names '${tensor.format}', which manifest.formats lacks`);
@@ -264,6 +270,8 @@ const VIEWS = { uint32: Uint32Array, float32: Float32Array, float16: Uint16Array
 /** Map(tensor name -> {entry, parts: {name: {bytes, values}}}) over the verified shard bytes. */
 export function tensorTable(manifest, shardBytes) {
   const table = new Map();
+  // codebook formats (ulpq_build/vq/) decode through the bundle's one set of tables, shared by all
+  const books = manifest.codebooks ? Uint32Array.from(manifest.codebooks.tables) : null;
   for (const entry of manifest.tensors) {
     const parts = {};
     for (const [name, ref] of Object.entries(entry.parts)) {
@@ -273,6 +281,10 @@ export function tensorTable(manifest, shardBytes) {
       if (!View) throw new BundleError(`tensor ${entry.name}: part ${name} has dtype ${ref.dtype}, unknown to this runtime`);
       const values = new View(shard.buffer, shard.byteOffset + ref.offset, ref.length / View.BYTES_PER_ELEMENT);
       parts[name] = { bytes, values };
+    }
+    if (manifest.formats[entry.format].levels === 'codebook') {
+      if (!books) throw new BundleError(`tensor ${entry.name}: format ${entry.format} needs the manifest's codebooks; rebuild the bundle with ulpq_build`);
+      parts.codebook = { bytes: new Uint8Array(books.buffer), values: books, shared: true };
     }
     table.set(entry.name, { entry, parts });
   }

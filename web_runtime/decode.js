@@ -1,3 +1,5 @@
+import { codebookRowDecoder, rotationSeed, unrotateRow } from './vq.js';
+
 // Dequantize rows of a packed tensor on the CPU, driven only by the manifest's format table
 // (bits, layout, level kind, table) and the tensor's matrix constants: the same rules as
 // ulpq_build/formats.py and the WGSL templates, with no format special-cased here.
@@ -26,6 +28,7 @@ export function rowDecoder(tensor, formats) {
   if (fmt.layout === 'raw') {
     return (row, out) => out.set(codes.subarray(row * k, row * k + k));
   }
+  if (fmt.levels === 'codebook') return codebookRowDecoder(tensor, fmt); // rows as stored: still rotated
   const bits = fmt.bits;
   const mask = (1 << bits) - 1;
   const scaleValues = parts.scales.values;
@@ -58,11 +61,15 @@ export function rowDecoder(tensor, formats) {
   };
 }
 
-/** The whole tensor as a Float32Array (tests and small tensors such as biases). */
+/** The whole tensor as a Float32Array (tests and small tensors such as biases), in its original basis. */
 export function decodeTensor(tensor, formats) {
   const { rows, k } = tensor.entry.matrix;
   const out = new Float32Array(rows * k);
   const decode = rowDecoder(tensor, formats);
-  for (let r = 0; r < rows; r++) decode(r, out.subarray(r * k, (r + 1) * k));
+  const seed = rotationSeed(tensor); // a codebook format's rows are stored rotated: undone here
+  for (let r = 0; r < rows; r++) {
+    decode(r, out.subarray(r * k, (r + 1) * k));
+    if (seed) unrotateRow(out.subarray(r * k, (r + 1) * k), k, seed);
+  }
   return out;
 }

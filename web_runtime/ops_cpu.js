@@ -2,6 +2,7 @@
 // time from the packed weights, so the CPU path needs no dequantized copy of the model.
 
 import { halfToFloat, rowDecoder } from './decode.js';
+import { rotateRows, rotationSeed, unrotateRow } from './vq.js';
 
 // erf by Abramowitz & Stegun 7.1.26 (|error| < 1.5e-7), the same approximation as the shaders.
 export function erf(v) {
@@ -68,6 +69,9 @@ export function rowDot(weight, formats) {
 /** y[m, n] = act(sum_k x[m, k] W[n, k] + b[n]) (+ residual[m, n]) for x of shape [rows, k]; W packed. */
 export function linear(x, rows, weight, bias, activation, formats, residual = null, outputs = null) {
   const { rows: n, k } = weight.entry.matrix;
+  // a codebook-format matrix is stored as W R^T: rotate the inputs to match (ulpq_build/vq/)
+  const seed = rotationSeed(weight);
+  if (seed) x = rotateRows(x, rows, k, seed);
   const dot = rows === 1 ? rowDot(weight, formats) : null;
   if (dot) return linearRow(x, weight, bias, activation, dot, residual, outputs);
   const decode = rowDecoder(weight, formats);
@@ -111,7 +115,9 @@ function linearRow(x, weight, bias, activation, dot, residual, outputs) {
 /** y[t, :] (+)= table[ids[t], :] for a packed table; ids >= rows give zeros. */
 export function embedRows(table, ids, formats, into = null) {
   const { rows, k } = table.entry.matrix;
-  const decode = rowDecoder(table, formats);
+  const decoder = rowDecoder(table, formats);
+  const seed = rotationSeed(table); // a table stored rotated (bundles keep tables unrotated): undo it per row
+  const decode = seed ? (id, out) => { decoder(id, out); unrotateRow(out, k, seed); } : decoder;
   const y = into ?? new Float32Array(ids.length * k);
   const row = new Float32Array(k);
   const cache = new Map(); // a batch repeats ids (padding, positions): decode each row once

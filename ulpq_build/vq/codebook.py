@@ -26,6 +26,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.linalg import solve_triangular
 
+from ulpq_build.formats import CODEBOOK_FORMATS as REGISTRY_CODEBOOKS
+from ulpq_build.formats import FORMATS
 from ulpq_build.gptq import BLOCK, DAMPING, upper_cholesky_of_inverse
 from ulpq_build.vq.e8 import DIM, e8p_grid, e8p_nearest, e81b_grid, e81b_nearest
 
@@ -79,15 +81,10 @@ class CodebookFormat:
         return values
 
 
+# The registry's codebook rows (formats.py), the single source of their stages and constants
 CODEBOOK_FORMATS = {
-    f.name: f
-    for f in (
-        CodebookFormat("e81b", ("e81b",), 0.6),  # least squared error on unit Gaussians (0.319 per coordinate)
-        CodebookFormat("e8p", ("e8p",), 1.03),
-        CodebookFormat("e8p-rvq3", ("e8p", "e81b"), 0.98, 2.04),
-        # QuIP#'s residual scale; 0.9 rather than its 1.03 overall: 0.0088 vs 0.0097 per coordinate on unit Gaussians here
-        CodebookFormat("e8p-rvq4", ("e8p", "e8p"), 0.9, 3.45),
-    )
+    f.name: CodebookFormat(f.name, f.stages, f.opt_scale, f.resid_scale)
+    for f in (FORMATS[name] for name in REGISTRY_CODEBOOKS)
 }
 
 

@@ -206,3 +206,20 @@ def quip_sharp_e8p_grid() -> np.ndarray:
         ii = shuffle_map[i]
         grid[:, i] = cba[abs_index, ii] * np.where((signs >> ii) & 1, -1, 1)
     return grid + np.where(parity, -0.25, 0.25)[:, None]
+
+
+def e8p_table() -> np.ndarray:
+    """E8P's decode table for kernels (formats.CODEBOOK_STAGES "e8p"): entry i = the abs vector i as
+    8 2-bit magnitudes m_j = |a_j| - 1/2 at bits 2j, 2j+1, and its parity at bit 16."""
+    m = np.rint(abs_grid() - 0.5).astype(np.uint32)
+    assert m.max() <= 3
+    return ((m << (2 * np.arange(DIM, dtype=np.uint32))).sum(axis=1, dtype=np.uint32)
+            | (abs_parity().astype(np.uint32) << np.uint32(16))).astype(np.uint32)
+
+
+def lut8_table(grid: np.ndarray) -> np.ndarray:
+    """A 256-codeword decode table (formats.CODEBOOK_STAGES "lut8"): entry c = 8 nibbles u_j with
+    coordinate j = u_j / 2 - 2 (every value of E81B is a multiple of 1/2 in [-2, 2])."""
+    u = np.rint(np.asarray(grid, np.float64) * 2 + 4)
+    assert len(u) == 256 and u.min() >= 0 and u.max() <= 15 and np.array_equal((u - 4) / 2, grid)
+    return (u.astype(np.uint32) << (4 * np.arange(DIM, dtype=np.uint32))).sum(axis=1, dtype=np.uint32).astype(np.uint32)

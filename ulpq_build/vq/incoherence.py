@@ -3,7 +3,8 @@ over all its entries, so that a codebook (or a scalar grid) fitted to Gaussian-l
 
 A rotation of size n is R = (B kron H_p / sqrt(p)) D, stored as a seed:
 
-    D     a diagonal of random signs drawn from the seed (numpy's PCG64, `default_rng(seed)`)
+    D     a diagonal of random signs drawn from the seed (`sign_bits`: a 32-bit hash of seed and index,
+          which the WGSL and JS runtimes compute the same way)
     H_p   the Sylvester Walsh-Hadamard matrix of order p = 2^m (the largest power of two dividing n,
           or n / 12 when that leaves a factor 12), applied by the fast transform (n log n adds)
     B     a small orthogonal block for what is left of n (n = b * p):
@@ -129,10 +130,22 @@ class RandomHadamard:
         return self.forward(np.eye(self.n)).T
 
 
+def sign_bits(n: int, seed: int) -> np.ndarray:
+    """1 where D's entry i is -1: the top bit of a 32-bit integer hash (Wellons' lowbias32) of
+    seed + i * 0x9E3779B9 (mod 2^32). A counter-based hash rather than numpy's generator, so the
+    WGSL kernel and the JS runtime draw the same signs from the seed alone, with no table."""
+    x = (np.uint32(seed) + np.arange(n, dtype=np.uint32) * np.uint32(0x9E3779B9)).astype(np.uint32)
+    x ^= x >> np.uint32(16)
+    x *= np.uint32(0x7FEB352D)
+    x ^= x >> np.uint32(15)
+    x *= np.uint32(0x846CA68B)
+    x ^= x >> np.uint32(16)
+    return (x >> np.uint32(31)).astype(np.uint8)
+
+
 @lru_cache(maxsize=64)
 def _signs(n: int, seed: int) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    return (2 * rng.integers(0, 2, n) - 1).astype(np.float64)
+    return (1 - 2 * sign_bits(n, seed).astype(np.float64))
 
 
 @lru_cache(maxsize=64)

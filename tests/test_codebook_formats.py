@@ -1,0 +1,235 @@
+"""The registry's vector-quantized formats (e8p, e8p-rvq3, e8p-rvq4, e81b; levels "codebook"): their
+stored parts and bits, packing, dequantize in the original basis (rotation undone), and the WGSL
+kernels that run them (hadamard, the codebook GEMV, GEMM tiles and gathers through w_value),
+compiled by naga and Tint and executed on lavapipe against numpy, outputs poisoned with NaN."""
+
+import numpy as np
+import pytest
+
+from ulpq_build.formats import CODEBOOK_FORMATS, FORMATS
+from ulpq_build.gptq import gptq_quantize, hessian
+from ulpq_build.kernels import HADAMARD_MAX_N, KernelVariant, WeightStorage, render
+from ulpq_build.native_webgpu import COMPILERS, KernelRunner, cached_device, matmul_params, validate, weight_arrays
+from ulpq_build.packing import pack_vq, unpack_vq
+from ulpq_build.profiles import PROFILES
+from ulpq_build.quantize import dequantize, quantize
+from ulpq_build.quantspec import QuantSpec, stored_bytes
+from ulpq_build.reference import relative_error
+from ulpq_build.vq.codebook import CODEBOOK_FORMATS as CODEBOOKS
+from ulpq_build.vq.e8 import e8p_grid, e81b_grid
+from ulpq_build.vq.incoherence import RandomHadamard, sign_bits
+from ulpq_build.vq.tensor import codebook_tables, decode_rotated, rotation_seed
+
+HADAMARD_TOLERANCE = 1e-5  # float32 butterflies (log2 n rounds) against float64
+MATMUL_TOLERANCE = 1e-5  # float32 sums of K <= 384 products against float64
+DEQUANTIZE_TOLERANCE = 1e-6  # float64 inverse rotation of float32 values against the float64 reference
+LINEAR = "encoder.layer.0.attention.self.query.weight"  # a name that is rotated (tables are not)
+
+
+def device():
+    return cached_device("wgpu", 256)
+
+
+@pytest.mark.parametrize("name", CODEBOOK_FORMATS)
+def test_parts_bits_and_round_trip(name, rng):
+    fmt = FORMATS[name]
+    w = rng.standard_normal((24, 384)).astype(np.float32)
+    qt = quantize(LINEAR, w, QuantSpec(name, 32, False, "float32"))  # group size / scale dtype do not apply
+    assert set(qt.parts) == {"codes", "scales", "seeds"} and qt.parts["scales"].dtype == np.float16
+    assert int(qt.parts["seeds"][0]) == rotation_seed(384)
+    assert qt.nbytes == stored_bytes(qt.spec, w.shape) == 24 * 384 * fmt.bits // 8 + 24 * 2 + 4
+    codes = unpack_vq(qt.parts["codes"], fmt, 384)
+    assert np.array_equal(pack_vq(codes, fmt), qt.parts["codes"])
+    # dequantize = the stored (rotated) matrix with the rotation undone, exactly as numpy computes it
+    rotated = decode_rotated(qt.parts, fmt, 24, 384).astype(np.float64)
+    restored = RandomHadamard(384, rotation_seed(384)).inverse(rotated)
+    assert relative_error(dequantize(qt), restored) < DEQUANTIZE_TOLERANCE
+    # and it is close to w: relative squared error of the codebook at its bits (Gaussian weights)
+    limit = {1: 0.4, 2: 0.12, 3: 0.04, 4: 0.012}[fmt.bits]
+    assert np.mean((dequantize(qt) - w) ** 2) / np.mean(w**2) < limit
+
+
+def test_tables_are_not_rotated(rng):
+    w = rng.standard_normal((50, 64)).astype(np.float32)
+    qt = quantize("embeddings.word_embeddings.weight", w, QuantSpec("e8p"))
+    assert int(qt.parts["seeds"][0]) == 0
+    assert relative_error(dequantize(qt), decode_rotated(qt.parts, FORMATS["e8p"], 50, 64)) == 0
+
+
+def test_codebook_tables_decode_the_grids():
+    tables = codebook_tables()
+    e8p = tables[:256]
+    codes = np.arange(1 << 16)
+    m = (e8p[codes >> 8][:, None] >> (2 * np.arange(8))) & 3
+    parity = (e8p[codes >> 8] >> 16) & 1
+    signs = (codes[:, None] >> np.arange(1, 8)) & 1
+    negative = np.concatenate([signs, ((signs.sum(axis=1) + parity) & 1)[:, None]], axis=1)
+    values = (m + 0.5) * (1 - 2 * negative) + np.where(codes & 1, -0.25, 0.25)[:, None]
+    assert np.array_equal(values, e8p_grid())
+    lut = ((tables[256:][:, None] >> (4 * np.arange(8))) & 15) / 2 - 2
+    assert np.array_equal(lut, e81b_grid())
+
+
+@pytest.mark.parametrize("name", ["e8p", "e8p-rvq3"])
+def test_ldlq_lowers_the_output_error(name, rng):
+    """GPTQ-style feedback (block LDLQ on the rotated Hessian) beats rounding on correlated inputs."""
+    x = rng.standard_normal((600, 128)) @ rng.standard_normal((128, 128)) * 0.3 + rng.standard_normal((600, 128))
+    w = rng.standard_normal((32, 128)).astype(np.float32)
+    spec = QuantSpec(name)
+    out = lambda q: np.mean((x @ (q - w).T) ** 2)  # noqa: E731
+    assert out(dequantize(gptq_quantize(LINEAR, w, spec, hessian(x)))) < 0.9 * out(dequantize(quantize(LINEAR, w, spec)))
+
+
+def hadamard_variants():
+    return [KernelVariant.make("hadamard", p) for p in PROFILES]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("compiler", COMPILERS)
+def test_shaders_compile(compiler):
+    for variant in hadamard_variants():
+        validate(render(variant), variant.workgroup_size, compiler)
+    for name in CODEBOOK_FORMATS:
+        weight = WeightStorage.of(QuantSpec(name))
+        for profile in ("chrome", "firefox", "cpu"):
+            for kernel, options in [("gemv", {"bias": True, "activation": "gelu"}), ("gemm", {"size": "small"}),
+                                    ("gemm", {"size": "large", "residual": True}), ("embed", {"accumulate": True})]:
+                variant = KernelVariant.make(kernel, profile, weight, **options)
+                validate(render(variant), variant.workgroup_size, compiler)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("n", [8, 384, 1536, 96, 4096])
+def test_hadamard_kernel_matches_numpy(n, rng):
+    variant = KernelVariant.make("hadamard", "chrome")
+    seed = rotation_seed(n)
+    rotation = RandomHadamard(n, seed)
+    x = rng.standard_normal((3, n)).astype(np.float32)
+    p = n if n & (n - 1) == 0 else n // 12
+    y = KernelRunner(device()).run(variant, {"x": x}, {"rows": 3, "n": n, "p": p, "seed": seed}, {"y": 3 * n})["y"]
+    assert np.isfinite(y).all(), "an output element was never written (still NaN)"
+    assert relative_error(y.reshape(3, n), rotation.forward(x.astype(np.float64))) < HADAMARD_TOLERANCE
+    assert n <= HADAMARD_MAX_N
+
+
+def test_sign_hash_is_the_documented_one():
+    """lowbias32 of seed + i * 0x9E3779B9, top bit: the same integer steps as the WGSL and JS."""
+    def lowbias32(v):
+        v ^= v >> 16
+        v = (v * 0x7FEB352D) & 0xFFFFFFFF
+        v ^= v >> 15
+        v = (v * 0x846CA68B) & 0xFFFFFFFF
+        return v ^ (v >> 16)
+    seed = 0xDEADBEEF
+    expected = [lowbias32((seed + i * 0x9E3779B9) & 0xFFFFFFFF) >> 31 for i in range(64)]
+    assert sign_bits(64, seed).tolist() == expected and 10 < sum(expected) < 54
+
+
+def run_matmul(variant, name, rng, m, n, k):
+    w = (rng.standard_normal((n, k)) * 0.2).astype(np.float32)
+    qt = quantize(LINEAR, w, QuantSpec(name))
+    x = rng.standard_normal((m, k)).astype(np.float32)  # already rotated: the kernel multiplies as stored
+    stored = decode_rotated(qt.parts, FORMATS[name], n, k).astype(np.float64)
+    arrays = {"x": x, **weight_arrays(qt), "w.codebook": codebook_tables()}
+    expected = x.astype(np.float64) @ stored.T
+    if variant.opts.get("bias"):
+        arrays["bias"] = rng.standard_normal(n).astype(np.float32)
+        expected += arrays["bias"]
+    if variant.opts.get("residual"):
+        arrays["residual"] = rng.standard_normal((m, n)).astype(np.float32)
+        expected += arrays["residual"]
+    y = KernelRunner(device()).run(variant, arrays, matmul_params(qt, m), {"y": m * n})["y"].reshape(m, n)
+    assert np.isfinite(y).all(), "an output element was never written (still NaN)"
+    assert relative_error(y, expected) < MATMUL_TOLERANCE
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("name", CODEBOOK_FORMATS)
+@pytest.mark.parametrize("profile", ["chrome", "firefox", "cpu"])
+def test_matmul_kernels_match_numpy(name, profile, rng):
+    weight = WeightStorage.of(QuantSpec(name))
+    run_matmul(KernelVariant.make("gemv", profile, weight, bias=True), name, rng, 3, 45, 384)
+    run_matmul(KernelVariant.make("gemm", profile, weight, size="small", residual=True), name, rng, 37, 45, 96)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("name", ["e8p", "e8p-rvq3"])
+def test_embed_gathers_codebook_rows(name, rng):
+    table = rng.standard_normal((30, 64)).astype(np.float32)
+    qt = quantize("embeddings.word_embeddings.weight", table, QuantSpec(name))
+    ids = np.array([3, 29, 0, 31, 7], np.uint32)  # 31 >= n: a zero row
+    variant = KernelVariant.make("embed", "chrome", WeightStorage.of(QuantSpec(name)), accumulate=False)
+    layout = qt.matrix_layout()
+    params = {"tokens": 5, "n": 30, "count": 5 * 64, **{k: layout[k] for k in ("k", "words_per_row", "groups_per_row",
+                                                                                 "group_size", "codebook_stride")}}
+    y = KernelRunner(device()).run(variant, {"ids": ids, **weight_arrays(qt), "w.codebook": codebook_tables()}, params,
+                                   {"y": 5 * 64})["y"].reshape(5, 64)
+    expected = np.concatenate([dequantize(qt), np.zeros((2, 64), np.float32)])[np.minimum(ids, 30)]
+    assert relative_error(y, expected) < MATMUL_TOLERANCE
+
+
+CPU_TOLERANCE = 1e-5  # the JS decode and rotation in float64 against numpy's float32 decode and float64 rotation
+
+
+def test_js_cpu_path_decodes_and_runs(tmp_path, rng):
+    """The plain-JS CPU path over an MLP bundle in e8p-rvq3 (its 64-input layer rotated, the 288- and
+    160-input ones not: no flat Hadamard there): every tensor decoded back to the original basis, and
+    the forward pass, match numpy over the bundle's own weights."""
+    from support import ROOT, node_json, run_cli
+    from test_js_runtime import CPU_PATH_TOLERANCE, mlp_forward
+    from ulpq_build.bundle_reader import load_bundle
+
+    bundle = tmp_path / "b"
+    run_cli("bundle", "--model", "builtin:mlp", "--format", "e8p-rvq3", "--out", bundle, check=0)
+    loaded = load_bundle(bundle)
+    assert loaded.manifest["codebooks"]["tables"] == codebook_tables().tolist()
+    seeds = {t["name"]: t["parts"].get("seeds") for t in loaded.manifest["tensors"]}
+    assert seeds["layers.0.weight"] is not None
+    x = rng.standard_normal((3, loaded.model["input_size"])).round(5)
+    result = node_json(ROOT / "tests/js/node_runtime.mjs", bundle, request={"inputs": x.tolist()}, tmp_path=tmp_path, timeout=300)
+    for name, restored in loaded.weights.items():
+        got = np.asarray(result["tensors"][name], np.float32)
+        assert relative_error(got, restored.ravel()) < CPU_TOLERANCE, name
+    expected = mlp_forward(loaded.model, loaded.weights, x)
+    assert relative_error(np.asarray(result["outputs"]).reshape(expected.shape), expected) < CPU_PATH_TOLERANCE
+
+
+@pytest.mark.parametrize("browser", ["chromium", "firefox"])
+def test_bert_bundle_in_browsers(browser, tmp_path_factory):
+    """`verify`'s check of a small BERT in e8p (hidden 48 = 12 * 4 and 96 = 12 * 8: the Paley block and
+    the butterflies both run) on WebGPU (hadamard + codebook GEMV/GEMM) and on the CPU path (plain JS, the
+    wasm kernels declining the format, said so). A browser that does not start fails the test."""
+    from support import tiny_bert
+    from ulpq_build.browser_check import check_in_browser
+    from ulpq_build.browsers import launch
+    from ulpq_build.bundle_reader import load_bundle
+    from ulpq_build.cli import main as cli_main
+    from ulpq_build.serve import BundleServer
+
+    import shutil
+
+    from ulpq_build.model_source import resolve_model
+
+    root = tmp_path_factory.mktemp("vq-bert")
+    # MiniLM's tokenizer (the check encodes real sentences), a small random BERT behind it
+    model = tiny_bert(root / "bert", hidden=48, inter=96, heads=2, layers=2, vocab=30522, positions=128)
+    minilm, _ = resolve_model("builtin:minilm", root)
+    for name in ("tokenizer.json", "vocab.txt", "tokenizer_config.json", "special_tokens_map.json"):
+        shutil.copyfile(minilm / name, model / name)
+    out = root / "e8p"
+    assert cli_main(["bundle", "--model", str(model), "--format", "e8p", "--out", str(out)]) == 0
+    bundle = load_bundle(out)
+    rotated = [t["name"] for t in bundle.manifest["tensors"] if "seeds" in t["parts"]]
+    assert any("query" in n for n in rotated) and any("output.dense" in n for n in rotated)
+    server = BundleServer(root, 0).start_in_background()
+    session = launch(browser)
+    try:
+        for query, path in (("", "webgpu"), ("&hardware=cpu", "cpu")):
+            result = check_in_browser(session, f"{server.url}{out.name}/index.html", bundle, browser, query=query)
+            assert result.passed and result.error is None and result.path == path, result
+            if path == "cpu":
+                assert any("do not decode the codebook format(s) e8p" in n for n in result.notes), result.notes
+    finally:
+        session.close()
+        server.shutdown()
+        server.server_close()
