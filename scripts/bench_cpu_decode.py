@@ -15,7 +15,8 @@ round; the figures are the fastest and the median of the rounds' timed runs. A o
 where a step's time goes (products, other kernels, the rest).
 
     python scripts/bench_cpu_decode.py [--sizes small,large] [--engines node,chromium,firefox]
-        [--rounds 2] [--tokens 16] [--before-rev b89dcff] [--work .bench/decode] [--write-docs docs/benchmarks.md]
+        [--rounds 2] [--tokens 16] [--before-rev b89dcff | --before-kernels REV] [--work .bench/decode]
+        [--write-docs docs/benchmarks.md]
     python scripts/bench_cpu_decode.py --from-results --write-docs docs/benchmarks.md   (re-render only)
 """
 
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import hashlib
 import json
 import os
 import platform
@@ -36,6 +38,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT / "scripts"))
 
 from ulpq_build.browsers import started  # noqa: E402
 from ulpq_build.cli import main as cli_main  # noqa: E402
@@ -73,10 +76,35 @@ def build_model(folder: Path, size: str) -> Path:
     return folder
 
 
-def build_site(work: Path, sizes, before_rev: str) -> dict:
-    """{(size, fmt, runtime): bundle folder} under work/site; `before` bundles share the shards."""
+def write_kernels(folder: Path, module) -> None:
+    """Rebuild a bundle's wasm kernel files with `module` (this checkout's wasm_kernels, or another
+    revision's loaded by bench_cpu_gemm.load_kernels_module) and point its manifest at them."""
+    from ulpq_build import wasm_kernels as wk
+
+    manifest_path = folder / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    by_key = {v.key: v for v in wk.all_variants()}
+    variants = [module.WasmVariant(by_key[key].format, by_key[key].scale_dtype, by_key[key].zeros) for key in manifest["wasm"]["variants"]]
+    for kind, (name, shared, relaxed) in module.FILES.items():
+        data = module.build(variants, shared=shared, relaxed=relaxed)
+        (folder / name).unlink(missing_ok=True)  # never write through a hard link into the other bundle
+        (folder / name).write_bytes(data)
+        manifest["wasm"]["files"][kind] = {"file": name, "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+    manifest_path.unlink()
+    manifest_path.write_text(json.dumps(manifest))
+
+
+def build_site(work: Path, sizes, before_rev: str, before_kernels: str | None = None) -> dict:
+    """{(size, fmt, runtime): bundle folder} under work/site; `before` bundles share the shards.
+    With `before_kernels`, `before` is this runtime with that revision's wasm kernels (else: the
+    runtime of `before_rev`, this checkout's kernels)."""
+    from bench_cpu_gemm import load_kernels_module
+
+    from ulpq_build import wasm_kernels as wk_now
+
     site = work / "site"
     bundles = {}
+    wk_before = load_kernels_module(before_kernels, work / "kernels-before") if before_kernels else None
     for size in sizes:
         model = build_model(work / "models" / size, size)
         for fmt, options in FORMATS.items():
@@ -85,19 +113,22 @@ def build_site(work: Path, sizes, before_rev: str) -> dict:
                 shutil.rmtree(after, ignore_errors=True)
                 print(f"bundling {size} {fmt}", flush=True)
                 assert cli_main(["bundle", "--model", str(model), "--out", str(after), *options]) == 0
-            # the runtime is refreshed from the working tree on every run
+            # the runtime and the kernels are refreshed from the working tree on every run
+            # (every module: a bundle built before a module was added still gets it)
             for js in (ROOT / "web_runtime").glob("*.js"):
-                if (after / js.name).exists() or js.name == "decoder_wasm_ops.js":
-                    shutil.copyfile(js, after / js.name)
+                shutil.copyfile(js, after / js.name)
+            write_kernels(after, wk_now)
             before = site / f"{size}-{fmt}-before"
             shutil.rmtree(before, ignore_errors=True)
             before.mkdir(parents=True)
             for f in after.iterdir():
                 old = subprocess.run(["git", "show", f"{before_rev}:web_runtime/{f.name}"], cwd=ROOT, capture_output=True)
-                if f.suffix == ".js" and old.returncode == 0:
+                if f.suffix == ".js" and old.returncode == 0 and not before_kernels:
                     (before / f.name).write_bytes(old.stdout)
                 elif f.is_file():
                     os.link(f, before / f.name)
+            if before_kernels:
+                write_kernels(before, wk_before)
             bundles[size, fmt, "after"], bundles[size, fmt, "before"] = after, before
     shutil.copyfile(DRIVER, site / DRIVER.name)
     (site / "index.html").write_text(PAGE)
@@ -194,13 +225,18 @@ def measure(args, bundles, site: Path) -> dict:
 
 def table(report: dict) -> str:
     res = report["results"]
+    if report.get("before_kernels"):
+        compared = (f"`before` is this runtime with the wasm kernels of {report['before_kernels']}, `after` with this "
+                    f"checkout's kernels (same runtime, same shards)")
+    else:
+        compared = (f"`before` is the runtime of {report['before_rev']} (a pass = one backend call per product, activations "
+                    f"copied in and out, norms/rotary/attention in JS outside the backend), `after` this one (a pass = one "
+                    f"recorded program in the wasm memory)")
     lines = [f"Measured {report['date']} on {report['machine']} (load average {report['load_before']:.1f} at the start, "
              f"{report['load_after']:.1f} at the end: other jobs shared the 2 cores). Random Llama-shaped decoders "
              f"(small: hidden 512, 4 layers, 16M parameters, 64 MB float32; large: hidden 1024, 8 layers, 110M parameters, "
              f"440 MB float32, past the 300 MB L3), int4/int2 in groups of 32; prompt {len(PROMPT)} tokens, "
-             f"{report['tokens']} new tokens greedy; `before` is the runtime of {report['before_rev']} (a pass = one backend "
-             f"call per product, activations copied in and out, norms/rotary/attention in JS outside the backend), `after` "
-             f"this one (a pass = one recorded program in the wasm memory); both on the same bundles, interleaved over "
+             f"{report['tokens']} new tokens greedy; " + compared + "; both on the same bundles, interleaved over "
              f"{report['rounds']} rounds ({report['repeats']} timed runs each after a warm-up). Decode tokens/s: "
              f"**the fastest timed run** / the median (on a shared machine the fastest run is the one least disturbed; "
              f"medians drift with the other jobs' load), and in brackets the fastest prefill in ms. Engines: " + ", ".join(report["engines"].values()) + ".", "",
@@ -268,6 +304,7 @@ def main(argv=None) -> int:
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--tokens", type=int, default=16)
     ap.add_argument("--before-rev", default="b89dcff")
+    ap.add_argument("--before-kernels", metavar="REV", help="`before` = this runtime with REV's wasm kernels (not REV's runtime)")
     ap.add_argument("--work", type=Path, default=ROOT / ".bench/decode")
     ap.add_argument("--write-docs", type=Path)
     ap.add_argument("--from-results", action="store_true")
@@ -277,11 +314,11 @@ def main(argv=None) -> int:
     if args.from_results:
         report = json.loads(out.read_text())
     else:
-        bundles = build_site(args.work, args.sizes.split(","), args.before_rev)
+        bundles = build_site(args.work, args.sizes.split(","), args.before_rev, args.before_kernels)
         server = BundleServer(args.work / "site", 0, isolate=True).start_in_background()
         args.url = server.url
         report = {"date": datetime.date.today().isoformat(), "rounds": args.rounds, "repeats": args.repeats, "tokens": args.tokens,
-                  "before_rev": args.before_rev, "load_before": os.getloadavg()[0],
+                  "before_rev": args.before_rev, "before_kernels": args.before_kernels, "load_before": os.getloadavg()[0],
                   "machine": f"{platform.machine()}, {os.cpu_count()} CPUs ({platform.processor() or 'x86'}), {platform.platform()}"}
         try:
             report.update(measure(args, bundles, args.work / "site"))

@@ -19,6 +19,7 @@ const COUNTERS = 1024; // one i32 per recorded op: the next chunk a worker takes
 const MAX_OPS = 15 * 1024;
 const WEIGHTS_BASE = COUNTERS + 4 * MAX_OPS;
 const CHUNKS_PER_THREAD = 8; // an op is cut into about threads x 8 chunks
+const GEMV_COLUMNS = 64; // the least output columns of a one-row product's chunk (see #columnUnit)
 const MAX_THREADS = 4; // MiniLM-sized GEMMs stop scaling beyond a few threads
 const GROW_STEP = 1 << 20; // bytes the memory grows by at least: few grows, little unused
 
@@ -242,6 +243,15 @@ export class WasmBackend {
     return w;
   }
 
+  /**
+   * Output columns per chunk of a product: whole panels; for one row at least GEMV_COLUMNS, since
+   * every call of a packed one-row product first rearranges x (k values, once per call): over a
+   * chunk of c columns that costs about 4/c of the products' time.
+   */
+  #columnUnit(rows) {
+    return rows === 1 ? Math.ceil(GEMV_COLUMNS / this.panelColumns) * this.panelColumns : this.panelColumns;
+  }
+
   #op(fn, args, range, total, unit = 1, scratch = -1) {
     if (typeof this.exports[fn] !== 'function') throw new Error(`the bundle's wasm kernels have no ${fn}; rebuild the bundle`);
     const chunk = Math.max(unit, Math.ceil(total / (this.threads * CHUNKS_PER_THREAD) / unit) * unit);
@@ -373,7 +383,7 @@ export class WasmBackend {
     const y = this.#out(h.rows, w.rows);
     const bias = node.bias ? this.#tensor(node.bias).codes : 0;
     this.#op(`gemm_${w.key}`, [h.ptr, h.rows, w.k, y.ptr, w.rows, 0, 0, w.codes, w.scales, w.zeros, w.book, w.wpr, w.gpr,
-      w.gsize, w.bstride, bias, residual ? residual.ptr : 0, act, 0], 5, w.rows, this.panelColumns, 18);
+      w.gsize, w.bstride, bias, residual ? residual.ptr : 0, act, 0], 5, w.rows, this.#columnUnit(h.rows), 18);
     return y;
   }
 
