@@ -2,7 +2,8 @@
 codebooks) on WebGPU: the runtime runs three products and the split cache append (rotary_cache_split /
 append_cache_split) reads them directly. The split kernels compile in naga and Tint and, executed on
 wgpu (lavapipe) for each workgroup size with poisoned outputs, equal numpy's rotary and the fused
-kernel's outputs bit for bit; a Llama bundle at int4-optimal generates numpy's 32 greedy tokens in
+kernel's copies bit for bit, its sin and cos (f32 polynomials, not the built-ins that SwiftShader
+evaluates to 2e-4) within the f32 angle's rounding; a Llama bundle at int4-optimal generates numpy's 32 greedy tokens in
 Chromium (SwiftShader, Dawn) and Firefox (lavapipe, wgpu) on WebGPU, over three products per layer."""
 
 from __future__ import annotations
@@ -97,8 +98,34 @@ def test_split_append_matches_numpy_and_the_fused_kernel(kernel, profile, rng):
         untouched[layer, :, :, start:start + seq] = False
         for name, cache, old in (("k", k_cache, old_k), ("v", v_cache, old_v)):
             assert np.array_equal(cache[untouched], old[untouched]), f"{name}: a slot outside start .. start + seq changed"
-        for name in ("q", "k_cache", "v_cache"):  # the same float32 operations as the fused kernel
+        # copies are the fused kernel's bit for bit (the rotation's sin/cos are its own: _rotary.wgsl.jinja)
+        for name in ("v_cache",) if rotate else ("q", "k_cache", "v_cache"):
             assert np.array_equal(got[name], peer[name], equal_nan=True), f"{name} differs from {SPLIT[kernel]}'s"
+
+
+# the f32 angle's rounding (positions < 64: < 64 * 2^-24 rad) and a few f32 roundings; the built-in
+# sin/cos WGSL allows (2^-11 absolute) would not pass
+ROTARY_SMALL_POSITIONS_TOLERANCE = 1e-5
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("profile", EXECUTED_PROFILES)
+def test_split_rotation_is_float32_accurate(profile, rng):
+    """sin and cos are f32 polynomials after the range reduction: at every angle of [-pi, pi] (inv_freq
+    spread so positions < 64 cover it, and beyond, reduced) within the f32 angle's rounding."""
+    variant = KernelVariant.make("rotary_cache_split", profile)
+    rows, heads, kv, d = 64, 1, 1, 128
+    positions = np.arange(rows, dtype=np.uint32)
+    inv_freq = np.linspace(0.001, 3.2, d // 2).astype(np.float32)  # angles up to 64 * 3.2 rad
+    q_in, k_in, v_in = (rng.standard_normal((rows, d)).astype(np.float32) for _ in range(3))
+    dims = {"rows": rows, "seq": rows, "heads": heads, "kv_heads": kv, "head_dim": d, "start": 0, "capacity": rows,
+            "cache_off": 0, "count": rows * 3 * d // 2}
+    got = execute(variant, {"q_in": q_in, "k_in": k_in, "v_in": v_in, "positions": positions, "inv_freq": inv_freq}, dims,
+                  {"q": poisoned(rows * d), "k_cache": poisoned(rows * d), "v_cache": poisoned(rows * d)})
+    angles = positions.reshape(1, rows).astype(np.float64)
+    for name, x in (("q", q_in), ("k_cache", k_in)):
+        want = rotary(x.astype(np.float64).reshape(1, 1, rows, d), angles, inv_freq.astype(np.float64)).reshape(rows, d)
+        check(got[name], want, ROTARY_SMALL_POSITIONS_TOLERANCE, name)
 
 
 # --- a bundle whose Q/K/V cannot fuse, in the browsers --------------------------------------------

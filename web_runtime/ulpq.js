@@ -397,33 +397,92 @@ export class UlpqModel {
 
   async #generate(promptIds, options, encodeMs) {
     if (!this.backend && this.#disposed) throw new Error(DISPOSED);
-    const model = this.manifest.model;
     const seed = options.seed ?? Math.floor(Math.random() * 2 ** 32);
+    const heard = []; // the tokens onToken has been given, in order (a CPU retry repeats none of them)
+    let run;
+    let notes = [...this.notes];
+    try {
+      run = await this.#generateOnce(promptIds, options, seed, notes, heard);
+    } catch (err) {
+      if (!(err instanceof GpuPassFailure)) throw err;
+      // A GPU failure mid-generation must not lose the user's generation silently: 'auto' runs it
+      // again from the start on the CPU path (same seed: the same tokens), 'webgpu' rejects.
+      const cause = err.cause;
+      const why = `${cause?.name ?? 'Error'}: ${cause?.message ?? cause}`;
+      if (this.options.hardware === 'webgpu') {
+        const failed = new GpuUnavailable(`WebGPU generation failed after ${heard.length} token(s) (${why}); hardware `
+          + '\'webgpu\' does not fall back to the CPU: load the model again, or use hardware \'auto\' or \'cpu\'');
+        failed.cause = cause;
+        throw failed;
+      }
+      const note = `WebGPU generation failed after ${heard.length} token(s) (${why}); generated again from the start on `
+        + 'the CPU path with the same seed (this model runs on the CPU path from now on)';
+      console.warn(`ulpq: ${note}`);
+      destroyQuietly(this.backend);
+      this.backend = null;
+      this.decoder = null;
+      this.variant = null;
+      this.notes.push(note);
+      await this.#useCpu();
+      notes = [...this.notes];
+      run = await this.#generateOnce(promptIds, options, seed, notes, heard);
+    }
+    return /** @type {import('./types/ulpq.js').GenerateResult} */ ({
+      text: this.tokenizer.decode(run.tokens, { skipSpecialTokens: true }), tokenIds: run.tokens, promptIds,
+      finishReason: run.finish, seed, path: this.backend.path, variant: this.variant, notes,
+      webgpu: this.webgpu, timings: { ...this.timings, encode_ms: encodeMs, ...run.timings },
+    });
+  }
+
+  /**
+   * One generation on the current backend. onToken hears only tokens past `heard` (the ones it was
+   * given by an earlier, failed attempt), and a token that differs from what it heard, with a note.
+   * A failure inside a WebGPU pass comes out as GpuPassFailure; anything else (abort, onToken's
+   * own errors) as it is.
+   */
+  async #generateOnce(promptIds, options, seed, notes, heard) {
+    const model = this.manifest.model;
     const random = createRng(seed);
     const stream = this.tokenizer.decodeStream({ skipSpecialTokens: true });
     const onToken = options.onToken;
-    const notes = [...this.notes];
     const gpu = this.backend.path === 'webgpu' ? this.decoder : null;
     let pass = null;
     if (gpu) {
       // greedy: the argmax on the GPU, 4 bytes back per token; sampling: the logits row back, drawn here
       gpu.reset();
       const greedy = options.temperature === 0;
-      pass = (ids) => gpu.forward(ids, greedy);
+      // The first pass is the prompt's; greedy steps after it keep one step in flight
+      // (GpuDecoder.next), except where the pass just made yields the last token wanted.
+      let passes = 0;
+      pass = async (ids) => {
+        try {
+          passes += 1;
+          if (greedy && passes > 1) return await gpu.next(ids[0], passes < options.maxNewTokens);
+          return await gpu.forward(ids, greedy);
+        } catch (err) {
+          throw new GpuPassFailure(err);
+        }
+      };
       if (gpu.capacity < model.max_position && promptIds.length + options.maxNewTokens > gpu.capacity) {
         notes.push(`the WebGPU KV cache holds ${gpu.capacity} positions of the model's ${model.max_position}; generation ends there`);
       }
     }
-    const run = await generateTokens({
+    const retried = heard.length;
+    let diverged = false;
+    const hear = (token, index) => {
+      const text = stream.step(token); // every token goes through the stream, so its text stays whole
+      if (index < retried && !diverged) {
+        if (heard[index] === token) return;
+        diverged = true;
+        notes.push(`the CPU path's token ${index} differs from the one WebGPU streamed before it failed; onToken hears the tokens again from there`);
+      }
+      heard[index] = token;
+      onToken?.({ token, index, text });
+    };
+    return generateTokens({
       model, io: gpu ? null : backendIo(this.backend, this.tensors), promptIds, maxNewTokens: options.maxNewTokens,
       choose: (logits) => pickToken(logits, options, random), eos: new Set(model.eos_token_ids),
-      onToken: onToken ? (token, index) => onToken({ token, index, text: stream.step(token) }) : null,
-      signal: options.signal, pause: yieldBetweenSteps, pass, maxPosition: gpu ? gpu.capacity : model.max_position,
-    });
-    return /** @type {import('./types/ulpq.js').GenerateResult} */ ({
-      text: this.tokenizer.decode(run.tokens, { skipSpecialTokens: true }), tokenIds: run.tokens, promptIds,
-      finishReason: run.finish, seed, path: this.backend.path, variant: this.variant, notes,
-      webgpu: this.webgpu, timings: { ...this.timings, encode_ms: encodeMs, ...run.timings },
+      onToken: hear, signal: options.signal, pause: yieldBetweenSteps, pass, maxPosition: gpu ? gpu.capacity : model.max_position,
     });
   }
 
@@ -539,6 +598,15 @@ export class UlpqModel {
     this.backend = null;
     this.tensors = null;
     this.tokenizer = null;
+  }
+}
+
+/** A WebGPU decoder pass that threw (device lost, a failed submit or read-back, out of memory): `cause`. */
+class GpuPassFailure extends Error {
+  constructor(cause) {
+    super(`WebGPU pass failed: ${cause?.message ?? cause}`);
+    this.name = 'GpuPassFailure';
+    this.cause = cause;
   }
 }
 
