@@ -31,7 +31,7 @@ from ulpq_build.strategy import plan_and_quantize
 from ulpq_build.errors import UserError
 from ulpq_build.formats import FORMATS
 from ulpq_build.kernels import (GEMM_LARGE_ROWS, GEMV_MAX_ROWS, SPLIT_MIN_K, SPLIT_TARGET_WORKGROUPS, KernelVariant,
-                                WeightStorage, gemv_deep, gemv_vec4_fits)
+                                WeightStorage, feature_variants, gemv_deep, gemv_vec4_fits)
 from ulpq_build.model_source import ModelSource, open_model, resolve_model
 from ulpq_build.plan import Plan
 from ulpq_build.profiles import PROFILES
@@ -130,6 +130,10 @@ def plan_shaders(model: dict, specs: dict[str, QuantSpec]) -> list[KernelVariant
     def use(kernel: str, profile: str, weight=None, **options) -> str:
         variant = KernelVariant.make(kernel, profile, weight, **options)
         variants.setdefault(variant.key, variant)
+        # its feature variants (subgroups, shader-f16), which the runtime serves under this key where
+        # the device has those features (kernels.feature_variants; web_runtime/variants.js)
+        for other in feature_variants(variant):
+            variants.setdefault(other.key, other)
         return variant.key
 
     # a gated FFN's gate product runs without its activation: the `gated` kernel applies it (silu is

@@ -128,7 +128,10 @@ def check_shader_map(manifest: dict, where) -> None:
         twice = next(k for k in keys if keys.count(k) > 1)
         raise UserError(f"{where}: shader {twice!r:.80} is listed twice; {ADVICE}")
     graph = _graph_keys(manifest["model"], where)
-    missing, unused = sorted(graph - set(keys)), sorted(set(keys) - graph)
+    # a feature variant (subgroups, shader-f16: kernels.feature_variants) serves the uses of its base key
+    used = {entry["key"] for entry in manifest["shaders"]
+            if entry["key"] in graph or (isinstance(entry.get("base_key"), str) and entry["base_key"] in graph)}
+    missing, unused = sorted(graph - set(keys)), sorted(set(keys) - used)
     if missing:
         raise UserError(f"{where}: the model uses shader {missing[0]!r:.80}, which manifest.shaders lacks; {ADVICE}")
     if unused:

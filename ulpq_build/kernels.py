@@ -11,6 +11,7 @@ implement from the variant's tiles. Adding a kernel is adding a row and a templa
 
 from __future__ import annotations
 
+import itertools
 import math
 import struct
 from dataclasses import dataclass, field
@@ -19,7 +20,7 @@ from functools import lru_cache
 import jinja2
 
 from ulpq_build.formats import Format, get_format
-from ulpq_build.profiles import DEFAULT_LIMITS, PROFILES, Profile, get_profile
+from ulpq_build.profiles import DEFAULT_LIMITS, FEATURES, PROFILES, Profile, get_profile
 from ulpq_build.resources import templates_dir
 
 MAX_WORKGROUPS_PER_DIM = 65535
@@ -434,6 +435,40 @@ def matmul_choice(m: int, k: int, weight: "WeightStorage") -> tuple[str, dict]:
     return "gemm", {"size": "large" if m >= GEMM_LARGE_ROWS else "small"}
 
 
+# Which kernels have a variant for each optional WebGPU feature (profiles.FEATURES): subgroups replace
+# the cross-thread reductions (the GEMV's row sums, the row statistics of layernorm / rmsnorm / softmax,
+# argmax's pairs); shader-f16 decodes the GEMV's packed codes in f16 pairs. feature_applies narrows
+# this by storage and tiles; every other kernel keeps one program whatever the adapter offers.
+FEATURE_KERNELS = {
+    "subgroups": ("gemv", "layernorm", "softmax", "rmsnorm", "argmax", "argmax_parts"),
+    "shader-f16": ("gemv",),
+}
+# WebGPU's smallest subgroup (subgroupMinSize is at least 4): the GEMV's array of subgroup partials
+# is sized for it, so any size the adapter reports (4..128) fits.
+MIN_SUBGROUP_SIZE = 4
+
+
+def f16_decodable(weight: "WeightStorage | None") -> bool:
+    """Does the GEMV's f16 decoding serve this storage? Uniform levels (code minus zero point: small
+    integers, exact in f16) in blocks that never straddle a scale group (the GEMV's aligned path)."""
+    if weight is None or not weight.fmt.quantized:
+        return False
+    return weight.fmt.levels == "uniform" and 32 % weight.fmt.block_values == 0
+
+
+def feature_applies(kernel: str, profile: str, weight: "WeightStorage | None", tiles: dict, feature: str) -> bool:
+    """Does `feature` change this kernel's program? Only for the profile's features and the kernels
+    of FEATURE_KERNELS; a GEMV of one thread per row (CPU profiles) has no reduction for subgroups,
+    and f16 decoding needs an f16-decodable storage."""
+    if feature not in get_profile(profile).features or kernel not in FEATURE_KERNELS[feature]:
+        return False
+    if kernel == "gemv" and feature == "subgroups":  # (codebook formats render their own gemv)
+        return tiles["threads_per_row"] > 1 and (weight is None or weight.fmt.levels != "codebook")
+    if kernel == "gemv" and feature == "shader-f16":
+        return f16_decodable(weight)
+    return True
+
+
 @dataclass(frozen=True)
 class KernelVariant:
     kernel: str
@@ -441,10 +476,11 @@ class KernelVariant:
     weight: WeightStorage | None = None
     options: tuple[tuple[str, object], ...] = ()
     tile_overrides: tuple[tuple[str, int], ...] = ()  # benchmarks try other tiles; bundles use the table's
+    features: tuple[str, ...] = ()  # the profiles.FEATURES its program uses (in FEATURES order); () is the base variant
 
     @classmethod
     def make(cls, kernel: str, profile: str, weight: WeightStorage | None = None, tiles: dict | None = None,
-             **options) -> "KernelVariant":
+             features=(), **options) -> "KernelVariant":
         k = KERNELS[kernel]
         if k.weighted != (weight is not None):
             raise ValueError(f"{kernel}: {'needs' if k.weighted else 'takes no'} weight storage")
@@ -459,8 +495,16 @@ class KernelVariant:
             raise ValueError(f"{kernel}: a split-K GEMM writes raw partial sums; its epilogue runs in the splitk kernel")
         if merged.get("vec4") and not vec4_capable(weight):
             raise ValueError(f"{kernel}: vec4 needs a words layout whose blocks align with 32 (or float32), not {weight.format}")
+        unknown = [f for f in features if f not in FEATURES]
+        if unknown:
+            raise ValueError(f"{kernel}: unknown features {unknown}; known: {', '.join(FEATURES)}")
         variant = cls(kernel, profile, weight, tuple(sorted(merged.items())), tuple(sorted((tiles or {}).items())))
         k.check_tiles(profile, variant.tiles)
+        # keep only the features that change this kernel's program: asking for more is not an
+        # error (a bundle asks every kernel for every feature), it gives the base variant's key
+        used = tuple(f for f in FEATURES if f in features and feature_applies(kernel, profile, weight, variant.tiles, f))
+        if used:
+            variant = cls(kernel, profile, weight, variant.options, variant.tile_overrides, used)
         return variant
 
     @property
@@ -496,8 +540,19 @@ class KernelVariant:
         for name, value in self.options:
             parts.append(f"{name}-{value}" if not isinstance(value, bool) else (name if value else f"no{name}"))
         parts.extend(f"{name}{value}" for name, value in self.tile_overrides)
+        parts.extend(FEATURES[f].tag for f in self.features)
         parts.append(self.prof.variant)
         return ".".join(parts)
+
+    @property
+    def base(self) -> "KernelVariant":
+        """This variant without its features: what runs where the device lacks them."""
+        return KernelVariant(self.kernel, self.profile, self.weight, self.options, self.tile_overrides)
+
+    def with_features(self, features) -> "KernelVariant":
+        """The variant of this kernel using whichever of `features` change its program."""
+        return KernelVariant.make(self.kernel, self.profile, self.weight, dict(self.tile_overrides) or None,
+                                  features=features, **self.opts)
 
     @property
     def bindings(self) -> dict[str, int]:
@@ -524,6 +579,8 @@ class KernelVariant:
         if self.kernel == "gemm":
             return 0 if t.get("direct") else 4 * t["tile_k"] * (t["tile_m"] + t["tile_n"])
         if self.kernel == "gemv":
+            if "subgroups" in self.features:  # the partials of each subgroup (at least 4 threads), + a counter
+                return 4 * (self.workgroup_size // MIN_SUBGROUP_SIZE) * t["rows"] * t["x_rows"] + 4
             return 0 if t["threads_per_row"] == 1 else 4 * self.workgroup_size * t["rows"] * t["x_rows"]
         if self.kernel == "attention":  # the scores of one query row (+ the reduction array)
             return 4 * (t["max_seq"] + (0 if t.get("one_barrier") else self.workgroup_size))
@@ -562,6 +619,9 @@ class KernelVariant:
             "options": self.opts, "profile": self.profile, "workgroup_size": self.workgroup_size,
             "tiles": self.tiles, "dispatch": self.spec.dispatch, "params": [list(p) for p in self.spec.params],
             "bindings": self.bindings, "limits": self.limits, "required_limits": self.required_limits,
+            # the base variant this one replaces where the device has its features (the model graph
+            # names base keys; web_runtime/variants.js serves each with its best feature variant)
+            "features": list(self.features), "base_key": self.base.key,
         }
 
 
@@ -589,8 +649,22 @@ def render(variant: KernelVariant) -> str:
         opts=variant.opts, bindings=variant.bindings, params=variant.spec.params, required_limits_text=required,
         weight=weight, fmt=weight.fmt if weight else None,
         scale_dtype=weight.scale_dtype if weight else None, asymmetric=weight.asymmetric if weight else False,
+        features=variant.features, enables=[FEATURES[f].enable for f in variant.features],
         max_n=HADAMARD_MAX_N,
     )
+
+
+def feature_variants(variant: KernelVariant) -> list[KernelVariant]:
+    """The feature variants a bundle ships beside `variant`: one per non-empty subset of its profile's
+    features that changes the program (distinct keys only; none for kernels no feature touches)."""
+    features = get_profile(variant.profile).features
+    found = {}
+    for size in range(1, len(features) + 1):
+        for subset in itertools.combinations(features, size):
+            other = variant.with_features(subset)
+            if other.features:
+                found.setdefault(other.key, other)
+    return list(found.values())
 
 
 def _grid(total: int) -> tuple[int, int]:

@@ -52,8 +52,14 @@ def _backend_env(value: str | None):
             os.environ["WGPU_BACKEND_TYPE"] = old
 
 
-def request_device(engine: str = "wgpu", limits: dict[str, int] | None = None, *, null_backend: bool = False):
-    """A device of `engine` with exactly `limits` (WebGPU camelCase names) above the defaults.
+# wgpu-native's names for WebGPU features where they differ from the standard's
+NATIVE_FEATURE_NAMES = {"wgpu": {"subgroups": "subgroup"}}
+
+
+def request_device(engine: str = "wgpu", limits: dict[str, int] | None = None, *, null_backend: bool = False,
+                   features: tuple[str, ...] = ()):
+    """A device of `engine` with exactly `limits` (WebGPU camelCase names) above the defaults and
+    exactly `features` (WebGPU names; an adapter without one raises, naming it).
 
     null_backend: Dawn's Null backend, which validates WGSL with Tint without any driver.
     """
@@ -64,7 +70,11 @@ def request_device(engine: str = "wgpu", limits: dict[str, int] | None = None, *
         raise RuntimeError(f"{engine}: no WebGPU adapter (install mesa-vulkan-drivers for lavapipe)")
     # wgpu-native hands out the adapter's limits when none are named: name the defaults too.
     required = {_kebab(k): v for k, v in {**DEFAULT_LIMITS, **(limits or {})}.items()}
-    return adapter.request_device_sync(required_limits=required)
+    names = [NATIVE_FEATURE_NAMES.get(engine, {}).get(f, f) for f in features]
+    missing = [f for f, n in zip(features, names) if n not in adapter.features]
+    if missing:
+        raise RuntimeError(f"{engine}: the adapter ({adapter.info.get('device', '?')}) lacks the features {missing}")
+    return adapter.request_device_sync(required_limits=required, required_features=names)
 
 
 def adapter_summary(device) -> str:
@@ -72,8 +82,17 @@ def adapter_summary(device) -> str:
     return f"{info.get('device', '?')} ({info.get('backend_type', '?')})"
 
 
+def for_naga(code: str) -> str:
+    """naga (wgpu 0.32) compiles subgroup builtins on a device with the subgroup feature but rejects
+    the `enable subgroups;` directive Tint requires: the text it is given goes without that line.
+    (Firefox offers no subgroups, so no browser hands such a shader to naga.)"""
+    return code.replace("enable subgroups;\n", "")
+
+
 def compile_shader(device, code: str, *, pipeline: bool = True):
     """Compile WGSL; with pipeline=True also create the compute pipeline. Raises on any error."""
+    if not type(device).__module__.startswith("wgpudawn"):
+        code = for_naga(code)
     module = device.create_shader_module(code=code)
     if not pipeline:
         return module
@@ -146,20 +165,21 @@ def matmul_params(qt: QuantizedTensor, m: int) -> dict:
 COMPILERS = {"naga": "wgpu-native, as Firefox", "tint": "Dawn, as Chrome"}
 
 
-def validate(code: str, workgroup_size: int, compiler: str) -> None:
+def validate(code: str, workgroup_size: int, compiler: str, features: tuple[str, ...] = ()) -> None:
     """Compile WGSL with naga (wgpu, a pipeline on lavapipe, limits raised for 512-thread variants)
     or Tint (Dawn's Null backend, no driver: it stops at 256 invocations, so 512-thread variants are
     validated as modules there). Raises with the compiler's message."""
     if compiler == "naga":
-        compile_shader(cached_device("wgpu", max(256, workgroup_size)), code)
+        compile_shader(cached_device("wgpu", max(256, workgroup_size), features=tuple(features)), code)
     elif compiler == "tint":
-        compile_shader(cached_device("dawn", 256, null_backend=True), code, pipeline=workgroup_size <= 256)
+        compile_shader(cached_device("dawn", 256, null_backend=True, features=tuple(features)), code,
+                       pipeline=workgroup_size <= 256)
     else:
         raise ValueError(f"unknown compiler {compiler!r}")
 
 
 @lru_cache(maxsize=None)
-def cached_device(engine: str, max_workgroup: int = 256, null_backend: bool = False):
-    """One device per (engine, workgroup limit) per process: lavapipe devices are slow to create."""
+def cached_device(engine: str, max_workgroup: int = 256, null_backend: bool = False, features: tuple[str, ...] = ()):
+    """One device per (engine, workgroup limit, features) per process: lavapipe devices are slow to create."""
     limits = {"maxComputeInvocationsPerWorkgroup": max_workgroup, "maxComputeWorkgroupSizeX": max_workgroup} if max_workgroup > 256 else {}
-    return request_device(engine, limits, null_backend=null_backend)
+    return request_device(engine, limits, null_backend=null_backend, features=tuple(features))

@@ -26,6 +26,33 @@ from dataclasses import dataclass
 
 from ulpq_build.errors import UserError
 
+
+@dataclass(frozen=True)
+class Feature:
+    """An optional WebGPU feature some kernels have a variant for. Negotiated like limits: the runtime
+    uses a feature's variants only when the adapter offers it and the device was requested with it
+    (requiredFeatures); otherwise the base variants run, rendered exactly as without this table.
+    Which kernels (and weight storages) a feature changes is kernels.py's `feature_applies`."""
+
+    name: str  # the GPUFeatureName: what adapter.features holds and requiredFeatures names
+    enable: str  # the WGSL enable-extension its shaders declare
+    tag: str  # its part of a variant key
+    summary: str
+
+
+FEATURES: dict[str, Feature] = {
+    f.name: f
+    for f in (
+        Feature("subgroups", "subgroups", "sg",
+                "cross-thread reductions by subgroup operations (subgroupAdd / subgroupMax / subgroupShuffleXor) and one "
+                "small workgroup array of subgroup partials, instead of a tree of workgroup barriers; correct for any "
+                "subgroup size from 4 to 128 (read from the subgroup_size builtin)"),
+        Feature("shader-f16", "f16", "f16",
+                "packed codes decoded two at a time into f16 pairs (exact: codes and zero points are small integers), "
+                "then widened; the products, the scales and every sum stay f32 (the tolerances against numpy hold)"),
+    )
+}
+
 # WebGPU's defaults (the spec's "default" limit tier): a device gets these unless it asks for more.
 DEFAULT_LIMITS = {
     "maxComputeInvocationsPerWorkgroup": 256,
@@ -43,6 +70,13 @@ class Profile:
     workgroup_size: int
     user_agent: str  # a JS RegExp source matched against navigator.userAgent
     cpu_adapter: bool = False  # serves (only) adapters that are CPU implementations
+    # the FEATURES this profile's bundles ship variants for (the runtime uses those the adapter offers)
+    features: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        unknown = [f for f in self.features if f not in FEATURES]
+        if unknown:
+            raise ValueError(f"profile {self.name}: unknown features {unknown}")
 
     @property
     def limits(self) -> dict[str, int]:
@@ -66,10 +100,15 @@ class Profile:
             "variant": self.variant,
             "user_agent": self.user_agent,
             "cpu_adapter": self.cpu_adapter,
+            "features": list(self.features),
             "limits": self.limits,
             "required_limits": self.required_limits,
         }
 
+
+# The features GPU profiles ship variants for. The cpu row has none: its GEMV has no cross-thread
+# reduction to replace, and on SwiftShader / lavapipe neither feature was measured to pay.
+GPU_FEATURES = tuple(FEATURES)
 
 # Threads per workgroup on CPU adapters: SwiftShader and lavapipe run a workgroup as a loop over
 # SIMD lanes (4 or 8 wide), one workgroup per CPU thread at a time, so a 256-thread workgroup where
@@ -81,10 +120,10 @@ PROFILES: dict[str, Profile] = {
     for p in (
         # any browser whose adapter is a CPU (Chromium: SwiftShader; Firefox: lavapipe)
         Profile("cpu", "any browser on a CPU adapter", CPU_WORKGROUP, r".", True),
-        Profile("edge", "Microsoft Edge", 256, r"\bEdg(e|A|iOS)?/"),
-        Profile("firefox", "Firefox", 128, r"\bFirefox/"),
-        Profile("chrome", "Chrome / Chromium", 256, r"\b(Chrome|Chromium|HeadlessChrome)/"),
-        Profile("safari", "Safari", 512, r"\bSafari/"),
+        Profile("edge", "Microsoft Edge", 256, r"\bEdg(e|A|iOS)?/", features=GPU_FEATURES),
+        Profile("firefox", "Firefox", 128, r"\bFirefox/", features=GPU_FEATURES),
+        Profile("chrome", "Chrome / Chromium", 256, r"\b(Chrome|Chromium|HeadlessChrome)/", features=GPU_FEATURES),
+        Profile("safari", "Safari", 512, r"\bSafari/", features=GPU_FEATURES),
     )
 }
 

@@ -18,7 +18,7 @@
 // views that the fused Q/K/V projection returns); they get buffer slots once a plan is adopted.
 
 import { IntegrityError, fetchVerifiedText } from './bundle_loader.js';
-import { chooseProfiles, cpuAdapter, detectProfile, profileShaders } from './variants.js';
+import { chooseFeatures, chooseProfiles, cpuAdapter, detectProfile, profileShaders } from './variants.js';
 import { matmulKey, packParams, splitFor, workgroups } from './dispatch.js';
 import { rotationSeed, splitSize } from './vq.js';
 
@@ -88,9 +88,12 @@ export async function createGpuBackend(manifest, tensors, baseUrl, { profile = n
         backend.destroy();
         throw err;
       }
+      // features: the optional WebGPU features whose shader variants run (requested and granted);
+      // subgroup_sizes: the adapter's subgroup size range where it says (kernels serve any size)
       const variant = {
         profile: candidate.name, workgroup_size: candidate.workgroup_size, name: candidate.variant,
         requested, detected, fallback: candidate.name !== requested,
+        features: backend.features, subgroup_sizes: backend.subgroupSizes,
       };
       return { backend, variant, notes };
     } catch (err) {
@@ -170,11 +173,20 @@ export class GpuBackend {
     // Benchmarks set globalThis.ULPQ_GPU_TIMING = true to time every dispatch (timestamp queries,
     // one pass per dispatch: slower, for finding where the time goes, never for a real run).
     const timing = globalThis.ULPQ_GPU_TIMING === true && adapter.features.has('timestamp-query');
+    // Optional features (subgroups, shader-f16) are negotiated like limits: requested when the
+    // adapter offers them and this profile ships variants for them, used only where the device
+    // grants them. Benchmarks and tests set globalThis.ULPQ_GPU_FEATURES to a list (e.g. []) to
+    // allow only those, running the base variants beside the feature ones on one adapter.
+    const allowed = Array.isArray(globalThis.ULPQ_GPU_FEATURES) ? globalThis.ULPQ_GPU_FEATURES : null;
+    const wanted = chooseFeatures(manifest, profile.name, adapter.features, allowed);
     let t = performance.now();
     const device = await adapter.requestDevice({ requiredLimits: { ...profile.required_limits },
-      requiredFeatures: timing ? ['timestamp-query'] : [] });
+      requiredFeatures: [...wanted, ...(timing ? ['timestamp-query'] : [])] });
     const backend = new GpuBackend(device, manifest, tensors, profile, poison, baseUrl);
     backend.timing = timing;
+    backend.features = wanted.filter((f) => device.features.has(f));
+    const info = adapter.info ?? {};
+    backend.subgroupSizes = info.subgroupMinSize ? { min: info.subgroupMinSize, max: info.subgroupMaxSize } : null;
     // where initialisation goes (benchmarks report it): ms per stage
     const lap = (name) => { const now = performance.now(); backend.initTimings[name] = now - t; t = now; };
     lap('device_ms');
@@ -195,6 +207,8 @@ export class GpuBackend {
   constructor(device, manifest, tensors, profile, poison, baseUrl) {
     this.path = 'webgpu';
     this.timing = false; // per-dispatch timestamps (create() sets it)
+    this.features = []; // the optional features whose shader variants this device runs (create() sets them)
+    this.subgroupSizes = null; // {min, max} where the adapter reports them
     this.baseUrl = baseUrl;
     this.device = device;
     this.manifest = manifest;
@@ -226,7 +240,7 @@ export class GpuBackend {
    * are fetched, and a file that serves several keys is fetched and compiled once.
    */
   async #startCompiling() {
-    const { shaders, files } = profileShaders(this.manifest, this.profile.name);
+    const { shaders, files } = profileShaders(this.manifest, this.profile.name, this.features);
     const codes = await Promise.all(files.map((f) => fetchVerifiedText(this.baseUrl, f.file, f.sha256)));
     this.device.pushErrorScope('validation');
     const modules = new Map(files.map((f, i) => [f.file, this.device.createShaderModule({ code: codes[i], label: f.file })]));

@@ -68,21 +68,50 @@ export function chooseProfiles(profiles, requestedName, limits, cpu = false) {
 }
 
 /**
+ * The optional WebGPU features (profiles.py FEATURES) to request for `profile`: those some shader of
+ * that profile in this bundle uses (its manifest.shaders entries' `features`) and `adapterFeatures`
+ * (a GPUSupportedFeatures or any Set-like) offers, in the bundle's order; `allowed` (null: any)
+ * narrows them. Negotiated like limits: the runtime requests these, then serves feature variants
+ * only for the ones the device really has (profileShaders' `features`).
+ */
+export function chooseFeatures(manifest, profile, adapterFeatures, allowed = null) {
+  const shipped = [];
+  for (const s of manifest.shaders) {
+    if (s.profile !== profile) continue;
+    for (const f of s.features ?? []) if (!shipped.includes(f)) shipped.push(f);
+  }
+  const order = manifest.profiles.find((p) => p.name === profile)?.features ?? [];
+  return shipped.filter((f) => adapterFeatures?.has?.(f) && (allowed === null || allowed.includes(f)))
+    .sort((a, b) => order.indexOf(a) - order.indexOf(b));
+}
+
+/**
  * The shaders a page on `profile` compiles: every kernel key the model graph names for it (each
  * matrix-product size class, each table, each operator) as manifest.shaders entries, sorted by key,
  * and the distinct manifest.shader_files entries behind them: several keys may share one file
  * (profiles that render the same WGSL), which is then fetched once. Other profiles' files are
- * never named.
+ * never named. `features`: the optional features the device has; a key then runs its variant that
+ * uses the most of them (entries whose base_key is the key and whose features are all there),
+ * served under the graph's key (`variant_key` names the entry that runs). Without features, or in a
+ * bundle that ships no feature variants, every key runs its own entry.
  */
-export function profileShaders(manifest, profile) {
+export function profileShaders(manifest, profile, features = []) {
   const keys = new Set(Object.values(manifest.model.op_kernels?.[profile] ?? {}));
   for (const has of ['in_features', 'table']) {
     for (const node of graphNodes(manifest.model, has)) for (const key of Object.values(node.kernels[profile])) keys.add(key);
   }
   const byKey = new Map(manifest.shaders.map((s) => [s.key, s]));
+  const variantsOf = new Map();
+  for (const s of manifest.shaders) {
+    const used = s.features ?? [];
+    if (!used.length || !used.every((f) => features.includes(f))) continue;
+    const best = variantsOf.get(s.base_key);
+    if (!best || used.length > best.features.length) variantsOf.set(s.base_key, s);
+  }
   const shaders = [...keys].sort().map((key) => {
     if (!byKey.has(key)) throw new Error(`the manifest has no shader ${key}`);
-    return byKey.get(key);
+    const variant = variantsOf.get(key);
+    return variant ? { ...variant, key, variant_key: variant.key } : byKey.get(key);
   });
   const listed = new Map(manifest.shader_files.map((f) => [f.file, f]));
   const files = [...new Set(shaders.map((s) => s.file))].map((file) => listed.get(file));
