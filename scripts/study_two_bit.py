@@ -36,8 +36,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from ulpq_build import calibration as cal
 from ulpq_build.architectures import describe_model, float_operands, model_tensors
 from ulpq_build.architectures.bert import LeeSimilarity
-from ulpq_build.gptq import _linear_weights
+from ulpq_build.formats import CODEBOOK_TABLE_WORDS
+from ulpq_build.gptq import _linear_weights, quantize_model
 from ulpq_build.model_source import open_model, resolve_model
+from ulpq_build.planner import plan_for_budget
+from ulpq_build.quantize import dequantize, quantize
 from ulpq_build.quantspec import QuantSpec, matrix_shape, stored_bytes
 from ulpq_build.vq.codebook import CODEBOOK_FORMATS
 from ulpq_build.vq.incoherence import MatrixRotation
@@ -59,6 +62,18 @@ def uniform(**kw):
     return lambda study: {n: Recipe(**kw) for n in study.matrices}
 
 
+# Rows through the toolchain itself: registry formats (formats.py: e8p, e8p-rvq3, ... with the bundle's
+# rotations: inputs only, tables unrotated, seeds by input width) quantized by gptq.quantize_model as
+# `bundle --format F --method gptq` does, or planned by planner.plan_for_budget (the codebook rows
+# among its candidates) and then GPTQ'd, as `bundle --target-bpw B --method gptq` and bench's mixed-B.
+def registry(fmt: str):
+    return lambda study: ("registry", {n: QuantSpec(fmt) for n in study.matrices})
+
+
+def planned(bpw: float):
+    return lambda study: ("registry", study.plan(bpw))
+
+
 def mixed(budget: float, floors: dict[str, int] | None = None, gptq_gain: float = 1.0):
     return lambda study: study.mix(budget, floors or {}, gptq_gain)
 
@@ -71,6 +86,16 @@ GPTQ_GAIN = 0.5
 
 # (name, target bits per weight, what it measures, recipes of the study's matrices), most telling first
 RUNS = [
+    ("reg-e8p-rtn", "~2", "toolchain: `bundle --format e8p` (rotations + codebook, nearest codeword)", registry("e8p")),
+    ("reg-mixed-2.25", "~2.25", "toolchain: `bundle --target-bpw 2.25 --method gptq` (planner with the codebook rows)", planned(2.25)),
+    ("reg-mixed-2.5", "~2.5", "toolchain: `bundle --target-bpw 2.5 --method gptq`", planned(2.5)),
+    ("reg-mixed-3", "~3", "toolchain: `bundle --target-bpw 3 --method gptq`", planned(3.0)),
+    ("reg-e8p-gptq", "~2", "toolchain: `bundle --format e8p --method gptq` (rotations + codebook + LDLQ)", registry("e8p")),
+    ("reg-e8p-rvq3-gptq", "~3", "toolchain: `bundle --format e8p-rvq3 --method gptq`", registry("e8p-rvq3")),
+    ("rot-in-int2-gptq", "~2", "rotations alone (inputs only, as bundles rotate), scalar int2, GPTQ",
+     uniform(spec=TERNARY, rotate=True, rotate_outputs=False, gptq=True)),
+    ("rot-in-int3-gptq", "~3", "rotations alone (inputs only), scalar int3, GPTQ",
+     uniform(spec=INT3, rotate=True, rotate_outputs=False, gptq=True)),
     ("int2-rtn", "~2", "scalar int2 (ternary levels, per-channel scales), round to nearest", uniform(spec=TERNARY)),
     ("int2-gptq", "~2", "scalar int2, GPTQ (today's baseline)", uniform(spec=TERNARY, gptq=True)),
     ("rot-int2-rtn", "~2", "rotations alone, round to nearest", uniform(spec=TERNARY, rotate=True)),
@@ -119,11 +144,44 @@ class Study:
         self.calibration = cal.calibration_for(self.model, folder)
         self._sensitivity = None
 
-    def run(self, recipes: dict[str, Recipe]) -> dict:
-        weights, stored = quantize_weights(self.model, self.weights, recipes, self.calibration.run)
+    def run(self, recipes, gptq: bool = True) -> dict:
+        if isinstance(recipes, tuple):  # ("registry", specs): the toolchain's own quantizers
+            weights, stored = self.run_registry(recipes[1], gptq)
+        else:
+            weights, stored = quantize_weights(self.model, self.weights, recipes, self.calibration.run)
         result = self.score(weights)
         return {"bits_per_weight": 8 * sum(stored.values()) / self.params, "pearson_pct": result["ratio"],
                 "pearson": result["value"], "mean_cosine": result["mean_cosine_to_float32"]}
+
+    def run_registry(self, specs: dict[str, QuantSpec], gptq: bool):
+        """Every matrix by the toolchain (GPTQ in graph order, or rounding), dequantized; stored bytes,
+        the bundle's one copy of the codebook tables (2 KiB) counted once when a codebook format is used."""
+        if gptq:
+            tensors = quantize_model(self.model, self.weights, specs, self.calibration.run, lambda m: None)
+        else:
+            tensors = {n: quantize(n, self.weights[n], s) for n, s in specs.items()}
+        weights = dict(self.weights)
+        weights.update({n: dequantize(t) for n, t in tensors.items()})
+        stored = {n: t.nbytes for n, t in tensors.items()}
+        if any(s.fmt.levels == "codebook" for s in specs.values()):
+            stored["<codebook tables>"] = 4 * CODEBOOK_TABLE_WORDS
+        return weights, stored
+
+    def plan(self, bpw: float) -> dict[str, QuantSpec]:
+        """planner.plan_for_budget's choice at bpw over the study's matrices (sensitivities measured once)."""
+        tensors = [(n, self.weights[n].shape, "float32") for n in self.matrices]
+        start = time.time()
+        plan = plan_for_budget(tensors, self.weights, self.calibration, target_bpw=bpw, cache_key=("study",),
+                               log=self.log)
+        chosen = {e.name: e.spec for e in plan.entries}
+        counts: dict[str, int] = {}
+        for n, s in chosen.items():
+            label = s.format + ("" if s.group_size == 0 else f"/g{s.group_size}")
+            counts[label] = counts.get(label, 0) + self.weights[n].size
+        self.log(f"plan at {bpw} bpw ({time.time() - start:.0f} s): word table "
+                 f"{chosen['embeddings.word_embeddings.weight'].format}; weights per format "
+                 + ", ".join(f"{k} {v / self.params:.1%}" for k, v in sorted(counts.items())))
+        return chosen
 
     def option_bytes(self, name: str, option: Recipe) -> int:
         shape = self.weights[name].shape
@@ -207,7 +265,8 @@ def main(argv=None) -> int:
             skipped.append(name)
             continue
         t0 = time.time()
-        row = {"run": name, "target": target, "what": what, **study.run(recipes(study)), "seconds": round(time.time() - t0)}
+        row = {"run": name, "target": target, "what": what, **study.run(recipes(study), gptq=not name.endswith("-rtn")),
+               "seconds": round(time.time() - t0)}
         rows.append(row)
         log(f"{name:20s} {row['bits_per_weight']:.3f} bpw  Pearson {row['pearson_pct']:6.2f}%  "
             f"cosine {row['mean_cosine']:.4f}  ({row['seconds']} s)")

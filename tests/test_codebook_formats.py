@@ -9,13 +9,19 @@ import pytest
 from ulpq_build.formats import CODEBOOK_FORMATS, FORMATS
 from ulpq_build.gptq import gptq_quantize, hessian
 from ulpq_build.kernels import HADAMARD_MAX_N, KernelVariant, WeightStorage, render
-from ulpq_build.native_webgpu import COMPILERS, KernelRunner, cached_device, matmul_params, validate, weight_arrays
+from ulpq_build.native_webgpu import (
+    COMPILERS,
+    KernelRunner,
+    cached_device,
+    matmul_params,
+    validate,
+    weight_arrays,
+)
 from ulpq_build.packing import pack_vq, unpack_vq
 from ulpq_build.profiles import PROFILES
 from ulpq_build.quantize import dequantize, quantize
 from ulpq_build.quantspec import QuantSpec, stored_bytes
 from ulpq_build.reference import relative_error
-from ulpq_build.vq.codebook import CODEBOOK_FORMATS as CODEBOOKS
 from ulpq_build.vq.e8 import e8p_grid, e81b_grid
 from ulpq_build.vq.incoherence import RandomHadamard, sign_bits
 from ulpq_build.vq.tensor import codebook_tables, decode_rotated, rotation_seed
@@ -76,7 +82,7 @@ def test_ldlq_lowers_the_output_error(name, rng):
     x = rng.standard_normal((600, 128)) @ rng.standard_normal((128, 128)) * 0.3 + rng.standard_normal((600, 128))
     w = rng.standard_normal((32, 128)).astype(np.float32)
     spec = QuantSpec(name)
-    out = lambda q: np.mean((x @ (q - w).T) ** 2)  # noqa: E731
+    out = lambda q: np.mean((x @ (q - w).T) ** 2)
     assert out(dequantize(gptq_quantize(LINEAR, w, spec, hessian(x)))) < 0.9 * out(dequantize(quantize(LINEAR, w, spec)))
 
 
@@ -177,6 +183,7 @@ def test_js_cpu_path_decodes_and_runs(tmp_path, rng):
     the forward pass, match numpy over the bundle's own weights."""
     from support import ROOT, node_json, run_cli
     from test_js_runtime import CPU_PATH_TOLERANCE, mlp_forward
+
     from ulpq_build.bundle_reader import load_bundle
 
     bundle = tmp_path / "b"
@@ -199,16 +206,16 @@ def test_bert_bundle_in_browsers(browser, tmp_path_factory):
     """`verify`'s check of a small BERT in e8p (hidden 48 = 12 * 4 and 96 = 12 * 8: the Paley block and
     the butterflies both run) on WebGPU (hadamard + codebook GEMV/GEMM) and on the CPU path (plain JS, the
     wasm kernels declining the format, said so). A browser that does not start fails the test."""
+    import shutil
+
     from support import tiny_bert
+
     from ulpq_build.browser_check import check_in_browser
     from ulpq_build.browsers import launch
     from ulpq_build.bundle_reader import load_bundle
     from ulpq_build.cli import main as cli_main
-    from ulpq_build.serve import BundleServer
-
-    import shutil
-
     from ulpq_build.model_source import resolve_model
+    from ulpq_build.serve import BundleServer
 
     root = tmp_path_factory.mktemp("vq-bert")
     # MiniLM's tokenizer (the check encodes real sentences), a small random BERT behind it
@@ -233,3 +240,62 @@ def test_bert_bundle_in_browsers(browser, tmp_path_factory):
         session.close()
         server.shutdown()
         server.server_close()
+
+
+def reference_dequantize(parts, fmt, rows, k):
+    """Codebook parts to float64 by the slow, independent route: each code's bits read one by one,
+    codewords from the full grids (e8.e8p_grid: every code decoded from its bits; e81b_grid), the
+    stages summed with their magnification, the row scales, then the dense R^T (RandomHadamard.matrix)."""
+    grids = {"e8p": e8p_grid().astype(np.float64), "e81b": e81b_grid().astype(np.float64)}
+    words = np.asarray(parts["codes"], np.uint64)
+    values = np.zeros((rows, k))
+    start, magnify = 0, 1.0
+    for stage, count in zip(fmt.stages, fmt.stage_words(k)):
+        bits = {"e8p": 16, "e81b": 8}[stage]
+        for g in range(k // 8):
+            bit = g * bits
+            code = (words[:, start + bit // 32] >> np.uint64(bit % 32)) & np.uint64((1 << bits) - 1)
+            values[:, 8 * g : 8 * g + 8] += grids[stage][code.astype(np.int64)] / magnify
+        start += count
+        magnify *= np.float32(fmt.resid_scale)
+    values *= parts["scales"].astype(np.float64)
+    seed = int(parts["seeds"][0])
+    return values @ RandomHadamard(k, seed).matrix() if seed else values  # rows r -> R^T r
+
+
+@pytest.mark.parametrize("name", ["e8p", "e8p-rvq3"])
+def test_dequantize_restores_the_original_basis(name, tmp_path):
+    """`quantize --format NAME` then `dequantize`: every matrix in its original basis, equal to the
+    slow numpy reference over the checkpoint's own parts, and close to the float32 weights."""
+    from support import run_cli
+
+    from ulpq_build.checkpoint import Checkpoint
+    from ulpq_build.safetensors_io import SafetensorsFile
+
+    ck, out = tmp_path / "q.safetensors", tmp_path / "f.safetensors"
+    run_cli("quantize", "builtin:mlp", "--format", name, "--out", ck, check=0)
+    run_cli("dequantize", ck, "--out", out, check=0)
+    checkpoint, restored = Checkpoint(ck), SafetensorsFile(out)
+    fmt = FORMATS[name]
+    checked = 0
+    for t in checkpoint.tensors:
+        if t.spec is None or t.spec.format != name:
+            continue
+        qt = checkpoint.quantized_tensor(t)
+        rows, k = qt.matrix_layout()["rows"], qt.matrix_layout()["k"]
+        expected = reference_dequantize(qt.parts, fmt, rows, k)
+        got = np.asarray(restored.tensor(t.name), np.float64).reshape(rows, k)
+        assert relative_error(got, expected) < DEQUANTIZE_TOLERANCE, t.name
+        checked += 1
+    assert checked == 3
+
+
+def test_planner_offers_codebooks_where_rows_fit():
+    """The planner's candidates include every codebook row for rows a multiple of 8 long, none otherwise,
+    and order them by the bytes they store (a 2-bit codebook between 1-bit and ternary 2-bit storage)."""
+    from ulpq_build.planner import candidates_for
+
+    names = [c.format for c in candidates_for((384, 384))]
+    assert set(CODEBOOK_FORMATS) <= set(names)
+    assert names.index("e81b") < names.index("e8p") < names.index("int2-ternary") < names.index("e8p-rvq3")
+    assert not set(CODEBOOK_FORMATS) & {c.format for c in candidates_for((10, 100))}

@@ -4,6 +4,9 @@ under a budget of bits per weight or bytes.
 1. Sensitivity: for each matrix and each candidate storage, quantize that matrix alone (round to
    nearest), run the calibration subset, and measure how far the model's outputs moved from the
    float32 model's (calibration.distortion).
+   The codebook formats (e81b, e8p, e8p-rvq3, e8p-rvq4) are candidates beside the scalar ones for
+   every matrix whose rows are a multiple of 8 long; their sensitivity is measured the same way,
+   rounding to the nearest codeword on rotated inputs.
 2. Allocation: start every matrix at its cheapest candidate; repeatedly take the upgrade (a matrix
    to a costlier candidate) with the largest drop in distortion per byte added, while it fits the
    budget. Distortions of different matrices are treated as additive, the usual approximation.
@@ -19,6 +22,7 @@ import numpy as np
 
 from ulpq_build.calibration import Calibration, distortion
 from ulpq_build.errors import UserError
+from ulpq_build.formats import CODEBOOK_FORMATS, GROUP_DIM
 from ulpq_build.plan import FLOAT32, Plan, Rule, is_matrix, resolve_plan
 from ulpq_build.quantize import dequantize, quantize
 from ulpq_build.quantspec import QuantSpec, matrix_shape, stored_bytes
@@ -39,13 +43,18 @@ CANDIDATES = [
     QuantSpec("int4", 32, scale_dtype="float16"),
     QuantSpec("int8", 0),
     FLOAT32,
+    # the codebook rows (ulpq_build/vq/: 8 weights jointly, rotated inputs, a float16 scale per row): at
+    # each width they move a matrix's outputs less than the scalar storage of about the same bytes
+    # (docs/two_bit_study.md), so the allocation takes them where their distortion per byte is best
+    *(QuantSpec(name) for name in CODEBOOK_FORMATS),
 ]
 
 
 def candidates_for(shape: tuple[int, ...]) -> list[QuantSpec]:
     """The candidates that fit this matrix, in ascending order of stored bytes."""
     k = matrix_shape(shape)[1]
-    fitting = [c for c in CANDIDATES if c.group_size <= 0 or k % c.group_size == 0]
+    fitting = [c for c in CANDIDATES if (c.group_size <= 0 or k % c.group_size == 0)
+               and (c.fmt.levels != "codebook" or k % GROUP_DIM == 0)]
     return sorted(fitting, key=lambda c: stored_bytes(c, shape))
 
 

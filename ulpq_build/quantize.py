@@ -143,7 +143,8 @@ def quantize(name: str, w: np.ndarray, spec: QuantSpec) -> QuantizedTensor:
 
 def quantize_vq(name: str, w: np.ndarray, spec: QuantSpec, h: np.ndarray | None = None) -> QuantizedTensor:
     """A codebook-format tensor (ulpq_build/vq/tensor.py), by rounding or, with the Hessian h, block LDLQ."""
-    from ulpq_build.vq.tensor import quantize_codebook  # vq builds on gptq, which builds on this module
+    # imported here: vq builds on gptq, which builds on this module
+    from ulpq_build.vq.tensor import quantize_codebook
 
     w = np.asarray(w)
     _check_matrix(name, w, spec.fmt)

@@ -33,6 +33,7 @@ class Recipe:
     spec: QuantSpec | None = None
     rotate: bool = False
     gptq: bool = False
+    rotate_outputs: bool = True  # with rotate: the output dimension too where it has a flat Hadamard
 
     def __post_init__(self):
         if (self.codebook is None) == (self.spec is None):
@@ -47,7 +48,8 @@ class Recipe:
         else:
             s = self.spec
             what = f"{s.format}/{'chan' if s.group_size == 0 else s.group_size}" + ("/f16" if s.scale_dtype == "float16" else "")
-        return ("rot+" if self.rotate else "") + what + ("+gptq" if self.gptq else "")
+        rot = ("rot+" if self.rotate_outputs else "rot-in+") if self.rotate else ""
+        return rot + what + ("+gptq" if self.gptq else "")
 
 
 def matrix_seed(name: str) -> int:
@@ -61,7 +63,7 @@ def quantize_matrix(name: str, w: np.ndarray, recipe: Recipe, h: np.ndarray | No
     shape = np.shape(w)
     rows, k = matrix_shape(shape)
     w = np.asarray(w, np.float64).reshape(rows, k)
-    rotation = MatrixRotation.for_shape(rows, k, matrix_seed(name)) if recipe.rotate else None
+    rotation = MatrixRotation.for_shape(rows, k, matrix_seed(name), recipe.rotate_outputs) if recipe.rotate else None
     if rotation is not None:
         w = rotation.rotate_weight(w)
         h = None if h is None else rotation.rotate_hessian(h)

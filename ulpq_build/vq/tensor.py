@@ -23,11 +23,16 @@ import numpy as np
 from ulpq_build.errors import UserError
 from ulpq_build.formats import CODEBOOK_STAGES, CODEBOOK_TABLE_WORDS, GROUP_DIM, Format
 from ulpq_build.packing import pack_vq, unpack_vq
-from ulpq_build.vq.codebook import CODEBOOK_FORMATS, CodedMatrix, quantize_ldlq, quantize_rtn
+from ulpq_build.vq.codebook import (
+    CODEBOOK_FORMATS,
+    CodedMatrix,
+    quantize_ldlq,
+    quantize_rtn,
+)
 from ulpq_build.vq.e8 import e8p_table, e81b_grid, lut8_table
 from ulpq_build.vq.incoherence import RandomHadamard, split_size
 
-_TABLE = re.compile(r"embed", re.I)
+_TABLE = re.compile(r"embed", re.IGNORECASE)
 
 
 def rotation_seed(k: int) -> int:
