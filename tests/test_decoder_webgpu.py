@@ -94,7 +94,8 @@ COUNT = """async ({ ids }) => {
     restore.forEach((f) => f());
   }
   return { counts, mapped, tokenIds: r.tokenIds, path: r.path, steps: r.timings.decode_steps,
-           stats: model.backend.stats, memory: model.backend.memoryBytes() };
+           stats: model.backend.stats, memory: model.backend.memoryBytes(), fused: [...model.backend.fused.keys()],
+           gates: model.manifest.model.layers.filter((l) => l.gate).map((l) => l.gate.weight) };
 }"""
 
 
@@ -223,7 +224,8 @@ def check_steady(out, case):
     the steps whose cache slot moved; 4 bytes read back per greedy token. From the second decode step
     on, the token id is not written: each step's argmax is copied on the device into the step plan's
     input, and the next step is submitted before the token is read back (GpuDecoder.next); no step
-    runs past the last token asked for."""
+    runs past the last token asked for. A gated layer's gate and up weights are one product (fused at
+    upload as views: nothing stored twice)."""
     counts = out["counts"]
     assert out["path"] == "webgpu" and out["tokenIds"] == case["greedy_tokens"] and out["steps"] == 31
     created = {k: v for k, v in counts.items() if k.startswith("create") and k != "createCommandEncoder"}
@@ -232,6 +234,7 @@ def check_steady(out, case):
     assert counts["submit"] == passes and counts["beginComputePass"] == passes, counts
     assert counts["writeBuffer"] == 3 + 3 + 2 * (out["steps"] - 1), counts
     assert out["mapped"] == [4] * passes, out["mapped"]
+    assert set(out["gates"]) <= set(out["fused"]), (out["gates"], out["fused"])
 
 
 def test_bench_gpu_decode_smoke(tmp_path):

@@ -121,11 +121,20 @@ const ACTIVATION_USAGE = () => GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_SRC 
  * formats, per-tensor scales or codebooks).
  */
 function qkvLayout(tensors, layer) {
-  const nodes = [layer.query, layer.key, layer.value];
+  return fusedLayout(tensors, [layer.query, layer.key, layer.value]);
+}
+
+/**
+ * Linear nodes reading one input as one product, as qkvLayout does for Q, K and V (null: they
+ * cannot be). `ownActivations`: each node's activation is applied by whoever reads the product (a
+ * gated FFN's gate and up, planned without theirs), so they need not agree.
+ */
+function fusedLayout(tensors, nodes, ownActivations = false) {
   if (nodes.some((n) => !n?.weight)) return null;
   const weights = nodes.map((n) => tensors.get(n.weight));
   const same = (f) => nodes.every((n) => f(n) === f(nodes[0]));
-  if (!same((n) => JSON.stringify(n.kernels)) || !same((n) => Boolean(n.bias)) || !same((n) => n.activation)) return null;
+  if (!same((n) => JSON.stringify(n.kernels)) || !same((n) => Boolean(n.bias))) return null;
+  if (!ownActivations && !same((n) => n.activation)) return null;
   const m = weights[0].entry.matrix;
   const shape = (w) => JSON.stringify({ ...w.entry.matrix, rows: 0 });
   if (weights.some((w) => shape(w) !== shape(weights[0]))) return null;
@@ -285,9 +294,16 @@ export class GpuBackend {
     const placed = new Set();
     // a decoder's graph reads Q|K|V as one product, always; an encoder's only where views are free
     const decoder = Boolean(this.manifest.model.positions);
+    const groups = [];
     for (const layer of this.manifest.model.layers ?? []) {
-      const qkv = qkvLayout(this.tensors, layer);
-      if (!qkv || !(qkv.aligned || decoder)) continue;
+      groups.push([qkvLayout(this.tensors, layer), decoder]);
+      // a gated decoder's gate|up as one product (one dispatch where there were two, each step),
+      // only as views of one upload: never stored twice
+      if (decoder && layer.gate && layer.up) groups.push([fusedLayout(this.tensors, [layer.gate, layer.up], true), false]);
+    }
+    for (const [qkv, copyAllowed] of groups) {
+      if (!qkv || !(qkv.aligned || copyAllowed)) continue;
+      const name = `${qkv.nodes[0].weight}+${qkv.nodes.length - 1}`;
       // unaligned pieces (a small decoder's K/V scales): the fused copy for the graph, the separate
       // tensors uploaded as well below (the self-test's product reads the query alone)
       const views = qkv.aligned;
@@ -295,13 +311,13 @@ export class GpuBackend {
       const whole = {};
       if (views) qkv.nodes.forEach((n) => this.weights.set(n.weight, {}));
       for (const [part, pieces] of Object.entries(qkv.parts)) {
-        const buffer = this.#buffer(concat(pieces), `${layer.query.weight}+k+v:${part}`);
+        const buffer = this.#buffer(concat(pieces), `${name}:${part}`);
         whole[`w.${part}`] = { buffer };
         if (views) qkv.nodes.forEach((n, i) => { this.weights.get(n.weight)[part] = view(buffer, pieces, i); });
       }
       let bias = null;
       if (qkv.bias) {
-        const buffer = this.#buffer(concat(qkv.bias), `${layer.query.weight}+k+v:bias`);
+        const buffer = this.#buffer(concat(qkv.bias), `${name}:bias`);
         bias = { buffer };
         if (views) qkv.nodes.forEach((n, i) => { this.weights.set(n.bias, { codes: view(buffer, qkv.bias, i) }); placed.add(n.bias); });
       }
@@ -310,7 +326,7 @@ export class GpuBackend {
         if (views) qkv.nodes.forEach((n) => { this.weights.get(n.weight).codebook = this.#sharedCodebook(); });
       }
       if (views) qkv.nodes.forEach((n) => placed.add(n.weight));
-      this.fused.set(layer.query.weight, { resources: whole, bias, matrix: qkv.matrix, node: qkv.nodes[0], hidden: qkv.hidden,
+      this.fused.set(qkv.nodes[0].weight, { resources: whole, bias, matrix: qkv.matrix, node: qkv.nodes[0], hidden: qkv.hidden,
         widths: qkv.widths });
     }
     for (const [name, tensor] of this.tensors) {
@@ -531,6 +547,17 @@ export class GpuBackend {
     if (!fused) return null;
     const x = this.#rotated(h, fused.node, this.tensors.get(fused.node.weight));
     return this.#matmul('qkv', fused.node.kernels[this.profile.name], x, fused.matrix, () => fused.resources, fused.bias, null);
+  }
+
+  /**
+   * A gated decoder layer's gate|up as one [rows, 2 x intermediate] product (gate's columns first)
+   * where their weights were fused at upload, else null (two products).
+   */
+  linearGateUp(h, layer) {
+    const fused = layer.gate && this.fused.get(layer.gate.weight);
+    if (!fused) return null;
+    const x = this.#rotated(h, fused.node, this.tensors.get(fused.node.weight));
+    return this.#matmul('gate_up', fused.node.kernels[this.profile.name], x, fused.matrix, () => fused.resources, fused.bias, null);
   }
 
   linearQKV(h, layer) {

@@ -163,10 +163,13 @@ export class GpuDecoder {
       x = b.linear(context, layer.attn_out, x);
       const m = norm(x, layer.mlp_norm);
       if (model.ffn === 'gated') {
-        const gate = b.linear(m, layer.gate); // planned without its activation: `gated` applies it
-        const up = b.linear(m, layer.up);
+        // gate and up are planned without their activation: `gated` applies it. One product of both
+        // where the backend fused them (its rows: gate's columns, then up's), else two.
         const cols = layer.gate.out_features;
-        const product = b.operator('gated', 'gate', { gate, up }, { count: n * cols, cols, in_stride: cols, gate_off: 0, up_off: 0 }, n, cols);
+        const both = b.linearGateUp(m, layer);
+        const [gate, up] = both ? [both, both] : [b.linear(m, layer.gate), b.linear(m, layer.up)];
+        const product = b.operator('gated', 'gate', { gate, up },
+          { count: n * cols, cols, in_stride: both ? 2 * cols : cols, gate_off: 0, up_off: both ? cols : 0 }, n, cols);
         x = b.linear(product, layer.down, x);
       } else {
         x = b.linear(b.linear(m, layer.fc), layer.proj, x);
