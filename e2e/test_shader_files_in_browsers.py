@@ -31,9 +31,13 @@ def vit_site(site):
     return site
 
 
-def profile_files(manifest: dict) -> dict[str, set[str]]:
-    """profile -> the shader files its kernel keys name in the model graph."""
+def profile_files(manifest: dict, features=()) -> dict[str, set[str]]:
+    """profile -> the shader files its kernel keys name in the model graph, on a device with `features`
+    (variants.js profileShaders: a key runs its variant using the most of them)."""
     file_of = {s["key"]: s["file"] for s in manifest["shaders"]}
+    for s in sorted(manifest["shaders"], key=lambda s: len(s.get("features", []))):
+        if s.get("features") and set(s["features"]) <= set(features):
+            file_of[s["base_key"]] = s["file"]
     files = {p: set() for p in PROFILES}
 
     def walk(tree):
@@ -54,9 +58,9 @@ def profile_files(manifest: dict) -> dict[str, set[str]]:
     return files
 
 
-def check_fetches(session, folder, name: str, profile: str) -> None:
+def check_fetches(session, folder, name: str, profile: str, features=()) -> None:
     manifest = json.loads((folder / "manifest.json").read_text())
-    expected = profile_files(manifest)
+    expected = profile_files(manifest, features)
     fetched = Counter(p.split(f"/{name}/", 1)[1] for p in session.evaluate(FETCHED) if "/shaders/" in p)
     assert fetched and set(fetched) == expected[profile], (sorted(fetched), sorted(expected[profile]))
     assert max(fetched.values()) == 1, fetched.most_common(3)  # each file once
@@ -72,7 +76,7 @@ def test_mlp_page_fetches_only_its_profile_shaders(demo, site, browser, query, p
     assert state["status"] == "done", state
     result = state["result"]
     assert result["path"] == "webgpu" and result["variant"]["profile"] == profile
-    check_fetches(session, site / "int4", "int4", profile)
+    check_fetches(session, site / "int4", "int4", profile, result["variant"]["features"])
     bundle = load_bundle(site / "int4")
     expected = mlp_forward(bundle.model, bundle.weights, np.asarray(bundle.manifest["demo"]["inputs"]))
     assert relative_error(np.asarray(result["output"]), expected) < MLP_TOLERANCE
@@ -85,6 +89,6 @@ def test_vit_page_fetches_only_its_profile_shaders(demo, vit_site, browser, quer
     assert state["status"] == "ready", state
     result = session.evaluate(RUN_SAMPLES)
     assert result["path"] == "webgpu" and result["variant"]["profile"] == profile
-    check_fetches(session, folder, "vit-shader-files", profile)
+    check_fetches(session, folder, "vit-shader-files", profile, result["variant"]["features"])
     expected = samples_reference(folder, load_bundle(folder))
     assert relative_error(np.asarray(result["logits"]), expected) < E2E_LOGITS

@@ -66,7 +66,7 @@ def variant_of(entry: dict) -> KernelVariant:
     """The kernel variant a manifest shader entry describes, rebuilt from its fields."""
     w = entry["weight"]
     weight = WeightStorage(w["format"], w["scale_dtype"], w["asymmetric"]) if w else None
-    variant = KernelVariant.make(entry["kernel"], entry["profile"], weight, **entry["options"])
+    variant = KernelVariant.make(entry["kernel"], entry["profile"], weight, features=entry.get("features", ()), **entry["options"])
     assert variant.key == entry["key"]
     return variant
 
@@ -117,7 +117,9 @@ def test_each_program_is_stored_once_and_every_profile_resolves(bundles, name):
         assert pages[profile] <= set(listed)
     assert pages["chrome"] == pages["edge"]  # chrome and edge render the same programs: one set of files
     assert not pages["chrome"] & (pages["firefox"] | pages["safari"])  # other workgroup sizes, other programs
-    assert set().union(*pages.values()) == set(listed)  # every file is used by some page
+    # every file is used by some page (feature variants: where the device has their features)
+    featured = {s["file"] for s in manifest["shaders"] if s.get("features")}
+    assert set().union(*pages.values(), featured) == set(listed)
     assert len(listed) < len(manifest["shaders"])
     load_bundle(folder)  # and the reader accepts it
 
@@ -127,9 +129,9 @@ def test_each_program_is_stored_once_and_every_profile_resolves(bundles, name):
 def test_stored_shaders_compile(bundles, compiler):
     """The stored text, not only the render, is valid WGSL in both compilers browsers use."""
     manifest = json.loads((bundles / "vit" / "manifest.json").read_text())
-    size = {s["file"]: s["workgroup_size"] for s in manifest["shaders"]}
-    for file, workgroup_size in sorted(size.items()):
-        validate((bundles / "vit" / file).read_text(), workgroup_size, compiler)
+    size = {s["file"]: (s["workgroup_size"], tuple(s.get("features", ()))) for s in manifest["shaders"]}
+    for file, (workgroup_size, features) in sorted(size.items()):  # a feature variant on a device with its features
+        validate((bundles / "vit" / file).read_text(), workgroup_size, compiler, features)
 
 
 def edited(bundles, tmp_path, edit):

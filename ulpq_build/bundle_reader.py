@@ -130,7 +130,8 @@ def check_shader_map(manifest: dict, where) -> None:
     graph = _graph_keys(manifest["model"], where)
     # a feature variant (subgroups, shader-f16: kernels.feature_variants) serves the uses of its base key
     used = {entry["key"] for entry in manifest["shaders"]
-            if entry["key"] in graph or (isinstance(entry.get("base_key"), str) and entry["base_key"] in graph)}
+            if entry["key"] in graph or (entry.get("features") and isinstance(entry.get("base_key"), str)
+                                         and entry["base_key"] != entry["key"] and entry["base_key"] in graph)}
     missing, unused = sorted(graph - set(keys)), sorted(set(keys) - used)
     if missing:
         raise UserError(f"{where}: the model uses shader {missing[0]!r:.80}, which manifest.shaders lacks; {ADVICE}")
