@@ -198,6 +198,8 @@ def table(results: dict) -> str:
         per_token = row["weight_bytes"] + row["cache_bytes"]
         bound = read * 1e9 / per_token if read else None
         tps = row.get("tokens_per_second")
+        if row.get("features") is not None:  # the optional-feature kernels that ran (None: a runtime before them)
+            row["note"] = "; ".join(filter(None, [row.get("note"), f"kernels: {', '.join(row['features']) or 'base'}"]))
         lines.append(f"| {row['format']} | {row.get('bits_per_weight')} | {per_token / 1e6:.1f} MB | "
                      f"{tps:.1f} | {1000 / tps:.2f} | {bound:.0f} | {100 * tps / bound:.0f}% | {row['prefill_ms']:.1f} | "
                      f"{row['matches_reference']} | {row.get('note') or ''} |" if tps and bound else
@@ -219,6 +221,13 @@ def before_twin(row: dict, runtime: Path, rows: list) -> dict:
         shutil.copyfile(js, dst / js.name)
     twin = {**row, "format": f"{row['format']} (before)", "dir": str(dst)}
     rows.insert(rows.index(row), twin)
+    return twin
+
+
+def base_twin(row: dict, rows: list) -> dict:
+    """The same bundle run with no optional WebGPU feature (its base kernels), in the same run."""
+    twin = {**row, "format": f"{row['format']} (base kernels)", "features": []}
+    rows.insert(rows.index(row) + 1, twin)
     return twin
 
 
@@ -257,6 +266,8 @@ def main(argv=None) -> int:
     p.add_argument("--timeout-s", type=float, default=1800, help="per bundle build and for the Node run")
     p.add_argument("--before-runtime", type=Path, default=None,
                    help="a folder of an earlier runtime's *.js: each bundle is also timed under it, in the same run")
+    p.add_argument("--base-kernels", action="store_true",
+                   help="also time each bundle with the optional-feature kernels (subgroups, shader-f16) off")
     p.add_argument("--profile", action="store_true",
                    help="also time each kernel of one decode step and the submit/read-back round trip (printed after the table)")
     args = p.parse_args(argv)
@@ -291,11 +302,15 @@ def main(argv=None) -> int:
     with cf.ThreadPoolExecutor(max(1, args.jobs)) as pool:
         list(pool.map(build, rows))
     built = [r for r in rows if not r.get("error")]
+    if args.base_kernels:
+        # each bundle again with the optional-feature kernels (subgroups, shader-f16) turned off
+        built = [twin for row in built for twin in (row, base_twin(row, rows))]
     if args.before_runtime:
         built = [twin for row in built for twin in (before_twin(row, args.before_runtime, rows), row)]
     if built:
         prompt = [(7 * i + 11) % TOKENIZER_VOCAB for i in range(args.prompt_tokens)]
-        request = {"bundles": [{"name": r["format"], "dir": r["dir"]} for r in built], "prompt_ids": prompt,
+        request = {"bundles": [{"name": r["format"], "dir": r["dir"], "features": r.get("features")} for r in built],
+                   "prompt_ids": prompt,
                    "new_tokens": args.new_tokens, "repeats": args.repeats, "hardware": args.hardware,
                    "profile": args.profile}
         req = args.work / "request.json"
@@ -313,7 +328,7 @@ def main(argv=None) -> int:
             for row, entry in zip(built, got["bundles"]):
                 row.update({k: entry.get(k) for k in ("error", "path", "variant", "tokens_per_second", "prefill_ms",
                                                       "matches_reference", "init_ms", "load_ms", "cache_slots", "first",
-                                                      "runs", "notes", "gpu_memory", "round_trip", "step_profile")})
+                                                      "runs", "notes", "gpu_memory", "round_trip", "step_profile", "features")})
                 if entry.get("runs"):
                     row["tokens_per_second_spread"] = [min(r["tokens_per_second"] for r in entry["runs"]),
                                                        max(r["tokens_per_second"] for r in entry["runs"])]

@@ -340,6 +340,8 @@ def main(argv=None) -> int:
                    "the runtime's choice (Dawn under Node: chrome)")
     p.add_argument("--device", default="cuda", help="torch device")
     p.add_argument("--ort-ep", default="webgpu")
+    p.add_argument("--base-kernels", action="store_true",
+                   help="also time each bundle with the optional-feature kernels (subgroups, shader-f16) off: columns '<format> base'")
     p.add_argument("--jobs", type=int, default=min(8, os.cpu_count() or 1), help="bundles built at once")
     p.add_argument("--budget-s", type=float, default=500, help="whole run; each Node process gets a share and is stopped "
                    "when out of time, so the table is always printed")
@@ -424,6 +426,8 @@ def main(argv=None) -> int:
         for name in results["models"]:
             bundles = [{"name": fmt, "dir": str(args.work / name / f"bundle-{fmt.replace(':', '')}")} for fmt in formats
                        if f"{name} {fmt}" in results["build"]]
+            if args.base_kernels:  # each bundle again with its optional-feature kernels (subgroups, shader-f16) off
+                bundles += [{**b, "name": f"{b['name']} base", "features": []} for b in bundles]
             if not bundles:
                 continue
             try:
@@ -478,7 +482,7 @@ def main(argv=None) -> int:
                 traceback.print_exc()
 
     results["seconds"] = round(time.time() - t_start, 1)
-    text = table(results, formats)
+    text = table(results, formats + ([f"{f} base" for f in formats] if args.base_kernels else []))
     (args.out / "gpu_models.json").write_text(json.dumps(results, indent=1, default=str))
     (args.out / "gpu_models.md").write_text(text + "\n")
     print("\n" + text, flush=True)

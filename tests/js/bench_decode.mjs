@@ -80,13 +80,17 @@ async function stepProfile(node, dir) {
 
 const node = await import(pathToFileURL(path.resolve(path.join(request.bundles[0].dir, 'node.js'))).href);
 const out = { node: process.versions.node, webgpu: node.nodeWebgpu, copy: null, bundles: [] };
-for (const { name, dir } of request.bundles) {
+for (const { name, dir, features = null } of request.bundles) {
   const entry = { name };
   out.bundles.push(entry);
   let model = null;
   try {
     const t0 = performance.now();
+    // `features`: the optional WebGPU features the runtime may use (e.g. [] = the base kernels only)
+    globalThis.ULPQ_GPU_FEATURES = features ?? undefined;
     model = await node.loadBundle(dir, { hardware });
+    globalThis.ULPQ_GPU_FEATURES = undefined;
+    entry.features = model.variant?.features ?? null;
     entry.open_ms = performance.now() - t0;
     Object.assign(entry, { load_ms: model.timings.load_ms, init_ms: model.timings.init_ms, path: model.backend.path,
       variant: model.variant?.name ?? null, notes: [...model.notes] });

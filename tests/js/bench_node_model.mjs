@@ -30,12 +30,16 @@ function vocabWords(dir) {
 
 const node = await import(pathToFileURL(path.resolve(request.runtime ?? path.join(request.bundles[0].dir, 'node.js'))).href);
 const out = { node: process.versions.node, webgpu: node.nodeWebgpu, bundles: [] };
-for (const { name, dir } of request.bundles) {
+for (const { name, dir, features = null } of request.bundles) {
   const entry = { name, shapes: [] };
   out.bundles.push(entry);
   try {
     const t0 = performance.now();
+    // `features`: the optional WebGPU features the runtime may use (e.g. [] = the base kernels only)
+    globalThis.ULPQ_GPU_FEATURES = features ?? undefined;
     const model = await node.loadBundle(dir, { hardware, profile: request.profile ?? null });
+    globalThis.ULPQ_GPU_FEATURES = undefined;
+    entry.features = model.variant?.features ?? null;
     entry.open_ms = performance.now() - t0;
     Object.assign(entry, { load_ms: model.timings.load_ms, init_ms: model.timings.init_ms, variant: model.variant?.name ?? null,
       path: model.backend.path, notes: [...model.notes], init_parts: model.backend.initTimings ?? null });
