@@ -6,6 +6,11 @@ kernels per format, through one WebGPU engine per run (Dawn: `--engine dawn`, wg
 
     python scripts/bench_kernels.py --engine dawn --json out-dawn.json
     python scripts/bench_kernels.py --report out-dawn.json out-wgpu.json --write-docs docs/benchmarks.md
+    python scripts/bench_kernels.py --engine dawn --variant subgroups --no-gemm --json out-sg.json
+
+`--variant subgroups|f16|subgroups+f16` times every GEMV twice on one device requested with those
+adapter features (profiles.FEATURES): the base variant (what runs without them) and the feature
+variant, interleaved (base, feature, base again: the base's best), each checked against numpy first.
 
 Each kernel is first checked against numpy on a small shape on the same device, then timed:
 dispatches in one command buffer, enough of them that a trial lasts at least 25 ms (after a warm-up
@@ -41,6 +46,8 @@ from ulpq_build.quantize import QuantizedTensor, dequantize, quantize  # noqa: E
 from ulpq_build.quantspec import QuantSpec, part_layout  # noqa: E402
 from ulpq_build.reference import relative_error  # noqa: E402
 
+# --variant: the adapter features each choice requests and times against the base variants
+VARIANT_FEATURES = {"subgroups": ("subgroups",), "f16": ("shader-f16",), "subgroups+f16": ("subgroups", "shader-f16")}
 L2_DEFEAT_BYTES = 256 << 20  # GEMV weights cycle through copies this large together (H200 L2: 60 MB)
 GEMV_SHAPES = [(768, 768), (3072, 768), (768, 3072), (16384, 8192)]  # (N outputs, K inputs)
 GEMM_SHAPES = [(128, 3072, 768), (4096, 4096, 4096)]  # (M, N, K)
@@ -165,12 +172,13 @@ def matmul_variant(m: int, k: int, spec: QuantSpec, profile: str, tiles=None) ->
     return KernelVariant.make(kernel, profile, WeightStorage.of(spec), tiles=tiles, **options)
 
 
-def check(runner, kernel: str, profile: str, spec: QuantSpec, rng) -> float:
-    """Relative error against numpy on a small ragged shape, on this device."""
-    m, n, k = (1, 67, 512) if kernel == "gemv" else (45, 70, 320)
+def check(runner, kernel: str, profile: str, spec: QuantSpec, rng, features=(), k: int = 0) -> float:
+    """Relative error against numpy on a small ragged shape, on this device (with `features`: that
+    feature variant; k: that many inputs, for the deep GEMV tiles)."""
+    m, n, k = (1, 67, k or 512) if kernel == "gemv" else (45, 70, 320)
     qt = quantize("w", (rng.standard_normal((n, k)) * 0.1).astype(np.float32), spec)
     x = rng.standard_normal((m, k)).astype(np.float32)
-    variant = matmul_variant(m, k, spec, profile)
+    variant = matmul_variant(m, k, spec, profile).with_features(features)
     y = runner.run(variant, {"x": x, **weight_arrays(qt)}, matmul_params(qt, m), {"y": m * n})["y"].reshape(m, n)
     return relative_error(y, x.astype(np.float64) @ dequantize(qt).astype(np.float64).T)
 
@@ -185,6 +193,8 @@ def main() -> int:
     parser.add_argument("--gemv-shapes", help="GEMV shapes (n x k, comma-separated) instead of the table's")
     parser.add_argument("--no-gemm", action="store_true", help="time the GEMV shapes only")
     parser.add_argument("--sweep-shapes", default="16384x8192", help="GEMV shapes (n x k, comma-separated) the sweep times")
+    parser.add_argument("--variant", choices=tuple(VARIANT_FEATURES),
+                        help="time each GEMV with and without these adapter features on one device (GEMV only)")
     parser.add_argument("--json", type=Path, help="write the results here")
     parser.add_argument("--report", type=Path, nargs="+", help="format result files instead of measuring")
     parser.add_argument("--write-docs", type=Path)
@@ -201,8 +211,14 @@ def main() -> int:
     gpu = engine_module(args.engine).gpu
     adapter = gpu.request_adapter_sync(power_preference="high-performance")
     big = int(min(adapter.limits["max-storage-buffer-binding-size"], adapter.limits["max-buffer-size"], 2**31 - 4))
-    device = request_device(args.engine, {"maxStorageBufferBindingSize": big, "maxBufferSize": big,
-                                          "maxComputeInvocationsPerWorkgroup": 512, "maxComputeWorkgroupSizeX": 512})
+    features = VARIANT_FEATURES[args.variant] if args.variant else ()
+    try:
+        device = request_device(args.engine, {"maxStorageBufferBindingSize": big, "maxBufferSize": big,
+                                              "maxComputeInvocationsPerWorkgroup": 512, "maxComputeWorkgroupSizeX": 512},
+                                features=features)
+    except RuntimeError as err:  # an adapter without the features asked for
+        print(f"--variant {args.variant}: {err}", file=sys.stderr)
+        return 2
     runner = KernelRunner(device)
     timer = Timer(runner)
     if args.quick:
@@ -211,7 +227,8 @@ def main() -> int:
     result = {"engine": {"dawn": "Dawn (wgpudawn 0.32.0.4)", "wgpu": "wgpu-native (wgpu-py 0.32.0)"}[args.engine],
               "adapter": f"{info.get('device', '?')} ({info.get('backend_type', '?')}, driver {info.get('description', '?')})",
               "date": datetime.date.today().isoformat(), "host": platform.node(), "profile": args.profile,
-              "quick": args.quick, "gemv": [], "gemm": []}
+              "quick": args.quick, "gemv": [], "gemm": [], "features": list(features),
+              "subgroup_sizes": [adapter.limits.get(k) for k in ("min-subgroup-size", "max-subgroup-size")]}
     print(result["engine"], "on", result["adapter"], flush=True)
     copy_bytes = 1 << (24 if args.quick else 30)
     copy = lambda: timer.copy_bandwidth(copy_bytes, 4 if args.quick else 20, 5)  # noqa: E731
@@ -230,8 +247,14 @@ def main() -> int:
     if args.gemv_shapes:
         gemv_shapes = [tuple(int(v) for v in s.split("x")) for s in args.gemv_shapes.split(",")]
     gemm_shapes = [(64, 256, 256)] if args.quick else GEMM_SHAPES
-    if args.no_gemm:
-        gemm_shapes = []
+    if args.no_gemm or args.variant:
+        gemm_shapes = []  # (no feature changes the GEMM)
+    if args.variant:
+        for name in args.formats.split(","):
+            feature_rows(result, timer, runner, QuantSpec(name, 0), gemv_shapes, args, features, rng)
+        if args.json:
+            args.json.write_text(json.dumps(result, indent=1) + "\n")
+        return 0
     for name in args.formats.split(","):
         spec = QuantSpec(name, 0)
         errors = {kern: check(runner, kern, args.profile, spec, rng) for kern in ("gemv", "gemm")}
@@ -272,6 +295,33 @@ def main() -> int:
     if args.json:
         args.json.write_text(json.dumps(result, indent=1) + "\n")
     return 0
+
+
+def feature_rows(result: dict, timer: "Timer", runner, spec: QuantSpec, shapes, args, features, rng) -> None:
+    """Each GEMV shape of `spec`, base variant and feature variant side by side on this device."""
+    for n, k in shapes:
+        base = matmul_variant(1, k, spec, args.profile)
+        variant = base.with_features(features)
+        if not variant.features:
+            print(f"gemv {spec.format:13s} {n}x{k}: no {args.variant} variant for this storage", flush=True)
+            continue
+        errors = [check(runner, "gemv", args.profile, spec, rng, f, k) for f in ((), variant.features)]
+        qt = random_weight(spec, n, k, rng)
+        x = rng.standard_normal((1, k)).astype(np.float32)
+        repeat, trials = (2, 2) if args.quick else (48 if n * k < 1 << 24 else 24, 5)
+        copies = 1 if args.quick else min(16, max(1, math.ceil(L2_DEFEAT_BYTES / qt.nbytes)))
+        time_of = lambda v: timer.kernel(v, {"x": x, **weight_arrays(qt)}, matmul_params(qt, 1), {"y": n},  # noqa: E731
+                                         repeat, trials, copies=copies)
+        first = time_of(base)
+        seconds = time_of(variant)
+        base_seconds = min(first, time_of(base))
+        row = {"format": spec.format, "n": n, "k": k, "variant": variant.key, "base_variant": base.key,
+               "features": list(variant.features), "seconds": seconds, "base_seconds": base_seconds,
+               "speedup": base_seconds / seconds, "weight_bytes": qt.nbytes, "bandwidth": qt.nbytes / seconds,
+               "check_rel_error": errors[1], "base_check_rel_error": errors[0]}
+        result["gemv"].append(row)
+        print(f"gemv {spec.format:13s} {n}x{k}: base {base_seconds * 1e6:9.1f} us, {'+'.join(variant.features)} "
+              f"{seconds * 1e6:9.1f} us ({row['speedup']:.2f}x; checks {errors[0]:.1e} / {errors[1]:.1e})", flush=True)
 
 
 SWEEP_GEMV = [{"threads_per_row": t, "rows": r} for t in (16, 32, 64, 128, 256) for r in (1, 2, 4, 8)]
