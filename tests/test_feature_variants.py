@@ -2,9 +2,12 @@
 which kernels get them (kernels.feature_applies), their keys and manifest entries, the runtime's
 negotiation (variants.js chooseFeatures / profileShaders), the base variants rendered exactly as
 before the features existed, and every feature variant compiled by Tint (Dawn's Null backend) and
-naga and executed on lavapipe through wgpu (its subgroups are 8 wide, so the GEMV's two reduction
-paths are both reached: row groups wider than a subgroup, and, with threads_per_row overridden to 2,
-4 or 8, row groups inside one) against numpy with the outputs poisoned. The browsers' turn (Chromium's
+naga and executed against numpy with the outputs poisoned on lavapipe through both engines browsers
+ship: wgpu (naga, Debian's lavapipe, in this process) and Dawn (Tint, the Mesa 25 lavapipe that
+scripts/setup.sh unpacks into .mesa/: the execution tests again in a child pytest,
+test_executes_on_dawn). lavapipe's subgroups are 8 wide, so the GEMV's two reduction paths are both
+reached: row groups wider than a subgroup, and, with threads_per_row overridden to 2, 4 or 8, row
+groups inside one. The browsers' turn (Chromium's
 SwiftShader for subgroups, Firefox's lavapipe for shader-f16) is e2e/test_feature_variants_in_browsers.py.
 
 Regenerate the pinned base shaders only for an intended change of a base program:
@@ -13,6 +16,7 @@ Regenerate the pinned base shaders only for an intended change of a base program
 import hashlib
 import itertools
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -23,6 +27,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from support import ROOT, run_cli  # noqa: E402
+from ulpq_build.browsers import node_environment  # noqa: E402
 from ulpq_build.formats import FORMATS  # noqa: E402
 from ulpq_build.kernels import (FEATURE_KERNELS, KernelVariant, WeightStorage, argmax_split, f16_decodable,  # noqa: E402
                                 feature_variants, render, vec4_capable)
@@ -40,6 +45,8 @@ LAYERNORM_TOLERANCE = 1e-5  # test_ops_kernels.py
 SOFTMAX_TOLERANCE = 1e-5  # test_ops_kernels.py
 RMSNORM_TOLERANCE = 1e-5  # test_decoder_kernels.py
 
+ENGINE_VARIABLE = "ULPQ_FEATURE_TEST_ENGINE"  # "dawn" in test_executes_on_dawn's child run
+ENGINE = os.environ.get(ENGINE_VARIABLE, "wgpu")
 BASE_SHADERS = Path(__file__).parent / "data" / "base_shaders_sha256.json"
 GPU_PROFILES = [name for name, p in PROFILES.items() if p.features]
 SUBGROUPS, F16 = ("subgroups",), ("shader-f16",)
@@ -193,6 +200,25 @@ def test_feature_variants_compile(variant, compiler):
     validate(render(variant), variant.workgroup_size, compiler, variant.features)
 
 
+@pytest.mark.gpu
+def test_executes_on_dawn(tmp_path):
+    """Every execution test below again on Dawn (Tint's code, as Chrome runs it; not the 512-thread
+    safari variants, which Chrome's 256-thread limit never runs), in a child pytest:
+    Dawn refuses Debian 12's Mesa 22 lavapipe, so the child gets the Mesa 25 one in .mesa/ through
+    VK_ICD_FILENAMES and LD_LIBRARY_PATH, which must be set before the process starts."""
+    assert ENGINE == "wgpu", f"{ENGINE_VARIABLE} is for the child run, which deselects this test"
+    env = node_environment()
+    if "VK_ICD_FILENAMES" not in env:
+        pytest.fail("no Mesa >= 25 lavapipe for Dawn: run scripts/private_mesa.sh (scripts/setup.sh does) or set ULPQ_MESA")
+    xdg = tmp_path / "xdg"
+    xdg.mkdir(mode=0o700)
+    env.update({ENGINE_VARIABLE: "dawn", "XDG_RUNTIME_DIR": str(xdg)})
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", __file__, "-k", "matches_numpy and not safari"],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=600, check=False)
+    assert proc.returncode == 0 and " passed" in proc.stdout, proc.stdout[-4000:] + proc.stderr[-2000:]
+    assert "skipped" not in proc.stdout and "deselected" in proc.stdout
+
+
 def run_gemv(variant, spec, rng, m, n, k, tolerance):
     w = (rng.standard_normal((n, k)) * 0.2).astype(np.float32)
     qt = quantize("w", w, spec)
@@ -200,7 +226,7 @@ def run_gemv(variant, spec, rng, m, n, k, tolerance):
     bias = rng.standard_normal(n).astype(np.float32)
     residual = rng.standard_normal((m, n)).astype(np.float32)
     expected = ACTIVATIONS["gelu"](x.astype(np.float64) @ dequantize(qt).astype(np.float64).T + bias) + residual
-    device = cached_device("wgpu", max(256, variant.workgroup_size), features=variant.features)
+    device = cached_device(ENGINE, max(256, variant.workgroup_size), features=variant.features)
     y = KernelRunner(device).run(variant, {"x": x, **weight_arrays(qt), "bias": bias, "residual": residual},
                                  matmul_params(qt, m), {"y": m * n})["y"].reshape(m, n)
     assert np.isfinite(y).all(), "an output element was never written (still NaN)"
@@ -255,7 +281,7 @@ def poisoned_rows(rng, rows, cols):
 def test_subgroup_row_reductions_match_numpy(profile, rng):
     """layernorm, softmax and rmsnorm (plain and with the residual stream updated in place) with
     subgroup reductions, over rows shorter than a subgroup, ragged and several strides long."""
-    device = cached_device("wgpu", max(256, PROFILES[profile].workgroup_size), features=SUBGROUPS)
+    device = cached_device(ENGINE, max(256, PROFILES[profile].workgroup_size), features=SUBGROUPS)
     run = KernelRunner(device).run
     for rows, cols in ((3, 1), (5, 7), (4, 300), (2, 1500)):
         x = poisoned_rows(rng, rows, cols)
@@ -299,7 +325,7 @@ def test_subgroup_argmax_matches_numpy(profile, rng):
     x[6, :17] = np.nan
     want = np.array([int(np.nanargmax(np.where(np.isnan(r), -np.inf, r))) for r in x])
     want[4] = 20
-    device = cached_device("wgpu", max(256, PROFILES[profile].workgroup_size), features=SUBGROUPS)
+    device = cached_device(ENGINE, max(256, PROFILES[profile].workgroup_size), features=SUBGROUPS)
     run = KernelRunner(device).run
     dims = {"rows": rows, "cols": cols, "row_stride": cols, "row_off": 0}
     one = KernelVariant.make("argmax", profile, indices=False, features=SUBGROUPS)
