@@ -29,7 +29,12 @@ from ulpq_build.browsers import launch
 from ulpq_build.bundle_reader import load_bundle
 from ulpq_build.cli import main as cli_main
 from ulpq_build.decoder_reference import rotary
-from ulpq_build.kernels import KernelVariant, check_cache_dims, decoder_operator_kernels, render
+from ulpq_build.kernels import (
+    KernelVariant,
+    check_cache_dims,
+    decoder_operator_kernels,
+    render,
+)
 from ulpq_build.native_webgpu import COMPILERS, validate
 from ulpq_build.profiles import PROFILES
 
@@ -81,9 +86,10 @@ def test_split_append_matches_numpy_and_the_fused_kernel(kernel, profile, rng):
                 "capacity": capacity, "cache_off": layer * per_layer, "count": rows * (heads + 2 * kv) * d // 2}
         check_cache_dims(dims)
         extra = {"positions": positions, "inv_freq": inv_freq} if rotate else {}
-        outputs = lambda: {"q": poisoned(rows * heads * d), "k_cache": old_k.ravel().copy(), "v_cache": old_v.ravel().copy()}  # noqa: E731
-        got = execute(split, {"q_in": q_in, "k_in": k_in, "v_in": v_in, **extra}, dims, outputs())
-        peer = execute(fused, {"qkv": qkv, **extra}, dims, outputs())
+        got, peer = (execute(variant, inputs, dims, {"q": poisoned(rows * heads * d), "k_cache": old_k.ravel().copy(),
+                                                     "v_cache": old_v.ravel().copy()})
+                     for variant, inputs in ((split, {"q_in": q_in, "k_in": k_in, "v_in": v_in, **extra}),
+                                             (fused, {"qkv": qkv, **extra})))
 
         q, k, v = by_head(q_in, batch, seq, heads, d), by_head(k_in, batch, seq, kv, d), by_head(v_in, batch, seq, kv, d)
         if rotate:

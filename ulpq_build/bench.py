@@ -1,6 +1,7 @@
 """`bench`: the numbers users decide by. For each precision preset it builds the bundle, measures
-accuracy on real data with the numpy reference (evaluation.py), and, in each browser, the bundle's
-agreement with numpy, load and run times, and memory. Writes results.json, report.html (charts,
+accuracy on real data with the numpy reference (evaluation.py; decoders: perplexity on held-out text,
+architectures/decoder_bench.py), and, in each browser, the bundle's agreement with numpy, load and run
+times (decoders: decode tokens per second too), and memory. Writes results.json, report.html (charts,
 tables, screenshots of the demo page per browser) under --out.
 
 Presets (names accepted by --formats):
@@ -19,13 +20,14 @@ import json
 import platform
 import re
 import shutil
+import statistics
 import time
 import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
 
 
-from ulpq_build.architectures import ARCHITECTURES, Goal  # noqa: F401 (Goal: still importable from here)
+from ulpq_build.architectures import ARCHITECTURES, Goal, architecture_of  # noqa: F401 (Goal: still importable from here)
 from ulpq_build.browser_check import check_in_browser, fixed_input
 from ulpq_build.browsers import check_browser_names, started
 from ulpq_build.endpoints import browser_specs, page_base
@@ -259,10 +261,15 @@ def _browser_runs(rows: list[Row], bundles: Path, browsers: list, out: Path, rep
                     bundle = load_bundle(bundles / row.preset)
                     check = check_in_browser(session, f"{base}{row.preset}/index.html", bundle, browser,
                                              repeats=repeats, prepared=fixed_input(bundle))
-                    row.browsers.append(check.to_json())
+                    entry = check.to_json()
+                    if architecture_of(bundle.model).input_kind == "prompt" and check.error is None:
+                        entry.update(decode_speed(session, bundle.manifest, repeats))
+                    row.browsers.append(entry)
                     log(f"[bench]   {browser} {row.preset}: {check.path or 'error'} {check.variant or ''} "
                         f"{check.metric} {check.value if check.value is not None else check.error} "
-                        f"median {check.median_ms and round(check.median_ms)} ms")
+                        f"median {check.median_ms and round(check.median_ms)} ms"
+                        + (f", decode {entry['decode_tokens_per_second']:.1f} tokens/s"
+                           if entry.get("decode_tokens_per_second") else ""))
                 shot_preset = next((r.preset for r in rows if r.preset != "float32"), rows[0].preset)
                 try:
                     session.goto(f"{base}{shot_preset}/index.html")
@@ -275,6 +282,36 @@ def _browser_runs(rows: list[Row], bundles: Path, browsers: list, out: Path, rep
                 except Exception as exc:
                     log(f"[bench]   {browser}: no screenshot ({exc})")
     return shots, details
+
+
+# Decoders: tokens per second of the cached decode steps (generate()'s timings: the steps after the
+# prefill's first token), greedy, from the verification prompt, on the page check_in_browser loaded.
+DECODE_SPEED = """async ({ ids, steps, repeats }) => {
+  const model = window.ulpqDemo.model;
+  const runs = [];
+  for (let i = 0; i < repeats; i++) {
+    const r = await model.generate(ids, { maxNewTokens: steps });
+    runs.push({ tps: r.timings.tokens_per_second, prefill: r.timings.prefill_ms, steps: r.timings.decode_steps, path: r.path });
+  }
+  return runs;
+}"""
+
+
+def decode_speed(session, manifest: dict, repeats: int) -> dict:
+    """Median decode tokens/s and prefill ms over `repeats` (at least one) greedy generations of the
+    verification's length; {} where a generation gave fewer than two tokens (no decode step)."""
+    case = manifest["verification"]
+    try:
+        runs = session.evaluate(DECODE_SPEED, {"ids": case["prompt_ids"], "steps": case["max_new_tokens"],
+                                               "repeats": max(1, repeats)})
+    except Exception as exc:  # noqa: BLE001 (a browser failure is reported, not a crash, as check_in_browser does)
+        return {"decode_error": f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"}
+    speeds = [r["tps"] for r in runs if r["tps"]]
+    if not speeds:
+        return {}
+    return {"decode_tokens_per_second": round(statistics.median(speeds), 2),
+            "prefill_ms": round(statistics.median(r["prefill"] for r in runs), 1),
+            "decode_steps": runs[0]["steps"], "decode_runs": len(runs)}
 
 
 def _cpu() -> str:

@@ -263,7 +263,7 @@ def write_report(result: dict, path: Path) -> None:
     table.append("</table>")
     btable = ["<table><tr><th>preset</th><th>browser</th><th>path</th><th>variant</th><th>check vs numpy</th><th>pass</th>"
               "<th>load ms</th><th>init ms</th><th>first run ms</th><th>median ms</th><th>downloaded MB</th><th>GPU buffers MB</th>"
-              "<th>JS heap MB</th></tr>"]
+              "<th>JS heap MB</th><th>decode tokens/s</th></tr>"]
     fmt = lambda v, d=0: "-" if v is None else f"{v:.{d}f}"  # noqa: E731
     for r in rows:
         for b in r["browsers"]:
@@ -273,7 +273,8 @@ def write_report(result: dict, path: Path) -> None:
                 "yes" if b.get("passed") else "NO", fmt(b.get("load_ms")), fmt(b.get("init_ms")), fmt(b.get("first_ms")),
                 fmt(b.get("median_ms")), fmt(b["downloaded_bytes"] / 1e6, 2) if b.get("downloaded_bytes") else "-",
                 fmt((b.get("gpu_buffer_bytes") or 0) / 1e6, 2) if b.get("gpu_buffer_bytes") else "-",
-                fmt((b.get("js_heap_bytes") or 0) / 1e6, 1) if b.get("js_heap_bytes") else "-"]) + "</tr>")
+                fmt((b.get("js_heap_bytes") or 0) / 1e6, 1) if b.get("js_heap_bytes") else "-",
+                fmt(b.get("decode_tokens_per_second"), 1)]) + "</tr>")
     btable.append("</table>")
     goals = ["<table><tr><th>goal (% of float32)</th><th>best qualifying preset</th><th>bits/weight</th><th>% of float32</th>"
              "<th>result</th></tr>"]
@@ -347,7 +348,8 @@ def markdown_tables(result: dict) -> str:
                     continue
                 ms = b.get("median_ms") or b.get("first_ms")
                 ratio = f" (x{ms / base[name]:.2f})" if ms and base.get(name) else ""
-                cells.append(f"{b['path']}, {'pass' if b['passed'] else 'FAIL'}, {ms:.0f}{ratio}")
+                speed = f", {b['decode_tokens_per_second']:.1f} tokens/s" if b.get("decode_tokens_per_second") else ""
+                cells.append(f"{b['path']}, {'pass' if b['passed'] else 'FAIL'}, {ms:.0f}{ratio}{speed}")
             downloaded = max((b.get("downloaded_bytes") or 0 for b in r["browsers"]), default=0)
             out.append(f"| {r['preset']} | " + " | ".join(cells) + f" | {downloaded / 1e6:.2f} |" if downloaded else
                        f"| {r['preset']} | " + " | ".join(cells) + " | - |")

@@ -6,6 +6,7 @@ matrix (quantizer, reference and kernels see ordinary matrices). The fused c_att
 
 from __future__ import annotations
 
+from ulpq_build.architectures import decoder_bench
 from ulpq_build.architectures import decoder_common as dc
 from ulpq_build.architectures.reading import Tensors, activation, config_int, prefix
 from ulpq_build.architectures.registry import Architecture
@@ -96,7 +97,8 @@ GPT2 = Architecture(
     verification_input=dc.verification_input, demo=dc.demo,
     bundle_files=lambda model, source: list((model["tokenizer"] or {}).get("files", [])),
     calibration_inputs=dc.calibration_inputs, ships_calibration=dc.ships_calibration,
-    bench_presets=(), bundle_unsupported=dc.bundle_unsupported, operator_kernels=dc.operator_kernels,
+    accuracy=decoder_bench.HeldOutPerplexity, bench_presets=decoder_bench.PRESETS, bench_goals=decoder_bench.GOALS,
+    bundle_unsupported=dc.bundle_unsupported, operator_kernels=dc.operator_kernels,
     verification_forward=dc.verification_forward, verification_case=dc.verification_case,
     stored_transposed=stored_transposed,
 )
