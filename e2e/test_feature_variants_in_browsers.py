@@ -5,7 +5,8 @@ for the GEMV path and a batch long enough for the GEMMs) runs its subgroups vari
 offers `shader-f16`, not `subgroups`), with the GPU profiles asked for by name (on these CPU
 adapters the cpu profile, which ships no feature variants, runs by default). The result says
 which features ran, and the embeddings match numpy over the bundle's own weights within the
-tolerance the other MiniLM browser tests use. A missing browser fails the test."""
+tolerance the other MiniLM browser tests use; the adapter's subgroup size range is recorded. A
+missing browser fails the test."""
 
 import importlib.util
 from pathlib import Path
@@ -67,6 +68,8 @@ def test_bert_bundle_runs_feature_variants_and_matches_numpy(demo, bert_site, fm
         variant = result["variant"]
         assert variant["profile"] == profile and not variant["fallback"], variant
         assert variant["features"] == features, (variant, result["notes"])
+        sizes = variant["subgroup_sizes"]  # recorded where the adapter reports them (both browsers here do)
+        assert sizes is not None and 4 <= sizes["min"] <= sizes["max"] <= 128, variant
         ids, mask = word_ids(sentences)
         assert result["tokens"] == mask.sum(axis=1).astype(int).tolist()  # the browser's tokenizer agrees
         expected = bert_forward(bundle.model, bundle.weights, ids, mask)
