@@ -345,6 +345,50 @@ def test_subgroup_argmax_matches_numpy(profile, rng):
     assert got.tolist() == xs[:, -1].argmax(1).tolist()
 
 
+DECODE = """async (ids) => {
+  const model = window.ulpqDemo.model;
+  const r = await model.generate(ids, { maxNewTokens: 32 });
+  return { tokenIds: r.tokenIds, path: r.path, variant: r.variant, notes: r.notes,
+           argmaxParts: model.decoder && model.decoder.argmaxParts };
+}"""
+
+
+@pytest.mark.browser
+@pytest.mark.parametrize("browser, profile, features", [("chromium", "chrome", ["subgroups"]),
+                                                         ("firefox", "firefox", ["shader-f16"])], ids=["chromium", "firefox"])
+def test_decoder_bundle_generates_numpy_tokens_with_feature_variants(tmp_path, browser, profile, features):
+    """A Llama-shaped decoder bundle (int4, a vocabulary past one argmax part: the two-stage argmax)
+    with the GPU profile asked for: Chromium runs its subgroups variants (rmsnorm, argmax, argmax_parts,
+    the GEMVs), Firefox its shader-f16 GEMVs, and both generate numpy's 32 greedy tokens, outputs
+    poisoned. A browser that does not start fails the test."""
+    from test_decoder_bundle import SMALL, _build
+    from transformers import LlamaConfig
+
+    from ulpq_build.browser_check import WAIT_READY
+    from ulpq_build.browsers import launch
+    from ulpq_build.bundle_reader import load_bundle
+    from ulpq_build.serve import BundleServer
+
+    model = tmp_path / "llama"
+    _build(model, LlamaConfig(**{**SMALL, "vocab_size": 4500}, tie_word_embeddings=False), 1)
+    site = tmp_path / "site"
+    run_cli("bundle", "--model", model, "--format", "int4", "--group-size", "32", "--out", site / "llama", check=0)
+    case = load_bundle(site / "llama").manifest["verification"]
+    server = BundleServer(site, 0).start_in_background()
+    session = launch(browser)
+    try:
+        session.goto(f"{server.url}llama/index.html?run=0&poison=1&hardware=webgpu&profile={profile}")
+        assert session.evaluate(WAIT_READY)["status"] == "ready"
+        out = session.evaluate(DECODE, case["prompt_ids"])
+    finally:
+        session.close()
+        server.shutdown()
+        server.server_close()
+    assert out["path"] == "webgpu" and out["variant"]["profile"] == profile, out["notes"]
+    assert out["variant"]["features"] == features and out["argmaxParts"] > 1, (out["variant"], out["argmaxParts"])
+    assert out["tokenIds"] == case["greedy_tokens"]
+
+
 if __name__ == "__main__" and "--write-base-shaders" in sys.argv:
     BASE_SHADERS.write_text(json.dumps(base_hashes(), indent=0, sort_keys=True) + "\n")
     print(f"wrote {BASE_SHADERS}")
