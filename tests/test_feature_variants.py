@@ -7,8 +7,9 @@ ship: wgpu (naga, Debian's lavapipe, in this process) and Dawn (Tint, the Mesa 2
 scripts/setup.sh unpacks into .mesa/: the execution tests again in a child pytest,
 test_executes_on_dawn). lavapipe's subgroups are 8 wide, so the GEMV's two reduction paths are both
 reached: row groups wider than a subgroup, and, with threads_per_row overridden to 2, 4 or 8, row
-groups inside one. The browsers' turn (Chromium's
-SwiftShader for subgroups, Firefox's lavapipe for shader-f16) is e2e/test_feature_variants_in_browsers.py.
+groups inside one. The browsers' turn (Chromium's SwiftShader for subgroups, Firefox's
+lavapipe for shader-f16): a Llama-shaped decoder bundle here (rmsnorm, the two-stage argmax, the
+GEMVs) and a BERT-shaped one in e2e/test_feature_variants_in_browsers.py.
 
 Regenerate the pinned base shaders only for an intended change of a base program:
 `python3 tests/test_feature_variants.py --write-base-shaders` (then say why in the commit)."""
