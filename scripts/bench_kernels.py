@@ -45,6 +45,7 @@ from ulpq_build.native_webgpu import KernelRunner, engine_module, matmul_params,
 from ulpq_build.quantize import QuantizedTensor, dequantize, quantize  # noqa: E402
 from ulpq_build.quantspec import QuantSpec, part_layout  # noqa: E402
 from ulpq_build.reference import relative_error  # noqa: E402
+from ulpq_build.vq.tensor import decode_rotated  # noqa: E402
 
 # --variant: the adapter features each choice requests and times against the base variants
 VARIANT_FEATURES = {"subgroups": ("subgroups",), "f16": ("shader-f16",), "subgroups+f16": ("subgroups", "shader-f16")}
@@ -180,7 +181,10 @@ def check(runner, kernel: str, profile: str, spec: QuantSpec, rng, features=(), 
     x = rng.standard_normal((m, k)).astype(np.float32)
     variant = matmul_variant(m, k, spec, profile).with_features(features)
     y = runner.run(variant, {"x": x, **weight_arrays(qt)}, matmul_params(qt, m), {"y": m * n})["y"].reshape(m, n)
-    return relative_error(y, x.astype(np.float64) @ dequantize(qt).astype(np.float64).T)
+    # a codebook format's product multiplies the matrix as stored, rotated (its input's rotation is
+    # the hadamard kernel before it), so x is taken as already rotated
+    w = decode_rotated(qt.parts, qt.fmt, n, k) if qt.fmt.levels == "codebook" else dequantize(qt)
+    return relative_error(y, x.astype(np.float64) @ w.astype(np.float64).T)
 
 
 def main() -> int:

@@ -152,8 +152,14 @@ class KernelRunner:
 
 
 def weight_arrays(qt: QuantizedTensor) -> dict[str, np.ndarray]:
-    """A quantized tensor's parts under the kernels' binding names (w.codes, w.scales, ...)."""
-    return {f"w.{part}": array for part, array in qt.parts.items()}
+    """A quantized tensor's parts under the kernels' binding names (w.codes, w.scales, ...), and for
+    codebook formats the bundle's one decode table (manifest.codebooks), which no tensor stores."""
+    arrays = {f"w.{part}": array for part, array in qt.parts.items()}
+    if qt.fmt.levels == "codebook":
+        from ulpq_build.vq.tensor import codebook_tables
+
+        arrays["w.codebook"] = codebook_tables()
+    return arrays
 
 
 def matmul_params(qt: QuantizedTensor, m: int) -> dict:
