@@ -178,6 +178,53 @@ def test_bundle_ships_feature_variants_and_js_negotiates_them(tmp_path):
     assert all(v.endswith(".sg.f16.safari-512") for k, v, _ in got[3]["shaders"] if k.startswith("gemv"))
 
 
+POLICY_JS = """
+import { chooseFeatures, profileShaders } from '%s';
+const [manifest, cases] = JSON.parse(process.argv[2]);
+const out = cases.map((c) => {
+  const features = chooseFeatures(manifest, 'chrome', new Set(['subgroups']), null, c.info);
+  const { shaders } = profileShaders(manifest, 'chrome', features, c.info);
+  return { features, variants: shaders.filter((s) => s.variant_key).map((s) => s.variant_key) };
+});
+process.stdout.write(JSON.stringify(out));
+"""
+
+
+def test_feature_policy_runs_variants_only_where_they_measured_faster(tmp_path):
+    """profiles.FEATURE_POLICY travels in the manifest; on an adapter whose info names a row's vendor
+    (NVIDIA: subgroups only for the float32 GEMV), variants.js requests the feature only if a shader
+    it allows uses it and runs the feature variant only for those kernels and formats; an adapter no
+    row names (SwiftShader here) runs every subgroup variant shipped."""
+    from ulpq_build.profiles import FEATURE_POLICY
+
+    node = shutil.which("node")
+    if node is None:
+        pytest.fail("node is not installed (.ci/run installs it)")
+    nvidia = {"vendor": "nvidia", "architecture": "hopper", "device": "", "description": "NVIDIA H200"}
+    swiftshader = {"vendor": "google", "architecture": "swiftshader", "device": "", "description": "SwiftShader"}
+    script = tmp_path / "policy.mjs"
+    script.write_text(POLICY_JS % (ROOT / "web_runtime/variants.js").as_uri())
+    got = {}
+    for fmt in ("float32", "int4"):
+        bundle = tmp_path / fmt
+        run_cli("bundle", "--model", "builtin:mlp", "--format", fmt, "--out", bundle, check=0)
+        manifest = json.loads((bundle / "manifest.json").read_text())
+        assert manifest["feature_policy"] == [dict(r) for r in FEATURE_POLICY]
+        cases = [{"info": nvidia}, {"info": swiftshader}, {"info": None}]
+        proc = subprocess.run([node, script, json.dumps([manifest, cases])], capture_output=True, text=True, timeout=60)
+        assert proc.returncode == 0, proc.stderr
+        got[fmt] = json.loads(proc.stdout)
+    by_format = {fmt: [(g["features"], sorted({v.split(".")[0] for v in g["variants"]})) for g in cases]
+                 for fmt, cases in got.items()}  # (features requested, kernels running a feature variant)
+    # float32 on NVIDIA: the GEMV's subgroup variant only; elsewhere every kernel that has one
+    assert by_format["float32"][0] == (["subgroups"], ["gemv"])
+    assert by_format["float32"][1][0] == ["subgroups"] and "gemv" in by_format["float32"][1][1]
+    # int4 on NVIDIA: no subgroup variant measured faster, so the feature is not even requested
+    assert by_format["int4"][0] == ([], [])
+    assert by_format["int4"][1][0] == ["subgroups"] and "gemv" in by_format["int4"][1][1]
+    assert by_format["int4"][2] == by_format["int4"][1]  # no adapter info: as an adapter no row names
+
+
 def compile_cases():
     int4, int8a = WeightStorage.of(QuantSpec("int4", 32)), WeightStorage.of(QuantSpec("int8", 32, True, "float16"))
     for profile in ("chrome", "firefox", "safari"):  # (edge renders chrome's programs)

@@ -34,7 +34,7 @@ from ulpq_build.kernels import (GEMM_LARGE_ROWS, GEMV_MAX_ROWS, SPLIT_MIN_K, SPL
                                 WeightStorage, feature_variants, gemv_deep, gemv_vec4_fits)
 from ulpq_build.model_source import ModelSource, open_model, resolve_model
 from ulpq_build.plan import Plan
-from ulpq_build.profiles import PROFILES
+from ulpq_build.profiles import FEATURE_POLICY, PROFILES
 from ulpq_build.quantize import quantize
 from ulpq_build.quantspec import QuantSpec
 from ulpq_build.resources import web_runtime_dir
@@ -272,6 +272,8 @@ def _write_bundle(folder: Path, source: ModelSource, model_name: str, model: dic
         # the decode tables of every codebook stage, once per bundle (formats.CODEBOOK_STAGES)
         **({"codebooks": manifest_codebooks()} if any(FORMATS[n].levels == "codebook" for n in used_formats) else {}),
         "profiles": [profile_entry(p, variants) for p in PROFILES.values()],
+        # per adapter vendor, where a feature's variants run (profiles.FEATURE_POLICY; variants.js)
+        "feature_policy": list(FEATURE_POLICY),
         "tensors": tensors,
         "shards": shard_list,
         # shaders: every kernel variant (profile x kernel key) and the file holding its WGSL;

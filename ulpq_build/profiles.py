@@ -53,6 +53,20 @@ FEATURES: dict[str, Feature] = {
     )
 }
 
+# Where a feature's variants measured faster than the base kernels, per adapter vendor. On an adapter
+# whose GPUAdapterInfo (vendor, architecture, device, description) contains `vendor`, a variant using
+# `feature` runs only for these kernels over these weight formats; the others keep their base
+# program there (a slower variant would cost both time and compile wait). An adapter no row names
+# runs every variant the bundle ships. Rows come from measurements, each named here:
+#   nvidia, subgroups: NVIDIA H200 through Dawn, 2026-11-29 (docs/benchmarks.md, "Subgroup variants
+#   on the H200"): subgroup row sums made the float32 GEMV 1.04-1.18x faster and the packed GEMVs
+#   0.70-0.96x as fast; the subgroup reductions of whole encoders measured no gain and multiplied
+#   small models' compile wait (MiniLM: 98-190 ms -> 500-1071 ms), and decode of a 1B Llama shape
+#   went float32 281 -> 357 tokens/s but int4 648 -> 572 and int2 592 -> 431.
+FEATURE_POLICY: tuple[dict, ...] = (
+    {"vendor": "nvidia", "feature": "subgroups", "kernels": ["gemv"], "formats": ["float32"]},
+)
+
 # WebGPU's defaults (the spec's "default" limit tier): a device gets these unless it asks for more.
 DEFAULT_LIMITS = {
     "maxComputeInvocationsPerWorkgroup": 256,

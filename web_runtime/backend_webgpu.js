@@ -187,13 +187,14 @@ export class GpuBackend {
     // grants them. Benchmarks and tests set globalThis.ULPQ_GPU_FEATURES to a list (e.g. []) to
     // allow only those, running the base variants beside the feature ones on one adapter.
     const allowed = Array.isArray(globalThis.ULPQ_GPU_FEATURES) ? globalThis.ULPQ_GPU_FEATURES : null;
-    const wanted = chooseFeatures(manifest, profile.name, adapter.features, allowed);
+    const wanted = chooseFeatures(manifest, profile.name, adapter.features, allowed, adapter.info ?? null);
     let t = performance.now();
     const device = await adapter.requestDevice({ requiredLimits: { ...profile.required_limits },
       requiredFeatures: [...wanted, ...(timing ? ['timestamp-query'] : [])] });
     const backend = new GpuBackend(device, manifest, tensors, profile, poison, baseUrl);
     backend.timing = timing;
     backend.features = wanted.filter((f) => device.features.has(f));
+    backend.adapterInfo = adapter.info ?? null; // which feature variants run also depends on the vendor (variants.policyAllows)
     const info = adapter.info ?? {};
     backend.subgroupSizes = info.subgroupMinSize ? { min: info.subgroupMinSize, max: info.subgroupMaxSize } : null;
     // where initialisation goes (benchmarks report it): ms per stage
@@ -218,6 +219,7 @@ export class GpuBackend {
     this.timing = false; // per-dispatch timestamps (create() sets it)
     this.features = []; // the optional features whose shader variants this device runs (create() sets them)
     this.subgroupSizes = null; // {min, max} where the adapter reports them
+    this.adapterInfo = null; // GPUAdapterInfo (create() sets it)
     this.baseUrl = baseUrl;
     this.device = device;
     this.manifest = manifest;
@@ -249,7 +251,7 @@ export class GpuBackend {
    * are fetched, and a file that serves several keys is fetched and compiled once.
    */
   async #startCompiling() {
-    const { shaders, files } = profileShaders(this.manifest, this.profile.name, this.features);
+    const { shaders, files } = profileShaders(this.manifest, this.profile.name, this.features, this.adapterInfo);
     const codes = await Promise.all(files.map((f) => fetchVerifiedText(this.baseUrl, f.file, f.sha256)));
     this.device.pushErrorScope('validation');
     const modules = new Map(files.map((f, i) => [f.file, this.device.createShaderModule({ code: codes[i], label: f.file })]));
@@ -296,12 +298,12 @@ export class GpuBackend {
     const decoder = Boolean(this.manifest.model.positions);
     const groups = [];
     for (const layer of this.manifest.model.layers ?? []) {
-      groups.push([qkvLayout(this.tensors, layer), decoder]);
+      groups.push({ fused: qkvLayout(this.tensors, layer), copyAllowed: decoder });
       // a gated decoder's gate|up as one product (one dispatch where there were two, each step),
       // only as views of one upload: never stored twice
-      if (decoder && layer.gate && layer.up) groups.push([fusedLayout(this.tensors, [layer.gate, layer.up], true), false]);
+      if (decoder && layer.gate && layer.up) groups.push({ fused: fusedLayout(this.tensors, [layer.gate, layer.up], true), copyAllowed: false });
     }
-    for (const [qkv, copyAllowed] of groups) {
+    for (const { fused: qkv, copyAllowed } of groups) {
       if (!qkv || !(qkv.aligned || copyAllowed)) continue;
       const name = `${qkv.nodes[0].weight}+${qkv.nodes.length - 1}`;
       // unaligned pieces (a small decoder's K/V scales): the fused copy for the graph, the separate

@@ -74,15 +74,31 @@ export function chooseProfiles(profiles, requestedName, limits, cpu = false) {
  * narrows them. Negotiated like limits: the runtime requests these, then serves feature variants
  * only for the ones the device really has (profileShaders' `features`).
  */
-export function chooseFeatures(manifest, profile, adapterFeatures, allowed = null) {
+export function chooseFeatures(manifest, profile, adapterFeatures, allowed = null, adapterInfo = null) {
   const shipped = [];
   for (const s of manifest.shaders) {
-    if (s.profile !== profile) continue;
+    if (s.profile !== profile || !policyAllows(manifest, s, adapterInfo)) continue;
     for (const f of s.features ?? []) if (!shipped.includes(f)) shipped.push(f);
   }
   const order = manifest.profiles.find((p) => p.name === profile)?.features ?? [];
   return shipped.filter((f) => adapterFeatures?.has?.(f) && (allowed === null || allowed.includes(f)))
     .sort((a, b) => order.indexOf(a) - order.indexOf(b));
+}
+
+/**
+ * Whether a shader entry may run on the adapter `info` (GPUAdapterInfo) as far as the manifest's
+ * feature_policy goes (profiles.FEATURE_POLICY): for each feature it uses, the rows whose vendor the
+ * adapter's info names list the kernels and weight formats where that feature measured faster; on
+ * such an adapter it runs only there. Base entries, and adapters no row names, always may.
+ */
+export function policyAllows(manifest, shader, info) {
+  const named = [info?.vendor, info?.architecture, info?.device, info?.description].filter(Boolean).join(' ').toLowerCase();
+  for (const feature of shader.features ?? []) {
+    const rows = (manifest.feature_policy ?? []).filter((r) => r.feature === feature && named.includes(r.vendor));
+    const format = shader.weight?.format ?? null;
+    if (rows.length && !rows.some((r) => r.kernels.includes(shader.kernel) && r.formats.includes(format))) return false;
+  }
+  return true;
 }
 
 /**
@@ -95,7 +111,7 @@ export function chooseFeatures(manifest, profile, adapterFeatures, allowed = nul
  * served under the graph's key (`variant_key` names the entry that runs). Without features, or in a
  * bundle that ships no feature variants, every key runs its own entry.
  */
-export function profileShaders(manifest, profile, features = []) {
+export function profileShaders(manifest, profile, features = [], adapterInfo = null) {
   const keys = new Set(Object.values(manifest.model.op_kernels?.[profile] ?? {}));
   for (const has of ['in_features', 'table']) {
     for (const node of graphNodes(manifest.model, has)) for (const key of Object.values(node.kernels[profile])) keys.add(key);
@@ -104,7 +120,7 @@ export function profileShaders(manifest, profile, features = []) {
   const variantsOf = new Map();
   for (const s of manifest.shaders) {
     const used = s.features ?? [];
-    if (!used.length || !used.every((f) => features.includes(f))) continue;
+    if (!used.length || !used.every((f) => features.includes(f)) || !policyAllows(manifest, s, adapterInfo)) continue;
     const best = variantsOf.get(s.base_key);
     if (!best || used.length > best.features.length) variantsOf.set(s.base_key, s);
   }
