@@ -112,6 +112,14 @@ export interface Variant {
   detected: ProfileName | null;
   /** True when the requested profile did not fit or failed, so another one ran. */
   fallback: boolean;
+  /**
+   * The optional WebGPU features whose shader variants ran ('subgroups', 'shader-f16'): those the
+   * adapter offered and the device was granted, where this profile ships variants for them; [] runs
+   * the base variants.
+   */
+  features: string[];
+  /** The adapter's subgroup size range where it reports one (the kernels serve any size), else null. */
+  subgroup_sizes: { min: number; max: number } | null;
 }
 
 /** Milliseconds spent: fetching and verifying, starting the backend, encoding the input, running. */
