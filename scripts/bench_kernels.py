@@ -256,6 +256,10 @@ def main() -> int:
     if args.variant:
         for name in args.formats.split(","):
             feature_rows(result, timer, runner, QuantSpec(name, 0), gemv_shapes, args, features, rng)
+        roof = max(result["copy_bandwidth"], result["kernel_copy_bandwidth"])
+        for row in result["gemv"]:
+            row["fraction_of_copy"] = row["bandwidth"] / roof
+        print(report([result]), flush=True)
         if args.json:
             args.json.write_text(json.dumps(result, indent=1) + "\n")
         return 0
@@ -373,6 +377,17 @@ def sweep(timer: Timer, rng, quick: bool, gemv_shapes=((16384, 8192),)) -> list[
 def report(results: list[dict]) -> str:
     lines = []
     for r in results:
+        if r.get("features"):  # a --variant run: base and feature variant side by side
+            shapes = _shapes(r["gemv"], ("n", "k"))
+            lines += [f"### {r['engine']}, {r['adapter']}, {r['date']}: GEMV without / with {' + '.join(r['features'])} "
+                      f"(`{r['profile']}` variants, one device, interleaved{'; quick smoke run' if r['quick'] else ''})", "",
+                      "| GEMV (1 token) | " + " | ".join(f"{n}x{k}" for n, k in shapes) + " |", "|---|" + "---:|" * len(shapes)]
+            for fmt in dict.fromkeys(row["format"] for row in r["gemv"]):
+                cells = {(row["n"], row["k"]): f"{row['base_seconds'] * 1e6:.1f} / {row['seconds'] * 1e6:.1f} us ({row['speedup']:.2f}x)"
+                         for row in r["gemv"] if row["format"] == fmt}
+                lines.append(f"| {fmt} | " + " | ".join(cells.get(shape, "-") for shape in shapes) + " |")
+            lines += ["", "(base / feature variant time per product; speedup = base / feature)", ""]
+            continue
         lines += [f"### {r['engine']}, {r['adapter']}, {r['date']} ({'quick smoke run' if r['quick'] else 'full run'}, "
                   f"`{r['profile']}` variants)", "",
                   f"Copy bandwidth (bytes read + written): buffer copy **{r['copy_bandwidth'] / 1e12:.2f} TB/s**, "
