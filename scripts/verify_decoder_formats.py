@@ -10,7 +10,7 @@ tokens that differ. The CI tests run float32/int8/int4 of small random models; t
 whole matrix (minutes per browser on a 2-core machine).
 
     python scripts/verify_decoder_formats.py [--models trained,llama,gpt2] [--formats all] [--mix 2.5]
-        [--browsers chromium,firefox] [--paths webgpu,cpu] [--work .bench/decoder-formats]
+        [--browsers chromium,firefox] [--paths webgpu,cpu] [--work .bench/decoder-formats] [--reuse]
         [--write-docs docs/benchmarks.md]
 
 Exit status 1 when any check fails.
@@ -65,20 +65,25 @@ def random_model(name: str, folder: Path, seed: int = 0) -> Path:
     return folder
 
 
-def build(models: list[str], formats: list[str], mix: float | None, work: Path, method: str) -> list[dict]:
+def build(models: list[str], formats: list[str], mix: float | None, work: Path, method: str, reuse: bool = False) -> list[dict]:
+    """Every bundle under work/site (`reuse`: the random models and bundles a run before left there
+    whole are kept, so a run cut short resumes; anything else is rebuilt)."""
     site, sources = work / "site", work / "models"
-    shutil.rmtree(work, ignore_errors=True)
-    site.mkdir(parents=True)
-    sources.mkdir()
+    if not reuse:
+        shutil.rmtree(work, ignore_errors=True)
+    site.mkdir(parents=True, exist_ok=True)
+    sources.mkdir(exist_ok=True)
     rows = []
     for name in models:
-        folder = TRAINED if name == "trained" else random_model(name, sources / name)
+        kept = reuse and (sources / name / "config.json").is_file() and (sources / name / "tokenizer.json").is_file()
+        folder = TRAINED if name == "trained" else (sources / name if kept else random_model(name, sources / name))
         options = [(fmt, ["--format", fmt]) for fmt in formats]
         if mix:
             options.append((f"mix {mix}", ["--target-bpw", str(mix)]))
         for label, args in options:
             out = site / f"{name}-{label.replace(' ', '-')}"
-            code = cli_main(["bundle", "--model", str(folder), "--out", str(out), "--method", method, *args])
+            code = 0 if reuse and (out / "manifest.json").is_file() else cli_main(
+                ["bundle", "--model", str(folder), "--out", str(out), "--method", method, *args])
             if code != 0:
                 rows.append({"model": name, "format": label, "error": f"bundle exited {code}"})
                 continue
@@ -147,10 +152,11 @@ def main() -> int:
     p.add_argument("--paths", default="webgpu,cpu")
     p.add_argument("--work", type=Path, default=ROOT / ".bench/decoder-formats")
     p.add_argument("--write-docs", type=Path)
+    p.add_argument("--reuse", action="store_true", help="keep the random models and whole bundles a run before left in --work")
     args = p.parse_args()
     formats = list(FORMATS) if args.formats == "all" else args.formats.split(",")
     browsers, paths = args.browsers.split(","), args.paths.split(",")
-    rows = build(args.models.split(","), formats, args.mix or None, args.work, args.method)
+    rows = build(args.models.split(","), formats, args.mix or None, args.work, args.method, args.reuse)
     results = check(rows, browsers, paths, args.work / "site")
     body = table(results, rows, browsers, paths)
     failed = sum(not r["passed"] for r in results) + sum("error" in r for r in rows)

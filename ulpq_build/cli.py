@@ -281,7 +281,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("bench", help="accuracy, size and speed per precision and browser, with a report",
                        description="Build the bundle for each precision preset, measure accuracy on real data (numpy), and "
                                    "agreement, speed and memory in each browser; write results.json and report.html.")
-    p.add_argument("--model", metavar="MODEL", help=f"{MODEL_NAMES} (default builtin:minilm; bench measures BERT and ViT "
+    p.add_argument("--model", metavar="MODEL", help=f"{MODEL_NAMES} (default builtin:minilm; bench measures BERT, ViT and decoder "
                    "models); several, comma-separated, bench each into a folder of --out (with an index.html)")
     p.add_argument("--formats", metavar="LIST", help="comma-separated presets: formats (int4, ...), <format>-gptq, "
                                                     "mixed-<bits>, default (what `bundle` gives with no options); "
