@@ -358,7 +358,10 @@ export class UlpqModel {
    * greedy), topK (0: off), topP (1: off), seed (null: a random one, reported), onToken, signal (an
    * AbortSignal: rejects with an AbortError). Stops after an end-of-sequence token (kept), at
    * maxNewTokens, or at the model's last position. Resolves to {text, tokenIds (the new tokens
-   * only), promptIds, finishReason, seed, path, variant, notes, webgpu, timings}.
+   * only), promptIds, finishReason, seed, path, variant, notes, webgpu, timings}. A WebGPU failure
+   * during the generation (device lost, a failed submit, out of memory): hardware 'auto' generates
+   * again from the start on the CPU path with the same seed (path 'cpu', a note, a console warning;
+   * onToken hears no index twice), hardware 'webgpu' rejects with GpuUnavailable.
    */
   async generate(prompt, options = {}) {
     this.#throwIfDisposed();

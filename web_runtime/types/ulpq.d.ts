@@ -231,7 +231,7 @@ export interface GenerateResult {
   finishReason: 'eos' | 'length' | 'max_position';
   /** The sampling PRNG's seed (pass it again to repeat the run). */
   seed: number;
-  /** Decoders run on the CPU path for now. */
+  /** Where it ran: 'cpu' also after a WebGPU failure under hardware 'auto' (the notes say so). */
   path: RunPath;
   variant: Variant | null;
   notes: string[];
