@@ -78,8 +78,10 @@ async function stepProfile(node, dir) {
   }
 }
 
-const node = await import(pathToFileURL(path.resolve(path.join(request.bundles[0].dir, 'node.js'))).href);
-const out = { node: process.versions.node, webgpu: node.nodeWebgpu, copy: null, bundles: [] };
+// each bundle runs under its own runtime (node.js beside it): bench_gpu_decode --before-runtime
+// times one bundle under two runtimes, so a module imported once would time both under the first
+const runtimeOf = (dir) => import(pathToFileURL(path.resolve(path.join(dir, 'node.js'))).href);
+const out = { node: process.versions.node, webgpu: (await runtimeOf(request.bundles[0].dir)).nodeWebgpu, copy: null, bundles: [] };
 for (const { name, dir, features = null } of request.bundles) {
   const entry = { name };
   out.bundles.push(entry);
@@ -88,6 +90,7 @@ for (const { name, dir, features = null } of request.bundles) {
     const t0 = performance.now();
     // `features`: the optional WebGPU features the runtime may use (e.g. [] = the base kernels only)
     globalThis.ULPQ_GPU_FEATURES = features ?? undefined;
+    const node = await runtimeOf(dir);
     model = await node.loadBundle(dir, { hardware });
     globalThis.ULPQ_GPU_FEATURES = undefined;
     entry.features = model.variant?.features ?? null;
