@@ -57,8 +57,9 @@ def codebook_tables() -> np.ndarray:
 
 
 def manifest_codebooks() -> dict:
-    """The manifest's `codebooks` section (bundles with codebook formats): the stages and their tables."""
-    return {"stages": CODEBOOK_STAGES, "tables": [int(v) for v in codebook_tables()]}
+    """The manifest's `codebooks` section (bundles with codebook formats): the stages, their tables, and
+    the bytes those take in the bundle (counted once per bundle, beside every tensor's own bytes)."""
+    return {"stages": CODEBOOK_STAGES, "tables": [int(v) for v in codebook_tables()], "bytes": 4 * CODEBOOK_TABLE_WORDS}
 
 
 def quantize_codebook(name: str, w: np.ndarray, fmt: Format, h: np.ndarray | None = None) -> dict[str, np.ndarray]:
