@@ -18,6 +18,12 @@ rather than a kernel option, because the choice is one per device, like the work
 every kernel (layernorm, attention, ...) wants the small workgroups too; one row rather than one per
 browser, because what suits the adapter does not depend on the browser around it (both WGSL
 compilers accept the same text, and the bundle ships it once).
+
+Optional WebGPU features (FEATURES: subgroups, shader-f16) are a second, smaller table: a profile
+row lists the features its bundles ship variants for (kernels.py decides which kernels they change),
+and the runtime (variants.js chooseFeatures) requests those the adapter offers, as it requests
+limits, using a feature variant only where the device granted the feature. A feature is not a
+profile row: it changes a few kernels, not the workgroup size, and combines with any profile.
 """
 
 from __future__ import annotations

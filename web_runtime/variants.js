@@ -1,7 +1,8 @@
 // Which shader variant (browser profile) to run: the profile named by the caller or matched from
 // the user agent, checked against the adapter's real limits, falling back to the largest variant
-// that fits; and which shader files that profile needs. Pure functions over the manifest, so they
-// are testable without a GPU.
+// that fits; which optional adapter features (subgroups, shader-f16) to request for it; and which
+// shader files that profile needs with the features the device has. Pure functions over the
+// manifest, so they are testable without a GPU.
 
 import { graphNodes } from './dispatch.js';
 
