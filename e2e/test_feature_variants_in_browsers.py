@@ -13,12 +13,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from test_models_in_browsers import E2E_COSINE, open_model_page
 
 from ulpq_build.bundle_reader import load_bundle
 from ulpq_build.cli import main as cli_main
 from ulpq_build.reference import bert_forward, cosine
-
-from test_models_in_browsers import E2E_COSINE, open_model_page
 
 pytestmark = pytest.mark.browser
 

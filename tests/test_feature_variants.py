@@ -27,17 +27,33 @@ import numpy as np
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from support import ROOT, run_cli  # noqa: E402
-from ulpq_build.browsers import node_environment  # noqa: E402
-from ulpq_build.formats import FORMATS  # noqa: E402
-from ulpq_build.kernels import (FEATURE_KERNELS, KernelVariant, WeightStorage, argmax_split, f16_decodable,  # noqa: E402
-                                feature_variants, render, vec4_capable)
-from ulpq_build.native_webgpu import COMPILERS, KernelRunner, cached_device, matmul_params, validate, weight_arrays  # noqa: E402
-from ulpq_build.profiles import FEATURES, PROFILES  # noqa: E402
-from ulpq_build.quantize import dequantize, quantize  # noqa: E402
-from ulpq_build.quantspec import QuantSpec  # noqa: E402
-from ulpq_build.reference import ACTIVATIONS, relative_error  # noqa: E402
-from ulpq_build.shader_store import code_of  # noqa: E402
+from support import ROOT, run_cli
+
+from ulpq_build.browsers import node_environment
+from ulpq_build.formats import FORMATS
+from ulpq_build.kernels import (
+    FEATURE_KERNELS,
+    KernelVariant,
+    WeightStorage,
+    argmax_split,
+    f16_decodable,
+    feature_variants,
+    render,
+    vec4_capable,
+)
+from ulpq_build.native_webgpu import (
+    COMPILERS,
+    KernelRunner,
+    cached_device,
+    matmul_params,
+    validate,
+    weight_arrays,
+)
+from ulpq_build.profiles import FEATURES, PROFILES
+from ulpq_build.quantize import dequantize, quantize
+from ulpq_build.quantspec import QuantSpec
+from ulpq_build.reference import ACTIVATIONS, relative_error
+from ulpq_build.shader_store import code_of
 
 # the tolerances of the base variants' tests, which the feature variants must meet too
 MATMUL_TOLERANCE = 1e-5  # test_kernels.py: float32 sums over K <= 256 products against float64
@@ -160,7 +176,7 @@ def test_bundle_ships_feature_variants_and_js_negotiates_them(tmp_path):
              {"profile": "cpu", "adapter": ["shader-f16", "subgroups"]}]
     script = tmp_path / "choice.mjs"
     script.write_text(CHOICE_JS % (ROOT / "web_runtime/variants.js").as_uri())
-    proc = subprocess.run([node, script, json.dumps([manifest, cases])], capture_output=True, text=True, timeout=60)
+    proc = subprocess.run([node, script, json.dumps([manifest, cases])], capture_output=True, text=True, timeout=60, check=False)
     assert proc.returncode == 0, proc.stderr
     got = json.loads(proc.stdout)
     assert [g["features"] for g in got] == [[], ["subgroups"], ["shader-f16"], list(BOTH), [], []]
@@ -211,7 +227,7 @@ def test_feature_policy_runs_variants_only_where_they_measured_faster(tmp_path):
         manifest = json.loads((bundle / "manifest.json").read_text())
         assert manifest["feature_policy"] == [dict(r) for r in FEATURE_POLICY]
         cases = [{"info": nvidia}, {"info": swiftshader}, {"info": None}]
-        proc = subprocess.run([node, script, json.dumps([manifest, cases])], capture_output=True, text=True, timeout=60)
+        proc = subprocess.run([node, script, json.dumps([manifest, cases])], capture_output=True, text=True, timeout=60, check=False)
         assert proc.returncode == 0, proc.stderr
         got[fmt] = json.loads(proc.stdout)
     by_format = {fmt: [(g["features"], sorted({v.split(".")[0] for v in g["variants"]})) for g in cases]
