@@ -173,13 +173,13 @@ def matmul_variant(m: int, k: int, spec: QuantSpec, profile: str, tiles=None) ->
     return KernelVariant.make(kernel, profile, WeightStorage.of(spec), tiles=tiles, **options)
 
 
-def check(runner, kernel: str, profile: str, spec: QuantSpec, rng, features=(), k: int = 0) -> float:
+def check(runner, kernel: str, profile: str, spec: QuantSpec, rng, features=(), k: int = 0, tiles=None) -> float:
     """Relative error against numpy on a small ragged shape, on this device (with `features`: that
-    feature variant; k: that many inputs, for the deep GEMV tiles)."""
+    feature variant; k: that many inputs, for the deep GEMV tiles; tiles: overrides)."""
     m, n, k = (1, 67, k or 512) if kernel == "gemv" else (45, 70, 320)
     qt = quantize("w", (rng.standard_normal((n, k)) * 0.1).astype(np.float32), spec)
     x = rng.standard_normal((m, k)).astype(np.float32)
-    variant = matmul_variant(m, k, spec, profile).with_features(features)
+    variant = matmul_variant(m, k, spec, profile, tiles).with_features(features)
     y = runner.run(variant, {"x": x, **weight_arrays(qt)}, matmul_params(qt, m), {"y": m * n})["y"].reshape(m, n)
     # a codebook format's product multiplies the matrix as stored, rotated (its input's rotation is
     # the hadamard kernel before it), so x is taken as already rotated
@@ -199,6 +199,9 @@ def main() -> int:
     parser.add_argument("--sweep-shapes", default="16384x8192", help="GEMV shapes (n x k, comma-separated) the sweep times")
     parser.add_argument("--variant", choices=tuple(VARIANT_FEATURES),
                         help="time each GEMV with and without these adapter features on one device (GEMV only)")
+    parser.add_argument("--variant-tiles", default="",
+                        help="with --variant: tile overrides for the feature variant only, e.g. sg_lid=1 (place threads "
+                             "by local_invocation_index, assuming consecutive subgroups) or threads_per_row=32")
     parser.add_argument("--json", type=Path, help="write the results here")
     parser.add_argument("--report", type=Path, nargs="+", help="format result files instead of measuring")
     parser.add_argument("--write-docs", type=Path)
@@ -309,11 +312,14 @@ def feature_rows(result: dict, timer: "Timer", runner, spec: QuantSpec, shapes, 
     """Each GEMV shape of `spec`, base variant and feature variant side by side on this device."""
     for n, k in shapes:
         base = matmul_variant(1, k, spec, args.profile)
-        variant = base.with_features(features)
+        tiles = dict(base.tile_overrides)
+        tiles.update((name, int(value)) for name, value in (t.split("=") for t in args.variant_tiles.split(",") if t))
+        variant = KernelVariant.make(base.kernel, base.profile, base.weight, tiles=tiles or None, features=features,
+                                     **base.opts)
         if not variant.features:
             print(f"gemv {spec.format:13s} {n}x{k}: no {args.variant} variant for this storage", flush=True)
             continue
-        errors = [check(runner, "gemv", args.profile, spec, rng, f, k) for f in ((), variant.features)]
+        errors = [check(runner, "gemv", args.profile, spec, rng, f, k, t) for f, t in (((), None), (variant.features, tiles))]
         qt = random_weight(spec, n, k, rng)
         x = rng.standard_normal((1, k)).astype(np.float32)
         repeat, trials = (2, 2) if args.quick else (48 if n * k < 1 << 24 else 24, 5)

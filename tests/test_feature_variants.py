@@ -314,6 +314,8 @@ GEMV_CASES = [
     (F16, INT4, "chrome", {"x_rows": 3}, False, False),
     (BOTH, INT4, "firefox", {"threads_per_row": 8}, True, False), (BOTH, INT8A, "chrome", None, True, True),
     (BOTH, INT2, "chrome", {"threads_per_row": 4, "x_rows": 2}, False, False), (BOTH, INT4, "safari", None, True, False),
+    # bench_kernels' experiment (places by local_invocation_index: lavapipe's subgroups are consecutive)
+    (SUBGROUPS, INT4, "chrome", {"sg_lid": 1}, True, True),
 ]
 
 
