@@ -148,7 +148,7 @@ def _kwise_specs():
         if not variant.panel_decode:
             continue
         k = 4 * variant.fmt.values_per_word * (8 if variant.fmt.values_per_word != 10 else 3)  # int3: 120
-        base = dict(format=variant.format, scale_dtype=variant.scale_dtype, asymmetric=variant.zeros)
+        base = {"format": variant.format, "scale_dtype": variant.scale_dtype, "asymmetric": variant.zeros}
         sizes = [gs for gs in (32, 64) if gs % variant.fmt.values_per_word == 0 and k % gs == 0] + [0] + ([] if variant.zeros else [-1])
         out += [(QuantSpec(**base, group_size=gs), k) for gs in sizes]
     return out
