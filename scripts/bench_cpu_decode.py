@@ -11,7 +11,9 @@ Each bundle is run by two runtimes: `before` (the bundle's JS files replaced by 
 revision --before-rev; same shards and kernels) and `after` (the working tree's), under Node
 (wasm on 1 and 2 threads, and the plain-JS path on the small model) and in headless Chromium and
 Firefox (wasm, one thread and, the page being cross-origin isolated, two), interleaved round by
-round; the figures are the fastest and the median of the rounds' timed runs. A one-thread `after` profile says
+round; the figures are the fastest and the median of the rounds' timed runs. With --before-kernels REV
+`before` is instead this runtime with REV's wasm kernels built into the bundle (a kernel change measured
+alone). A one-thread `after` profile says
 where a step's time goes (products, other kernels, the rest).
 
     python scripts/bench_cpu_decode.py [--sizes small,large] [--engines node,chromium,firefox]
