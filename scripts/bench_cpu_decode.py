@@ -280,15 +280,9 @@ def write_docs(path: Path, text: str) -> None:
              "everything else (JS, copies, scheduling) 2-17%; removing the per-product calls and copies therefore gains "
              "little on this machine: in Node and Chromium the wasm `before`/`after` rows are within the noise of each "
              "other; Firefox (one round, run last) has `after` ahead on two threads (small model 1.2-1.8x). "
-             "(2) Fewer bits are still not faster on wasm, even for the large model whose float32 weights (440 MB) "
-             "exceed the L3: the packed GEMV kernel (`$gemv_<format>` in templates/wasm/kernels.wat.jinja; lanes = 4 "
-             "weight rows, four lane loads per word, then per code shift, mask, convert, subtract the zero point, "
-             "multiply-add) spends about 1.6-1.9 SIMD instructions per weight against float32's 0.8, so at these sizes "
-             "it is compute-bound at 1.5-3x float32's kernel time (one-thread profile, Node: float32 35 ms, int8 48 ms, "
-             "int4 86 ms, int2 181 ms of products per large-model step). Making int4 beat float32 needs a cheaper "
-             "decode in that kernel (codes masked in place against an x pre-scaled by 2^-bits*q, the zero point "
-             "taken out once per group through the group's sum of x, k-wise 16-byte loads of one row): not done "
-             "here. (3) The plain-JS path (engines without wasm SIMD) is 2-4x faster on packed formats "
+             "(2) Whether fewer bits are faster on wasm is the packed GEMV kernel's (`$gemv_<format>` and the "
+             "one-row kernel in templates/wasm/kernels.wat.jinja): compare the profile rows' products per format. "
+             "(3) The plain-JS path (engines without wasm SIMD) is 2-4x faster on packed formats "
              "(int2 2.2 -> 9.0 tokens/s on the small model) and unchanged on float32.")
     section = f"{MARK_START}\n## Decoder decode speed on the CPU path (scripts/bench_cpu_decode.py)\n\n{intro}\n\n{text}\n{MARK_END}"
     if MARK_START in doc and MARK_END in doc:
