@@ -10,7 +10,9 @@ over their weights; LayerNorm parameters and biases stay float32 and are not cou
 
 The rot-mix rows mix formats per matrix (rotated E81B, E8P, E8P+E81B, E8P+E8P, int8) by this script's own
 allocation (the planner's rule, greedy distortion drop per byte, over sensitivities measured here
-with rotations and rounding), since the codebook formats are not registry rows yet.
+with rotations and rounding), from before the codebook formats were registry rows. The reg- rows go
+through the toolchain itself: registry formats (formats.py e8p, e8p-rvq3, ...) quantized by
+gptq.quantize_model, and reg-mixed-B planned by planner.plan_for_budget, as `bundle` does.
 docs/two_bit_study.md holds a run's table.
 """
 

@@ -1,6 +1,7 @@
 """Quantize a whole model with rotations and/or codebooks, matrix by matrix, as a `Recipe` says:
 the numpy reference for measuring what incoherence processing and E8 codebooks contribute
-(scripts/study_two_bit.py), before they become rows of the format registry.
+(scripts/study_two_bit.py), in more combinations than the registry's codebook rows (vq/tensor.py:
+those, as bundles store them) offer: rotated scalar formats, output rotations, unrotated codebooks.
 
 Every matrix comes back in its original basis (rotations undone), as float32, with the bytes its
 stored form takes (codes, scales, codebook parts, rotation seeds). Linear layers with `gptq` are
