@@ -411,7 +411,11 @@ export class UlpqModel {
       // A GPU failure mid-generation must not lose the user's generation silently: 'auto' runs it
       // again from the start on the CPU path (same seed: the same tokens), 'webgpu' rejects.
       const cause = err.cause;
-      const why = `${cause?.name ?? 'Error'}: ${cause?.message ?? cause}`;
+      // a destroyed device's `lost` may settle after the pass's first error (a failed read-back): wait a little
+      const info = await lostInfo(this.backend);
+      const said = `${cause?.name ?? 'Error'}: ${cause?.message ?? cause}`;
+      const why = info ? `the GPU device was lost (${info.reason ?? 'unknown'}: ${info.message || 'no message'}; the pass said ${said})`
+        : said;
       if (this.options.hardware === 'webgpu') {
         const failed = new GpuUnavailable(`WebGPU generation failed after ${heard.length} token(s) (${why}); hardware `
           + '\'webgpu\' does not fall back to the CPU: load the model again, or use hardware \'auto\' or \'cpu\'');
