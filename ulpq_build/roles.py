@@ -9,9 +9,15 @@ import re
 
 ROLES = ("embedding", "first_layer", "last_layer", "attention", "feed_forward")
 _LAYER = re.compile(r"(?:^|\.)(?:layer|layers|h|blocks|block)\.(\d+)(?:\.|$)")
-_EMBEDDING = re.compile(r"embed", re.I)
-_ATTENTION = re.compile(r"attn|attention|(?:^|\.)(?:q|k|v|o|out)_proj(?:\.|$)|(?:^|\.)(?:query|key|value)(?:\.|$)", re.I)
-_FEED_FORWARD = re.compile(r"intermediate|(?:^|\.)(?:mlp|ffn|fc\d|feed_forward)(?:\.|$)|(?<!attention)\.output\.dense|dense_h_to_4h|dense_4h_to_h", re.I)
+# "embed" (BERT, ViT, Llama), and GPT-2's token and position tables, wte and wpe
+_EMBEDDING = re.compile(r"embed|(?:^|\.)(?:wte|wpe)(?:\.|$)", re.IGNORECASE)
+_ATTENTION = re.compile(r"attn|attention|(?:^|\.)(?:q|k|v|o|out)_proj(?:\.|$)|(?:^|\.)(?:query|key|value)(?:\.|$)", re.IGNORECASE)
+_FEED_FORWARD = re.compile(r"intermediate|(?:^|\.)(?:mlp|ffn|fc\d|feed_forward)(?:\.|$)|(?<!attention)\.output\.dense|dense_h_to_4h|dense_4h_to_h", re.IGNORECASE)
+
+
+def is_embedding(name: str) -> bool:
+    """Is the tensor of this name an embedding table (rows gathered by id)?"""
+    return bool(_EMBEDDING.search(name))
 
 
 def layer_index(name: str) -> int | None:
@@ -27,7 +33,7 @@ def tensor_roles(names: list[str]) -> dict[str, set[str]]:
     roles: dict[str, set[str]] = {}
     for name in names:
         found = set()
-        if _EMBEDDING.search(name):
+        if is_embedding(name):
             found.add("embedding")
         if indices[name] is not None:
             if indices[name] == first:

@@ -5,7 +5,7 @@ dequantize them back to the original basis, rotations undone.
 Rotation: the inputs of a matrix are rotated by RandomHadamard(k, seed) (incoherence.py) when
   - its row says `rotate`,
   - k has a flat Hadamard (k = 2^m or 12 * 2^m: the WGSL and JS kernels do just those), and
-  - it is not a table (a name with "embed", roles.py's rule): a gather reads stored rows as they lie,
+  - it is not a table (roles.is_embedding: "embed", GPT-2's wte/wpe): a gather reads stored rows as they lie,
     and no kernel un-rotates after it; tables are coded unrotated.
 The seed is a function of k alone, so every matrix reading the same activations (query, key and
 value) has the same rotation: the runtime rotates an input once for all of them and Q|K|V still fuse.
@@ -15,7 +15,6 @@ one would take a Hadamard after every product, before its bias and activation.
 
 from __future__ import annotations
 
-import re
 import zlib
 
 import numpy as np
@@ -23,6 +22,7 @@ import numpy as np
 from ulpq_build.errors import UserError
 from ulpq_build.formats import CODEBOOK_STAGES, CODEBOOK_TABLE_WORDS, GROUP_DIM, Format
 from ulpq_build.packing import pack_vq, unpack_vq
+from ulpq_build.roles import is_embedding
 from ulpq_build.vq.codebook import (
     CODEBOOK_FORMATS,
     CodedMatrix,
@@ -32,8 +32,6 @@ from ulpq_build.vq.codebook import (
 from ulpq_build.vq.e8 import e8p_table, e81b_grid, lut8_table
 from ulpq_build.vq.incoherence import RandomHadamard, split_size
 
-_TABLE = re.compile(r"embed", re.IGNORECASE)
-
 
 def rotation_seed(k: int) -> int:
     """The nonzero seed of the input rotation of every rotated matrix with k inputs."""
@@ -42,7 +40,7 @@ def rotation_seed(k: int) -> int:
 
 def rotation_for(name: str, fmt: Format, k: int) -> RandomHadamard | None:
     """The input rotation a matrix of this format gets (module docstring), or None."""
-    if not fmt.rotate or _TABLE.search(name) or split_size(k)[0] not in (1, 12) or k < 2:
+    if not fmt.rotate or is_embedding(name) or split_size(k)[0] not in (1, 12) or k < 2:
         return None
     return RandomHadamard(k, rotation_seed(k))
 
