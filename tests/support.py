@@ -85,3 +85,23 @@ def tiny_bert(folder, seed=0, hidden=32, layers=2, heads=2, inter=64, vocab=40, 
     words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + [f"w{i}" for i in range(vocab - 5)]
     return write_model(folder, t, config, vocab__txt="\n".join(words) + "\n",
                        tokenizer_config__json={"do_lower_case": True, "model_max_length": 512})
+
+
+def run_again_on_dawn(test_file, selection: str, variable: str, tmp_path) -> None:
+    """Run the tests of `test_file` chosen by `selection` (pytest -k) again in a child pytest with
+    `variable` set to "dawn", so they execute on Dawn (Tint's code, as Chrome runs it). Dawn refuses
+    Debian 12's Mesa 22 lavapipe, so the child gets the Mesa 25 one in .mesa/ through
+    VK_ICD_FILENAMES and LD_LIBRARY_PATH, which must be set before the process starts. Fails (never
+    skips) without that lavapipe, when the child fails, or when it skipped anything."""
+    from ulpq_build.browsers import node_environment
+
+    env = node_environment()
+    if "VK_ICD_FILENAMES" not in env:
+        pytest.fail("no Mesa >= 25 lavapipe for Dawn: run scripts/private_mesa.sh (scripts/setup.sh does) or set ULPQ_MESA")
+    xdg = tmp_path / "xdg"
+    xdg.mkdir(mode=0o700)
+    env.update({variable: "dawn", "XDG_RUNTIME_DIR": str(xdg)})
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", str(test_file), "-k", selection],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=600, check=False)
+    assert proc.returncode == 0 and " passed" in proc.stdout, proc.stdout[-4000:] + proc.stderr[-2000:]
+    assert "skipped" not in proc.stdout and "deselected" in proc.stdout

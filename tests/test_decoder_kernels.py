@@ -20,14 +20,11 @@ import itertools
 import math
 import os
 import re
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 
-from support import ROOT
-from ulpq_build.browsers import node_environment
+from support import run_again_on_dawn
 from ulpq_build.decoder_reference import causal_attention, rms_norm, rotary
 from ulpq_build.kernels import (EPILOGUE, GATE_ACTIVATIONS, KERNELS, MAX_DECODE_CHUNK, KernelVariant, WeightStorage,
                                 argmax_split, check_cache_attention_dims, check_cache_dims, decode_chunks,
@@ -189,17 +186,8 @@ def test_executes_on_dawn(tmp_path):
     Mesa 25 one in .mesa/ through VK_ICD_FILENAMES and LD_LIBRARY_PATH, which must be set before the
     process starts."""
     assert ENGINE == "wgpu", f"{ENGINE_VARIABLE} is for the child run, which deselects this test"
-    env = node_environment()
-    if "VK_ICD_FILENAMES" not in env:
-        pytest.fail("no Mesa >= 25 lavapipe for Dawn: run scripts/private_mesa.sh (scripts/setup.sh does) or set ULPQ_MESA")
-    xdg = tmp_path / "xdg"
-    xdg.mkdir(mode=0o700)
-    env.update({ENGINE_VARIABLE: "dawn", "XDG_RUNTIME_DIR": str(xdg)})
-    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", __file__,
-                           "-k", "not test_compiles and not test_executes_on_dawn and not dims and not registered and not table"],
-                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=600, check=False)
-    assert proc.returncode == 0 and " passed" in proc.stdout, proc.stdout[-4000:] + proc.stderr[-2000:]
-    assert "skipped" not in proc.stdout and "deselected" in proc.stdout
+    run_again_on_dawn(__file__, "not test_compiles and not test_executes_on_dawn and not dims and not registered and not table",
+                      ENGINE_VARIABLE, tmp_path)
 
 
 @pytest.mark.gpu

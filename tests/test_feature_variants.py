@@ -27,9 +27,8 @@ import numpy as np
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from support import ROOT, run_cli
+from support import ROOT, run_again_on_dawn, run_cli
 
-from ulpq_build.browsers import node_environment
 from ulpq_build.formats import FORMATS
 from ulpq_build.kernels import (
     FEATURE_KERNELS,
@@ -271,16 +270,7 @@ def test_executes_on_dawn(tmp_path):
     Dawn refuses Debian 12's Mesa 22 lavapipe, so the child gets the Mesa 25 one in .mesa/ through
     VK_ICD_FILENAMES and LD_LIBRARY_PATH, which must be set before the process starts."""
     assert ENGINE == "wgpu", f"{ENGINE_VARIABLE} is for the child run, which deselects this test"
-    env = node_environment()
-    if "VK_ICD_FILENAMES" not in env:
-        pytest.fail("no Mesa >= 25 lavapipe for Dawn: run scripts/private_mesa.sh (scripts/setup.sh does) or set ULPQ_MESA")
-    xdg = tmp_path / "xdg"
-    xdg.mkdir(mode=0o700)
-    env.update({ENGINE_VARIABLE: "dawn", "XDG_RUNTIME_DIR": str(xdg)})
-    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", __file__, "-k", "matches_numpy and not safari"],
-                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=600, check=False)
-    assert proc.returncode == 0 and " passed" in proc.stdout, proc.stdout[-4000:] + proc.stderr[-2000:]
-    assert "skipped" not in proc.stdout and "deselected" in proc.stdout
+    run_again_on_dawn(__file__, "matches_numpy and not safari", ENGINE_VARIABLE, tmp_path)
 
 
 def run_gemv(variant, spec, rng, m, n, k, tolerance):
