@@ -20,6 +20,7 @@ import itertools
 import math
 import os
 import re
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -276,42 +277,56 @@ def inv_freq_of(d, theta=10000.0):
 @pytest.mark.parametrize("profile", EXECUTED_PROFILES)
 def test_cache_append(kernel, profile, rng):
     variant = KernelVariant.make(kernel, profile)
-    for batch, seq, heads, kv, d, start, capacity in APPEND_CASES:
-        rows = batch * seq
-        qkv = rng.standard_normal((rows, (heads + 2 * kv) * d)).astype(np.float32)
-        positions = rng.integers(0, MAX_TEST_POSITION, rows).astype(np.uint32)
-        positions[0] = 0
-        inv_freq = inv_freq_of(d)
-        layers, layer = 2, 1  # both caches hold two layers; this call writes layer 1 (cache_off)
-        per_layer = batch * kv * capacity * d
-        old_k = rng.standard_normal((layers, batch, kv, capacity, d)).astype(np.float32)
-        old_v = rng.standard_normal((layers, batch, kv, capacity, d)).astype(np.float32)
-        old_k[layer, :, :, start:start + seq] = np.nan  # the slots this call must write
-        old_v[layer, :, :, start:start + seq] = np.nan
-        dims = {"rows": rows, "seq": seq, "heads": heads, "kv_heads": kv, "head_dim": d, "start": start,
-                "capacity": capacity, "cache_off": layer * per_layer, "count": rows * (heads + 2 * kv) * d // 2}
-        check_cache_dims(dims)
-        inputs = {"qkv": qkv}
-        if kernel == "rotary_cache":
-            inputs.update(positions=positions, inv_freq=inv_freq)
-        got = execute(variant, inputs, dims,
-                      {"q": poisoned(rows * heads * d), "k_cache": old_k.ravel(), "v_cache": old_v.ravel()})
+    rotate = kernel == "rotary_cache"
+    for case in APPEND_CASES:
+        c = append_case(rng, *case)
+        inputs = {"qkv": c.qkv}
+        if rotate:
+            inputs.update(positions=c.positions, inv_freq=c.inv_freq)
+        got = execute(variant, inputs, c.dims,
+                      {"q": poisoned(c.rows * c.heads * c.d), "k_cache": c.old_k.ravel(), "v_cache": c.old_v.ravel()})
+        check_append(got, c, rotate)
 
-        q, k, v = (by_head(part, batch, seq, n, d)
-                   for part, n in zip(np.split(qkv, [heads * d, (heads + kv) * d], axis=1), (heads, kv, kv)))
-        if kernel == "rotary_cache":
-            pos = positions.reshape(batch, seq)
-            q, k = rotary(q, pos, inv_freq.astype(np.float64)), rotary(k, pos, inv_freq.astype(np.float64))
-        tolerance = ROTARY_TOLERANCE if kernel == "rotary_cache" else COPY_TOLERANCE
-        check(got["q"], q.transpose(0, 2, 1, 3).reshape(rows, heads * d), tolerance, "q")
-        k_cache = got["k_cache"].reshape(old_k.shape)
-        v_cache = got["v_cache"].reshape(old_v.shape)
-        check(k_cache[layer, :, :, start:start + seq], k, tolerance, "k appended")
-        check(v_cache[layer, :, :, start:start + seq], v, COPY_TOLERANCE, "v appended")
-        untouched = np.ones(old_k.shape, bool)
-        untouched[layer, :, :, start:start + seq] = False
-        for name, cache, old in (("k", k_cache, old_k), ("v", v_cache, old_v)):
-            assert np.array_equal(cache[untouched], old[untouched]), f"{name}: a slot outside start .. start + seq changed"
+
+def append_case(rng, batch, seq, heads, kv, d, start, capacity) -> SimpleNamespace:
+    """One cache-append call into layer 1 of two-layer caches: random Q|K|V rows and positions (the
+    first 0), the caches' old contents with the slots the call must write set to NaN, its dims."""
+    rows = batch * seq
+    qkv = rng.standard_normal((rows, (heads + 2 * kv) * d)).astype(np.float32)
+    positions = rng.integers(0, MAX_TEST_POSITION, rows).astype(np.uint32)
+    positions[0] = 0
+    layers, layer = 2, 1
+    per_layer = batch * kv * capacity * d
+    old_k = rng.standard_normal((layers, batch, kv, capacity, d)).astype(np.float32)
+    old_v = rng.standard_normal((layers, batch, kv, capacity, d)).astype(np.float32)
+    old_k[layer, :, :, start:start + seq] = np.nan  # the slots this call must write
+    old_v[layer, :, :, start:start + seq] = np.nan
+    dims = {"rows": rows, "seq": seq, "heads": heads, "kv_heads": kv, "head_dim": d, "start": start,
+            "capacity": capacity, "cache_off": layer * per_layer, "count": rows * (heads + 2 * kv) * d // 2}
+    check_cache_dims(dims)
+    return SimpleNamespace(batch=batch, seq=seq, heads=heads, kv=kv, d=d, start=start, rows=rows, qkv=qkv,
+                           positions=positions, inv_freq=inv_freq_of(d), layer=layer, old_k=old_k, old_v=old_v, dims=dims)
+
+
+def check_append(got, c: SimpleNamespace, rotate: bool) -> None:
+    """An append kernel's outputs for case `c` against numpy: Q (rotated or copied) by head, K and V
+    in the call's cache slots, and every other slot of both caches unchanged."""
+    batch, seq, heads, kv, d, start, layer = c.batch, c.seq, c.heads, c.kv, c.d, c.start, c.layer
+    q, k, v = (by_head(part, batch, seq, n, d)
+               for part, n in zip(np.split(c.qkv, [heads * d, (heads + kv) * d], axis=1), (heads, kv, kv)))
+    if rotate:
+        pos = c.positions.reshape(batch, seq)
+        q, k = rotary(q, pos, c.inv_freq.astype(np.float64)), rotary(k, pos, c.inv_freq.astype(np.float64))
+    tolerance = ROTARY_TOLERANCE if rotate else COPY_TOLERANCE
+    check(got["q"], q.transpose(0, 2, 1, 3).reshape(c.rows, heads * d), tolerance, "q")
+    k_cache = got["k_cache"].reshape(c.old_k.shape)
+    v_cache = got["v_cache"].reshape(c.old_v.shape)
+    check(k_cache[layer, :, :, start:start + seq], k, tolerance, "k appended")
+    check(v_cache[layer, :, :, start:start + seq], v, COPY_TOLERANCE, "v appended")
+    untouched = np.ones(c.old_k.shape, bool)
+    untouched[layer, :, :, start:start + seq] = False
+    for name, cache, old in (("k", k_cache, c.old_k), ("v", v_cache, c.old_v)):
+        assert np.array_equal(cache[untouched], old[untouched]), f"{name}: a slot outside start .. start + seq changed"
 
 
 @pytest.mark.gpu

@@ -13,14 +13,11 @@ import pytest
 from test_decoder_bundle import SMALL, _build
 from test_decoder_kernels import (
     APPEND_CASES,
-    COPY_TOLERANCE,
     EXECUTED_PROFILES,
-    MAX_TEST_POSITION,
-    ROTARY_TOLERANCE,
-    by_head,
+    append_case,
     check,
+    check_append,
     execute,
-    inv_freq_of,
     poisoned,
 )
 
@@ -31,7 +28,6 @@ from ulpq_build.cli import main as cli_main
 from ulpq_build.decoder_reference import rotary
 from ulpq_build.kernels import (
     KernelVariant,
-    check_cache_dims,
     decoder_operator_kernels,
     render,
 )
@@ -70,40 +66,15 @@ def test_split_role_only_for_separate_projections():
 def test_split_append_matches_numpy_and_the_fused_kernel(kernel, profile, rng):
     split, fused = KernelVariant.make(kernel, profile), KernelVariant.make(SPLIT[kernel], profile)
     rotate = kernel == "rotary_cache_split"
-    for batch, seq, heads, kv, d, start, capacity in APPEND_CASES:
-        rows = batch * seq
-        qkv = rng.standard_normal((rows, (heads + 2 * kv) * d)).astype(np.float32)
-        q_in, k_in, v_in = (np.ascontiguousarray(p) for p in np.split(qkv, [heads * d, (heads + kv) * d], axis=1))
-        positions = rng.integers(0, MAX_TEST_POSITION, rows).astype(np.uint32)
-        inv_freq = inv_freq_of(d)
-        layers, layer = 2, 1  # this call writes layer 1's block (cache_off)
-        per_layer = batch * kv * capacity * d
-        old_k = rng.standard_normal((layers, batch, kv, capacity, d)).astype(np.float32)
-        old_v = rng.standard_normal((layers, batch, kv, capacity, d)).astype(np.float32)
-        old_k[layer, :, :, start:start + seq] = np.nan  # the slots this call must write
-        old_v[layer, :, :, start:start + seq] = np.nan
-        dims = {"rows": rows, "seq": seq, "heads": heads, "kv_heads": kv, "head_dim": d, "start": start,
-                "capacity": capacity, "cache_off": layer * per_layer, "count": rows * (heads + 2 * kv) * d // 2}
-        check_cache_dims(dims)
-        extra = {"positions": positions, "inv_freq": inv_freq} if rotate else {}
-        got, peer = (execute(variant, inputs, dims, {"q": poisoned(rows * heads * d), "k_cache": old_k.ravel().copy(),
-                                                     "v_cache": old_v.ravel().copy()})
+    for case in APPEND_CASES:
+        c = append_case(rng, *case)
+        q_in, k_in, v_in = (np.ascontiguousarray(p) for p in np.split(c.qkv, [c.heads * c.d, (c.heads + c.kv) * c.d], axis=1))
+        extra = {"positions": c.positions, "inv_freq": c.inv_freq} if rotate else {}
+        got, peer = (execute(variant, inputs, c.dims, {"q": poisoned(c.rows * c.heads * c.d), "k_cache": c.old_k.ravel().copy(),
+                                                       "v_cache": c.old_v.ravel().copy()})
                      for variant, inputs in ((split, {"q_in": q_in, "k_in": k_in, "v_in": v_in, **extra}),
-                                             (fused, {"qkv": qkv, **extra})))
-
-        q, k, v = by_head(q_in, batch, seq, heads, d), by_head(k_in, batch, seq, kv, d), by_head(v_in, batch, seq, kv, d)
-        if rotate:
-            pos = positions.reshape(batch, seq)
-            q, k = rotary(q, pos, inv_freq.astype(np.float64)), rotary(k, pos, inv_freq.astype(np.float64))
-        tolerance = ROTARY_TOLERANCE if rotate else COPY_TOLERANCE
-        check(got["q"], q.transpose(0, 2, 1, 3).reshape(rows, heads * d), tolerance, "q")
-        k_cache, v_cache = got["k_cache"].reshape(old_k.shape), got["v_cache"].reshape(old_v.shape)
-        check(k_cache[layer, :, :, start:start + seq], k, tolerance, "k appended")
-        check(v_cache[layer, :, :, start:start + seq], v, COPY_TOLERANCE, "v appended")
-        untouched = np.ones(old_k.shape, bool)
-        untouched[layer, :, :, start:start + seq] = False
-        for name, cache, old in (("k", k_cache, old_k), ("v", v_cache, old_v)):
-            assert np.array_equal(cache[untouched], old[untouched]), f"{name}: a slot outside start .. start + seq changed"
+                                             (fused, {"qkv": c.qkv, **extra})))
+        check_append(got, c, rotate)
         # copies are the fused kernel's bit for bit (the rotation's sin/cos are its own: _rotary.wgsl.jinja)
         for name in ("v_cache",) if rotate else ("q", "k_cache", "v_cache"):
             assert np.array_equal(got[name], peer[name], equal_nan=True), f"{name} differs from {SPLIT[kernel]}'s"
