@@ -822,7 +822,6 @@ export class GpuBackend {
    * the device, for the next run to take as it is (see inputOnDevice): a greedy decoder's token.
    */
   submit(h, { feed = null } = {}) {
-    const started = performance.now();
     const run = this.run;
     this.run = null;
     if (h.stride && h.stride !== h.cols) throw new Error('a column view cannot be the output of a run');
@@ -883,7 +882,6 @@ export class GpuBackend {
     this.stats.passes++;
     const oom = this.device.popErrorScope();
     const invalid = this.device.popErrorScope();
-    this.stats.lastSubmitMs = performance.now() - started; // JS + API time from the graph's end to the submit
     const result = this.#collect(plan, rb, bytes, h, oom, invalid);
     return { result };
   }
