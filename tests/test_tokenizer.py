@@ -74,3 +74,45 @@ def test_matches_the_tokenizers_package(tmp_path):
     seq = batch["seq"]
     assert batch["batch"] == 3 and len(batch["ids"]) == 3 * seq
     assert batch["mask"][:seq].count(1) == len(expected[0])
+
+
+COMPACT_VOCAB_CHECK = r"""
+const { CompactVocab, WordPieceTokenizer } = await import(process.argv[1]);
+const json = JSON.parse(require('node:fs').readFileSync(process.argv[2], 'utf8'));
+const entries = Object.entries(json.model.vocab);
+const map = new Map(entries);
+const vocab = new CompactVocab(entries);
+const wrong = [];
+for (const [token, id] of entries) if (vocab.get(token) !== id || !vocab.has(token)) wrong.push(token);
+// pieces that are not tokens: prefixes, suffixes and mixes of real ones, and the empty string
+const probes = [''];
+for (const [token] of entries.slice(0, 5000)) probes.push(token + 'q', 'x' + token, token.slice(1), token + token, '##' + token);
+for (const p of probes) if (vocab.get(p) !== map.get(p) || vocab.has(p) !== map.has(p)) wrong.push(p);
+// ids out of order and with gaps, a repeated token (the first id stays, as a Map built with has() kept it)
+const odd = new CompactVocab([['b', 7], ['a', 3], ['b', 9], ['ü中', 0], ['', 12]]);
+const oddOk = odd.size === 4 && odd.get('b') === 7 && odd.get('a') === 3 && odd.get('ü中') === 0 && odd.get('') === 12
+  && odd.get('c') === undefined && odd.get('ü') === undefined;
+// fromVocabTxt: a repeated line keeps its first id, empty lines are no tokens
+const txt = WordPieceTokenizer.fromVocabTxt('[PAD]\n[UNK]\n[CLS]\n[SEP]\nhello\n\nhello\nworld', {});
+const txtOk = txt.vocab.get('hello') === 4 && txt.vocab.get('world') === 7 && !txt.vocab.has('');
+console.log(JSON.stringify({ wrong: wrong.slice(0, 5), count: wrong.length, size: vocab.size, entries: entries.length,
+  probes: probes.length, oddOk, txtOk, encoded: txt.encode('hello world') }));
+"""
+
+
+def test_compact_vocab_answers_as_a_map():
+    """CompactVocab (the tokenizer's vocabulary, held compactly) gives every token's id and no id for
+    near-misses, as a Map of the same entries does; repeated tokens keep their first id."""
+    node = shutil.which("node")
+    if node is None:
+        pytest.fail("node is not installed (.ci/run installs it)")
+    proc = subprocess.run([node, "--input-type=commonjs", "-e", f"(async () => {{ {COMPACT_VOCAB_CHECK} }})()",
+                           str(ROOT / "web_runtime/tokenizer.js"), str(MODEL / "tokenizer.json")],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    got = json.loads(proc.stdout)
+    assert got["size"] == got["entries"] == 30522
+    assert got["count"] == 0, got["wrong"]
+    assert got["probes"] > 20000
+    assert got["oddOk"] and got["txtOk"]
+    assert got["encoded"] == [2, 4, 7, 3]
