@@ -16,40 +16,60 @@ const isControl = (ch, cp) => cp !== 0x09 && cp !== 0x0a && cp !== 0x0d && OTHER
 const isCjk = (cp) => CJK.some(([lo, hi]) => cp >= lo && cp <= hi);
 const isAsciiPunct = (cp) => (cp >= 33 && cp <= 47) || (cp >= 58 && cp <= 64) || (cp >= 91 && cp <= 96) || (cp >= 123 && cp <= 126);
 const isPunct = (ch, cp) => isAsciiPunct(cp) || PUNCTUATION.test(ch);
+const WIDE = 0x80000000; // CompactVocab: an entry whose place is in its string of wider characters
 
 /**
- * A token -> id vocabulary held as a few flat arrays instead of a Map: every token in one string
- * (in id order), each entry's start in it, an open-addressing hash table of entry numbers, and the
- * ids only where they are not 0..size-1 in order. The tokenizer lives as long as the model: a Map of
- * BERT's 30522 tokens kept 1.6 MiB of JS heap in Node (a string and a table entry per token),
- * this 0.65 MiB. Map-like: get, has, size.
+ * A token -> id vocabulary held as a few flat arrays instead of a Map: the tokens in two strings
+ * (those of Latin-1 characters only, one byte per character in the engines, and the rest), each
+ * entry's place and length, an open-addressing hash table of entry numbers, and the ids only where
+ * they are not 0..size-1 in order. The tokenizer lives as long as the model: a Map of BERT's 30522
+ * tokens kept 1.6 MiB of JS heap in Node (a string and a table entry per token), this 0.5 MiB.
+ * Map-like: get, has, size.
  */
 export class CompactVocab {
-  /** @param {Iterable<[string, number]>} entries token, id; a token seen again keeps its first id */
+  /** @param {Iterable<[string, number]>} entries token, id; a token given twice keeps its smaller id */
   constructor(entries) {
-    const seen = new Set();
-    const kept = [];
-    for (const [token, id] of entries) {
-      if (seen.has(token)) continue;
-      seen.add(token);
-      kept.push([token, id]);
-    }
-    kept.sort((a, b) => a[1] - b[1]);
-    this.size = kept.length;
-    this.text = kept.map(([token]) => token).join('');
-    this.starts = new Uint32Array(this.size + 1);
-    for (let e = 0; e < this.size; e++) this.starts[e + 1] = this.starts[e] + kept[e][0].length;
-    // ids 0..size-1 in order (every BERT vocabulary): an entry's number is its id, no array needed
-    this.ids = kept.every(([, id], e) => id === e) ? null : Int32Array.from(kept, ([, id]) => id);
+    const all = Array.from(entries).sort((a, b) => a[1] - b[1]);
     let slots = 16;
-    while (slots < 2 * this.size) slots *= 2;
+    while (slots < 2 * all.length) slots *= 2;
     this.mask = slots - 1;
-    this.table = this.size < 0xffff ? new Uint16Array(slots) : new Uint32Array(slots); // entry + 1; 0 = empty
-    for (let e = 0; e < this.size; e++) {
-      let h = CompactVocab.hash(kept[e][0]) & this.mask;
-      while (this.table[h]) h = (h + 1) & this.mask;
-      this.table[h] = e + 1;
+    this.table = all.length < 0xffff ? new Uint16Array(slots) : new Uint32Array(slots); // entry + 1; 0 = empty
+    // one pass in id order: a token already in the table is a repeat (a Set would cost as much again)
+    const tokens = [];
+    const ids = [];
+    for (const [token, id] of all) {
+      let h = CompactVocab.hash(token) & this.mask;
+      while (this.table[h] && tokens[this.table[h] - 1] !== token) h = (h + 1) & this.mask;
+      if (this.table[h]) continue;
+      tokens.push(token);
+      ids.push(id);
+      this.table[h] = tokens.length;
     }
+    this.size = tokens.length;
+    const narrow = [];
+    const wide = [];
+    let narrowLength = 0;
+    let wideLength = 0;
+    this.starts = new Uint32Array(this.size); // WIDE set: the place is in this.wide
+    this.lengths = tokens.every((t) => t.length < 256) ? new Uint8Array(this.size) : new Uint32Array(this.size);
+    tokens.forEach((token, e) => {
+      this.lengths[e] = token.length;
+      let latin1 = true;
+      for (let i = 0; i < token.length && latin1; i++) latin1 = token.charCodeAt(i) < 256;
+      if (latin1) {
+        this.starts[e] = narrowLength;
+        narrowLength += token.length;
+        narrow.push(token);
+      } else {
+        this.starts[e] = (wideLength | WIDE) >>> 0;
+        wideLength += token.length;
+        wide.push(token);
+      }
+    });
+    this.narrow = narrow.join('');
+    this.wide = wide.join('');
+    // ids 0..size-1 in order (every BERT vocabulary): an entry's number is its id, no array needed
+    this.ids = ids.every((id, e) => id === e) ? null : Int32Array.from(ids);
   }
 
   /** FNV-1a over UTF-16 code units. */
@@ -61,12 +81,14 @@ export class CompactVocab {
 
   /** The id of `token`, or undefined. */
   get(token) {
-    const n = token.length;
     for (let h = CompactVocab.hash(token) & this.mask; ; h = (h + 1) & this.mask) {
       const slot = this.table[h];
       if (slot === 0) return undefined;
-      const start = this.starts[slot - 1];
-      if (this.starts[slot] - start === n && this.text.startsWith(token, start)) return this.ids ? this.ids[slot - 1] : slot - 1;
+      const e = slot - 1;
+      if (this.lengths[e] !== token.length) continue;
+      const start = this.starts[e];
+      const found = start & WIDE ? this.wide.startsWith(token, start & ~WIDE) : this.narrow.startsWith(token, start);
+      if (found) return this.ids ? this.ids[e] : e;
     }
   }
 
