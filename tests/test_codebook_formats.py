@@ -204,8 +204,8 @@ def test_js_cpu_path_decodes_and_runs(tmp_path, rng):
 @pytest.mark.parametrize("browser", ["chromium", "firefox"])
 def test_bert_bundle_in_browsers(browser, tmp_path_factory):
     """`verify`'s check of a small BERT in e8p (hidden 48 = 12 * 4 and 96 = 12 * 8: the Paley block and
-    the butterflies both run) on WebGPU (hadamard + codebook GEMV/GEMM) and on the CPU path (plain JS, the
-    wasm kernels declining the format, said so). A browser that does not start fails the test."""
+    the butterflies both run) on WebGPU (hadamard + codebook GEMV/GEMM) and on the CPU path (the wasm
+    kernels, rotation included). A browser that does not start fails the test."""
     import shutil
 
     from support import tiny_bert
@@ -235,7 +235,7 @@ def test_bert_bundle_in_browsers(browser, tmp_path_factory):
             result = check_in_browser(session, f"{server.url}{out.name}/index.html", bundle, browser, query=query)
             assert result.passed and result.error is None and result.path == path, result
             if path == "cpu":
-                assert any("do not decode the codebook format(s) e8p" in n for n in result.notes), result.notes
+                assert any("WebAssembly SIMD kernels" in n for n in result.notes), result.notes
     finally:
         session.close()
         server.shutdown()

@@ -90,6 +90,8 @@ def put_tensor(wasm, qt):
 SPECS = []
 for variant in wk.all_variants():
     f = variant.fmt
+    if variant.codebook:  # their own tests below: per-row scales, rotated rows
+        continue
     if not f.quantized:
         SPECS.append((QuantSpec("float32"), 99))
         SPECS.append((QuantSpec("float32"), 96))
@@ -220,7 +222,7 @@ def test_embed_matches_numpy(wasm, spec, rng):
         np.testing.assert_allclose(got, want + (base if accumulate else 0), rtol=1e-6, atol=1e-6)
 
 
-@pytest.mark.parametrize("variant", [v for v in wk.all_variants() if v.fmt.quantized], ids=lambda v: v.key)
+@pytest.mark.parametrize("variant", [v for v in wk.all_variants() if v.fmt.quantized and not v.codebook], ids=lambda v: v.key)
 @pytest.mark.parametrize("group_size,k", [(32, 96), (0, 100)])
 def test_decode_of_every_storage_is_numpys_dequantize(wasm, variant, group_size, k, rng):
     """The decode the GEMM and the embedding share, row by row, against dequantize: equal values
@@ -332,3 +334,100 @@ def test_missing_assembler_is_one_clear_line(monkeypatch):
     monkeypatch.setitem(__import__("sys").modules, "wasmtime", None)  # import wasmtime now fails
     with pytest.raises(UserError, match="pip install wasmtime"):
         wk.assemble("(module)")
+
+
+# ---- codebook formats (levels "codebook": e8p, e8p-rvq3, ...): decode tables expanded in wasm from the
+# bundle's codebook buffer, products over the stored (rotated) rows, and the input rotation itself
+
+CODEBOOK_VARIANTS = [v for v in wk.all_variants() if v.codebook]
+# the rotation in float32 (signs and scale folded, then +-1 sums) against numpy's float64 transform
+ROTATION_TOLERANCE = 1e-6
+
+
+def put_codebook(wasm):
+    """codebook_expand's tables, from the bundle's codebook buffer (vq.tensor.codebook_tables), poisoned first."""
+    from ulpq_build.vq.tensor import codebook_tables
+
+    raw = wasm.put(codebook_tables())
+    book = wasm.put(np.full(wk.CODEBOOK_BYTES // 4, POISON, np.float32))
+    wasm("codebook_expand", raw, book)
+    return book
+
+
+def codebook_case(variant, rows_n, k, rng):
+    from ulpq_build.vq.tensor import decode_rotated
+
+    qt = quantize("w", rng.standard_normal((rows_n, k)).astype(np.float32), QuantSpec(variant.format))
+    return qt, decode_rotated(qt.parts, variant.fmt, rows_n, k).astype(np.float64)
+
+
+def test_every_codebook_row_has_kernels():
+    from ulpq_build.formats import CODEBOOK_FORMATS
+
+    assert sorted(v.format for v in CODEBOOK_VARIANTS) == sorted(CODEBOOK_FORMATS)
+
+
+@pytest.mark.parametrize("variant", CODEBOOK_VARIANTS, ids=lambda v: v.key)
+@pytest.mark.parametrize("k", [96, 104])  # 104: an odd count of groups (the one-row kernel's last single group)
+def test_codebook_decode_is_numpys(wasm, variant, k, rng):
+    """Rows decoded by the kernels (embed: the GEMM's decode) equal numpy's CodedMatrix.dequantize exactly."""
+    rows = 7
+    qt, dense = codebook_case(variant, rows, k, rng)
+    L = qt.matrix_layout()
+    wasm.reset()
+    book = put_codebook(wasm)
+    codes, scales = wasm.put(qt.parts["codes"]), wasm.put(qt.parts["scales"])
+    y = wasm.poisoned(rows * k)
+    wasm("embed_" + variant.key, wasm.put(np.arange(rows, dtype=np.uint32)), y, 0, codes, scales, 0, book,
+         rows, k, L["words_per_row"], L["groups_per_row"], L["group_size"], 0, 0, rows, wasm.scratch())
+    np.testing.assert_array_equal(wasm.get(y, rows * k).reshape(rows, k), dense.astype(np.float32))
+
+
+@pytest.mark.parametrize("variant", CODEBOOK_VARIANTS, ids=lambda v: v.key)
+@pytest.mark.parametrize("k", [96, 104])
+@pytest.mark.parametrize("rows", [1, 5, 13])  # 1: the one-row kernel (decoded in registers); else decode + panel
+@pytest.mark.parametrize("build", ["simd", "relaxed-simd"])
+def test_codebook_gemm_matches_numpy(wasm, wasm_relaxed, build, variant, k, rows, rng):
+    wasm = wasm_relaxed if build == "relaxed-simd" else wasm
+    n = 13  # a partial last panel; output ranges split as threads split them
+    qt, dense = codebook_case(variant, n, k, rng)
+    x = (rng.standard_normal((rows, k)) * 2).astype(np.float32)
+    bias = rng.standard_normal(n).astype(np.float32)
+    res = rng.standard_normal((rows, n)).astype(np.float32)
+    L = qt.matrix_layout()
+    wasm.reset()
+    book = put_codebook(wasm)
+    codes, scales = wasm.put(qt.parts["codes"]), wasm.put(qt.parts["scales"])
+    xp, bp, rp = wasm.put(x), wasm.put(bias), wasm.put(res)
+    for act, use_bias, use_res in [(0, False, False), (1, True, True), (0, True, False)]:
+        y = wasm.poisoned(rows * n)
+        for lo, hi in [(0, wk.PANEL_COLUMNS), (wk.PANEL_COLUMNS, n)]:
+            wasm(f"gemm_{variant.key}", xp, rows, k, y, n, lo, hi, codes, scales, 0, book, L["words_per_row"],
+                 L["groups_per_row"], L["group_size"], 0, bp if use_bias else 0, rp if use_res else 0, act, wasm.scratch())
+        got = wasm.get(y, rows * n).reshape(rows, n)
+        want = x.astype(np.float64) @ dense.T + (bias if use_bias else 0)
+        if act:
+            want = gelu(want)
+        if use_res:
+            want = want + res
+        assert np.isfinite(got).all(), "an output was left unwritten"
+        assert rel(got, want) < (GELU_TOLERANCE if act else GEMM_TOLERANCE), (variant.key, rows, act, use_bias, use_res)
+
+
+@pytest.mark.parametrize("n", [8, 12, 24, 48, 96, 256, 384, 1536])  # p = 8; 12 x 1, 2, 4, 8; 256; 12 x 32, 128
+def test_hadamard_rows_is_the_input_rotation(wasm, n, rng):
+    """rotation_signs + hadamard_rows = incoherence.RandomHadamard(n, seed).forward, rows split in ranges."""
+    from ulpq_build.vq.incoherence import RandomHadamard, sign_bits
+    from ulpq_build.vq.tensor import rotation_seed
+
+    rows, seed = 5, rotation_seed(n)
+    x = (rng.standard_normal((rows, n)) * 3).astype(np.float32)
+    wasm.reset()
+    d = wasm.poisoned(n)
+    wasm("rotation_signs", seed, n, d)
+    np.testing.assert_array_equal(wasm.get(d, n) < 0, sign_bits(n, seed).astype(bool))
+    xp, y = wasm.put(x), wasm.poisoned(rows * n)
+    for lo, hi in [(0, 2), (2, rows)]:
+        wasm("hadamard_rows", xp, y, n, d, lo, hi)
+    want = RandomHadamard(n, seed).forward(x.astype(np.float64))
+    assert rel(wasm.get(y, rows * n).reshape(rows, n), want) < ROTATION_TOLERANCE

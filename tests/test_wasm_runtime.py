@@ -145,3 +145,68 @@ def test_a_tampered_kernel_file_stops_the_load(tmp_path):
     req.write_text(json.dumps({"options": {}, "rows": [[0.5] * width]}))
     proc = run_node(ROOT / "tests/js/run_cpu_backend.mjs", bundle, req, timeout=120)
     assert proc.returncode != 0 and "IntegrityError" in proc.stderr and "sha256" in proc.stderr, (proc.stdout, proc.stderr)
+
+
+# ---- codebook formats (e8p, e8p-rvq3, ...) on the wasm path: inputs rotated by hadamard_rows, products
+# decoding the codes in the kernels
+
+@pytest.mark.parametrize("fmt", ["e8p", "e8p-rvq3", "e8p-rvq4", "e81b"])
+def test_mlp_codebook_formats_on_wasm(fmt, tmp_path, rng):
+    """builtin:mlp (its 64-input layer rotated, the others not: no flat Hadamard for them); 5 rows
+    (decode + panel) and 1 row (decoded in registers), one and two threads."""
+    bundle = tmp_path / "b"
+    run_cli("bundle", "--model", "builtin:mlp", "--format", fmt, "--out", bundle, check=0)
+    loaded = load_bundle(bundle)
+    assert any(t["parts"].get("seeds") for t in loaded.manifest["tensors"])
+    for rows in (5, 1):
+        x = rng.standard_normal((rows, loaded.model["input_size"])).round(5)
+        expected = mlp_forward(loaded.model, loaded.weights, x)
+        for n in (1, 2):
+            out = run(bundle, {"options": {"cpu": "wasm", "threads": n}, "rows": x.tolist()}, tmp_path)
+            assert out["kind"] == "wasm-simd" and out["threads"] == n, out["notes"]
+            assert out["parts_in_wasm"] is True
+            assert relative_error(np.asarray(out["output"]).reshape(expected.shape), expected) < MLP_TOLERANCE, (rows, n)
+
+
+def test_minilm_e8p_on_wasm_matches_numpy(tmp_path_factory, tmp_path):
+    """all-MiniLM-L6-v2 in e8p (every matrix rotated: 384 = 12 x 32, 1536 = 12 x 128) on the wasm path,
+    two threads, against numpy over the bundle's own weights (restored to their original basis)."""
+    bundle = tmp_path_factory.mktemp("minilm-e8p") / "b"
+    run_cli("bundle", "--format", "e8p", "--out", bundle, check=0)
+    out = run(bundle, {"options": {"cpu": "wasm", "threads": 2}, "sentences": SENTENCES}, tmp_path)
+    assert out["kind"] == "wasm-simd" and out["threads"] == 2, out["notes"]
+    loaded = load_bundle(bundle)
+    seq = out["seq"]
+    ids, mask = np.array(out["ids"]).reshape(-1, seq), np.array(out["mask"]).reshape(-1, seq)
+    expected = bert_forward(loaded.model, loaded.weights, ids, mask)
+    got = np.array(out["output"]).reshape(len(SENTENCES), -1)
+    assert cosine(got, expected).min() >= MINILM_COSINE
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_decoder_e8p_on_wasm_matches_numpy(tmp_path_factory, tmp_path, threads):
+    """A random Llama (GQA, untied head; hidden 64 and 128 inputs: every product rotated) in e8p through
+    the wasm decoder session: prefill and six one-row decode steps against numpy's passes."""
+    from test_decoder_bundle import _build, _configs
+    from test_decoder_cpu_speed import LOGIT_TOLERANCE, SESSION, _reference_passes
+
+    from ulpq_build.cli import main as cli_main
+
+    config, seed = _configs()["llama-gqa-untied"]
+    model = _build(tmp_path_factory.mktemp("llama"), config, seed)
+    folder = tmp_path_factory.mktemp("bundles") / "llama-e8p"
+    assert cli_main(["bundle", "--model", str(model), "--out", str(folder), "--format", "e8p"]) == 0
+    manifest = load_bundle(folder).manifest
+    assert any(t["parts"].get("seeds") for t in manifest["tensors"])
+    case = manifest["verification"]
+    prompt, steps = case["prompt_ids"], case["greedy_tokens"][:6]
+    got = node_json(ROOT / SESSION, folder, request={"promptIds": prompt, "steps": steps, "threads": threads, "poison": True},
+                    tmp_path=tmp_path)
+    assert got["kind"] == "wasm-simd" and got["threads"] == threads
+    want = _reference_passes(folder, prompt, steps)
+    assert len(got["passes"]) == len(want) == len(steps) + 1
+    for i, (g, w) in enumerate(zip(got["passes"], want)):
+        g = np.asarray(g, np.float64)
+        assert np.isfinite(g).all(), i
+        assert np.abs(g - w).max() <= LOGIT_TOLERANCE * max(1.0, float(np.abs(w).max())), (i, float(np.abs(g - w).max()))
+        assert int(g.argmax()) == int(w.argmax()), i

@@ -252,8 +252,8 @@ def _write_bundle(folder: Path, source: ModelSource, model_name: str, model: dic
         (folder / shader.file).write_bytes(shader.data)
 
     files = _copy_files(folder, source, model)
-    # the CPU path's wasm; codebook formats have no wasm kernels: such bundles run plain JS (cpu_select.js)
-    cpu_kernels = write_cpu_kernels(folder, [e.spec for e in plan.entries if e.spec.fmt.levels != "codebook"])
+    # the CPU path's wasm kernels, for every format the bundle uses (codebook rows included)
+    cpu_kernels = write_cpu_kernels(folder, [e.spec for e in plan.entries])
     files += cpu_kernels["files"].values()  # listed with sha256 like every other file
     runtime_files = sorted(p.name for p in web_runtime_dir().iterdir() if p.suffix in (".js", ".html", ".css"))
     runtime_hashes = {}

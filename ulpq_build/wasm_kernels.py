@@ -27,11 +27,13 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
 
 from ulpq_build.errors import UserError
-from ulpq_build.formats import FORMATS, Format
+from ulpq_build.formats import CODEBOOK_STAGES, CODEBOOK_TABLE_WORDS, FORMATS, GROUP_DIM, Format
 from ulpq_build.resources import templates_dir
+from ulpq_build.vq.incoherence import paley_hadamard_12
 
 # The GEMM's register tile: ROWS_PER_TILE rows of x times PANEL_COLUMNS output columns (two f32x4
 # vectors): 12 accumulators + 2 panel vectors + 1 broadcast x value, within the 15 SIMD registers
@@ -45,6 +47,15 @@ SCRATCH_BYTES_PER_K = 2 * PANEL_COLUMNS * 4
 # Upper bound of the shared memory (64 KiB pages): 4 GiB, wasm32's address space. Engines reserve
 # it virtually, not physically.
 MAX_PAGES = 65536
+# Codebook formats (levels "codebook"): the kernels decode through tables that `codebook_expand`
+# writes once per memory from the bundle's codebook buffer (formats.CODEBOOK_STAGES): entry i of a
+# stage's table as eight f32 lanes at byte 32 * (stage offset + i) (e8p: the magnitudes |a| with
+# the abs vector's parity in lane 7's sign bit; lut8: the codeword), then E8P's sign masks for
+# code bits 1-7 (128 entries of eight lanes; lane 7 the parity of those bits) and the two shift
+# vectors (+1/4, -1/4). A group of 8 then decodes by two table loads per stage instead of bit work.
+CODEBOOK_SIGNS = 32 * CODEBOOK_TABLE_WORDS
+CODEBOOK_SHIFTS = CODEBOOK_SIGNS + 128 * 32
+CODEBOOK_BYTES = CODEBOOK_SHIFTS + 32
 # (shared memory, relaxed SIMD) of each build
 FILES = {"single": ("cpu-kernels.wasm", False, False), "shared": ("cpu-kernels-shared.wasm", True, False),
          "single_relaxed": ("cpu-kernels-relaxed.wasm", False, True),
@@ -62,6 +73,23 @@ class WasmVariant:
     @property
     def fmt(self) -> Format:
         return FORMATS[self.format]
+
+    @property
+    def codebook(self) -> bool:
+        return self.fmt.levels == "codebook"
+
+    @property
+    def stages(self) -> list[dict]:
+        """A codebook row's stages as the kernels decode them: the registry's bits, decode kind and
+        table offset, and the float32 magnification its codeword is divided by (numpy's
+        CodebookFormat.decode: 1, then times resid_scale per later stage, in float32)."""
+        out, magnify = [], np.float32(1.0)
+        for name in self.fmt.stages:
+            if CODEBOOK_STAGES[name]["decode"] not in ("e8p", "lut8"):  # a new decode kind needs its kernel code
+                raise ValueError(f"format {self.format}: the wasm kernels have no decode '{CODEBOOK_STAGES[name]['decode']}'")
+            out.append({**CODEBOOK_STAGES[name], "name": name, "magnify": float(magnify)})
+            magnify = np.float32(magnify * np.float32(self.fmt.resid_scale))
+        return out
 
     @property
     def key(self) -> str:
@@ -103,6 +131,8 @@ def variant_of(spec) -> WasmVariant:
     """The kernel variant a QuantSpec's tensors need."""
     if not spec.fmt.quantized:
         return WasmVariant("float32")
+    if spec.fmt.levels == "codebook":  # one float16 scale per row, whatever the spec says
+        return WasmVariant(spec.format, "float16")
     return WasmVariant(spec.format, spec.scale_dtype, bool(spec.asymmetric))
 
 
@@ -110,7 +140,8 @@ def all_variants() -> list[WasmVariant]:
     """Every storage the registry allows (tests build all of them)."""
     out = []
     for f in FORMATS.values():
-        if f.levels == "codebook":  # no wasm kernels decode codebook formats: plain JS runs them (cpu_select.js)
+        if f.levels == "codebook":  # float16 row scales only
+            out.append(WasmVariant(f.name, "float16"))
             continue
         if not f.quantized:
             out.append(WasmVariant(f.name))
@@ -128,9 +159,12 @@ def render_wat(variants, *, shared: bool, relaxed: bool = False, rows_per_tile: 
                       keep_trailing_newline=True)
     # whole register tiles first, then pairs and single rows (8 rows: 6 + 2, not 6 + 1 + 1)
     tiles = tuple(sorted({rows_per_tile, min(rows_per_tile, 2), 1}, reverse=True))
+    paley = [[int(v) for v in row] for row in paley_hadamard_12()]
     return env.get_template("wasm/kernels.wat.jinja").render(
         variants=chosen, shared=shared, relaxed=relaxed, max_pages=MAX_PAGES, rows_per_tile=rows_per_tile,
-        tiles=tiles, panel_columns=PANEL_COLUMNS, panel_vectors=PANEL_COLUMNS // 4)
+        tiles=tiles, panel_columns=PANEL_COLUMNS, panel_vectors=PANEL_COLUMNS // 4,
+        codebook_stages=CODEBOOK_STAGES, group_dim=GROUP_DIM, codebook_signs=CODEBOOK_SIGNS,
+        codebook_shifts=CODEBOOK_SHIFTS, paley=paley)
 
 
 def assemble(text: str) -> bytes:
@@ -157,5 +191,6 @@ def write_cpu_kernels(folder: Path, specs) -> dict:
         files[kind] = {"file": name, "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
     # panel_columns: the runtime splits a GEMM's output columns between threads in multiples of it
     # and gives each thread scratch_bytes_per_k * (the largest k, rounded up to 32) of scratch
+    # codebook_bytes: what codebook_expand writes (one region per memory, when a codebook format is used)
     return {"files": files, "variants": [v.key for v in variants], "rows_per_tile": ROWS_PER_TILE,
-            "panel_columns": PANEL_COLUMNS, "scratch_bytes_per_k": SCRATCH_BYTES_PER_K}
+            "panel_columns": PANEL_COLUMNS, "scratch_bytes_per_k": SCRATCH_BYTES_PER_K, "codebook_bytes": CODEBOOK_BYTES}

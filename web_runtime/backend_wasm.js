@@ -52,7 +52,8 @@ const bytesOf = (typed) => new Uint8Array(typed.buffer, typed.byteOffset, typed.
 /** The export suffix of a tensor's storage; ulpq_build/wasm_kernels.py WasmVariant.key names the same. */
 export function variantKey(entry, fmt, parts) {
   if (fmt.levels === 'float') return 'float32';
-  const dtype = entry.spec.scale_dtype === 'float16' ? 'f16' : 'f32';
+  // codebook formats keep one float16 scale per row whatever the spec says
+  const dtype = entry.spec.scale_dtype === 'float16' || fmt.levels === 'codebook' ? 'f16' : 'f32';
   return `${fmt.name.replace(/[^a-z0-9]/g, '_')}_${dtype}_${parts.zeros ? 'z' : 's'}`;
 }
 
@@ -130,6 +131,7 @@ export class WasmBackend {
     this.exports = null;
     this.held = []; // regions held across runs (a generation's KV cache): [ptr, arena before]
     this.profile = null; // a Map fn -> ms while set: one-thread runs time each op (benchmarks)
+    this.rotated = null; // the last input rotation recorded: {src, seed, out, ops} (linear() reuses it)
     this.#placeWeights(manifest, tensors);
   }
 
@@ -157,10 +159,10 @@ export class WasmBackend {
    * access, valid after the memory grows): the downloaded shards are no longer referenced and can
    * be collected, so the packed weights are held once, not twice.
    */
-  #rehome(part) {
+  #rehome(part, ptr = null) {
     const View = part.values.constructor;
     const length = part.values.length;
-    const ptr = this.#copyIn(part.values);
+    ptr ??= this.#copyIn(part.values);
     const memory = this.memory;
     Object.defineProperty(part, 'values', { get: () => new View(memory.buffer, ptr, length), enumerable: true, configurable: true });
     Object.defineProperty(part, 'bytes', { get: () => new Uint8Array(memory.buffer, ptr, length * View.BYTES_PER_ELEMENT),
@@ -173,17 +175,37 @@ export class WasmBackend {
     this.top = WEIGHTS_BASE;
     const tables = new Map();
     this.weights = new Map();
+    // codebook formats: the bundle's one codebook buffer, and the kernels' tables start() expands from it;
+    // rotated inputs: the signs (times the scale) of each rotation, which start() draws from its seed
+    this.codebook = null;
+    this.rotations = new Map(); // `${seed}:${k}` -> {seed, k, ptr}
     let maxK = 0;
     for (const [name, tensor] of tensors) {
       const { entry, parts } = tensor;
       const fmt = manifest.formats[entry.format];
       const m = entry.matrix;
       maxK = Math.max(maxK, m.k);
-      const w = { key: variantKey(entry, fmt, parts), rows: m.rows, k: m.k, wpr: m.words_per_row, gpr: m.groups_per_row,
-        gsize: m.group_size, bstride: m.codebook_stride, codes: this.#rehome(parts.codes), scales: 0, zeros: 0, book: 0 };
+      const key = variantKey(entry, fmt, parts);
+      if (manifest.wasm.variants && !manifest.wasm.variants.includes(key)) {
+        throw new Error(`the bundle's wasm kernels do not decode ${fmt.name} (${key}); rebuild the bundle with this ulpq_build`);
+      }
+      const w = { key, rows: m.rows, k: m.k, wpr: m.words_per_row, gpr: m.groups_per_row,
+        gsize: m.group_size, bstride: m.codebook_stride, codes: this.#rehome(parts.codes), scales: 0, zeros: 0, book: 0, seed: 0, signs: 0 };
       if (parts.scales) w.scales = this.#rehome(parts.scales);
       if (parts.zeros) w.zeros = this.#rehome(parts.zeros);
-      if (parts.codebook) w.book = this.#rehome(parts.codebook);
+      if (fmt.levels === 'codebook') {
+        // one copy of the shared buffer, which every codebook tensor's part then views
+        if (!this.codebook) this.codebook = { raw: this.#rehome(parts.codebook), book: this.#reserve(manifest.wasm.codebook_bytes) };
+        else this.#rehome(parts.codebook, this.codebook.raw);
+        w.book = this.codebook.book;
+        w.seed = parts.seeds ? parts.seeds.values[0] : 0;
+        if (parts.seeds) this.#rehome(parts.seeds);
+        if (w.seed) {
+          const id = `${w.seed}:${m.k}`;
+          if (!this.rotations.has(id)) this.rotations.set(id, { seed: w.seed, k: m.k, ptr: this.#reserve(4 * m.k) });
+          w.signs = this.rotations.get(id).ptr;
+        }
+      } else if (parts.codebook) w.book = this.#rehome(parts.codebook);
       else if (fmt.levels === 'table') {
         if (!tables.has(fmt.name)) tables.set(fmt.name, this.#copyIn(Float32Array.from(fmt.table)));
         w.book = tables.get(fmt.name);
@@ -204,6 +226,10 @@ export class WasmBackend {
     const instance = await WebAssembly.instantiate(this.module, { env: { memory: this.memory } });
     // the decoder's non-product operators run beside the kernels, in the same recorded programs
     this.exports = { ...instance.exports, ...decoderKernels(this.memory) };
+    // tables the codebook kernels read, written once into the memory every thread shares
+    const kernels = /** @type {any} */ (instance.exports);
+    if (this.codebook) kernels.codebook_expand(this.codebook.raw, this.codebook.book);
+    for (const r of this.rotations.values()) kernels.rotation_signs(r.seed, r.k, r.ptr);
     if (this.threads === 1) return;
     const url = new URL('./wasm_worker.js', import.meta.url);
     this.workers = await Promise.all(Array.from({ length: this.threads }, () => spawnWorker(url)));
@@ -355,6 +381,7 @@ export class WasmBackend {
 
   begin() {
     this.ops = [];
+    this.rotated = null;
     this.buffers = [];
     this.top = this.arena;
   }
@@ -369,6 +396,7 @@ export class WasmBackend {
 
   embed(node, ids, count, into = null) {
     const t = this.#tensor(node.table);
+    if (t.seed) throw new Error(`${node.table}: a rotated table; no kernel un-rotates gathered rows, rebuild the bundle`);
     const y = into ?? this.#out(count, t.k);
     this.#op(`embed_${t.key}`, [ids.ptr, y.ptr, into ? 1 : 0, t.codes, t.scales, t.zeros, t.book, t.rows, t.k, t.wpr, t.gpr,
       t.gsize, t.bstride, 0, 0, 0], 13, count, 1, 15);
@@ -380,11 +408,28 @@ export class WasmBackend {
     if (h.cols !== w.k) throw new Error(`${node.weight}: input has ${h.cols} columns, the weight takes ${w.k}`);
     const act = { none: 0, gelu: 1 }[node.activation ?? 'none'];
     if (act === undefined) throw new Error(`${node.weight}: activation ${node.activation} is not supported by the wasm kernels`);
+    if (w.seed) h = this.#rotate(h, w);
     const y = this.#out(h.rows, w.rows);
     const bias = node.bias ? this.#tensor(node.bias).codes : 0;
     this.#op(`gemm_${w.key}`, [h.ptr, h.rows, w.k, y.ptr, w.rows, 0, 0, w.codes, w.scales, w.zeros, w.book, w.wpr, w.gpr,
       w.gsize, w.bstride, bias, residual ? residual.ptr : 0, act, 0], 5, w.rows, this.#columnUnit(h.rows), 18);
     return y;
+  }
+
+  /**
+   * h rotated as a codebook-format weight's inputs are (stored as W R^T, ulpq_build/vq/): a new
+   * activation. Matrices that read the same activations share the rotation (its seed is a function
+   * of k), so when only products were recorded since the last one of the same input, that one is
+   * reused (query, key and value rotate their input once); any other op might write in place.
+   */
+  #rotate(h, w) {
+    const last = this.rotated;
+    if (last && last.src === h.ptr && last.seed === w.seed && last.k === w.k
+        && this.ops.slice(last.ops).every((op) => op.fn.startsWith('gemm_'))) return last.out;
+    const out = this.#out(h.rows, h.cols);
+    this.#op('hadamard_rows', [h.ptr, out.ptr, w.k, w.signs, 0, 0], 4, h.rows);
+    this.rotated = { src: h.ptr, seed: w.seed, k: w.k, out, ops: this.ops.length };
+    return out;
   }
 
   layernorm(h, node, eps) {
@@ -433,6 +478,7 @@ export class WasmBackend {
   async output(h) {
     const ops = this.ops;
     this.ops = [];
+    this.rotated = null;
     const ptr = this.#place(ops, h.ptr);
     await this.#execute(ops);
     return { data: new Float32Array(this.memory.buffer, ptr, h.rows * h.cols).slice(), rows: h.rows, cols: h.cols };

@@ -14,12 +14,6 @@ import { createWasmBackend } from './backend_wasm.js';
 /** A CPU backend for this bundle: {backend, notes}. `options` is the model's options object. */
 export async function createCpuBackend(manifest, tensors, options = {}) {
   if (options.cpu === 'js') return { backend: jsBackend(manifest, tensors), notes: ['CPU path: plain JS (requested)'] };
-  // the wasm kernels decode scalar formats only: a bundle with codebook formats (e8p, ...) runs in plain JS
-  const codebooks = [...new Set(manifest.tensors.map((t) => t.format))].filter((f) => manifest.formats[f].levels === 'codebook');
-  if (codebooks.length) {
-    if (options.cpu === 'wasm') throw new Error(`cpu: 'wasm' cannot run this bundle: its WebAssembly kernels do not decode ${codebooks.join(', ')}; use cpu: 'js' or null`);
-    return { backend: jsBackend(manifest, tensors), notes: [`CPU path: plain JS (the WebAssembly kernels do not decode the codebook format(s) ${codebooks.join(', ')})`] };
-  }
   try {
     return await createWasmBackend(manifest, tensors, options);
   } catch (err) {
