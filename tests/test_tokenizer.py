@@ -88,10 +88,12 @@ for (const [token, id] of entries) if (vocab.get(token) !== id || !vocab.has(tok
 const probes = [''];
 for (const [token] of entries.slice(0, 5000)) probes.push(token + 'q', 'x' + token, token.slice(1), token + token, '##' + token);
 for (const p of probes) if (vocab.get(p) !== map.get(p) || vocab.has(p) !== map.has(p)) wrong.push(p);
-// ids out of order and with gaps, a repeated token (the first id stays, as a Map built with has() kept it)
-const odd = new CompactVocab([['b', 7], ['a', 3], ['b', 9], ['ü中', 0], ['', 12]]);
-const oddOk = odd.size === 4 && odd.get('b') === 7 && odd.get('a') === 3 && odd.get('ü中') === 0 && odd.get('') === 12
-  && odd.get('c') === undefined && odd.get('ü') === undefined;
+// ids out of order and with gaps, a repeated token (its smaller id stays, as vocab.txt's first line did)
+// and a token longer than 255 characters (lengths then need more than a byte)
+const long = 'x'.repeat(300);
+const odd = new CompactVocab([['b', 9], ['a', 3], ['b', 7], ['ü中', 0], ['', 12], [long, 20]]);
+const oddOk = odd.size === 5 && odd.get('b') === 7 && odd.get('a') === 3 && odd.get('ü中') === 0 && odd.get('') === 12
+  && odd.get(long) === 20 && odd.get(long.slice(44)) === undefined && odd.get('c') === undefined && odd.get('ü') === undefined;
 // fromVocabTxt: a repeated line keeps its first id, empty lines are no tokens
 const txt = WordPieceTokenizer.fromVocabTxt('[PAD]\n[UNK]\n[CLS]\n[SEP]\nhello\n\nhello\nworld', {});
 const txtOk = txt.vocab.get('hello') === 4 && txt.vocab.get('world') === 7 && !txt.vocab.has('');
@@ -102,7 +104,7 @@ console.log(JSON.stringify({ wrong: wrong.slice(0, 5), count: wrong.length, size
 
 def test_compact_vocab_answers_as_a_map():
     """CompactVocab (the tokenizer's vocabulary, held compactly) gives every token's id and no id for
-    near-misses, as a Map of the same entries does; repeated tokens keep their first id."""
+    near-misses, as a Map of the same entries does; a repeated token keeps its smaller id."""
     node = shutil.which("node")
     if node is None:
         pytest.fail("node is not installed (.ci/run installs it)")
