@@ -16,6 +16,7 @@ Prints one line per page load: MiB at each stage, and the wasm memory's parts.
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
 import shutil
 import statistics
@@ -146,7 +147,7 @@ def main(argv=None) -> int:
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     for (bundle, threads), rs in rows.items():
         med = {s: statistics.median(r["at"][s] for r in rs) for s in STAGES}
-        step = {s: statistics.median(r["at"][s] - r["at"][p] for r in rs) for p, s in zip(STAGES, STAGES[1:])}
+        step = {s: statistics.median(r["at"][s] - r["at"][p] for r in rs) for p, s in itertools.pairwise(STAGES)}
         w = rs[-1]["wasm"]
         print(f"| {bundle} | {threads} | {mib(med['page'])} | +{mib(step['modules'])} | +{mib(step['tokenizer'])} | "
               f"+{mib(step['manifest'])} | +{mib(step['runs'])} | {mib(med['runs'])} | {mib(med['no_tables'])} | "

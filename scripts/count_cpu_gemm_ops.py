@@ -28,6 +28,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
 
 from bench_cpu_gemm import load_kernels_module  # noqa: E402
+
 from ulpq_build import wasm_kernels  # noqa: E402
 from ulpq_build.quantize import dequantize, quantize  # noqa: E402
 from ulpq_build.quantspec import QuantSpec  # noqa: E402
