@@ -253,7 +253,8 @@ def browser_label(browser: str, ua: str) -> str:
 
 def bench_browser(browser: str, url: str, warmup: int, repeats: int, rounds: int) -> dict:
     """Every configuration `rounds` times, interleaved (a busy machine's bursts hit all alike);
-    each time a fresh page, `warmup` untimed runs, `repeats` timed ones; the median of all timed runs."""
+    each time a fresh page, `warmup` untimed runs, `repeats` timed ones; the median of all timed runs.
+    Chromium's memory line comes from one more page load per format in a fresh browser."""
     results: dict[str, dict] = {}
     with started(browser) as (session, failure):
         if session is None:
@@ -279,6 +280,21 @@ def bench_browser(browser: str, url: str, warmup: int, repeats: int, rounds: int
                     results[label]["round_medians"].append(r["median_ms"])
                 print(f"{browser:9s} round {round_} {label:14s} first {r['first_ms']:8.1f} ms  median {r['median_ms']:8.1f} ms  "
                       f"threads {r['threads']}  {' '.join(r.get('notes', []))}", flush=True)
+    if browser == "chromium":  # the one engine here whose pages can force a GC and read their heap
+        for fmt in ("fp32", "int4"):
+            label = f"wasm {fmt} t2"
+            if label not in results:
+                continue
+            # a fresh browser for the memory line: a page loaded after others in the same renderer
+            # starts with some of their heap still counted (0.3-0.6 MiB more after eight page loads)
+            with started(browser) as (session, failure):
+                if session is None:
+                    raise SystemExit(f"{browser}: {failure}")
+                session.goto(url)
+                r = session.evaluate("async (a) => (await import('./bench.js')).runOurs(a)",
+                                     {"bundle": f"bundle-{fmt}", "cpu": "wasm", "threads": 2, "sentences": SENTENCES,
+                                      "warmup": 1, "repeats": 2}, timeout_s=900)
+            results[label]["memory"] = r["memory"]
     for r in results.values():
         r["median_ms"] = statistics.median(r.pop("timed"))
         r.pop("times", None)
