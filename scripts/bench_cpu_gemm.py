@@ -4,12 +4,24 @@ Renders the wasm kernels of this checkout and of `--before REV` (its template an
 read with `git show`), loads both into one page per browser, and times gemm_<format> at
 all-MiniLM-L6-v2's shapes (8 sentences x 18 tokens = 144 rows; 8 rows; 1 row) on seeded random
 inputs and weights quantized by this checkout's quantizer (float32; int8, int4 and int2 in groups of
-32). Every configuration runs interleaved for `--rounds` rounds; a figure is the median of its timed
+32; the codebook formats e8p and e8p-rvq3, whose time includes the rotation of x by hadamard_rows, as
+the runtime runs it before their product). Every configuration runs interleaved for `--rounds` rounds; a figure is the median of its timed
 batches and, in brackets, the fastest (on a shared machine the fastest run is the one least
 disturbed; medians drift with the load). `node` runs the same page code under Node. Each kernel's output is first checked against numpy (relative error < 2e-5), so a fast wrong
 kernel cannot score. Relaxed-SIMD builds where the engine validates them (as the runtime loads).
 
     python scripts/bench_cpu_gemm.py [--before REV] [--browsers node,chromium,firefox,webkit] [--rounds 5]
+        [--formats int2,e8p] [--shapes 1x2048x8192,1x8192x2048]
+
+A second table gives the one-row shapes' time per weight (ns) and each format's time over int2's
+(issue 15's target for the codebook formats: at most 1.5x).
+
+    python scripts/bench_cpu_gemm.py --minilm int2,e8p [--browsers node,chromium] [--rounds 5] [--work .bench/cpu-gemm]
+
+times whole all-MiniLM-L6-v2 bundles instead (int2 in groups of 32, the codebook formats as their
+rows say) on the wasm CPU path, one thread, 8 sentences (scripts/bench_cpu_peer.py's page code and
+sentences), interleaved rounds, each a fresh page (a fresh Node process) with 3 warm-up runs and 10
+timed ones; every output is checked against numpy over the bundle's own weights (cosine >= 0.9999).
 """
 
 from __future__ import annotations
@@ -27,6 +39,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "scripts"))  # bench_cpu_peer: the MiniLM page code and sentences
 
 from ulpq_build import wasm_kernels as wk  # noqa: E402
 from ulpq_build.browsers import started  # noqa: E402
@@ -37,9 +50,9 @@ from ulpq_build.serve import BundleServer  # noqa: E402
 # MiniLM's GEMMs at 8 sentences x 18 tokens, at 8 tokens and at one row (a GEMV); then a decoder-sized
 # GEMV whose float32 weights (64 MiB) do not fit a CPU cache, as a 1B-parameter model's do not
 SHAPES = [(144, 384, 1536), (144, 1536, 384), (144, 384, 384), (8, 384, 1536), (8, 1536, 384), (1, 384, 1536),
-          (1, 2048, 8192)]
+          (1, 2048, 8192), (1, 8192, 2048)]
 FORMATS = {"float32": QuantSpec("float32"), "int8": QuantSpec("int8", group_size=32), "int4": QuantSpec("int4", group_size=32),
-           "int2": QuantSpec("int2", group_size=32)}
+           "int2": QuantSpec("int2", group_size=32), "e8p": QuantSpec("e8p"), "e8p-rvq3": QuantSpec("e8p-rvq3")}
 TOLERANCE = 2e-5
 
 PAGE_JS = r"""
@@ -63,11 +76,22 @@ export async function bench({ kernels, cases, rounds, base }) {
     const put = (bytes) => { const p = top; u8.set(bytes, p); top = (p + bytes.length + 8 + 63) & ~63; return p; };
     const x = put(d.x), ptrs = d.parts.map(put);
     const y = top; top += c.m * c.n * 4 + 64;
-    const scratch = top;
-    const [codes, scales = 0] = ptrs;
+    const [codes, scales = 0, raw = 0] = ptrs;
     const L = c.layout;
-    const call = () => m.ex[`gemm_${c.key}`](x, c.m, c.k, y, c.n, 0, c.n, codes, scales, 0, 0, L.words_per_row,
+    // codebook formats: the decode tables expanded from the codebook buffer, and x rotated (into xr)
+    // before every product, as the runtime records it
+    let book = 0, signs = 0, xr = x;
+    if (c.codebook) {
+      book = top; top += c.codebook.bytes + 64;
+      m.ex.codebook_expand(raw, book);
+      signs = top; top += c.k * 4 + 64;
+      m.ex.rotation_signs(c.codebook.seed, c.k, signs);
+      xr = top; top += c.m * c.k * 4 + 64;
+    }
+    const scratch = top;
+    const product = () => m.ex[`gemm_${c.key}`](xr, c.m, c.k, y, c.n, 0, c.n, codes, scales, 0, book, L.words_per_row,
       L.groups_per_row, L.group_size, 0, 0, 0, 0, scratch);
+    const call = c.codebook ? () => { m.ex.hadamard_rows(x, xr, c.k, signs, 0, c.m); product(); } : product;
     const key = `${m.name}|${c.id}`;
     if (round === 0) {
       new Float32Array(m.memory.buffer, y, c.m * c.n).fill(NaN);
@@ -105,8 +129,8 @@ def load_kernels_module(rev: str, work: Path):
     return module
 
 
-def write_kernels(module, name: str, site: Path) -> dict:
-    variants = [module.WasmVariant(s.format, s.scale_dtype, False) for s in FORMATS.values()]
+def write_kernels(module, name: str, site: Path, formats) -> dict:
+    variants = [module.variant_of(FORMATS[f]) for f in formats]
     out = {"name": name}
     for kind, relaxed in (("plain", False), ("relaxed", True)):
         path = site / f"{name}-{kind}.wasm"
@@ -115,17 +139,24 @@ def write_kernels(module, name: str, site: Path) -> dict:
     return out
 
 
-def write_cases(site: Path) -> list[dict]:
+def write_cases(site: Path, shapes, formats) -> list[dict]:
+    from ulpq_build.vq.tensor import codebook_tables
+
     rng = np.random.default_rng(11)
     cases = []
-    for m, k, n in SHAPES:
+    for m, k, n in shapes:
         x = rng.standard_normal((m, k)).astype(np.float32)
         w = (rng.standard_normal((n, k)) * 0.05).astype(np.float32)
-        for fmt, spec in FORMATS.items():
+        for fmt in formats:
+            spec = FORMATS[fmt]
             qt = quantize("w", w, spec)
-            dense = dequantize(qt).astype(np.float64)
+            dense = dequantize(qt).astype(np.float64)  # codebook formats: in the original basis (x is rotated)
             cid = f"{fmt}-{m}x{k}x{n}"
             parts = [np.ascontiguousarray(qt.parts["codes"])] + ([np.ascontiguousarray(qt.parts["scales"])] if "scales" in qt.parts else [])
+            codebook = None
+            if spec.fmt.levels == "codebook":
+                parts.append(codebook_tables())
+                codebook = {"bytes": wk.CODEBOOK_BYTES, "seed": int(qt.parts["seeds"][0])}
             names = []
             for i, part in enumerate(parts):
                 (site / f"{cid}-{i}.bin").write_bytes(part.tobytes())
@@ -133,7 +164,7 @@ def write_cases(site: Path) -> list[dict]:
             (site / f"{cid}-x.bin").write_bytes(x.tobytes())
             (site / f"{cid}-want.bin").write_bytes((x.astype(np.float64) @ dense.T).astype(np.float32).tobytes())
             cases.append({"id": cid, "fmt": fmt, "m": m, "k": k, "n": n, "key": wk.variant_of(spec).key, "parts": names,
-                          "x": f"{cid}-x.bin", "want": f"{cid}-want.bin", "layout": qt.matrix_layout()})
+                          "x": f"{cid}-x.bin", "want": f"{cid}-want.bin", "layout": qt.matrix_layout(), "codebook": codebook})
     return cases
 
 
@@ -148,21 +179,115 @@ def run_in_node(site: Path, args: dict) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+MINILM_OPTIONS = {"int2": ["--format", "int2", "--group-size", "32"], "int4": ["--format", "int4", "--group-size", "32"]}
+MINILM_COSINE = 0.9999
+
+
+def bench_minilm(formats, browsers, rounds: int, work: Path) -> int:
+    """Whole MiniLM bundles side by side on the wasm CPU path, one thread (module docstring)."""
+    import bench_cpu_peer as peer
+
+    from ulpq_build.bundle_reader import load_bundle
+    from ulpq_build.cli import main as cli_main
+    from ulpq_build.reference import bert_forward, cosine
+
+    work.mkdir(parents=True, exist_ok=True)
+    for fmt in formats:
+        if not (work / f"minilm-{fmt}" / "manifest.json").is_file():
+            assert cli_main(["bundle", *MINILM_OPTIONS.get(fmt, ["--format", fmt]), "--out", str(work / f"minilm-{fmt}")]) == 0
+    (work / "index.html").write_text(peer.PAGE)
+    (work / "bench.js").write_text(peer.BENCH_JS)
+    (work / "package.json").write_text('{"type": "module"}')
+    # Node imports modules from files, not http: the page code reads the folder through file: URLs
+    (work / "node_driver.mjs").write_text(
+        "import { readFile } from 'node:fs/promises';\n"
+        "import { fileURLToPath, pathToFileURL } from 'node:url';\n"
+        "globalThis.location = { href: pathToFileURL(process.argv[2] + '/').href };\n"
+        "const web = globalThis.fetch;\n"
+        "globalThis.fetch = async (u) => (String(u).startsWith('file:') ? new Response(await readFile(fileURLToPath(String(u)))) : web(u));\n"
+        "const { runOurs } = await import('./bench.js');\n"
+        "console.log(JSON.stringify(await runOurs(JSON.parse(process.argv[3]))));\n")
+    server = BundleServer(work, 0, isolate=True).start_in_background()
+    results: dict[str, dict[str, list]] = {}
+    agents = {}
+    try:
+        for browser in browsers:
+            runs = results.setdefault(browser, {})
+            args = lambda fmt: {"bundle": f"minilm-{fmt}", "cpu": "wasm", "threads": 1, "sentences": peer.SENTENCES,  # noqa: E731
+                                "warmup": 3, "repeats": 10}
+            if browser == "node":
+                agents[browser] = f"Node {subprocess.run(['node', '--version'], capture_output=True, text=True).stdout.strip()}"
+                for _ in range(rounds):
+                    for fmt in formats:
+                        out = subprocess.run(["node", str(work / "node_driver.mjs"), str(work), json.dumps(args(fmt))],
+                                             check=True, capture_output=True, text=True, timeout=1800)
+                        runs.setdefault(fmt, []).append(json.loads(out.stdout.strip().splitlines()[-1]))
+                continue
+            with started(browser) as (session, failure):
+                if session is None:
+                    raise SystemExit(f"{browser}: {failure}")
+                session.goto(server.url + "index.html")
+                agents[browser] = session.evaluate("() => navigator.userAgent")
+                for _ in range(rounds):
+                    for fmt in formats:
+                        session.goto(server.url + "index.html")
+                        runs.setdefault(fmt, []).append(session.evaluate(
+                            "async (a) => (await import('./bench.js')).runOurs(a)", args(fmt), timeout_s=1800))
+    finally:
+        server.shutdown()
+    bad = []
+    print(f"MiniLM, 8 sentences, wasm CPU path, one thread: ms per run, the median of each round's 10 timed runs "
+          f"(median over {rounds} rounds; fastest round in brackets)")
+    print("| engine | " + " | ".join(formats) + (" | e8p / int2 |" if {"e8p", "int2"} <= set(formats) else " |"))
+    print("|---|" + "---|" * (len(formats) + ({"e8p", "int2"} <= set(formats))))
+    for browser, runs in results.items():
+        med = {}
+        for fmt in formats:
+            loaded = load_bundle(work / f"minilm-{fmt}")
+            for r in runs[fmt]:
+                assert r["kind"] == "wasm-simd" and r["threads"] == 1, (browser, fmt, r["notes"])
+                ids, mask = np.array(r["ids"]).reshape(r["batch"], -1), np.array(r["mask"]).reshape(r["batch"], -1)
+                worst = cosine(np.array(r["embeddings"]), bert_forward(loaded.model, loaded.weights, ids, mask)).min()
+                if worst < MINILM_COSINE:
+                    bad.append(f"{browser} {fmt}: cosine to numpy {worst:.6f}")
+            med[fmt] = [r["median_ms"] for r in runs[fmt]]
+        cells = [f"{statistics.median(med[f]):.1f} ({min(med[f]):.1f})" for f in formats]
+        if {"e8p", "int2"} <= set(formats):
+            cells.append(f"{statistics.median(med['e8p']) / statistics.median(med['int2']):.2f}x "
+                         f"({min(med['e8p']) / min(med['int2']):.2f}x)")
+        print(f"| {browser} | " + " | ".join(cells) + " |")
+    print(json.dumps({"user_agents": agents, "notes": {b: runs[formats[0]][0]["notes"] for b, runs in results.items()}}))
+    if bad:
+        print("WRONG OUTPUTS:\n" + "\n".join(bad))
+        return 1
+    return 0
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--before", help="a git revision whose kernels to time beside this checkout's")
     ap.add_argument("--browsers", default="node,chromium,firefox,webkit", help="engines: node, chromium, firefox, webkit")
     ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--formats", default=",".join(FORMATS), help="formats to time: " + ", ".join(FORMATS))
+    ap.add_argument("--shapes", help="rows x k x n, comma-separated (default: MiniLM's and two decoder GEMVs)")
+    ap.add_argument("--minilm", help="formats whose whole MiniLM bundles to time instead of kernels (e.g. int2,e8p)")
+    ap.add_argument("--work", type=Path, default=ROOT / ".bench" / "cpu-gemm", help="where --minilm keeps its bundles")
     args = ap.parse_args(argv)
+    if args.minilm:
+        return bench_minilm(args.minilm.split(","), args.browsers.split(","), args.rounds, args.work)
+    formats = args.formats.split(",")
+    if unknown := [f for f in formats if f not in FORMATS]:
+        raise SystemExit(f"--formats: unknown {', '.join(unknown)}; choose from {', '.join(FORMATS)}")
+    shapes = [tuple(int(v) for v in s.split("x")) for s in args.shapes.split(",")] if args.shapes else SHAPES
     with tempfile.TemporaryDirectory() as tmp:
         site = Path(tmp) / "site"
         site.mkdir()
         (site / "index.html").write_text("<!doctype html><meta charset=utf-8><title>GEMM bench</title>")
         (site / "bench.js").write_text(PAGE_JS)
-        kernels = [write_kernels(wk, "now", site)]
+        kernels = [write_kernels(wk, "now", site, formats)]
         if args.before:
-            kernels.insert(0, write_kernels(load_kernels_module(args.before, Path(tmp) / "before"), "before", site))
-        cases = write_cases(site)
+            kernels.insert(0, write_kernels(load_kernels_module(args.before, Path(tmp) / "before"), "before", site, formats))
+        cases = write_cases(site, shapes, formats)
         server = BundleServer(site, 0, isolate=True).start_in_background()
         results = {}
         try:
@@ -182,21 +307,40 @@ def main(argv=None) -> int:
     names = [k["name"] for k in kernels]
     print(f"GFLOP/s: the median of {args.rounds} interleaved rounds x 3 batches (the fastest batch in brackets)"
           + (f"; before = {args.before}" if args.before else ""))
-    print("| browser | kernels | shape (rows x k x n) | " + " | ".join(FORMATS) + " |")
-    print("|---|---|---|" + "---|" * len(FORMATS))
+    print("| browser | kernels | shape (rows x k x n) | " + " | ".join(formats) + " |")
+    print("|---|---|---|" + "---|" * len(formats))
     bad = []
     for browser, r in results.items():
         label = f"{browser} ({'relaxed SIMD' if r['relaxed'] else 'SIMD'})"
-        for m, k, n in SHAPES:
+        for m, k, n in shapes:
             for name in names:
                 cells = []
-                for fmt in FORMATS:
+                for fmt in formats:
                     key = f"{name}|{fmt}-{m}x{k}x{n}"
                     if r["error"][key] > TOLERANCE:
                         bad.append(f"{browser} {key}: relative error {r['error'][key]:.2e}")
                     flop = 2 * m * k * n / 1e6
                     cells.append(f"{flop / statistics.median(r['times'][key]):.1f} ({flop / min(r['times'][key]):.1f})")
                 print(f"| {label} | {name} | {m} x {k} x {n} | " + " | ".join(cells) + " |")
+    gemvs = [s for s in shapes if s[0] == 1]
+    if gemvs:
+        print("\nOne-row products, ns per weight: median (fastest); in brackets after it, the median over int2's"
+              + (" (the codebook formats' time includes rotating x)" if any(FORMATS[f].fmt.levels == "codebook" for f in formats) else ""))
+        print("| browser | kernels | shape (rows x k x n) | " + " | ".join(formats) + " |")
+        print("|---|---|---|" + "---|" * len(formats))
+        for browser, r in results.items():
+            label = f"{browser} ({'relaxed SIMD' if r['relaxed'] else 'SIMD'})"
+            for m, k, n in gemvs:
+                for name in names:
+                    med = {f: statistics.median(r["times"][f"{name}|{f}-{m}x{k}x{n}"]) for f in formats}
+                    cells = []
+                    for f in formats:
+                        ns = 1e6 / (k * n)
+                        cell = f"{med[f] * ns:.3f} ({min(r['times'][f'{name}|{f}-{m}x{k}x{n}']) * ns:.3f})"
+                        if "int2" in med and f != "int2":
+                            cell += f" [{med[f] / med['int2']:.2f}x]"
+                        cells.append(cell)
+                    print(f"| {label} | {name} | {m} x {k} x {n} | " + " | ".join(cells) + " |")
     print(json.dumps({"user_agents": {b: r["ua"] for b, r in results.items()}}))
     if bad:
         print("WRONG OUTPUTS:\n" + "\n".join(bad))
