@@ -7,12 +7,16 @@ Bits per weight count every stored byte of every quantized matrix (codes, scales
 over their weights; LayerNorm parameters and biases stay float32 and are not counted, as in bench.
 
     nice -n 5 python scripts/study_two_bit.py [--runs NAME,...] [--max-minutes M] [--json FILE]
+                                             [--sensitivity-cache FILE]
 
 The rot-mix rows mix formats per matrix (rotated E81B, E8P, E8P+E81B, E8P+E8P, int8) by this script's own
 allocation (the planner's rule, greedy distortion drop per byte, over sensitivities measured here
 with rotations and rounding), from before the codebook formats were registry rows. The reg- rows go
 through the toolchain itself: registry formats (formats.py e8p, e8p-rvq3, ...) quantized by
-gptq.quantize_model, and reg-mixed-B planned by planner.plan_for_budget, as `bundle` does.
+gptq.quantize_model, and reg-mixed-B planned by planner.plan_for_budget (sensitivities after GPTQ,
+gptq=True) and then GPTQ'd, as `bundle --target-bpw B --method gptq` does; reg-mixed-B-rounded plans
+on sensitivities by rounding, as the planner did before. The planner's sensitivity pass takes many
+minutes: --sensitivity-cache keeps its table in a file between runs of this script.
 docs/two_bit_study.md holds a run's table.
 """
 
@@ -26,6 +30,7 @@ import argparse
 import dataclasses
 import datetime
 import json
+import pickle
 import platform
 import sys
 import time
@@ -36,6 +41,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from ulpq_build import calibration as cal
+from ulpq_build import planner
 from ulpq_build.architectures import describe_model, float_operands, model_tensors
 from ulpq_build.architectures.bert import LeeSimilarity
 from ulpq_build.formats import CODEBOOK_TABLE_WORDS
@@ -72,8 +78,8 @@ def registry(fmt: str):
     return lambda study: ("registry", {n: QuantSpec(fmt) for n in study.matrices})
 
 
-def planned(bpw: float):
-    return lambda study: ("registry", study.plan(bpw))
+def planned(bpw: float, gptq: bool = True):
+    return lambda study: ("registry", study.plan(bpw, gptq))
 
 
 def mixed(budget: float, floors: dict[str, int] | None = None, gptq_gain: float = 1.0):
@@ -92,6 +98,11 @@ RUNS = [
     ("reg-mixed-2.25", "~2.25", "toolchain: `bundle --target-bpw 2.25 --method gptq` (planner with the codebook rows)", planned(2.25)),
     ("reg-mixed-2.5", "~2.5", "toolchain: `bundle --target-bpw 2.5 --method gptq`", planned(2.5)),
     ("reg-mixed-3", "~3", "toolchain: `bundle --target-bpw 3 --method gptq`", planned(3.0)),
+    ("reg-mixed-4.1", "~4.1", "toolchain: `bundle --target-bpw 4.1 --method gptq`", planned(4.1)),
+    ("reg-mixed-2.25-rounded", "~2.25", "as reg-mixed-2.25, planned on sensitivities by rounding (the planner before)",
+     planned(2.25, gptq=False)),
+    ("reg-mixed-2.5-rounded", "~2.5", "as reg-mixed-2.5, planned on sensitivities by rounding", planned(2.5, gptq=False)),
+    ("reg-mixed-4.1-rounded", "~4.1", "as reg-mixed-4.1, planned on sensitivities by rounding", planned(4.1, gptq=False)),
     ("reg-e8p-gptq", "~2", "toolchain: `bundle --format e8p --method gptq` (rotations + codebook + LDLQ)", registry("e8p")),
     ("reg-e8p-rvq3-gptq", "~3", "toolchain: `bundle --format e8p-rvq3 --method gptq`", registry("e8p-rvq3")),
     ("rot-in-int2-gptq", "~2", "rotations alone (inputs only, as bundles rotate), scalar int2, GPTQ",
@@ -133,8 +144,9 @@ RUNS = [
 
 
 class Study:
-    def __init__(self, log):
+    def __init__(self, log, sensitivity_cache: Path | None = None):
         self.log = log
+        self.sensitivity_cache = sensitivity_cache
         folder, _ = resolve_model("builtin:minilm", Path("."))
         source = open_model(folder)
         self.model = describe_model(source)
@@ -169,18 +181,26 @@ class Study:
             stored["<codebook tables>"] = 4 * CODEBOOK_TABLE_WORDS
         return weights, stored
 
-    def plan(self, bpw: float) -> dict[str, QuantSpec]:
-        """planner.plan_for_budget's choice at bpw over the study's matrices (sensitivities measured once)."""
+    def plan(self, bpw: float, gptq: bool = True) -> dict[str, QuantSpec]:
+        """planner.plan_for_budget's choice at bpw over the study's matrices (sensitivities measured once
+        per kind, gptq or rounded, and kept in --sensitivity-cache when given)."""
         tensors = [(n, self.weights[n].shape, "float32") for n in self.matrices]
         start = time.time()
+        cached = {}
+        if self.sensitivity_cache is not None and self.sensitivity_cache.exists():
+            cached = pickle.loads(self.sensitivity_cache.read_bytes())
+        planner._SENSITIVITY_CACHE.update(cached)  # the planner keeps one model's table: this is the same model
         plan = plan_for_budget(tensors, self.weights, self.calibration, target_bpw=bpw, cache_key=("study",),
-                               log=self.log)
+                               gptq=gptq, log=self.log)
+        if self.sensitivity_cache is not None:
+            cached.update(planner._SENSITIVITY_CACHE)
+            self.sensitivity_cache.write_bytes(pickle.dumps(cached))
         chosen = {e.name: e.spec for e in plan.entries}
         counts: dict[str, int] = {}
         for n, s in chosen.items():
             label = s.format + ("" if s.group_size == 0 else f"/g{s.group_size}")
             counts[label] = counts.get(label, 0) + self.weights[n].size
-        self.log(f"plan at {bpw} bpw ({time.time() - start:.0f} s): word table "
+        self.log(f"plan at {bpw} bpw, {'gptq' if gptq else 'rounded'} sensitivities ({time.time() - start:.0f} s): word table "
                  f"{chosen['embeddings.word_embeddings.weight'].format}; weights per format "
                  + ", ".join(f"{k} {v / self.params:.1%}" for k, v in sorted(counts.items())))
         return chosen
@@ -246,6 +266,7 @@ def main(argv=None) -> int:
     parser.add_argument("--runs", help="comma-separated run names (default: all): " + ", ".join(r[0] for r in RUNS))
     parser.add_argument("--max-minutes", type=float, default=60.0, help="start no new run after this many minutes")
     parser.add_argument("--json", type=Path, help="also write the rows here")
+    parser.add_argument("--sensitivity-cache", type=Path, help="keep the planner's sensitivities in this file between runs")
     args = parser.parse_args(argv)
     names = args.runs.split(",") if args.runs else [r[0] for r in RUNS]
     unknown = [n for n in names if n not in {r[0] for r in RUNS}]
@@ -256,7 +277,7 @@ def main(argv=None) -> int:
     start = time.time()
     started = datetime.datetime.now(datetime.UTC)
     log(f"{started:%Y-%m-%d %H:%M} UTC on {machine()}, load average {os.getloadavg()[0]:.1f}")
-    study = Study(log)
+    study = Study(log, args.sensitivity_cache)
     log(f"all-MiniLM-L6-v2: {len(study.matrices)} matrices, {study.params} weights; float32 Lee Pearson "
         f"{study.score.base:.4f} ({time.time() - start:.0f} s)")
     rows, skipped = [], []

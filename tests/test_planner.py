@@ -1,19 +1,29 @@
 """Automatic mixed precision on the built-in ViT (calibration: Fashion-MNIST training images): plans
-stay within the budget, more budget never costs accuracy on the calibration set, and the commands
-refuse conflicting or impossible requests with one line."""
+stay within the budget (the codebook tables counted), more budget never costs accuracy on the
+calibration set, sensitivities for a GPTQ plan measure what GPTQ writes, and the commands refuse
+conflicting or impossible requests with one line."""
 
 import json
 
 import numpy as np
 import pytest
-
 from support import run_cli
+
 from ulpq_build.architectures import describe_model, float_operands, model_tensors
 from ulpq_build.calibration import calibration_for, distortion
 from ulpq_build.errors import UserError
+from ulpq_build.gptq import quantize_model
 from ulpq_build.model_source import open_model
-from ulpq_build.planner import plan_for_budget
+from ulpq_build.planner import (
+    CODEBOOK_TABLE_BYTES,
+    candidates_for,
+    float_hessians,
+    is_codebook,
+    plan_for_budget,
+    sensitivities,
+)
 from ulpq_build.quantize import dequantize, quantize
+from ulpq_build.quantspec import matrix_shape
 from ulpq_build.resources import models_dir
 
 VIT = models_dir() / "vit-fashion-mnist"
@@ -55,6 +65,56 @@ def test_budgets_are_kept_and_more_budget_never_hurts(vit):
     assert logs[1] == logs[2] == ["sensitivities: measured earlier in this run"]
     size = plan_for_budget(tensors, weights, calibration, target_bytes=80_000, keep_float=keep, log=lambda m: None)
     assert size.bytes <= 80_000
+
+
+def test_gptq_sensitivities_are_what_gptq_writes_and_less_than_rounding(vit):
+    model, tensors, weights, calibration = vit
+    shapes = {n: s for n, s, _ in tensors}
+    # a linear layer whose rows take the codebooks, a wider one, and the patch convolution (rows of 49)
+    names = ["vit.encoder.layer.0.attention.attention.query.weight", "vit.encoder.layer.2.output.dense.weight",
+             "vit.embeddings.patch_embeddings.projection.weight"]
+    matrices = [(n, shapes[n]) for n in names]
+    two_bit = {n: [c for c in candidates_for(shapes[n]) if c.format in ("int2-ternary", "e8p") and c.group_size == 0]
+               for n in names}
+    assert [len(two_bit[n]) for n in names] == [2, 2, 1]  # no codebook for rows of 49
+    hessians = float_hessians(calibration, weights, set(names))
+    assert sorted(hessians) == sorted(names) and all(h.shape == (matrix_shape(shapes[n])[1],) * 2 for n, h in hessians.items())
+    rounded = sensitivities(matrices, two_bit, weights, calibration, lambda m: None)
+    after = sensitivities(matrices, two_bit, weights, calibration, lambda m: None, hessians)
+    reference = calibration.run_subset(weights)
+    for name in names:
+        for j, spec in enumerate(two_bit[name]):
+            # the sensitivity is exactly the distortion of what gptq.quantize_model writes for that matrix alone
+            written = dequantize(quantize_model(model, weights, {name: spec}, calibration.run)[name])
+            measured = distortion(model, reference, calibration.run_subset({**weights, name: written}))
+            assert after[name][j] == pytest.approx(measured, rel=1e-9, abs=1e-12), (name, spec.format)
+            # and GPTQ leaves less than rounding did: what the rounding-based planner over-charged these layers
+            assert 0 < after[name][j] < rounded[name][j], (name, spec.format, after[name][j], rounded[name][j])
+
+
+def test_codebook_tables_are_counted_in_the_budget(vit):
+    model, tensors, weights, calibration = vit
+    keep = float_operands(model)
+    plan = plan_for_budget(tensors, weights, calibration, target_bpw=2.25, keep_float=keep, cache_key=("vit", "test"),
+                           log=lambda m: None)
+    quantized = [e for e in plan.entries if e.spec.fmt.quantized]
+    assert any(is_codebook(e.spec) for e in quantized)  # else the check below tests nothing
+    weights_count = sum(int(np.prod(e.shape)) for e in quantized)
+    assert sum(e.bytes for e in quantized) + CODEBOOK_TABLE_BYTES <= 2.25 * weights_count / 8
+
+
+def test_rounded_and_gptq_sensitivities_are_kept_apart(vit):
+    _, tensors, weights, calibration = vit
+    few = [t for t in tensors if t[0].startswith("vit.encoder.layer.1.attention.attention.")]
+    logs = {}
+    for gptq in (False, True, False):
+        lines = []
+        plan_for_budget(few, weights, calibration, target_bpw=3, cache_key=("vit", "few"), gptq=gptq, log=lines.append)
+        logs.setdefault(gptq, []).append(lines)
+    assert [line.split(" (")[1][:7] for line in logs[True][0]] == ["gptq): "] * 3
+    assert logs[False][0][0].startswith("sensitivity 1/3") and "(rounded)" in logs[False][0][0]
+    # the cache keeps one kind at a time: the third plan measures the rounded ones again, not the gptq ones
+    assert logs[False][1] == logs[False][0]
 
 
 def test_a_budget_below_the_cheapest_plan_is_refused(vit):

@@ -1,15 +1,22 @@
 """Automatic mixed precision: give every matrix the format that buys the most accuracy per byte,
 under a budget of bits per weight or bytes.
 
-1. Sensitivity: for each matrix and each candidate storage, quantize that matrix alone (round to
-   nearest), run the calibration subset, and measure how far the model's outputs moved from the
-   float32 model's (calibration.distortion).
+1. Sensitivity: for each matrix and each candidate storage, quantize that matrix alone the way the
+   bundle will quantize it, run the calibration subset, and measure how far the model's outputs
+   moved from the float32 model's (calibration.distortion). With `gptq`, the linear layers are
+   quantized by GPTQ on their inputs' Hessian in the float32 model (one calibration run), the
+   tables by rounding, as gptq.quantize_model then does: rounding alone would credit every linear
+   layer with errors that GPTQ later shrinks several-fold (and the tables with none of that), so
+   the allocation would starve the tables (MiniLM's word table, 52 % of its weights, at 1 bit:
+   docs/two_bit_study.md).
    The codebook formats (e81b, e8p, e8p-rvq3, e8p-rvq4) are candidates beside the scalar ones for
    every matrix whose rows are a multiple of 8 long; their sensitivity is measured the same way,
-   rounding to the nearest codeword on rotated inputs.
+   on rotated inputs (nearest codeword, or block LDLQ with `gptq`).
 2. Allocation: start every matrix at its cheapest candidate; repeatedly take the upgrade (a matrix
    to a costlier candidate) with the largest drop in distortion per byte added, while it fits the
    budget. Distortions of different matrices are treated as additive, the usual approximation.
+   The codebook formats' decode tables (one copy per bundle, 2 KiB) count once, with the first
+   matrix that takes one of them: on a model as small as the ViT they are a tenth of a bit per weight.
 
 The result is a Plan of explicit per-tensor rules, printed and stored like any other plan.
 """
@@ -22,7 +29,8 @@ import numpy as np
 
 from ulpq_build.calibration import Calibration, distortion
 from ulpq_build.errors import UserError
-from ulpq_build.formats import CODEBOOK_FORMATS, GROUP_DIM
+from ulpq_build.formats import CODEBOOK_FORMATS, CODEBOOK_TABLE_WORDS, GROUP_DIM
+from ulpq_build.gptq import _linear_weights, gptq_quantize, hessian
 from ulpq_build.plan import FLOAT32, Plan, Rule, is_matrix, resolve_plan
 from ulpq_build.quantize import dequantize, quantize
 from ulpq_build.quantspec import QuantSpec, matrix_shape, stored_bytes
@@ -50,11 +58,19 @@ CANDIDATES = [
 ]
 
 
+# bytes of the codebook formats' decode tables, stored once in a bundle that uses any of them
+CODEBOOK_TABLE_BYTES = 4 * CODEBOOK_TABLE_WORDS
+
+
+def is_codebook(spec: QuantSpec) -> bool:
+    return spec.fmt.levels == "codebook"
+
+
 def candidates_for(shape: tuple[int, ...]) -> list[QuantSpec]:
     """The candidates that fit this matrix, in ascending order of stored bytes."""
     k = matrix_shape(shape)[1]
     fitting = [c for c in CANDIDATES if (c.group_size <= 0 or k % c.group_size == 0)
-               and (c.fmt.levels != "codebook" or k % GROUP_DIM == 0)]
+               and (not is_codebook(c) or k % GROUP_DIM == 0)]
     return sorted(fitting, key=lambda c: stored_bytes(c, shape))
 
 
@@ -65,25 +81,28 @@ _SENSITIVITY_CACHE: dict[tuple, dict[str, list[float]]] = {}
 
 def plan_for_budget(tensors: list[tuple[str, tuple[int, ...], str]], weights: dict[str, np.ndarray], calibration: Calibration,
                     *, target_bpw: float | None = None, target_bytes: int | None = None, keep_float: set[str] = frozenset(),
-                    cache_key: tuple | None = None, log=print) -> Plan:
+                    cache_key: tuple | None = None, gptq: bool = False, log=print) -> Plan:
     """The plan that minimises calibration distortion within the budget (bits per weight over the
     matrices, or total bytes of every tensor). `keep_float`: tensors that must stay float32;
-    `cache_key`: identifies the model's weights, to reuse sensitivities measured in this process."""
+    `cache_key`: identifies the model's weights, to reuse sensitivities measured in this process;
+    `gptq`: the plan will be quantized by GPTQ (gptq.quantize_model), so measure what GPTQ leaves."""
     matrices = [(n, s) for n, s, d in tensors if is_matrix(s, d) and n not in keep_float]
     fixed_bytes = sum(4 * math.prod(s) for n, s, d in tensors if not is_matrix(s, d) or n in keep_float)
     params = sum(math.prod(s) for _, s in matrices)
     budget = (target_bpw * params / 8) if target_bpw is not None else (target_bytes - fixed_bytes)
     options = {n: candidates_for(s) for n, s in matrices}
-    cheapest = sum(stored_bytes(options[n][0], s) for n, s in matrices)
+    tables = any(is_codebook(options[n][0]) for n, _ in matrices)  # the bundle stores the codebook tables
+    cheapest = sum(stored_bytes(options[n][0], s) for n, s in matrices) + (CODEBOOK_TABLE_BYTES if tables else 0)
     if budget < cheapest:
         floor = 8 * cheapest / params
         what = f"--target-bpw {target_bpw}" if target_bpw is not None else f"--target-size {target_bytes / 1e6:.2f} MB"
         raise UserError(f"{what} is below the smallest plan ({floor:.3f} bits per weight, "
                         f"{(cheapest + fixed_bytes) / 1e6:.2f} MB); raise the target")
-    key = None if cache_key is None else (cache_key, tuple(matrices), tuple(tuple(o) for o in options.values()))
+    key = None if cache_key is None else (cache_key, gptq, tuple(matrices), tuple(tuple(o) for o in options.values()))
     cost = _SENSITIVITY_CACHE.get(key) if key is not None else None
     if cost is None:
-        cost = sensitivities(matrices, options, weights, calibration, log)
+        hessians = float_hessians(calibration, weights, {n for n, _ in matrices}) if gptq else None
+        cost = sensitivities(matrices, options, weights, calibration, log, hessians)
         if key is not None:
             _SENSITIVITY_CACHE.clear()  # one model at a time: the table is small, the weights behind it are not
             _SENSITIVITY_CACHE[key] = cost
@@ -99,6 +118,8 @@ def plan_for_budget(tensors: list[tuple[str, tuple[int, ...], str]], weights: di
             here_bytes = stored_bytes(options[name][here], size[name])
             for j in range(here + 1, len(options[name])):
                 extra = stored_bytes(options[name][j], size[name]) - here_bytes
+                if not tables and is_codebook(options[name][j]):
+                    extra += CODEBOOK_TABLE_BYTES
                 gain = cost[name][here] - cost[name][j]
                 if extra <= 0 or gain <= 0 or used + extra > budget:
                     continue
@@ -110,26 +131,51 @@ def plan_for_budget(tensors: list[tuple[str, tuple[int, ...], str]], weights: di
         _, name, j, extra = best
         choice[name] = j
         used += extra
+        tables = tables or is_codebook(options[name][j])
     rules = [Rule(name, options[name][choice[name]], f"planner (distortion {cost[name][choice[name]]:.2e})", frozenset([name]))
              for name, _ in matrices]
     rules += [Rule(name, FLOAT32, "kept float32", frozenset([name])) for name in sorted(keep_float)]
     return resolve_plan(tensors, FLOAT32, rules)
 
 
+def float_hessians(calibration: Calibration, weights: dict[str, np.ndarray], names: set[str]) -> dict[str, np.ndarray]:
+    """GPTQ's Hessian (gptq.hessian) of the inputs of every linear layer in `names`, from one calibration
+    run of the float32 model; layers reading the same activations (query, key, value) share one."""
+    linear = _linear_weights(calibration.model) & names
+    hessians: dict[str, np.ndarray] = {}
+    last: list = [None, None]
+
+    def hook(node, x):
+        name = node["weight"]
+        if name not in linear:
+            return
+        same = last[0] is not None and last[0].shape == x.shape and np.array_equal(last[0], x)
+        h = last[1] if same else hessian(x)
+        last[:] = [x, h]
+        hessians[name] = hessians.get(name, 0) + h
+
+    calibration.run(weights, hook)
+    return hessians
+
+
 def sensitivities(matrices: list[tuple[str, tuple[int, ...]]], options: dict[str, list[QuantSpec]], weights: dict[str, np.ndarray],
-                  calibration: Calibration, log) -> dict[str, list[float]]:
-    """cost[name][j]: the calibration distortion with only matrix `name` quantized to options[name][j]."""
+                  calibration: Calibration, log, hessians: dict[str, np.ndarray] | None = None) -> dict[str, list[float]]:
+    """cost[name][j]: the calibration distortion with only matrix `name` quantized to options[name][j];
+    by GPTQ (gptq.gptq_quantize) on hessians[name] where given, else by rounding to nearest."""
     reference = calibration.run_subset(weights)
     cost: dict[str, list[float]] = {}
     for i, (name, shape) in enumerate(matrices):
         cost[name] = []
+        h = (hessians or {}).get(name)
         for spec in options[name]:
             if not spec.fmt.quantized:
                 cost[name].append(0.0)
                 continue
             trial = dict(weights)
-            trial[name] = dequantize(quantize(name, weights[name], spec))
+            qt = quantize(name, weights[name], spec) if h is None else gptq_quantize(name, weights[name], spec, h)
+            trial[name] = dequantize(qt)
             cost[name].append(distortion(calibration.model, reference, calibration.run_subset(trial)))
-        log(f"sensitivity {i + 1}/{len(matrices)} {name}: " + ", ".join(
+        how = "rounded" if h is None else "gptq"
+        log(f"sensitivity {i + 1}/{len(matrices)} {name} ({how}): " + ", ".join(
             f"{c.format}/{c.group_size or 'chan'}:{d:.2e}" for c, d in zip(options[name], cost[name])))
     return cost

@@ -75,7 +75,7 @@ def plan_and_quantize(source: ModelSource, tensors: list[tuple[str, tuple[int, .
 
         plan = plan_for_budget(tensors, weights, calibration, target_bpw=target_bpw,
                                target_bytes=None if target_mb is None else int(target_mb * 1e6), keep_float=keep_float,
-                               cache_key=_weights_identity(source), log=log)
+                               cache_key=_weights_identity(source), gptq=method == "gptq", log=log)
     else:
         default, rules = resolve_options(config, overrides, tensors)
         origin = str(config) if config else ("command line" if overrides else "")
