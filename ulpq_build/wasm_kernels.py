@@ -12,6 +12,12 @@ x86_64 and aarch64, macOS x86_64 and arm64, and Windows), which the tests also u
 kernels against numpy without a browser. Assembly is deterministic, so bundles stay
 byte-identical across builds.
 
+Codebook rows (levels "codebook": e8p, e8p-rvq3, ...) get kernels from the same template, keyed by
+their stages' decode kinds (formats.CODEBOOK_STAGES: e8p, lut8): a new row made of known stages needs
+no wasm. Their tables are not copied into the template: `codebook_expand` turns the bundle's
+codebook buffer into the f32 lanes the kernels load (CODEBOOK_* below), and the input rotation of
+such a matrix runs as `rotation_signs` (once per seed) and `hadamard_rows` (before each product).
+
 Four binaries are written per bundle: importing an ordinary memory (one thread) or a shared
 memory (worker threads over a SharedArrayBuffer when the page is cross-origin isolated; browsers
 only create shared memories then, and a module must declare which it imports), each with plain
