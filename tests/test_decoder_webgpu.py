@@ -95,7 +95,9 @@ COUNT = """async ({ ids }) => {
   }
   return { counts, mapped, tokenIds: r.tokenIds, path: r.path, steps: r.timings.decode_steps,
            stats: model.backend.stats, memory: model.backend.memoryBytes(), fused: [...model.backend.fused.keys()],
-           gates: model.manifest.model.layers.filter((l) => l.gate).map((l) => l.gate.weight) };
+           gates: model.manifest.model.layers.filter((l) => l.gate).map((l) => l.gate.weight),
+           norm: model.manifest.model.norm, layers: model.manifest.model.num_layers,
+           plans: [...model.backend.plans.values()].map((p) => ({ key: p.key, kinds: p.steps.map((s) => s.kind) })) };
 }"""
 
 
@@ -195,7 +197,7 @@ def test_browsers_generate_the_reference_tokens_on_webgpu(served, browser):
             assert out["end"]["finishReason"] == "max_position" and len(out["end"]["tokenIds"]) == 5
             assert out["end"]["tokenIds"] == dc.greedy_tokens(model, weights, [end]), (name, fmt)
             assert out["again"]["tokenIds"] == case["greedy_tokens"]
-            check_steady(session.evaluate(COUNT, {"ids": case["prompt_ids"]}), case)
+            check_steady(session.evaluate(COUNT, {"ids": case["prompt_ids"]}), case, packed=fmt != "float32")
     finally:
         session.close()
 
@@ -217,7 +219,7 @@ def test_auto_generates_on_the_cpu_path_on_a_cpu_adapter(served, browser):
     assert any("CPU implementation" in n for n in result.notes), result.notes
 
 
-def check_steady(out, case):
+def check_steady(out, case, packed):
     """A second generation at one prompt length replays the prefill plan and the decode-step plan: no
     buffer, bind group, pipeline or shader; one submit and one compute pass per token; per pass the
     writes of its inputs (token ids, positions; the prefill's last-row index) and one params write for
@@ -225,7 +227,9 @@ def check_steady(out, case):
     on, the token id is not written: each step's argmax is copied on the device into the step plan's
     input, and the next step is submitted before the token is read back (GpuDecoder.next); no step
     runs past the last token asked for. A gated layer's gate and up weights are one product (fused at
-    upload as views: nothing stored twice)."""
+    upload as views: nothing stored twice). Where the model's norm is RMSNorm and its products are packed,
+    a decode step runs no norm or gate-product dispatch of its own: each is fused into the GEMV after it
+    (kernels.PROLOGUE; bundle.py ships those variants for packed storages only)."""
     counts = out["counts"]
     assert out["path"] == "webgpu" and out["tokenIds"] == case["greedy_tokens"] and out["steps"] == 31
     created = {k: v for k, v in counts.items() if k.startswith("create") and k != "createCommandEncoder"}
@@ -235,6 +239,17 @@ def check_steady(out, case):
     assert counts["writeBuffer"] == 3 + 3 + 2 * (out["steps"] - 1), counts
     assert out["mapped"] == [4] * passes, out["mapped"]
     assert set(out["gates"]) <= set(out["fused"]), (out["gates"], out["fused"])
+    step = [p["kinds"] for p in out["plans"] if p["key"] == "decoder:step:argmax"]
+    assert len(step) == 1, [p["key"] for p in out["plans"]]
+    kinds = step[0]
+    if out["norm"] == "rms" and packed:
+        assert "rmsnorm" not in kinds and "gated" not in kinds, kinds
+        fused_norms = sum(k.endswith("+norm") for k in kinds)  # Q|K|V (one or three products), gate|up, the head
+        assert fused_norms >= 2 * out["layers"] + 1, kinds
+        if out["gates"]:
+            assert kinds.count("linear+gate") == out["layers"], kinds
+    else:
+        assert kinds.count("layernorm" if out["norm"] != "rms" else "rmsnorm") == 2 * out["layers"] + 1, kinds
 
 
 def test_bench_gpu_decode_smoke(tmp_path):

@@ -116,6 +116,14 @@ def _reg(*kernels: Kernel) -> dict[str, Kernel]:
 EPILOGUE_ACTIVATIONS = ("none", "gelu", "gelu_tanh")
 GATE_ACTIVATIONS = ("silu", "gelu", "gelu_tanh")
 EPILOGUE = {"activation": EPILOGUE_ACTIVATIONS, "bias": (False, True), "residual": (False, True)}
+# The GEMV's prologues (a decoder step's operator before a product, fused into the product to save
+# its dispatch): `norm`, RMSNorm of x (gamma bound as `norm`, eps a param); `gate`, x formed as
+# act(gate) * up from a gated FFN's two products (up bound as `up`; the row stride and the two
+# column offsets are params). Each adds these params to the kernel's, and is left out of the
+# variant's key at its default, so the keys (and programs) of every other variant stay as they were.
+PROLOGUE = {"norm": (False, True), "gate": ("none", *GATE_ACTIVATIONS)}
+PROLOGUE_PARAMS = {"norm": (("eps", "f32"),), "gate": (("in_stride", "u32"), ("gate_off", "u32"), ("up_off", "u32"))}
+PROLOGUE_BINDINGS = {"norm": "norm", "up": "gate"}  # binding -> the option that needs it
 
 # cache_attention's uniforms: query row r = b * seq + t sits at slot start + t of sequence b;
 # capacity: slots per (sequence, kv head) in the cache; chunk, chunks: the split of the slots.
@@ -141,10 +149,10 @@ KERNELS: dict[str, Kernel] = _reg(
         "y[m, n] = act(x[m, :] . W[n, :] + b[n]) (+ r[m, n]) for few rows m: groups of threads_per_row threads own "
         "`rows` outputs each and stride over K, each x load feeding all their rows; vec4 loads 4 code words per row "
         "per step (shapes with words_per_row % 4 == 0 and no partial word)",
-        ("params", "x", "w.codes", "w.scales", "w.zeros", "w.codebook", "bias", "residual", "y"),
+        ("params", "x", "w.codes", "w.scales", "w.zeros", "w.codebook", "bias", "residual", "y", "norm", "up"),
         (("m", "u32"), ("n", "u32"), ("k", "u32"), ("words_per_row", "u32"), ("groups_per_row", "u32"),
          ("group_size", "u32"), ("codebook_stride", "u32")),
-        "gemv", {**EPILOGUE, "vec4": (False, True), "deep": (False, True)},
+        "gemv", {**EPILOGUE, "vec4": (False, True), "deep": (False, True), **PROLOGUE},
         # From an H200 sweep (docs/benchmarks.md): 8 rows per thread group; 32 threads per row at 128
         # threads per workgroup, 64 at 256 and 512. CPU adapters: one thread per `rows` outputs walks
         # the whole of K, so no partial sums meet in workgroup memory and no barrier is passed.
@@ -493,6 +501,10 @@ class KernelVariant:
                 raise ValueError(f"{kernel}: option {name}={value!r} not in {k.options[name]}")
         if merged.get("split") and (merged["activation"] != "none" or merged["bias"] or merged["residual"]):
             raise ValueError(f"{kernel}: a split-K GEMM writes raw partial sums; its epilogue runs in the splitk kernel")
+        if merged.get("norm") and merged.get("gate", "none") != "none":
+            raise ValueError(f"{kernel}: one prologue at a time (norm or gate)")
+        if (merged.get("norm") or merged.get("gate", "none") != "none") and weight.fmt.levels == "codebook":
+            raise ValueError(f"{kernel}: a codebook format's product rotates its input first; no prologue fuses into it")
         if merged.get("vec4") and not vec4_capable(weight):
             raise ValueError(f"{kernel}: vec4 needs a words layout whose blocks align with 32 (or float32), not {weight.format}")
         unknown = [f for f in features if f not in FEATURES]
@@ -538,6 +550,8 @@ class KernelVariant:
         if self.weight is not None:
             parts.append(self.weight.key)
         for name, value in self.options:
+            if name in PROLOGUE and value == PROLOGUE[name][0]:
+                continue  # (see PROLOGUE: keys as before the prologues existed)
             parts.append(f"{name}-{value}" if not isinstance(value, bool) else (name if value else f"no{name}"))
         parts.extend(f"{name}{value}" for name, value in self.tile_overrides)
         parts.extend(FEATURES[f].tag for f in self.features)
@@ -565,8 +579,18 @@ class KernelVariant:
                 continue
             if name in self.spec.options and not self.opts[name]:
                 continue
+            option = PROLOGUE_BINDINGS.get(name)
+            if option in self.spec.options and self.opts[option] in (False, "none"):
+                continue
             used[name] = slot
         return used
+
+    @property
+    def params(self) -> tuple[tuple[str, str], ...]:
+        """The uniform fields: the kernel's, then those of the prologue its options turn on."""
+        extra = tuple(field for name, fields in PROLOGUE_PARAMS.items()
+                      if self.opts.get(name) not in (None, False, "none") for field in fields)
+        return self.spec.params + extra
 
     @property
     def workgroup_size(self) -> int:
@@ -579,9 +603,11 @@ class KernelVariant:
         if self.kernel == "gemm":
             return 0 if t.get("direct") else 4 * t["tile_k"] * (t["tile_m"] + t["tile_n"])
         if self.kernel == "gemv":
+            # partial sums per thread: rows x x_rows products (+ x_rows sums of x^2 with the norm prologue)
+            per_thread = (t["rows"] + (1 if self.opts.get("norm") else 0)) * t["x_rows"]
             if "subgroups" in self.features:  # the partials of each subgroup (at least 4 threads), + a counter
-                return 4 * (self.workgroup_size // MIN_SUBGROUP_SIZE) * t["rows"] * t["x_rows"] + 4
-            return 0 if t["threads_per_row"] == 1 else 4 * self.workgroup_size * t["rows"] * t["x_rows"]
+                return 4 * (self.workgroup_size // MIN_SUBGROUP_SIZE) * per_thread + 4
+            return 0 if t["threads_per_row"] == 1 else 4 * self.workgroup_size * per_thread
         if self.kernel == "attention":  # the scores of one query row (+ the reduction array)
             return 4 * (t["max_seq"] + (0 if t.get("one_barrier") else self.workgroup_size))
         if self.kernel in ("layernorm", "softmax") or (self.kernel == "meanpool" and self.opts["normalize"]):
@@ -617,7 +643,7 @@ class KernelVariant:
                                                          "scale_dtype": self.weight.scale_dtype,
                                                          "asymmetric": self.weight.asymmetric},
             "options": self.opts, "profile": self.profile, "workgroup_size": self.workgroup_size,
-            "tiles": self.tiles, "dispatch": self.spec.dispatch, "params": [list(p) for p in self.spec.params],
+            "tiles": self.tiles, "dispatch": self.spec.dispatch, "params": [list(p) for p in self.params],
             "bindings": self.bindings, "limits": self.limits, "required_limits": self.required_limits,
             # the base variant this one replaces where the device has its features (the model graph
             # names base keys; web_runtime/variants.js serves each with its best feature variant)
@@ -646,7 +672,7 @@ def render(variant: KernelVariant) -> str:
     weight = variant.weight
     return _environment().get_template(variant.spec.template).render(
         kernel=variant.spec, key=variant.key, profile=prof, wg=variant.workgroup_size, tiles=variant.tiles,
-        opts=variant.opts, bindings=variant.bindings, params=variant.spec.params, required_limits_text=required,
+        opts=variant.opts, bindings=variant.bindings, params=variant.params, required_limits_text=required,
         weight=weight, fmt=weight.fmt if weight else None,
         scale_dtype=weight.scale_dtype if weight else None, asymmetric=weight.asymmetric if weight else False,
         features=variant.features, enables=[FEATURES[f].enable for f in variant.features],
@@ -786,7 +812,7 @@ def check_cache_attention_dims(variant: KernelVariant, dims: dict[str, int]) -> 
 
 def pack_params(variant: KernelVariant, values: dict[str, float]) -> bytes:
     """The uniform buffer for `values`: fields in the kernel's order, padded to 16 bytes."""
-    raw = b"".join(struct.pack("<I" if kind == "u32" else "<f", values[name]) for name, kind in variant.spec.params)
+    raw = b"".join(struct.pack("<I" if kind == "u32" else "<f", values[name]) for name, kind in variant.params)
     return raw + b"\0" * (-len(raw) % 16 or (16 if not raw else 0))
 
 

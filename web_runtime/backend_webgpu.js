@@ -484,10 +484,21 @@ export class GpuBackend {
    * small-tile GEMM cut along K (partial sums, then the splitk kernel's epilogue) when its tiles
    * alone would leave most of the GPU idle.
    */
-  #matmul(kind, kernels, h, matrix, weightResources, bias, residual) {
+  #matmul(kind, kernels, h, matrix, weightResources, bias, residual, prologue = null) {
     const thresholds = this.manifest.matmul;
     let key = matmulKey(kernels, h.rows, thresholds);
     const dims = GpuBackend.#matrixDims(matrix, h.rows);
+    if (prologue) {
+      // the operator before this product fused into its GEMV (kernels.PROLOGUE); callers ask fuses() first
+      const fusedKey = kernels[`gemv_${prologue.kind}`];
+      if (key !== kernels.gemv || !fusedKey) throw new Error(`${kind}: no GEMV with the ${prologue.kind} prologue serves ${h.rows} rows`);
+      return this.#dispatchStep(`${kind}+${prologue.kind}`, fusedKey, () => {
+        const resources = { x: h, ...weightResources(), ...prologue.resources };
+        if (bias) resources.bias = bias;
+        if (residual) resources.residual = residual;
+        return resources;
+      }, { ...dims, ...prologue.dims }, () => this.#value(h.rows, matrix.rows));
+    }
     if (key === kernels.gemm_small && kernels.gemm_split) {
       const tiles = this.pipelines.get(kernels.gemm_split).shader.tiles;
       dims.k_split = splitFor(h.rows, matrix.rows, matrix.k, tiles, thresholds);
@@ -528,11 +539,34 @@ export class GpuBackend {
       () => this.#value(h.rows, n));
   }
 
-  linear(h, node, residual = null) {
+  /**
+   * Can `node`'s product over `rows` input rows take the operator before it fused in: `kind` 'norm'
+   * (RMSNorm) or 'gate' (act(gate) * up)? Only as a GEMV, and only where the bundle ships that
+   * variant (decoders' products whose input is not rotated; bundle.py decoder_prologues).
+   */
+  fuses(node, rows, kind) {
+    const kernels = node.kernels[this.profile.name];
+    return Boolean(kernels[`gemv_${kind}`]) && matmulKey(kernels, rows, this.manifest.matmul) === kernels.gemv;
+  }
+
+  /**
+   * The prologue arguments of linear() and its fused forms: RMSNorm with gamma (a float32 weight
+   * name) and eps; or x = act(gate) * up, x bound to the value holding the gate (`h`), `up` the
+   * value holding up, each row `inStride` floats with the two at `gateOff` / `upOff`.
+   */
+  normPrologue(gammaName, eps) {
+    return { kind: 'norm', resources: { norm: this.#plain(gammaName) }, dims: { eps } };
+  }
+
+  gatePrologue(up, inStride, gateOff, upOff) {
+    return { kind: 'gate', resources: { up }, dims: { in_stride: inStride, gate_off: gateOff, up_off: upOff } };
+  }
+
+  linear(h, node, residual = null, prologue = null) {
     const tensor = this.tensors.get(node.weight);
     const m = tensor.entry.matrix;
     return this.#matmul('linear', node.kernels[this.profile.name], this.#rotated(h, node, tensor), m,
-      () => this.#weightResources(node.weight), node.bias ? this.#plain(node.bias) : null, residual);
+      () => this.#weightResources(node.weight), node.bias ? this.#plain(node.bias) : null, residual, prologue);
   }
 
   /**
@@ -543,23 +577,25 @@ export class GpuBackend {
    * A decoder layer's Q|K|V as one [rows, q + 2 kv columns] product (a GPT-2 c_attn node, or the
    * query/key/value weights fused at upload), or null when the bundle's weights cannot be fused.
    */
-  linearQKVWhole(h, layer) {
-    if (layer.qkv) return this.linear(h, layer.qkv);
+  linearQKVWhole(h, layer, prologue = null) {
+    if (layer.qkv) return this.linear(h, layer.qkv, null, prologue);
     const fused = this.fused.get(layer.query.weight);
     if (!fused) return null;
     const x = this.#rotated(h, fused.node, this.tensors.get(fused.node.weight));
-    return this.#matmul('qkv', fused.node.kernels[this.profile.name], x, fused.matrix, () => fused.resources, fused.bias, null);
+    return this.#matmul('qkv', fused.node.kernels[this.profile.name], x, fused.matrix, () => fused.resources, fused.bias, null,
+      prologue);
   }
 
   /**
    * A gated decoder layer's gate|up as one [rows, 2 x intermediate] product (gate's columns first)
    * where their weights were fused at upload, else null (two products).
    */
-  linearGateUp(h, layer) {
+  linearGateUp(h, layer, prologue = null) {
     const fused = layer.gate && this.fused.get(layer.gate.weight);
     if (!fused) return null;
     const x = this.#rotated(h, fused.node, this.tensors.get(fused.node.weight));
-    return this.#matmul('gate_up', fused.node.kernels[this.profile.name], x, fused.matrix, () => fused.resources, fused.bias, null);
+    return this.#matmul('gate_up', fused.node.kernels[this.profile.name], x, fused.matrix, () => fused.resources, fused.bias, null,
+      prologue);
   }
 
   linearQKV(h, layer) {

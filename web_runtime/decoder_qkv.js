@@ -20,14 +20,18 @@ export function qkvUnsupported(backend, layer) {
 }
 
 /**
- * Q, K and V of `h` (the normed rows) for `layer`: {role, resources}, the op_kernels role of the
- * cache append and its input bindings ({qkv} or {q_in, k_in, v_in}).
+ * Q, K and V of `h` for `layer`: {role, resources}, the op_kernels role of the cache append and its
+ * input bindings ({qkv} or {q_in, k_in, v_in}). `h` is the normed rows, or with `prologue` (the
+ * backend's normPrologue) the rows before the norm that each product then applies itself.
  */
-export function qkvInputs(backend, h, layer) {
-  const whole = backend.linearQKVWhole(h, layer);
+export function qkvInputs(backend, h, layer, prologue = null) {
+  const whole = backend.linearQKVWhole(h, layer, prologue);
   if (whole) return { role: 'cache_append', resources: { qkv: whole } };
-  return {
-    role: SPLIT_ROLE,
-    resources: { q_in: backend.linear(h, layer.query), k_in: backend.linear(h, layer.key), v_in: backend.linear(h, layer.value) },
-  };
+  const product = (node) => backend.linear(h, node, null, prologue);
+  return { role: SPLIT_ROLE, resources: { q_in: product(layer.query), k_in: product(layer.key), v_in: product(layer.value) } };
+}
+
+/** The products that read a layer's normed attention input (all of them must fuse the norm, or none). */
+export function qkvNodes(layer) {
+  return layer.qkv ? [layer.qkv] : [layer.query, layer.key, layer.value];
 }

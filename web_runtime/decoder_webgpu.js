@@ -10,7 +10,7 @@
 // GPU and reads back 4 bytes; sampling reads back the last row's logits.
 
 import { argmaxSplit, decodeChunks } from './dispatch.js';
-import { qkvInputs, qkvUnsupported } from './decoder_qkv.js';
+import { qkvInputs, qkvNodes, qkvUnsupported } from './decoder_qkv.js';
 
 // Slots of the cache: the model's positions, capped (a real checkpoint's 32k-131k positions would
 // take gigabytes: Llama-3.2-1B keeps 64 KiB of K and V per slot, so 4096 slots are 256 MiB) and
@@ -138,13 +138,19 @@ export class GpuDecoder {
       return model.norm === 'rms' ? b.operator('rmsnorm', 'norm', { x: h, gamma }, dims, rows, hidden)
         : b.operator('layernorm', 'norm', { x: h, gamma, beta: b.weights.get(node.bias).codes }, dims, rows, hidden);
     };
+    // An RMSNorm before products that all run as GEMVs with the norm fused in (a decode step's, and a
+    // short prompt's) costs no dispatch of its own: each product sums x^2 from the x it reads anyway.
+    // Returns [input, prologue] for those products: the rows and the norm to fuse, or the normed rows.
+    const normFor = (h, normNode, nodes, rows = n) => (model.norm === 'rms' && nodes.every((node) => b.fuses(node, rows, 'norm'))
+      ? [h, b.normPrologue(normNode.weight, model.norm_eps)] : [norm(h, normNode, rows), null]);
     const cacheDims = { rows: n, seq: n, heads, kv_heads: kv, head_dim: d, start, capacity: this.capacity };
     const layerSize = kv * this.capacity * d;
     const prefill = start === 0 && n > 1;
     const split = prefill ? null : this.#split(start + n);
     for (const [i, layer] of model.layers.entries()) {
       const cacheOff = i * layerSize;
-      const qkv = qkvInputs(b, norm(x, layer.attn_norm), layer); // one fused product, or three (decoder_qkv.js)
+      const [a, pre] = normFor(x, layer.attn_norm, qkvNodes(layer));
+      const qkv = qkvInputs(b, a, layer, pre); // one fused product, or three (decoder_qkv.js)
       const appendResources = { ...qkv.resources, k_cache: this.kCache, v_cache: this.vCache };
       if (this.invFreq) Object.assign(appendResources, { positions, inv_freq: this.invFreq });
       const q = b.operator('cache_append', qkv.role, appendResources,
@@ -161,22 +167,30 @@ export class GpuDecoder {
           { rows: n, heads, head_dim: d, chunks: split.chunks, count: n * heads * d }, n, heads * d);
       }
       x = b.linear(context, layer.attn_out, x);
-      const m = norm(x, layer.mlp_norm);
       if (model.ffn === 'gated') {
-        // gate and up are planned without their activation: `gated` applies it. One product of both
-        // where the backend fused them (its rows: gate's columns, then up's), else two.
+        // gate and up are planned without their activation: the down product's gate prologue or the
+        // `gated` kernel applies it. One product of both where the backend fused them (its rows:
+        // gate's columns, then up's), else two.
+        const [m, pre] = normFor(x, layer.mlp_norm, [layer.gate, layer.up]);
         const cols = layer.gate.out_features;
-        const both = b.linearGateUp(m, layer);
-        const [gate, up] = both ? [both, both] : [b.linear(m, layer.gate), b.linear(m, layer.up)];
-        const product = b.operator('gated', 'gate', { gate, up },
-          { count: n * cols, cols, in_stride: both ? 2 * cols : cols, gate_off: 0, up_off: both ? cols : 0 }, n, cols);
-        x = b.linear(product, layer.down, x);
+        const both = b.linearGateUp(m, layer, pre);
+        const [gate, up] = both ? [both, both] : [b.linear(m, layer.gate, null, pre), b.linear(m, layer.up, null, pre)];
+        const [inStride, upOff] = both ? [2 * cols, cols] : [cols, 0];
+        if (b.fuses(layer.down, n, 'gate')) {
+          x = b.linear(gate, layer.down, x, b.gatePrologue(up, inStride, 0, upOff));
+        } else {
+          const product = b.operator('gated', 'gate', { gate, up },
+            { count: n * cols, cols, in_stride: inStride, gate_off: 0, up_off: upOff }, n, cols);
+          x = b.linear(product, layer.down, x);
+        }
       } else {
-        x = b.linear(b.linear(m, layer.fc), layer.proj, x);
+        const [m, pre] = normFor(x, layer.mlp_norm, [layer.fc]);
+        x = b.linear(b.linear(m, layer.fc, null, pre), layer.proj, x);
       }
     }
     const last = n === 1 ? x : b.rows(x, b.upload(Uint32Array.of(n - 1)), 1);
-    const logits = b.linear(norm(last, model.final_norm, 1), model.lm_head);
+    const [head, headNorm] = normFor(last, model.final_norm, [model.lm_head], 1);
+    const logits = b.linear(head, model.lm_head, null, headNorm);
     this.length = start + n;
     if (!greedy) return b.submit(logits).result.then((r) => r.data);
     const vocab = model.vocab_size;
