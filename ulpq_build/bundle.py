@@ -172,9 +172,10 @@ def plan_shaders(model: dict, specs: dict[str, QuantSpec]) -> list[KernelVariant
         rotates = weight.fmt.levels == "codebook" and weight.fmt.rotate
         # a decoder step's GEMV with the operator before it fused in (kernels.PROLOGUE): gemv_norm,
         # gemv_gate; the runtime takes them where the GEMV serves the rows. Packed storages only: a
-        # float32 GEMV is bound by its weight bytes, and re-reading x (with gamma, or gate and up) in
-        # every row group cost more than the dispatch saved (Llama-1B shape on an H200, one run:
-        # float32 decode 354.5 -> 315.7 tokens/s fused, int4 518.9 -> 633.8); nor a rotated input.
+        # float32 GEMV is bound by its weight bytes and reads x (with gamma, or gate and up) once more
+        # per row group; on an H200 (Llama-1B shape, one run) float32 showed no gain (medians 354.5
+        # unfused / 315.7 fused tokens/s, both spread over 268-364) where int4 went 518.9 -> 633.8
+        # (docs/benchmarks.md). Nor a rotated input (the hadamard kernel runs between).
         fusable = weight.fmt.quantized and not rotates
         fused = {f"gemv_{name}": options for name, options in prologues.get(id(node), {}).items()} if fusable else {}
         node["kernels"] = {p: {**({"hadamard": use("hadamard", p)} if rotates else {}),
