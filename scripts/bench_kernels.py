@@ -7,12 +7,20 @@ kernels per format, through one WebGPU engine per run (Dawn: `--engine dawn`, wg
     python scripts/bench_kernels.py --engine dawn --json out-dawn.json
     python scripts/bench_kernels.py --report out-dawn.json out-wgpu.json --write-docs docs/benchmarks.md
     python scripts/bench_kernels.py --engine dawn --variant subgroups --no-gemm --json out-sg.json
+    python scripts/bench_kernels.py --engine dawn --isolate --formats int2,int4,e8p,e8p-rvq3,e8p-rvq4 \
+        --gemv-shapes 8192x2048,2048x8192,16384x8192 --json out-codebook.json
+
+`--isolate` times each (format, GEMV shape) in a process of its own: on the H200 through Dawn every
+GEMV timed after about the sixth timing of one process ran 3-5x slower (int2 8192x2048: 12-14 us
+first, 45-56 us late in the same run; a fresh process is fast again; freeing each timing's buffers
+did not help), so a long run's later rows are not to be trusted without it.
 
 `--variant subgroups|f16|subgroups+f16` times every GEMV twice on one device requested with those
 adapter features (profiles.FEATURES): the base variant (what runs without them) and the feature
 variant, interleaved (base, feature, base again: the base's best), each checked against numpy first.
 
-Each kernel is first checked against numpy on a small shape on the same device, then timed:
+Each kernel is first checked against numpy on a small shape on the same device (each GEMV variant a
+timed shape takes: the deep tiles at K >= 2048, vec4 where the shape allows), then timed:
 dispatches in one command buffer, enough of them that a trial lasts at least 25 ms (after a warm-up
 trial), best of `trials` submissions, wall clock around a blocking read. Weights are random codes and scales of the right layout (the kernels' speed does not
 depend on the values); GEMV weights are uploaded in several copies (256 MiB together) that the
@@ -101,9 +109,10 @@ class Timer:
             shared[name] = runner.buffer(np.zeros(count, np.float32), readable=True)
         shared["params"] = self.device.create_buffer_with_data(data=pack_params(variant, params), usage=wgpu.BufferUsage.UNIFORM)
         pipeline = runner.pipeline(variant)
-        groups = []
+        groups, copy_buffers = [], []
         for _ in range(copies):
-            buffers = {**shared, **{name: runner.buffer(np.asarray(a)) for name, a in arrays.items() if name.startswith("w.")}}
+            copy_buffers.append({name: runner.buffer(np.asarray(a)) for name, a in arrays.items() if name.startswith("w.")})
+            buffers = {**shared, **copy_buffers[-1]}
             entries = [{"binding": slot, "resource": {"buffer": buffers[name], "offset": 0, "size": buffers[name].size}}
                        for name, slot in variant.bindings.items()]
             groups.append(self.device.create_bind_group(layout=pipeline.get_bind_group_layout(0), entries=entries))
@@ -118,15 +127,31 @@ class Timer:
             p.dispatch_workgroups(*grid)
             p.end()
 
-        return self.seconds(encode, repeat, trials, min_seconds=self.min_seconds)
+        try:
+            return self.seconds(encode, repeat, trials, min_seconds=self.min_seconds)
+        finally:
+            release(buffers for buffers in [shared, *copy_buffers])
 
     def copy_bandwidth(self, nbytes: int, repeat: int, trials: int) -> float:
         usage = self.wgpu.BufferUsage
         a = self.device.create_buffer(size=nbytes, usage=usage.COPY_SRC | usage.COPY_DST)
         b = self.device.create_buffer(size=nbytes, usage=usage.COPY_SRC | usage.COPY_DST)
         self.seconds(lambda e: e.copy_buffer_to_buffer(a, 0, b, 0, nbytes), 2, 1)  # first use clears the buffers
-        seconds = self.seconds(lambda e: e.copy_buffer_to_buffer(a, 0, b, 0, nbytes), repeat, trials)
+        try:
+            seconds = self.seconds(lambda e: e.copy_buffer_to_buffer(a, 0, b, 0, nbytes), repeat, trials)
+        finally:
+            release([{"a": a, "b": b}])
         return 2 * nbytes / seconds
+
+
+def release(buffer_sets) -> None:
+    """Destroy a timing's buffers now (up to 256 MiB of weight copies, 2 GiB for the copy bandwidth)
+    rather than whenever Python's collector gets to them. (It did not cure the slowdown late in a
+    long run that --isolate works around.)"""
+    for buffers in buffer_sets:
+        for buffer in buffers.values():
+            if hasattr(buffer, "destroy"):
+                buffer.destroy()
 
 
 COPY_WGSL = """
@@ -162,7 +187,10 @@ def kernel_copy_bandwidth(timer: "Timer", nbytes: int, repeat: int, trials: int)
         p.end()
 
     timer.seconds(encode, 2, 1)
-    return 2 * nbytes / timer.seconds(encode, repeat, trials)
+    try:
+        return 2 * nbytes / timer.seconds(encode, repeat, trials)
+    finally:
+        release([{"src": src, "dst": dst}])
 
 
 def matmul_variant(m: int, k: int, spec: QuantSpec, profile: str, tiles=None) -> KernelVariant:
@@ -202,6 +230,13 @@ def main() -> int:
     parser.add_argument("--variant-tiles", default="",
                         help="with --variant: tile overrides for the feature variant only, e.g. sg_lid=1 (place threads "
                              "by local_invocation_index, assuming consecutive subgroups) or threads_per_row=32")
+    parser.add_argument("--gemv-tiles", default="",
+                        help="tile overrides for every timed GEMV, e.g. units=2 or pipeline=1 (codebook formats' "
+                             "templates/gemv_codebook.wgsl.jinja) or rows=2,threads_per_row=64")
+    parser.add_argument("--isolate", action="store_true",
+                        help="time each (format, GEMV shape) in a child process of its own, merged into one result "
+                             "(GEMV only): Dawn on the H200 ran every dispatch 3-5x slower after about six timings in "
+                             "one process, whatever came before")
     parser.add_argument("--json", type=Path, help="write the results here")
     parser.add_argument("--report", type=Path, nargs="+", help="format result files instead of measuring")
     parser.add_argument("--write-docs", type=Path)
@@ -214,6 +249,9 @@ def main() -> int:
             write_docs(args.write_docs, text)
         return 0
 
+    if args.isolate:
+        return isolated(args)
+    gemv_tiles = {name: int(value) for name, value in (t.split("=") for t in args.gemv_tiles.split(",") if t)} or None
     rng = np.random.default_rng(0)
     gpu = engine_module(args.engine).gpu
     adapter = gpu.request_adapter_sync(power_preference="high-performance")
@@ -268,11 +306,16 @@ def main() -> int:
         return 0
     for name in args.formats.split(","):
         spec = QuantSpec(name, 0)
-        errors = {kern: check(runner, kern, args.profile, spec, rng) for kern in ("gemv", "gemm")}
+        errors = {kern: check(runner, kern, args.profile, spec, rng, tiles=gemv_tiles if kern == "gemv" else None)
+                  for kern in ("gemv", "gemm")}
+        checked = {matmul_variant(1, 512, spec, args.profile, gemv_tiles).key: errors["gemv"]}
         for n, k in gemv_shapes:
+            variant = matmul_variant(1, k, spec, args.profile, gemv_tiles)
+            if variant.key not in checked:  # another variant (deep tiles, vec4) than the check's shape takes: check it too
+                checked[variant.key] = check(runner, "gemv", args.profile, spec, rng, k=k, tiles=gemv_tiles)
+            errors["gemv"] = checked[variant.key]
             qt = random_weight(spec, n, k, rng)
             x = rng.standard_normal((1, k)).astype(np.float32)
-            variant = matmul_variant(1, k, spec, args.profile)
             repeat = 48 if n * k < 1 << 24 else 24
             copies = min(16, max(1, math.ceil(L2_DEFEAT_BYTES / qt.nbytes)))
             seconds = timer.kernel(variant, {"x": x, **weight_arrays(qt)}, matmul_params(qt, 1), {"y": n},
@@ -305,6 +348,38 @@ def main() -> int:
           f"{result['kernel_copy_bandwidth'] / 1e12:.3f} TB/s compute-shader copy", flush=True)
     if args.json:
         args.json.write_text(json.dumps(result, indent=1) + "\n")
+    return 0
+
+
+def isolated(args) -> int:
+    """--isolate: this script once per (format, GEMV shape), each in a fresh process, the rows merged
+    into one result (engine, adapter and date from the first child, copy bandwidths the best seen)."""
+    import subprocess
+    import tempfile
+
+    shapes = args.gemv_shapes.split(",") if args.gemv_shapes else [f"{n}x{k}" for n, k in ([(768, 768), (3072, 768)] if args.quick else GEMV_SHAPES)]
+    merged = None
+    with tempfile.TemporaryDirectory() as tmp:
+        for i, (name, shape) in enumerate(itertools.product(args.formats.split(","), shapes)):
+            out = Path(tmp) / f"{i}.json"
+            command = [sys.executable, __file__, "--engine", args.engine, "--profile", args.profile, "--formats", name,
+                       "--gemv-shapes", shape, "--no-gemm", "--json", str(out), *(["--quick"] if args.quick else []),
+                       *(["--gemv-tiles", args.gemv_tiles] if args.gemv_tiles else [])]
+            if subprocess.run(command, check=False).returncode != 0:
+                print(f"--isolate: the child for {name} {shape} failed", file=sys.stderr)
+                return 1
+            result = json.loads(out.read_text())
+            if merged is None:
+                merged = {**result, "gemv": [], "isolated": True}
+            for key in ("copy_bandwidth", "kernel_copy_bandwidth"):
+                merged[key] = max(merged[key], result[key])
+            merged["gemv"] += result["gemv"]
+    roof = max(merged["copy_bandwidth"], merged["kernel_copy_bandwidth"])
+    for row in merged["gemv"]:
+        row["fraction_of_copy"] = row["bandwidth"] / roof
+    print(report([merged]), flush=True)
+    if args.json:
+        args.json.write_text(json.dumps(merged, indent=1) + "\n")
     return 0
 
 

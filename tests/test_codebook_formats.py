@@ -3,6 +3,8 @@ stored parts and bits, packing, dequantize in the original basis (rotation undon
 kernels that run them (hadamard, the codebook GEMV, GEMM tiles and gathers through w_value),
 compiled by naga and Tint and executed on lavapipe against numpy, outputs poisoned with NaN."""
 
+import os
+
 import numpy as np
 import pytest
 
@@ -19,8 +21,8 @@ from ulpq_build.native_webgpu import (
 )
 from ulpq_build.packing import pack_vq, unpack_vq
 from ulpq_build.profiles import PROFILES
-from ulpq_build.quantize import dequantize, quantize
-from ulpq_build.quantspec import QuantSpec, stored_bytes
+from ulpq_build.quantize import QuantizedTensor, dequantize, quantize
+from ulpq_build.quantspec import QuantSpec, part_layout, stored_bytes
 from ulpq_build.reference import relative_error
 from ulpq_build.vq.e8 import e8p_grid, e81b_grid
 from ulpq_build.vq.incoherence import RandomHadamard, sign_bits
@@ -29,11 +31,16 @@ from ulpq_build.vq.tensor import codebook_tables, decode_rotated, rotation_seed
 HADAMARD_TOLERANCE = 1e-5  # float32 butterflies (log2 n rounds) against float64
 MATMUL_TOLERANCE = 1e-5  # float32 sums of K <= 384 products against float64
 DEQUANTIZE_TOLERANCE = 1e-6  # float64 inverse rotation of float32 values against the float64 reference
+# the codebook GEMV decodes nibbles to 1 + u / 16 and adds 8-16 FMAs around an offset of about 1.5
+# per weight (templates/gemv_codebook.wgsl.jinja): measured <= 2.5e-6 up to K = 8328
+CODEBOOK_GEMV_TOLERANCE = 1e-5
 LINEAR = "encoder.layer.0.attention.self.query.weight"  # a name that is rotated (tables are not)
+ENGINE_VARIABLE = "ULPQ_CODEBOOK_TEST_ENGINE"  # "dawn" in test_gemv_executes_on_dawn's child run
+ENGINE = os.environ.get(ENGINE_VARIABLE, "wgpu")
 
 
 def device():
-    return cached_device("wgpu", 256)
+    return cached_device(ENGINE, 256)
 
 
 @pytest.mark.parametrize("name", CODEBOOK_FORMATS)
@@ -156,6 +163,66 @@ def test_matmul_kernels_match_numpy(name, profile, rng):
     weight = WeightStorage.of(QuantSpec(name))
     run_matmul(KernelVariant.make("gemv", profile, weight, bias=True), name, rng, 3, 45, 384)
     run_matmul(KernelVariant.make("gemm", profile, weight, size="small", residual=True), name, rng, 37, 45, 96)
+
+
+# The codebook GEMV's paths (templates/gemv_codebook.wgsl.jinja): whole steps of `units` units per
+# lane, the tail of units, the odd last group (K % 16 == 8), rows past n, input rows past m (x_rows),
+# one thread per row (cpu), the pipelined loop and other units per step (bench tiles).
+GEMV_CASES = [
+    ("chrome", {"deep": True}, None, 1, 37, 4184),  # 1 step of 256 units, 5 in the tail, the odd group
+    ("chrome", {"deep": True, "activation": "gelu"}, {"pipeline": 1}, 2, 21, 8328),  # 2 steps, 8 tail units
+    ("chrome", {"deep": True, "residual": True}, {"units": 2, "rows": 2}, 1, 19, 2184),
+    ("chrome", {"bias": True}, {"x_rows": 2}, 3, 45, 1032),  # input row 3 of a 2-row workgroup: row 2 reused
+    ("firefox", {"bias": True}, None, 2, 19, 136),  # the tail only
+    ("cpu", {}, None, 3, 21, 264),
+    ("cpu", {}, {"pipeline": 1, "units": 1}, 2, 5, 2056),
+]
+
+
+def random_codebook_weight(name, n, k, rng):
+    """Random codes (every code of a stage is a codeword; the padding bits of a row's last word are
+    random too and must be ignored) and float16 row scales."""
+    spec = QuantSpec(name)
+    layout = part_layout(spec, (n, k))
+    parts = {"codes": rng.integers(0, 2**32, size=layout["codes"][1], dtype=np.uint32),
+             "scales": (rng.standard_normal(layout["scales"][1]) * 0.05).astype(np.float16),
+             "seeds": np.zeros(1, np.uint32)}
+    return QuantizedTensor(LINEAR, (n, k), "float32", spec, parts)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("name", CODEBOOK_FORMATS)
+@pytest.mark.parametrize("case", range(len(GEMV_CASES)))
+def test_gemv_paths_match_numpy(name, case, rng):
+    profile, options, tiles, m, n, k = GEMV_CASES[case]
+    qt = random_codebook_weight(name, n, k, rng)
+    variant = KernelVariant.make("gemv", profile, WeightStorage.of(QuantSpec(name)), tiles=tiles, **options)
+    x = rng.standard_normal((m, k)).astype(np.float32)
+    expected = x.astype(np.float64) @ decode_rotated(qt.parts, FORMATS[name], n, k).astype(np.float64).T
+    arrays = {"x": x, **weight_arrays(qt)}
+    if options.get("bias"):
+        arrays["bias"] = rng.standard_normal(n).astype(np.float32)
+        expected += arrays["bias"]
+    if options.get("activation") == "gelu":
+        from scipy.special import erf
+
+        expected = 0.5 * expected * (1 + erf(expected / np.sqrt(2)))
+    if options.get("residual"):
+        arrays["residual"] = rng.standard_normal((m, n)).astype(np.float32)
+        expected += arrays["residual"]
+    y = KernelRunner(device()).run(variant, arrays, matmul_params(qt, m), {"y": m * n})["y"].reshape(m, n)
+    assert np.isfinite(y).all(), "an output element was never written (still NaN)"
+    assert relative_error(y, expected) < CODEBOOK_GEMV_TOLERANCE
+
+
+@pytest.mark.gpu
+def test_gemv_executes_on_dawn(tmp_path):
+    """The codebook GEMV's execution tests again on Dawn (Tint's code, as Chrome runs it), in a child
+    pytest over .mesa's lavapipe (support.run_again_on_dawn)."""
+    from support import run_again_on_dawn
+
+    assert ENGINE == "wgpu", f"{ENGINE_VARIABLE} is for the child run, which deselects this test"
+    run_again_on_dawn(__file__, "gemv_paths_match_numpy or matmul_kernels_match_numpy", ENGINE_VARIABLE, tmp_path)
 
 
 @pytest.mark.gpu

@@ -19,7 +19,7 @@ from functools import lru_cache
 
 import jinja2
 
-from ulpq_build.formats import Format, get_format
+from ulpq_build.formats import CODEBOOK_STAGES, Format, get_format
 from ulpq_build.profiles import DEFAULT_LIMITS, FEATURES, PROFILES, Profile, get_profile
 from ulpq_build.resources import templates_dir
 
@@ -367,6 +367,13 @@ KERNELS: dict[str, Kernel] = _reg(
 )
 
 
+def codebook_gemv_table_bytes(fmt: Format) -> int:
+    """Workgroup memory the codebook GEMV's decode tables take (templates/gemv_codebook.wgsl.jinja):
+    per e8p decoder 256 magnitude and 128 sign words, per lut8 decoder its 256 entries."""
+    decoders = {CODEBOOK_STAGES[s]["decode"] for s in fmt.stages}
+    return 4 * sum(256 + 128 if d == "e8p" else 256 for d in decoders)
+
+
 def gemv_packed_tiles(tiles: dict, bits: int) -> dict:
     """GEMV tiles for packed weights: fewer threads per row the more values a word holds. A row of
     BERT's K = 768 is 192 vec4 steps in float32 but 24 in int4 and 12 in int2, so the float32 table's
@@ -605,6 +612,8 @@ class KernelVariant:
         if self.kernel == "gemv":
             # partial sums per thread: rows x x_rows products (+ x_rows sums of x^2 with the norm prologue)
             per_thread = (t["rows"] + (1 if self.opts.get("norm") else 0)) * t["x_rows"]
+            if self.weight is not None and self.weight.fmt.levels == "codebook":  # + the nibble-form decode tables
+                return codebook_gemv_table_bytes(self.weight.fmt) + (0 if t["threads_per_row"] == 1 else 4 * self.workgroup_size * per_thread)
             if "subgroups" in self.features:  # the partials of each subgroup (at least 4 threads), + a counter
                 return 4 * (self.workgroup_size // MIN_SUBGROUP_SIZE) * per_thread + 4
             return 0 if t["threads_per_row"] == 1 else 4 * self.workgroup_size * per_thread
