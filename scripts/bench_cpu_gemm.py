@@ -213,10 +213,11 @@ def bench_minilm(formats, browsers, rounds: int, work: Path) -> int:
     try:
         for browser in browsers:
             runs = results.setdefault(browser, {})
-            args = lambda fmt: {"bundle": f"minilm-{fmt}", "cpu": "wasm", "threads": 1, "sentences": peer.SENTENCES,  # noqa: E731
-                                "warmup": 3, "repeats": 10}
+            def args(fmt):
+                return {"bundle": f"minilm-{fmt}", "cpu": "wasm", "threads": 1, "sentences": peer.SENTENCES,
+                        "warmup": 3, "repeats": 10}
             if browser == "node":
-                agents[browser] = f"Node {subprocess.run(['node', '--version'], capture_output=True, text=True).stdout.strip()}"
+                agents[browser] = f"Node {subprocess.run(['node', '--version'], capture_output=True, text=True, check=True).stdout.strip()}"
                 for _ in range(rounds):
                     for fmt in formats:
                         out = subprocess.run(["node", str(work / "node_driver.mjs"), str(work), json.dumps(args(fmt))],
@@ -286,7 +287,11 @@ def main(argv=None) -> int:
         (site / "bench.js").write_text(PAGE_JS)
         kernels = [write_kernels(wk, "now", site, formats)]
         if args.before:
-            kernels.insert(0, write_kernels(load_kernels_module(args.before, Path(tmp) / "before"), "before", site, formats))
+            before = load_kernels_module(args.before, Path(tmp) / "before")
+            if not hasattr(before, "CODEBOOK_BYTES") and any(FORMATS[f].fmt.levels == "codebook" for f in formats):
+                raise SystemExit(f"--before {args.before}: its kernels do not decode the codebook formats; "
+                                 "pass --formats without them (e.g. --formats float32,int8,int4,int2)")
+            kernels.insert(0, write_kernels(before, "before", site, formats))
         cases = write_cases(site, shapes, formats)
         server = BundleServer(site, 0, isolate=True).start_in_background()
         results = {}

@@ -97,7 +97,7 @@ for variant in wk.all_variants():
         SPECS.append((QuantSpec("float32"), 96))
         SPECS.append((QuantSpec("float32"), 100))
         continue
-    base = dict(format=variant.format, scale_dtype=variant.scale_dtype, asymmetric=variant.zeros)
+    base = {"format": variant.format, "scale_dtype": variant.scale_dtype, "asymmetric": variant.zeros}
     SPECS.append((QuantSpec(**base, group_size=32), 96))
     SPECS.append((QuantSpec(**base, group_size=0), 99))
     if f.levels == "fitted":

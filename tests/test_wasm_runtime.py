@@ -7,11 +7,17 @@ import json
 
 import numpy as np
 import pytest
-
 from support import ROOT, node_json, run_cli, run_node
-from ulpq_build.bundle_reader import load_bundle
-from ulpq_build.reference import bert_forward, cosine, mlp_forward, relative_error, vit_forward
 from test_models import sample_pixels
+
+from ulpq_build.bundle_reader import load_bundle
+from ulpq_build.reference import (
+    bert_forward,
+    cosine,
+    mlp_forward,
+    relative_error,
+    vit_forward,
+)
 
 # float32 sums in the kernels vs numpy's float64, relative to the output's scale
 MLP_TOLERANCE = 1e-5

@@ -37,7 +37,13 @@ import numpy as np
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
 
 from ulpq_build.errors import UserError
-from ulpq_build.formats import CODEBOOK_STAGES, CODEBOOK_TABLE_WORDS, FORMATS, GROUP_DIM, Format
+from ulpq_build.formats import (
+    CODEBOOK_STAGES,
+    CODEBOOK_TABLE_WORDS,
+    FORMATS,
+    GROUP_DIM,
+    Format,
+)
 from ulpq_build.resources import templates_dir
 from ulpq_build.vq.incoherence import paley_hadamard_12
 
