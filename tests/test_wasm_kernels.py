@@ -384,7 +384,7 @@ def test_codebook_decode_is_numpys(wasm, variant, k, rng):
 
 
 @pytest.mark.parametrize("variant", CODEBOOK_VARIANTS, ids=lambda v: v.key)
-@pytest.mark.parametrize("k", [96, 104])
+@pytest.mark.parametrize("k", [96, 104, 136])  # 136: 17 groups, a one-row step of 16 one-byte codes and one left
 @pytest.mark.parametrize("rows", [1, 5, 13])  # 1: the one-row kernel (decoded in registers); else decode + panel
 @pytest.mark.parametrize("build", ["simd", "relaxed-simd"])
 def test_codebook_gemm_matches_numpy(wasm, wasm_relaxed, build, variant, k, rows, rng):
