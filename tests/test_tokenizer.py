@@ -97,8 +97,13 @@ const oddOk = odd.size === 5 && odd.get('b') === 7 && odd.get('a') === 3 && odd.
 // fromVocabTxt: a repeated line keeps its first id, empty lines are no tokens
 const txt = WordPieceTokenizer.fromVocabTxt('[PAD]\n[UNK]\n[CLS]\n[SEP]\nhello\n\nhello\nworld', {});
 const txtOk = txt.vocab.get('hello') === 4 && txt.vocab.get('world') === 7 && !txt.vocab.has('');
+// its entries, in id order, are the Map's (the tokenizer's public `vocab` iterates as the Map did)
+const byId = [...map].sort((a, b) => a[1] - b[1]);
+const listed = [...vocab];
+const entriesOk = listed.length === byId.length && listed.every(([t, id], i) => t === byId[i][0] && id === byId[i][1])
+  && JSON.stringify([...odd.entries()]) === JSON.stringify([['ü中', 0], ['a', 3], ['b', 7], ['', 12], [long, 20]]);
 console.log(JSON.stringify({ wrong: wrong.slice(0, 5), count: wrong.length, size: vocab.size, entries: entries.length,
-  probes: probes.length, oddOk, txtOk, encoded: txt.encode('hello world') }));
+  probes: probes.length, oddOk, txtOk, entriesOk, encoded: txt.encode('hello world') }));
 """
 
 
@@ -117,4 +122,5 @@ def test_compact_vocab_answers_as_a_map():
     assert got["count"] == 0, got["wrong"]
     assert got["probes"] > 20000
     assert got["oddOk"] and got["txtOk"]
+    assert got["entriesOk"], "CompactVocab's entries differ from the Map's in id order"
     assert got["encoded"] == [2, 4, 7, 3]

@@ -95,6 +95,25 @@ export class CompactVocab {
   has(token) {
     return this.get(token) !== undefined;
   }
+
+  /**
+   * [token, id] for every token, in id order (as a Map built from vocab.txt or tokenizer.json iterates).
+   * @returns {Generator<[string, number], void, undefined>}
+   */
+  *entries() {
+    for (let e = 0; e < this.size; e++) {
+      const start = this.starts[e];
+      const text = start & WIDE ? this.wide : this.narrow;
+      const from = start & ~WIDE;
+      /** @type {[string, number]} */
+      const entry = [text.slice(from, from + this.lengths[e]), this.ids ? this.ids[e] : e];
+      yield entry;
+    }
+  }
+
+  [Symbol.iterator]() {
+    return this.entries();
+  }
 }
 
 export class WordPieceTokenizer {
@@ -104,8 +123,8 @@ export class WordPieceTokenizer {
    *   addedTokens (strings matched literally before normalisation), continuingPrefix, maxInputCharsPerWord
    */
   constructor(vocab, options) {
-    this.vocab = vocab instanceof CompactVocab ? vocab : new CompactVocab(vocab);
-    vocab = this.vocab;
+    const words = vocab instanceof CompactVocab ? vocab : new CompactVocab(vocab);
+    this.vocab = words;
     this.lowercase = options.lowercase ?? true;
     this.stripAccents = options.stripAccents ?? this.lowercase;
     this.cleanText = options.cleanText ?? true;
@@ -114,8 +133,8 @@ export class WordPieceTokenizer {
     this.prefix = options.continuingPrefix ?? '##';
     this.maxChars = options.maxInputCharsPerWord ?? 100;
     const id = (token) => {
-      if (!vocab.has(token)) throw new Error(`tokenizer: the vocabulary has no ${token}`);
-      return vocab.get(token);
+      if (!words.has(token)) throw new Error(`tokenizer: the vocabulary has no ${token}`);
+      return words.get(token);
     };
     this.cls = id(options.specials?.cls ?? '[CLS]');
     this.sep = id(options.specials?.sep ?? '[SEP]');

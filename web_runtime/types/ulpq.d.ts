@@ -365,12 +365,24 @@ export interface TokenBatch {
   truncated: Array<{ index: number; tokens: number; dropped: number }>;
 }
 
+/**
+ * The WordPiece vocabulary as the tokenizer holds it (one string, typed offsets and a hash table,
+ * not a Map of 30k strings): lookups, its size, and its [token, id] entries in id order.
+ */
+export interface Vocabulary extends Iterable<[string, number]> {
+  readonly size: number;
+  get(token: string): number | undefined;
+  has(token: string): boolean;
+  entries(): IterableIterator<[string, number]>;
+}
+
 /** BERT's WordPiece tokenizer, as Hugging Face `tokenizers` does it. */
 export class WordPieceTokenizer {
-  constructor(vocab: Map<string, number>, options: TokenizerOptions);
+  /** @param vocab token -> id entries (a Map, or any iterable of [token, id]); a repeated token keeps its smaller id */
+  constructor(vocab: Iterable<[string, number]>, options: TokenizerOptions);
   static fromTokenizerJson(json: object, maxLength?: number): WordPieceTokenizer;
   static fromVocabTxt(text: string, options: TokenizerOptions): WordPieceTokenizer;
-  readonly vocab: Map<string, number>;
+  readonly vocab: Vocabulary;
   readonly maxLength: number;
   /** Token ids with [CLS] and [SEP], truncated to maxLength. */
   encode(text: string): number[];
