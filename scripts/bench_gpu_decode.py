@@ -307,9 +307,9 @@ def main(argv=None) -> int:
         built = [twin for row in built for twin in (row, base_twin(row, rows))]
     if args.before_runtime:
         built = [twin for row in built for twin in (before_twin(row, args.before_runtime, rows), row)]
-    # One Node process per bundle: Dawn under Node on the H200 was measured slowing every dispatch
-    # 3-5x after about six kernel timings in one process (scripts/bench_kernels.py --isolate), so in
-    # one process the bundles timed last would pay for the ones before them.
+    # One Node process per bundle: Dawn (wgpudawn, from Python) on the H200 was measured slowing every
+    # GEMV 3-5x after about six timings in one process (scripts/bench_kernels.py --isolate); should
+    # Dawn under Node do the same, the bundles timed last in one process would pay for the ones before.
     prompt = [(7 * i + 11) % TOKENIZER_VOCAB for i in range(args.prompt_tokens)]
     copies = []
     for index, row in enumerate(built):
