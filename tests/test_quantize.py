@@ -149,3 +149,21 @@ def test_plan_table_names_the_stored_dtype_of_kept_tensors():
     assert rows["w"][2] == "int4"
     assert rows["norm"][2] == "float16" and rows["norm"][-1] == "16.000"
     assert rows["bias"][2] == "float32" and rows["bias"][-1] == "32.000"
+
+
+def test_plan_counts_the_codebook_tables_once():
+    """A plan with codebook formats stores their decode tables once (2 KiB): in its bytes, its bits per
+    quantized weight and a line of its table, as the planner's budget counts them; none without."""
+    from ulpq_build.formats import CODEBOOK_TABLE_BYTES
+    from ulpq_build.plan import resolve_plan
+    from ulpq_build.quantspec import stored_bytes
+
+    tensors = [("a", (16, 256), "float32"), ("b", (32, 256), "float32")]
+    plan = resolve_plan(tensors, QuantSpec("e8p"))
+    stored = sum(stored_bytes(QuantSpec("e8p"), shape) for _, shape, _ in tensors)
+    assert plan.shared_bytes == CODEBOOK_TABLE_BYTES and plan.bytes == stored + CODEBOOK_TABLE_BYTES
+    assert plan.quantized_bits_per_weight == pytest.approx(8 * (stored + CODEBOOK_TABLE_BYTES) / (48 * 256))
+    assert any(line.startswith("codebook decode tables (shared)") and line.split()[-1] == f"{CODEBOOK_TABLE_BYTES:,}"
+               for line in plan.table().splitlines())
+    scalar = resolve_plan(tensors, QuantSpec("int2", 32))
+    assert scalar.shared_bytes == 0 and "codebook" not in scalar.table()

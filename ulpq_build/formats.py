@@ -70,6 +70,7 @@ LEVEL_KINDS = ("uniform", "table", "fitted", "float", "codebook")
 CODEBOOK_STAGES = {"e8p": {"bits": 16, "decode": "e8p", "offset": 0},
                    "e81b": {"bits": 8, "decode": "lut8", "offset": 256}}
 CODEBOOK_TABLE_WORDS = 512
+CODEBOOK_TABLE_BYTES = 4 * CODEBOOK_TABLE_WORDS  # stored once in a bundle that uses any codebook format
 GROUP_DIM = 8
 SCALE_RULES = ("mse", "mean-abs", "none")
 

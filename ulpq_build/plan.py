@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ulpq_build.errors import UserError
+from ulpq_build.formats import CODEBOOK_TABLE_BYTES
 from ulpq_build.quantspec import QuantSpec, stored_bytes
 from ulpq_build.safetensors_io import storage_dtype
 
@@ -68,8 +69,13 @@ class Plan:
     entries: list[PlanEntry] = field(default_factory=list)
 
     @property
+    def shared_bytes(self) -> int:
+        """Bytes a bundle stores once for its tensors: the codebook formats' decode tables, if any uses them."""
+        return CODEBOOK_TABLE_BYTES if any(e.spec.fmt.levels == "codebook" for e in self.entries) else 0
+
+    @property
     def bytes(self) -> int:
-        return sum(e.bytes for e in self.entries)
+        return sum(e.bytes for e in self.entries) + self.shared_bytes
 
     @property
     def float32_bytes(self) -> int:
@@ -77,10 +83,11 @@ class Plan:
 
     @property
     def quantized_bits_per_weight(self) -> float:
-        """Average bits per weight over the quantized tensors (scales and codebooks included)."""
+        """Average bits per weight over the quantized tensors (scales, fitted levels and the codebook
+        formats' shared decode tables included)."""
         q = [e for e in self.entries if e.spec.fmt.quantized]
         n = sum(math.prod(e.shape) for e in q)
-        return 8 * sum(e.bytes for e in q) / n if n else 32.0
+        return 8 * (sum(e.bytes for e in q) + self.shared_bytes) / n if n else 32.0
 
     @property
     def bits_per_weight(self) -> float:
@@ -99,12 +106,15 @@ class Plan:
 
     def table(self) -> str:
         """The plan as the text table the CLI prints."""
-        width = max([len(e.name) for e in self.entries] + [6])
+        shared = "codebook decode tables (shared)"
+        width = max([len(e.name) for e in self.entries] + [6] + ([len(shared)] if self.shared_bytes else []))
         lines = [f"{'tensor':<{width}}  {'shape':<14} {'format':<13} {'group':>6} {'bytes':>11} {'bits/w':>7}"]
         for e in self.entries:
             group = {-1: "tensor", 0: "chan"}.get(e.spec.group_size, str(e.spec.group_size)) if e.spec.fmt.quantized else "-"
             lines.append(f"{e.name:<{width}}  {'x'.join(map(str, e.shape)):<14} {e.stored_format:<13} {group:>6} "
                          f"{e.bytes:>11,} {e.bits_per_weight:>7.3f}")
+        if self.shared_bytes:
+            lines.append(f"{shared:<{width}}  {'':<14} {'':<13} {'':>6} {self.shared_bytes:>11,}")
         s = self.summary()
         lines.append(f"total: {s['bytes']:,} bytes ({s['reduction_vs_float32']}x smaller than float32), "
                      f"{s['quantized_bits_per_weight']:.3f} bits per quantized weight, "

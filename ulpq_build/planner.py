@@ -29,7 +29,7 @@ import numpy as np
 
 from ulpq_build.calibration import Calibration, distortion
 from ulpq_build.errors import UserError
-from ulpq_build.formats import CODEBOOK_FORMATS, CODEBOOK_TABLE_WORDS, GROUP_DIM
+from ulpq_build.formats import CODEBOOK_FORMATS, CODEBOOK_TABLE_BYTES, GROUP_DIM
 from ulpq_build.gptq import _linear_weights, gptq_quantize, hessian
 from ulpq_build.plan import FLOAT32, Plan, Rule, is_matrix, resolve_plan
 from ulpq_build.quantize import dequantize, quantize
@@ -57,9 +57,6 @@ CANDIDATES = [
     *(QuantSpec(name) for name in CODEBOOK_FORMATS),
 ]
 
-
-# bytes of the codebook formats' decode tables, stored once in a bundle that uses any of them
-CODEBOOK_TABLE_BYTES = 4 * CODEBOOK_TABLE_WORDS
 
 
 def is_codebook(spec: QuantSpec) -> bool:
