@@ -126,12 +126,23 @@ def test_gemm_matches_numpy(wasm, wasm_relaxed, build, spec, k, rows, rng):
     key = wk.variant_of(spec).key
     wasm.reset()
     ptrs = put_tensor(wasm, qt)
+
+    def run(y, xp, bp, rp, act):
+        wasm(f"gemm_{key}", xp, rows, k, y, n, 0, n, ptrs["codes"], ptrs["scales"], ptrs["zeros"], ptrs["book"],
+             layout["words_per_row"], layout["groups_per_row"], layout["group_size"], layout["codebook_stride"],
+             bp, rp, act, wasm.scratch())
+
+    check_epilogues(wasm, run, x, dense, bias, res, key)
+
+
+def check_epilogues(wasm, run, x, dense, bias, res, label):
+    """A GEMM kernel through run(y, x, bias, residual, act) (pointers; 0 for no bias / residual) with no
+    epilogue, GELU + bias + residual and bias alone, each into poisoned outputs, against numpy."""
+    rows, n = x.shape[0], dense.shape[0]
     xp, bp, rp = wasm.put(x), wasm.put(bias), wasm.put(res)
     for act, use_bias, use_res in [(0, False, False), (1, True, True), (0, True, False)]:
         y = wasm.poisoned(rows * n)
-        wasm(f"gemm_{key}", xp, rows, k, y, n, 0, n, ptrs["codes"], ptrs["scales"], ptrs["zeros"], ptrs["book"],
-             layout["words_per_row"], layout["groups_per_row"], layout["group_size"], layout["codebook_stride"],
-             bp if use_bias else 0, rp if use_res else 0, act, wasm.scratch())
+        run(y, xp, bp if use_bias else 0, rp if use_res else 0, act)
         got = wasm.get(y, rows * n).reshape(rows, n)
         want = x.astype(np.float64) @ dense.T + (bias if use_bias else 0)
         if act:
@@ -139,7 +150,7 @@ def test_gemm_matches_numpy(wasm, wasm_relaxed, build, spec, k, rows, rng):
         if use_res:
             want = want + res
         assert np.isfinite(got).all(), "an output was left unwritten"
-        assert rel(got, want) < (GELU_TOLERANCE if act else GEMM_TOLERANCE), (key, act, use_bias, use_res)
+        assert rel(got, want) < (GELU_TOLERANCE if act else GEMM_TOLERANCE), (label, rows, act, use_bias, use_res)
 
 
 def _kwise_specs():
@@ -398,20 +409,13 @@ def test_codebook_gemm_matches_numpy(wasm, wasm_relaxed, build, variant, k, rows
     wasm.reset()
     book = put_codebook(wasm)
     codes, scales = wasm.put(qt.parts["codes"]), wasm.put(qt.parts["scales"])
-    xp, bp, rp = wasm.put(x), wasm.put(bias), wasm.put(res)
-    for act, use_bias, use_res in [(0, False, False), (1, True, True), (0, True, False)]:
-        y = wasm.poisoned(rows * n)
+
+    def run(y, xp, bp, rp, act):
         for lo, hi in [(0, wk.PANEL_COLUMNS), (wk.PANEL_COLUMNS, n)]:
             wasm(f"gemm_{variant.key}", xp, rows, k, y, n, lo, hi, codes, scales, 0, book, L["words_per_row"],
-                 L["groups_per_row"], L["group_size"], 0, bp if use_bias else 0, rp if use_res else 0, act, wasm.scratch())
-        got = wasm.get(y, rows * n).reshape(rows, n)
-        want = x.astype(np.float64) @ dense.T + (bias if use_bias else 0)
-        if act:
-            want = gelu(want)
-        if use_res:
-            want = want + res
-        assert np.isfinite(got).all(), "an output was left unwritten"
-        assert rel(got, want) < (GELU_TOLERANCE if act else GEMM_TOLERANCE), (variant.key, rows, act, use_bias, use_res)
+                 L["groups_per_row"], L["group_size"], 0, bp, rp, act, wasm.scratch())
+
+    check_epilogues(wasm, run, x, dense, bias, res, variant.key)
 
 
 @pytest.mark.parametrize("n", [8, 12, 24, 48, 96, 256, 384, 1536])  # p = 8; 12 x 1, 2, 4, 8; 256; 12 x 32, 128
