@@ -125,6 +125,11 @@ PROLOGUE = {"norm": (False, True), "gate": ("none", *GATE_ACTIVATIONS)}
 PROLOGUE_PARAMS = {"norm": (("eps", "f32"),), "gate": (("in_stride", "u32"), ("gate_off", "u32"), ("up_off", "u32"))}
 PROLOGUE_BINDINGS = {"norm": "norm", "up": "gate"}  # binding -> the option that needs it
 
+
+def prologues_on(options: dict) -> list[str]:
+    """The prologues `options` (a variant's merged options) turn on: those not at their default."""
+    return [name for name, values in PROLOGUE.items() if options.get(name, values[0]) != values[0]]
+
 # cache_attention's uniforms: query row r = b * seq + t sits at slot start + t of sequence b;
 # capacity: slots per (sequence, kv head) in the cache; chunk, chunks: the split of the slots.
 DECODER_ATTENTION_PARAMS = (("rows", "u32"), ("seq", "u32"), ("heads", "u32"), ("kv_heads", "u32"), ("head_dim", "u32"),
@@ -508,9 +513,9 @@ class KernelVariant:
                 raise ValueError(f"{kernel}: option {name}={value!r} not in {k.options[name]}")
         if merged.get("split") and (merged["activation"] != "none" or merged["bias"] or merged["residual"]):
             raise ValueError(f"{kernel}: a split-K GEMM writes raw partial sums; its epilogue runs in the splitk kernel")
-        if merged.get("norm") and merged.get("gate", "none") != "none":
+        if len(prologues_on(merged)) > 1:
             raise ValueError(f"{kernel}: one prologue at a time (norm or gate)")
-        if (merged.get("norm") or merged.get("gate", "none") != "none") and weight.fmt.levels == "codebook":
+        if prologues_on(merged) and weight.fmt.levels == "codebook":
             raise ValueError(f"{kernel}: a codebook format's product rotates its input first; no prologue fuses into it")
         if merged.get("vec4") and not vec4_capable(weight):
             raise ValueError(f"{kernel}: vec4 needs a words layout whose blocks align with 32 (or float32), not {weight.format}")
@@ -586,8 +591,8 @@ class KernelVariant:
                 continue
             if name in self.spec.options and not self.opts[name]:
                 continue
-            option = PROLOGUE_BINDINGS.get(name)
-            if option in self.spec.options and self.opts[option] in (False, "none"):
+            if name in PROLOGUE_BINDINGS and PROLOGUE_BINDINGS[name] in self.spec.options \
+                    and PROLOGUE_BINDINGS[name] not in prologues_on(self.opts):
                 continue
             used[name] = slot
         return used
@@ -595,8 +600,7 @@ class KernelVariant:
     @property
     def params(self) -> tuple[tuple[str, str], ...]:
         """The uniform fields: the kernel's, then those of the prologue its options turn on."""
-        extra = tuple(field for name, fields in PROLOGUE_PARAMS.items()
-                      if self.opts.get(name) not in (None, False, "none") for field in fields)
+        extra = tuple(field for name in prologues_on(self.opts) for field in PROLOGUE_PARAMS[name])
         return self.spec.params + extra
 
     @property

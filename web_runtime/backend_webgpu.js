@@ -492,12 +492,8 @@ export class GpuBackend {
       // the operator before this product fused into its GEMV (kernels.PROLOGUE); callers ask fuses() first
       const fusedKey = kernels[`gemv_${prologue.kind}`];
       if (key !== kernels.gemv || !fusedKey) throw new Error(`${kind}: no GEMV with the ${prologue.kind} prologue serves ${h.rows} rows`);
-      return this.#dispatchStep(`${kind}+${prologue.kind}`, fusedKey, () => {
-        const resources = { x: h, ...weightResources(), ...prologue.resources };
-        if (bias) resources.bias = bias;
-        if (residual) resources.residual = residual;
-        return resources;
-      }, { ...dims, ...prologue.dims }, () => this.#value(h.rows, matrix.rows));
+      [kind, key] = [`${kind}+${prologue.kind}`, fusedKey];
+      Object.assign(dims, prologue.dims);
     }
     if (key === kernels.gemm_small && kernels.gemm_split) {
       const tiles = this.pipelines.get(kernels.gemm_split).shader.tiles;
@@ -505,7 +501,7 @@ export class GpuBackend {
     }
     if (dims.k_split === matrix.k) {
       return this.#dispatchStep(kind, key, () => {
-        const resources = { x: h, ...weightResources() };
+        const resources = { x: h, ...weightResources(), ...prologue?.resources };
         if (bias) resources.bias = bias;
         if (residual) resources.residual = residual;
         return resources;
