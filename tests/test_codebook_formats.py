@@ -23,7 +23,7 @@ from ulpq_build.packing import pack_vq, unpack_vq
 from ulpq_build.profiles import PROFILES
 from ulpq_build.quantize import QuantizedTensor, dequantize, quantize
 from ulpq_build.quantspec import QuantSpec, part_layout, stored_bytes
-from ulpq_build.reference import relative_error
+from ulpq_build.reference import ACTIVATIONS, relative_error
 from ulpq_build.vq.e8 import e8p_grid, e81b_grid
 from ulpq_build.vq.incoherence import RandomHadamard, sign_bits
 from ulpq_build.vq.tensor import codebook_tables, decode_rotated, rotation_seed
@@ -142,18 +142,26 @@ def run_matmul(variant, name, rng, m, n, k):
     w = (rng.standard_normal((n, k)) * 0.2).astype(np.float32)
     qt = quantize(LINEAR, w, QuantSpec(name))
     x = rng.standard_normal((m, k)).astype(np.float32)  # already rotated: the kernel multiplies as stored
-    stored = decode_rotated(qt.parts, FORMATS[name], n, k).astype(np.float64)
-    arrays = {"x": x, **weight_arrays(qt), "w.codebook": codebook_tables()}
-    expected = x.astype(np.float64) @ stored.T
+    check_product(variant, qt, x, rng, MATMUL_TOLERANCE)
+
+
+def check_product(variant, qt, x, rng, tolerance):
+    """`variant` over x and the codebook weight qt (the bundle's decode table bound, outputs poisoned),
+    its epilogue (bias, activation, residual: random where the variant's options ask) against numpy
+    over the matrix as stored (rotated: the kernel multiplies x as given)."""
+    (m, k), n = x.shape, qt.shape[0]
+    arrays = {"x": x, **weight_arrays(qt)}
+    expected = x.astype(np.float64) @ decode_rotated(qt.parts, qt.fmt, n, k).astype(np.float64).T
     if variant.opts.get("bias"):
         arrays["bias"] = rng.standard_normal(n).astype(np.float32)
         expected += arrays["bias"]
+    expected = ACTIVATIONS[variant.opts.get("activation", "none")](expected)
     if variant.opts.get("residual"):
         arrays["residual"] = rng.standard_normal((m, n)).astype(np.float32)
         expected += arrays["residual"]
     y = KernelRunner(device()).run(variant, arrays, matmul_params(qt, m), {"y": m * n})["y"].reshape(m, n)
     assert np.isfinite(y).all(), "an output element was never written (still NaN)"
-    assert relative_error(y, expected) < MATMUL_TOLERANCE
+    assert relative_error(y, expected) < tolerance
 
 
 @pytest.mark.gpu
@@ -198,21 +206,7 @@ def test_gemv_paths_match_numpy(name, case, rng):
     qt = random_codebook_weight(name, n, k, rng)
     variant = KernelVariant.make("gemv", profile, WeightStorage.of(QuantSpec(name)), tiles=tiles, **options)
     x = rng.standard_normal((m, k)).astype(np.float32)
-    expected = x.astype(np.float64) @ decode_rotated(qt.parts, FORMATS[name], n, k).astype(np.float64).T
-    arrays = {"x": x, **weight_arrays(qt)}
-    if options.get("bias"):
-        arrays["bias"] = rng.standard_normal(n).astype(np.float32)
-        expected += arrays["bias"]
-    if options.get("activation") == "gelu":
-        from scipy.special import erf
-
-        expected = 0.5 * expected * (1 + erf(expected / np.sqrt(2)))
-    if options.get("residual"):
-        arrays["residual"] = rng.standard_normal((m, n)).astype(np.float32)
-        expected += arrays["residual"]
-    y = KernelRunner(device()).run(variant, arrays, matmul_params(qt, m), {"y": m * n})["y"].reshape(m, n)
-    assert np.isfinite(y).all(), "an output element was never written (still NaN)"
-    assert relative_error(y, expected) < CODEBOOK_GEMV_TOLERANCE
+    check_product(variant, qt, x, rng, CODEBOOK_GEMV_TOLERANCE)
 
 
 @pytest.mark.gpu

@@ -57,7 +57,13 @@ def _reference_passes(folder, prompt, steps):
 @pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("label", list(BUNDLES))
 def test_wasm_session_passes_match_numpy(bundles, label, threads, tmp_path):
-    folder = bundles[label]
+    check_wasm_session(bundles[label], threads, tmp_path, label)
+
+
+def check_wasm_session(folder, threads, tmp_path, label):
+    """The bundle's wasm decoder session (SESSION, outputs poisoned): the prefill of its verification
+    prompt and six one-row decode steps, each pass's logits against numpy's within LOGIT_TOLERANCE
+    (relative to the largest logit) and with numpy's argmax."""
     case = load_bundle(folder).manifest["verification"]
     prompt, steps = case["prompt_ids"], case["greedy_tokens"][:6]
     got = node_json(SESSION, folder, request={"promptIds": prompt, "steps": steps, "threads": threads, "poison": True},
