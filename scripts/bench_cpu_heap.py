@@ -27,17 +27,13 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "scripts"))
+
+from bench_cpu_peer import SENTENCES  # the peer benchmark's 8 sentences (8 x 18 tokens)
 
 from ulpq_build.browsers import started  # noqa: E402
 from ulpq_build.cli import main as cli_main  # noqa: E402
 from ulpq_build.serve import BundleServer  # noqa: E402
-
-SENTENCES = ["A man is playing a guitar on the stage tonight while the crowd sings along.",
-             "Someone is playing an instrument.", "The new movie is awesome, everyone says so.",
-             "A cheetah is running behind its prey across the plain.", "The weather is cold and rainy today.",
-             "She reads a book in the quiet library.",
-             "Stock markets fell sharply after the surprise announcement this morning.",
-             "Children are playing football in the park."]
 
 PROBE_JS = r"""
 const heap = async () => {

@@ -297,13 +297,7 @@ def main() -> int:
     if args.variant:
         for name in args.formats.split(","):
             feature_rows(result, timer, runner, QuantSpec(name, 0), gemv_shapes, args, features, rng)
-        roof = max(result["copy_bandwidth"], result["kernel_copy_bandwidth"])
-        for row in result["gemv"]:
-            row["fraction_of_copy"] = row["bandwidth"] / roof
-        print(report([result]), flush=True)
-        if args.json:
-            args.json.write_text(json.dumps(result, indent=1) + "\n")
-        return 0
+        return finish(result, args, print_report=True)
     for name in args.formats.split(","):
         spec = QuantSpec(name, 0)
         errors = {kern: check(runner, kern, args.profile, spec, rng, tiles=gemv_tiles if kern == "gemv" else None)
@@ -341,11 +335,19 @@ def main() -> int:
     result["copy_bandwidth"] = max(result["copy_bandwidth"], copy())  # clocks may have been low at the start
     result["kernel_copy_bandwidth"] = max(result["kernel_copy_bandwidth"],
                                           kernel_copy_bandwidth(timer, copy_bytes, 4 if args.quick else 20, 5))
+    print(f"copy bandwidth, best of start and end: {result['copy_bandwidth'] / 1e12:.3f} TB/s buffer copy, "
+          f"{result['kernel_copy_bandwidth'] / 1e12:.3f} TB/s compute-shader copy", flush=True)
+    return finish(result, args)
+
+
+def finish(result: dict, args, print_report: bool = False) -> int:
+    """Each GEMV row's bandwidth as a fraction of the roofline (the larger copy bandwidth), the report
+    printed where asked, the result written to --json."""
     roof = max(result["copy_bandwidth"], result["kernel_copy_bandwidth"])
     for row in result["gemv"]:
         row["fraction_of_copy"] = row["bandwidth"] / roof
-    print(f"copy bandwidth, best of start and end: {result['copy_bandwidth'] / 1e12:.3f} TB/s buffer copy, "
-          f"{result['kernel_copy_bandwidth'] / 1e12:.3f} TB/s compute-shader copy", flush=True)
+    if print_report:
+        print(report([result]), flush=True)
     if args.json:
         args.json.write_text(json.dumps(result, indent=1) + "\n")
     return 0
@@ -374,13 +376,7 @@ def isolated(args) -> int:
             for key in ("copy_bandwidth", "kernel_copy_bandwidth"):
                 merged[key] = max(merged[key], result[key])
             merged["gemv"] += result["gemv"]
-    roof = max(merged["copy_bandwidth"], merged["kernel_copy_bandwidth"])
-    for row in merged["gemv"]:
-        row["fraction_of_copy"] = row["bandwidth"] / roof
-    print(report([merged]), flush=True)
-    if args.json:
-        args.json.write_text(json.dumps(merged, indent=1) + "\n")
-    return 0
+    return finish(merged, args, print_report=True)
 
 
 def feature_rows(result: dict, timer: "Timer", runner, spec: QuantSpec, shapes, args, features, rng) -> None:
