@@ -22,6 +22,16 @@ times whole all-MiniLM-L6-v2 bundles instead (int2 in groups of 32, the codebook
 rows say) on the wasm CPU path, one thread, 8 sentences (scripts/bench_cpu_peer.py's page code and
 sentences), interleaved rounds, each a fresh page (a fresh Node process) with 3 warm-up runs and 10
 timed ones; every output is checked against numpy over the bundle's own weights (cosine >= 0.9999).
+
+    python scripts/bench_cpu_gemm.py --minilm float32,int4 --ops [--threads 1,2] [--browsers chromium,firefox] [--rounds 30]
+
+loads the bundles into ONE page (one Node process) instead, 3 warm-up runs each, then runs them
+alternately for `--rounds` rounds: per round and bundle one plain run (its wall time) and, on one
+thread, one run with the backend's per-operator timing (backend.profile: each recorded kernel call
+timed alone, products by shape). Prints per operator the median per run and, in brackets, the
+fastest run, and the whole runs' times with the median of the paired ratios (each run over the
+first bundle's run of the same round: load that drifts between rounds cancels). Outputs checked
+as above.
 """
 
 from __future__ import annotations
@@ -43,8 +53,10 @@ sys.path.insert(0, str(ROOT / "scripts"))  # bench_cpu_peer: the MiniLM page cod
 
 from ulpq_build import wasm_kernels as wk  # noqa: E402
 from ulpq_build.browsers import started  # noqa: E402
+from ulpq_build.bundle_reader import load_bundle
 from ulpq_build.quantize import dequantize, quantize  # noqa: E402
 from ulpq_build.quantspec import QuantSpec  # noqa: E402
+from ulpq_build.reference import bert_forward, cosine
 from ulpq_build.serve import BundleServer  # noqa: E402
 
 # MiniLM's GEMMs at 8 sentences x 18 tokens, at 8 tokens and at one row (a GEMV); then a decoder-sized
@@ -187,9 +199,7 @@ def bench_minilm(formats, browsers, rounds: int, work: Path) -> int:
     """Whole MiniLM bundles side by side on the wasm CPU path, one thread (module docstring)."""
     import bench_cpu_peer as peer
 
-    from ulpq_build.bundle_reader import load_bundle
     from ulpq_build.cli import main as cli_main
-    from ulpq_build.reference import bert_forward, cosine
 
     work.mkdir(parents=True, exist_ok=True)
     for fmt in formats:
@@ -244,13 +254,7 @@ def bench_minilm(formats, browsers, rounds: int, work: Path) -> int:
     for browser, runs in results.items():
         med = {}
         for fmt in formats:
-            loaded = load_bundle(work / f"minilm-{fmt}")
-            for r in runs[fmt]:
-                assert r["kind"] == "wasm-simd" and r["threads"] == 1, (browser, fmt, r["notes"])
-                ids, mask = np.array(r["ids"]).reshape(r["batch"], -1), np.array(r["mask"]).reshape(r["batch"], -1)
-                worst = cosine(np.array(r["embeddings"]), bert_forward(loaded.model, loaded.weights, ids, mask)).min()
-                if worst < MINILM_COSINE:
-                    bad.append(f"{browser} {fmt}: cosine to numpy {worst:.6f}")
+            bad += [w for r in runs[fmt] if (w := check_minilm(browser, fmt, r, work, 1))]
             med[fmt] = [r["median_ms"] for r in runs[fmt]]
         cells = [f"{statistics.median(med[f]):.1f} ({min(med[f]):.1f})" for f in formats]
         if {"e8p", "int2"} <= set(formats):
@@ -258,6 +262,147 @@ def bench_minilm(formats, browsers, rounds: int, work: Path) -> int:
                          f"({min(med['e8p']) / min(med['int2']):.2f}x)")
         print(f"| {browser} | " + " | ".join(cells) + " |")
     print(json.dumps({"user_agents": agents, "notes": {b: runs[formats[0]][0]["notes"] for b, runs in results.items()}}))
+    if bad:
+        print("WRONG OUTPUTS:\n" + "\n".join(bad))
+        return 1
+    return 0
+
+
+OPS_JS = r"""
+const median = (a) => { const s = [...a].sort((x, y) => x - y); return s.length % 2 ? s[(s.length - 1) / 2] : (s[s.length / 2 - 1] + s[s.length / 2]) / 2; };
+
+async function load(bundle, threads, sentences) {
+  const base = new URL(`./${bundle}/`, location.href);
+  const mod = (name) => import(new URL(name, base).href);
+  const { tensorTable } = await mod('bundle_loader.js');
+  const { createCpuBackend } = await mod('cpu_select.js');
+  const { GRAPHS } = await mod('graphs.js');
+  const { WordPieceTokenizer } = await mod('tokenizer.js');
+  const manifest = await (await fetch(new URL('manifest.json', base))).json();
+  const shards = new Map();
+  for (const s of manifest.shards) shards.set(s.file, new Uint8Array(await (await fetch(new URL(s.file, base))).arrayBuffer()));
+  const tokenizer = WordPieceTokenizer.fromTokenizerJson(await (await fetch(new URL('tokenizer.json', base))).json(),
+    manifest.model.tokenizer.max_length);
+  const x = tokenizer.batch(sentences);
+  const { backend, notes } = await createCpuBackend(manifest, tensorTable(manifest, shards), { cpu: 'wasm', threads });
+  return { backend, notes, x, run: () => GRAPHS.bert(backend, manifest.model, x) };
+}
+
+export async function profileOps({ bundles, threads, sentences, warmup, rounds }) {
+  const models = [];
+  for (const b of bundles) models.push(await load(b, threads, sentences));
+  for (const m of models) for (let i = 0; i < warmup; i++) await m.run();
+  const wall = models.map(() => []);
+  const ops = models.map(() => ({}));
+  const outs = [];
+  for (let r = 0; r < rounds; r++) {
+    for (let i = 0; i < models.length; i++) {
+      const m = models[i];
+      const t = performance.now();
+      const out = await m.run();
+      wall[i].push(performance.now() - t);
+      if (r === rounds - 1) outs[i] = out;
+      if (m.backend.threads !== 1) continue;
+      m.backend.profile = new Map();
+      await m.run();
+      for (const [k, ms] of m.backend.profile) (ops[i][k.replace(/^(gemm|embed)_\S+/, '$1')] ??= []).push(ms);
+      m.backend.profile = null;
+    }
+  }
+  const result = models.map((m, i) => ({ bundle: bundles[i], threads: m.backend.threads, kind: m.backend.kind, notes: m.notes,
+    wall: wall[i], ops: ops[i], batch: m.x.batch, ids: Array.from(m.x.ids), mask: Array.from(m.x.mask),
+    embeddings: Array.from({ length: outs[i].rows }, (_, r) => Array.from(outs[i].data.subarray(r * outs[i].cols, (r + 1) * outs[i].cols))) }));
+  for (const m of models) m.backend.destroy?.();
+  return { ua: globalThis.navigator?.userAgent ?? `Node ${globalThis.process?.version}`, result };
+}
+"""
+
+
+def check_minilm(browser: str, fmt: str, r: dict, work: Path, threads: int) -> str | None:
+    """None when a run's embeddings match numpy over the bundle's own weights, else what is wrong."""
+    if r["kind"] != "wasm-simd" or r["threads"] != threads:
+        return f"{browser} {fmt}: ran {r['kind']} on {r['threads']} threads, not wasm-simd on {threads} ({r['notes']})"
+    loaded = load_bundle(work / f"minilm-{fmt}")
+    ids, mask = np.array(r["ids"]).reshape(r["batch"], -1), np.array(r["mask"]).reshape(r["batch"], -1)
+    worst = cosine(np.array(r["embeddings"]), bert_forward(loaded.model, loaded.weights, ids, mask)).min()
+    return None if worst >= MINILM_COSINE else f"{browser} {fmt}: cosine to numpy {worst:.6f}"
+
+
+def bench_minilm_ops(formats, browsers, rounds: int, work: Path, threads_list) -> int:
+    """Whole MiniLM bundles in one page, alternating, per operator (module docstring, --ops)."""
+    import os
+
+    import bench_cpu_peer as peer
+
+    from ulpq_build.cli import main as cli_main
+
+    work.mkdir(parents=True, exist_ok=True)
+    for fmt in formats:
+        if not (work / f"minilm-{fmt}" / "manifest.json").is_file():
+            assert cli_main(["bundle", *MINILM_OPTIONS.get(fmt, ["--format", fmt]), "--out", str(work / f"minilm-{fmt}")]) == 0
+    (work / "index.html").write_text(peer.PAGE)
+    (work / "ops.js").write_text(OPS_JS)
+    (work / "package.json").write_text('{"type": "module"}')
+    (work / "node_ops.mjs").write_text(
+        "import { readFile } from 'node:fs/promises';\n"
+        "import { fileURLToPath, pathToFileURL } from 'node:url';\n"
+        "globalThis.location = { href: pathToFileURL(process.argv[2] + '/').href };\n"
+        "globalThis.fetch = async (u) => new Response(await readFile(fileURLToPath(String(u))));\n"
+        "const { profileOps } = await import('./ops.js');\n"
+        "console.log(JSON.stringify(await profileOps(JSON.parse(process.argv[3]))));\n")
+    server = BundleServer(work, 0, isolate=True).start_in_background()
+    bad = []
+    try:
+        for browser in browsers:
+            session_cm = None if browser == "node" else started(browser)
+            session = None
+            if session_cm is not None:
+                session, failure = session_cm.__enter__()
+                if session is None:
+                    raise SystemExit(f"{browser}: {failure}")
+            try:
+                for threads in threads_list:
+                    args = {"bundles": [f"minilm-{f}" for f in formats], "threads": threads, "sentences": peer.SENTENCES,
+                            "warmup": 3, "rounds": rounds}
+                    load_start = os.getloadavg()[0]
+                    if session is None:
+                        out = subprocess.run(["node", str(work / "node_ops.mjs"), str(work), json.dumps(args)],
+                                             check=True, capture_output=True, text=True, timeout=3600)
+                        d = json.loads(out.stdout.strip().splitlines()[-1])
+                    else:
+                        session.goto(server.url + "index.html")
+                        d = session.evaluate("async (a) => (await import('./ops.js')).profileOps(a)", args, timeout_s=3600)
+                    load_end = os.getloadavg()[0]
+                    res = d["result"]
+                    bad += [w for f, r in zip(formats, res) if (w := check_minilm(browser, f, r, work, threads))]
+                    print(f"\n{browser}, {threads} thread(s), {d['ua']}; load average {load_start:.1f} -> {load_end:.1f}; "
+                          f"{rounds} alternating rounds. ms per run: median (fastest)")
+                    if threads == 1:
+                        keys = sorted({k for r in res for k in r["ops"]}, key=lambda k: -statistics.median(res[0]["ops"].get(k, [0])))
+                        print("| operator | " + " | ".join(formats) + " | " + " | ".join(f"{f} / {formats[0]}" for f in formats[1:]) + " |")
+                        print("|---|" + "---|" * (2 * len(formats) - 1))
+                        for k in keys:
+                            cells = [f"{statistics.median(r['ops'][k]):.2f} ({min(r['ops'][k]):.2f})" for r in res]
+                            ratios = [f"{statistics.median(r['ops'][k]) / statistics.median(res[0]['ops'][k]):.3f} "
+                                      f"({min(r['ops'][k]) / min(res[0]['ops'][k]):.3f})" for r in res[1:]]
+                            print(f"| {k} | " + " | ".join(cells) + " | " + " | ".join(ratios) + " |")
+                        sums = [[sum(r["ops"][k][i] for k in r["ops"]) for i in range(rounds)] for r in res]
+                        print("| all operators | " + " | ".join(f"{statistics.median(x):.2f} ({min(x):.2f})" for x in sums) + " | "
+                              + " | ".join(f"{statistics.median(x) / statistics.median(sums[0]):.3f} ({min(x) / min(sums[0]):.3f})"
+                                           for x in sums[1:]) + " |")
+                    for f, r in zip(formats, res):
+                        line = f"whole run {f}: {statistics.median(r['wall']):.1f} ({min(r['wall']):.1f})"
+                        if r is not res[0]:
+                            ratio = sorted(a / b for a, b in zip(r["wall"], res[0]["wall"]))
+                            line += (f"; paired ratio to {formats[0]}: median {statistics.median(ratio):.3f}, quartiles "
+                                     f"{ratio[len(ratio) // 4]:.3f}-{ratio[3 * len(ratio) // 4]:.3f}, faster in "
+                                     f"{sum(x < 1 for x in ratio)} of {len(ratio)} rounds")
+                        print(line)
+            finally:
+                if session_cm is not None:
+                    session_cm.__exit__(None, None, None)
+    finally:
+        server.shutdown()
     if bad:
         print("WRONG OUTPUTS:\n" + "\n".join(bad))
         return 1
@@ -273,7 +418,14 @@ def main(argv=None) -> int:
     ap.add_argument("--shapes", help="rows x k x n, comma-separated (default: MiniLM's and two decoder GEMVs)")
     ap.add_argument("--minilm", help="formats whose whole MiniLM bundles to time instead of kernels (e.g. int2,e8p)")
     ap.add_argument("--work", type=Path, default=ROOT / ".bench" / "cpu-gemm", help="where --minilm keeps its bundles")
+    ap.add_argument("--ops", action="store_true", help="with --minilm: the bundles in one page, per operator (docstring)")
+    ap.add_argument("--threads", default="1", help="with --minilm --ops: thread counts, comma-separated (per-operator times at 1)")
     args = ap.parse_args(argv)
+    if args.ops:
+        if not args.minilm:
+            raise SystemExit("--ops: only with --minilm FORMATS (e.g. --minilm float32,int4 --ops)")
+        return bench_minilm_ops(args.minilm.split(","), args.browsers.split(","), args.rounds, args.work,
+                                [int(t) for t in args.threads.split(",")])
     if args.minilm:
         return bench_minilm(args.minilm.split(","), args.browsers.split(","), args.rounds, args.work)
     formats = args.formats.split(",")

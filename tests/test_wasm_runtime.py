@@ -54,6 +54,23 @@ def test_mlp_every_format_on_wasm(options, tmp_path, rng):
         assert relative_error(np.asarray(out["output"]).reshape(expected.shape), expected) < MLP_TOLERANCE, n
 
 
+def test_profile_times_each_product_by_shape(tmp_path, rng):
+    """backend.profile (benchmarks' per-operator times, one thread) names each product by its kernel and
+    shape, rows x k x n, so a report can tell MiniLM's three product shapes apart; the output is the
+    same as without it."""
+    bundle = tmp_path / "b"
+    run_cli("bundle", "--model", "builtin:mlp", "--format", "int4", "--group-size", "32", "--out", bundle, check=0)
+    loaded = load_bundle(bundle)
+    x = rng.standard_normal((5, loaded.model["input_size"])).round(5)
+    expected = mlp_forward(loaded.model, loaded.weights, x)
+    out = run(bundle, {"options": {"cpu": "wasm", "threads": 1}, "rows": x.tolist(), "repeats": 2, "profile": True}, tmp_path)
+    assert out["kind"] == "wasm-simd" and out["threads"] == 1, out["notes"]
+    assert relative_error(np.asarray(out["output"]).reshape(expected.shape), expected) < MLP_TOLERANCE
+    shapes = {f"gemm_int4_f32_s {x.shape[0]}x{layer['in_features']}x{layer['out_features']}" for layer in loaded.model["layers"]}
+    assert set(out["profile"]) == shapes, out["profile"]
+    assert all(ms >= 0 for ms in out["profile"].values())
+
+
 @pytest.fixture(scope="module")
 def minilm_int4(tmp_path_factory):
     bundle = tmp_path_factory.mktemp("minilm") / "b"

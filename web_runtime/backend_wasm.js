@@ -130,7 +130,9 @@ export class WasmBackend {
     this.runs = 0;
     this.exports = null;
     this.held = []; // regions held across runs (a generation's KV cache): [ptr, arena before]
-    this.profile = null; // a Map fn -> ms while set: one-thread runs time each op (benchmarks)
+    // a Map while set: one-thread runs time each op into it (benchmarks), under its export name, a
+    // product's followed by its shape (`gemm_int4_f32_s 144x384x1536`: rows x k x n)
+    this.profile = null;
     this.rotated = null; // the last input rotation recorded: {src, seed, out, ops} (linear() reuses it)
     this.#placeWeights(manifest, tensors);
   }
@@ -493,7 +495,8 @@ export class WasmBackend {
       for (const op of ops) {
         const t = performance.now();
         runOps(this.exports, [op], this.scratch);
-        this.profile.set(op.fn, (this.profile.get(op.fn) ?? 0) + performance.now() - t);
+        const key = op.fn.startsWith('gemm_') ? `${op.fn} ${op.args[1]}x${op.args[2]}x${op.args[4]}` : op.fn;
+        this.profile.set(key, (this.profile.get(key) ?? 0) + performance.now() - t);
       }
       return;
     }

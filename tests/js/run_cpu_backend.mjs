@@ -1,8 +1,9 @@
 // Run a bundle's model on the CPU backend that cpu_select.js picks, under Node:
 //   node run_cpu_backend.mjs BUNDLE_DIR REQUEST.json
-// REQUEST: {options: {cpu: 'wasm'|'js', threads}, sentences?, rows?, repeats?, hideSimd?}. Text bundles take
+// REQUEST: {options: {cpu: 'wasm'|'js', threads}, sentences?, rows?, repeats?, hideSimd?, profile?}. Text bundles take
 // `sentences`, image bundles run their samples, MLP bundles take `rows`. Prints JSON: output,
-// rows, cols, ids, mask, seq, notes, threads, path, run_ms (every repeat), memory.
+// rows, cols, ids, mask, seq, notes, threads, path, run_ms (every repeat), memory, and with `profile` the
+// wasm backend's per-operator ms of the last repeat (backend.profile).
 import { readFileSync } from 'node:fs';
 import path from 'node:path';
 import { pathToFileURL } from 'node:url';
@@ -44,7 +45,9 @@ const partsInWasm = backend.memory ? [...tensors.values()].every((t) => Object.v
   (p) => p.values.buffer === backend.memory.buffer && p.bytes.buffer === backend.memory.buffer)) : false;
 const runMs = [];
 let result;
-for (let i = 0; i < (request.repeats ?? 1); i++) {
+const repeats = request.repeats ?? 1;
+for (let i = 0; i < repeats; i++) {
+  if (request.profile && i === repeats - 1) backend.profile = new Map();
   const t0 = performance.now();
   result = await GRAPHS[model.architecture](backend, model, x);
   runMs.push(performance.now() - t0);
@@ -53,4 +56,5 @@ backend.destroy?.();
 process.stdout.write(JSON.stringify({ output: Array.from(result.data), rows: result.rows, cols: result.cols,
   ids: x.ids ? Array.from(x.ids) : null, mask: x.mask ? Array.from(x.mask) : null, seq: x.seq ?? null,
   notes, threads: backend.threads, kind: backend.kind ?? 'js', path: backend.path, run_ms: runMs,
-  memory: backend.memoryBytes ?? null, parts_in_wasm: partsInWasm }));
+  memory: backend.memoryBytes ?? null, parts_in_wasm: partsInWasm,
+  profile: backend.profile ? Object.fromEntries(backend.profile) : null }));
