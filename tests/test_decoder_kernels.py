@@ -28,7 +28,8 @@ import pytest
 from support import run_again_on_dawn
 from ulpq_build.decoder_reference import causal_attention, rms_norm, rotary
 from ulpq_build.kernels import (EPILOGUE, GATE_ACTIVATIONS, KERNELS, MAX_DECODE_CHUNK, KernelVariant, WeightStorage,
-                                argmax_split, check_cache_attention_dims, check_cache_dims, decode_chunks,
+                                argmax_split, check_cache_attention_dims, check_cache_dims, check_step_attention_dims,
+                                decode_chunks,
                                 decoder_operator_kernels, pack_params, render, workgroups)
 from ulpq_build.native_webgpu import (COMPILERS, KernelRunner, adapter_summary, cached_device, matmul_params, validate,
                                       weight_arrays)
@@ -56,7 +57,7 @@ GATED_TOLERANCE = 2e-6
 MATMUL_TOLERANCE = 1e-5
 
 DECODER_KERNELS = ("rmsnorm", "rotary_cache", "append_cache", "cache_attention", "cache_attention_split",
-                   "attention_combine", "gated", "argmax", "argmax_parts")
+                   "attention_combine", "rotary_step_attention", "step_attention", "gated", "argmax", "argmax_parts")
 EXECUTED_PROFILES = ("firefox", "chrome", "safari")  # 128, 256, 512 threads; edge renders chrome's programs
 
 
@@ -452,6 +453,83 @@ def decode_step(split, combine, inputs, dims, want, case):
     check(y, want, ATTENTION_TOLERANCE, f"decode {case}, chunks of {chunk}")
     if dims["start"] + 1 == case[6][-1]:  # the last sequence sees only padding: zeros, as the reference
         assert not y.reshape(batch, -1)[-1].any()
+
+
+# a decode step's append + attention in one dispatch: (batch, heads, kv_heads, head_dim, start, capacity,
+# left padding per sequence): GQA 4 and 1, head_dim 64 and small ones, the first step after a one-token
+# prompt (start 1), slot counts past several passes of keys for every workgroup size, the last slot
+# the kernel takes (start = max_slots - 1), a sequence whose every visible slot is padding
+STEP_CASES = [
+    (1, 32, 8, 64, 79, 96, (0,)),
+    (3, 8, 2, 64, 292, 301, (0, 17, 293)),
+    (2, 4, 4, 16, 1, 5, (0, 1)),
+    (1, 6, 2, 8, 511, 515, (3,)),
+]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("kernel", ["rotary_step_attention", "step_attention"])
+@pytest.mark.parametrize("profile", EXECUTED_PROFILES)
+def test_step_attention(kernel, profile, rng):
+    """The fused decode step against the append kernel's maths then the reference attention: y, the
+    new key and value in the caches (written once, by each group's first head), every other slot
+    unchanged. Slots past start and padded ones hold NaN, and the new slot starts as NaN in the
+    cache: a read of any of them fails."""
+    variant = KernelVariant.make(kernel, profile)
+    rotate = kernel == "rotary_step_attention"
+    for batch, heads, kv, d, start, capacity, pads in STEP_CASES:
+        layers, layer = 2, 1
+        qkv = rng.standard_normal((batch, (heads + 2 * kv) * d)).astype(np.float32)
+        positions = (start + rng.integers(0, 5, batch)).astype(np.uint32)  # any position: the slot is `start`
+        k = rng.standard_normal((layers, batch, kv, capacity, d)).astype(np.float32)
+        v = rng.standard_normal((layers, batch, kv, capacity, d)).astype(np.float32)
+        keep = np.ones((batch, capacity), np.float32)
+        for b, n in enumerate(pads):
+            keep[b, :n] = 0.0
+        keep[:, start + 1:] = rng.integers(0, 2, (batch, capacity - start - 1))  # stale flags: never consulted
+        dead = np.zeros((batch, capacity), bool)
+        dead[:, start:] = True  # the new slot (the kernel's own copy serves it) and the ones after it
+        dead |= keep < 0.5
+        for cache in (k, v):
+            cache[layer][np.broadcast_to(dead[:, None, :, None], cache[layer].shape)] = np.nan
+        q, k_new, v_new = (part.astype(np.float64).reshape(batch, 1, n, d).transpose(0, 2, 1, 3)
+                           for part, n in zip(np.split(qkv, [heads * d, (heads + kv) * d], axis=1), (heads, kv, kv)))
+        if rotate:
+            freq = inv_freq_of(d).astype(np.float64)
+            q, k_new = (rotary(a, positions.reshape(batch, 1).astype(np.float64), freq) for a in (q, k_new))
+        written = [np.where(np.isnan(c[layer]), 0.0, c[layer].astype(np.float64))[:, :, :start + 1] for c in (k, v)]
+        written[0][:, :, start] = k_new[:, :, 0]
+        written[1][:, :, start] = v_new[:, :, 0]
+        want = causal_attention(q, *written, keep[:, :start + 1].astype(np.float64), start).reshape(batch, heads * d)
+        dims = {"rows": batch, "heads": heads, "kv_heads": kv, "head_dim": d, "scale": 1 / math.sqrt(d), "start": start,
+                "capacity": capacity, "cache_off": layer * batch * kv * capacity * d}
+        check_step_attention_dims(variant, dims)
+        inputs = {"qkv": qkv, "keep": keep}
+        if rotate:
+            inputs.update(positions=positions, inv_freq=inv_freq_of(d))
+        got = execute(variant, inputs, dims, {"y": poisoned(want.size), "k_cache": k.ravel(), "v_cache": v.ravel()})
+        case = (batch, heads, kv, d, start)
+        check(got["y"], want, ATTENTION_TOLERANCE + (ROTARY_TOLERANCE if rotate else 0.0), f"step {case}")
+        if pads[-1] == start + 1:  # the last sequence sees only padding: zeros, as the reference
+            assert not got["y"].reshape(batch, -1)[-1].any()
+        k_got, v_got = (got[name].reshape(k.shape) for name in ("k_cache", "v_cache"))
+        check(k_got[layer, :, :, start], k_new[:, :, 0], ROTARY_TOLERANCE if rotate else COPY_TOLERANCE, f"k appended {case}")
+        check(v_got[layer, :, :, start], v_new[:, :, 0], COPY_TOLERANCE, f"v appended {case}")
+        untouched = np.ones(k.shape, bool)
+        untouched[layer, :, :, start] = False
+        for name, after, before in (("k", k_got, k), ("v", v_got, v)):
+            assert np.array_equal(after[untouched], before[untouched], equal_nan=True), f"{name}: another slot changed {case}"
+
+
+def test_step_attention_dims_refused():
+    variant = KernelVariant.make("rotary_step_attention", "chrome")
+    dims = {"rows": 1, "heads": 8, "kv_heads": 2, "head_dim": 64, "scale": 0.125, "start": 511, "capacity": 4096,
+            "cache_off": 0}
+    check_step_attention_dims(variant, dims)
+    for change, message in (({"start": 512}, "past the 512 slots"), ({"head_dim": 258}, "past the"),
+                            ({"heads": 6, "kv_heads": 4}, "not a multiple"), ({"start": 4096}, "capacity")):
+        with pytest.raises(ValueError, match=message):
+            check_step_attention_dims(variant, {**dims, **change})
 
 
 # --- gated, the tanh GELU epilogue, argmax --------------------------------------------------------

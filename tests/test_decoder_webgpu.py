@@ -62,6 +62,14 @@ GENERATE = """async ({ ids, long, sampling, end, extra }) => {
     out.sampling = await run(ids, sampling);
     out.end = await run(end, { maxNewTokens: 32 });
     out.again = await run(ids, { maxNewTokens: 32 });  // after the others: the cache is reused from slot 0
+    // the three-kernel decode step (append, split attention, combine) that caches past the one-dispatch
+    // kernel's slots take, forced here at a short cache
+    const saved = model.decoder.stepAttention;
+    model.decoder.stepAttention = null;
+    try {
+      out.long_step = await run(ids, { maxNewTokens: 32 });
+      out.long_step.plans = [...model.backend.plans.keys()];
+    } finally { model.decoder.stepAttention = saved; }
   }
   return out;
 }"""
@@ -151,7 +159,7 @@ def test_bundles_ship_the_decoder_shaders(served):
         assert (folder / "shaders").is_dir() and m["shader_files"]
         for profile, roles in model["op_kernels"].items():
             assert set(roles) >= {"norm", "cache_append", "attention_prefill", "attention_decode", "attention_combine",
-                                  "argmax", "argmax_parts", "argmax_finish", "rows"}, roles
+                                  "attention_step", "argmax", "argmax_parts", "argmax_finish", "rows"}, roles
             assert set(roles.values()) <= keys
             assert roles["cache_append"].startswith("rotary_cache" if name != "gpt2" else "append_cache")
             for layer in model["layers"]:
@@ -166,7 +174,8 @@ def test_bundles_ship_the_decoder_shaders(served):
 def test_browsers_generate_the_reference_tokens_on_webgpu(served, browser):
     """Every llama/GPT-2 bundle (and the two others, in one browser each): 32 greedy tokens identical to
     numpy's, on WebGPU, outputs poisoned. One per browser also: a 40-token prompt, seeded sampling, a
-    generation that ends at the last position, the same greedy run again, and a steady generation's
+    generation that ends at the last position, the same greedy run again, the decode step forced onto
+    its three-kernel attention (what a cache past the one-dispatch kernel's slots runs), and a steady generation's
     GPU work counted (check_steady). A browser that does not start fails the test."""
     server, bundles = served
     session = launch(browser)
@@ -197,6 +206,8 @@ def test_browsers_generate_the_reference_tokens_on_webgpu(served, browser):
             assert out["end"]["finishReason"] == "max_position" and len(out["end"]["tokenIds"]) == 5
             assert out["end"]["tokenIds"] == dc.greedy_tokens(model, weights, [end]), (name, fmt)
             assert out["again"]["tokenIds"] == case["greedy_tokens"]
+            assert out["long_step"]["tokenIds"] == case["greedy_tokens"], (name, fmt)
+            assert "decoder:step:long:argmax" in out["long_step"]["plans"], out["long_step"]["plans"]
             check_steady(session.evaluate(COUNT, {"ids": case["prompt_ids"]}), case, packed=fmt != "float32")
     finally:
         session.close()
@@ -242,6 +253,9 @@ def check_steady(out, case, packed):
     step = [p["kinds"] for p in out["plans"] if p["key"] == "decoder:step:argmax"]
     assert len(step) == 1, [p["key"] for p in out["plans"]]
     kinds = step[0]
+    # the decode step's append, attention and combine: one dispatch per layer while the cache is short
+    assert kinds.count("step_attention") == out["layers"], kinds
+    assert not {"cache_append", "cache_attention_split", "attention_combine"} & set(kinds), kinds
     if out["norm"] == "rms" and packed:
         assert "rmsnorm" not in kinds and "gated" not in kinds, kinds
         fused_norms = sum(k.endswith("+norm") for k in kinds)  # Q|K|V (one or three products), gate|up, the head

@@ -136,6 +136,13 @@ DECODER_ATTENTION_PARAMS = (("rows", "u32"), ("seq", "u32"), ("heads", "u32"), (
                             ("scale", "f32"), ("start", "u32"), ("capacity", "u32"), ("chunk", "u32"), ("chunks", "u32"),
                             ("q_stride", "u32"), ("q_off", "u32"), ("cache_off", "u32"))
 CACHE_ATTENTION_KEY_THREADS = 8  # threads per key dot product in cache_attention (divides every profile's workgroup)
+# rotary_step_attention / step_attention: one query per sequence (its new token at slot start) over
+# at most STEP_ATTENTION_MAX_SLOTS slots, whose scores live in workgroup memory; head_dim at most
+# STEP_ATTENTION_MAX_DIM (Llama/Qwen/GPT-2 use 64-128)
+STEP_ATTENTION_PARAMS = (("rows", "u32"), ("heads", "u32"), ("kv_heads", "u32"), ("head_dim", "u32"), ("scale", "f32"),
+                         ("start", "u32"), ("capacity", "u32"), ("cache_off", "u32"))
+STEP_ATTENTION_MAX_SLOTS = 512
+STEP_ATTENTION_MAX_DIM = 256
 
 # CPU adapters (profiles with cpu_adapter: SwiftShader, lavapipe) run a workgroup as a loop over SIMD
 # lanes, and a workgroup barrier there is a switch between coroutines, one per lane group, so the
@@ -348,6 +355,23 @@ KERNELS: dict[str, Kernel] = _reg(
         ("params", "gate", "up", "y"), (("count", "u32"), ("cols", "u32"), ("in_stride", "u32"), ("gate_off", "u32"),
                                          ("up_off", "u32")), "elementwise",
         {"activation": GATE_ACTIVATIONS},
+    ),
+    # A decode step's append, attention and combine in one dispatch while the cache is short (the runtime
+    # takes it up to tiles["max_slots"] slots): a Llama-1B step ran 3 x 16 of its 116 dispatches there.
+    Kernel(
+        "rotary_step_attention", "decoder/step_attention.wgsl.jinja",
+        "a decode step's attention from the fused Q|K|V product qkv [rows, (heads + 2 kv_heads) * head_dim] (row r: "
+        "sequence r's new token at slot start, position positions[r]): rotary(Q), and rotary(K) and V appended at "
+        "slot start, then y[r, h*d:(h+1)*d] = softmax_j(q . k_j * scale) v_j over the kept slots j <= start of the "
+        "cache; grid (heads, rows); start < tiles max_slots, head_dim <= tiles max_dim",
+        ("params", "qkv", "positions", "inv_freq", "k_cache", "v_cache", "keep", "y"), STEP_ATTENTION_PARAMS,
+        "step_attention", tiles={"*": {"max_slots": STEP_ATTENTION_MAX_SLOTS, "max_dim": STEP_ATTENTION_MAX_DIM}},
+    ),
+    Kernel(
+        "step_attention", "decoder/step_attention.wgsl.jinja",
+        "rotary_step_attention without the rotation (learned positions, GPT-2)",
+        ("params", "qkv", "k_cache", "v_cache", "keep", "y"), STEP_ATTENTION_PARAMS,
+        "step_attention", tiles={"*": {"max_slots": STEP_ATTENTION_MAX_SLOTS, "max_dim": STEP_ATTENTION_MAX_DIM}},
     ),
     Kernel(
         "argmax", "decoder/argmax.wgsl.jinja",
@@ -631,6 +655,8 @@ class KernelVariant:
             return 4 * self.workgroup_size
         if self.kernel in ("argmax", "argmax_parts"):  # a value and an index per thread
             return 8 * self.workgroup_size
+        if self.spec.dispatch == "step_attention":  # q, k, v of one head; the scores; red (pairs, or output shares)
+            return 4 * (3 * t["max_dim"] + t["max_slots"] + max(2 * self.workgroup_size, t["max_dim"]))
         if self.spec.dispatch == "cache_attention":  # red, a block of scores per group head, acc, max / sum / alpha
             keys = self.workgroup_size // CACHE_ATTENTION_KEY_THREADS
             return 4 * (self.workgroup_size + t["max_group"] * keys + t["acc"] + 3 * t["max_group"])
@@ -732,6 +758,8 @@ def workgroups(variant: KernelVariant, dims: dict[str, int]) -> tuple[int, int, 
         return dims["chunks"], dims["kv_heads"], dims["rows"]
     if rule == "row_parts":  # one workgroup per (row, part), split as (x <= 65535, y)
         return (*_grid(dims["rows"] * dims["parts"]), 1)
+    if rule == "step_attention":  # x: query head, y: row (sequence)
+        return dims["heads"], dims["rows"], 1
     raise ValueError(f"unknown dispatch rule {rule!r}")
 
 
@@ -823,6 +851,25 @@ def check_cache_attention_dims(variant: KernelVariant, dims: dict[str, int]) -> 
             raise ValueError(f"{variant.kernel}: {name} = {dims[name]} exceeds {MAX_WORKGROUPS_PER_DIM} workgroups per dimension")
 
 
+def step_attention_fits(variant: KernelVariant, dims: dict[str, int]) -> bool:
+    """Can (rotary_)step_attention serve a decode step of these dims (else the runtime appends, splits
+    and combines)? Its scores and one head's q, k and v live in workgroup memory."""
+    return dims["start"] < variant.tiles["max_slots"] and dims["head_dim"] <= variant.tiles["max_dim"]
+
+
+def check_step_attention_dims(variant: KernelVariant, dims: dict[str, int]) -> None:
+    """Refuse dims (rotary_)step_attention cannot compute (the JS runtime checks step_attention_fits first)."""
+    if variant.spec.dispatch != "step_attention":
+        raise ValueError(f"check_step_attention_dims: {variant.key} is not a step attention variant")
+    check_cache_dims({**dims, "seq": 1})
+    if not step_attention_fits(variant, dims):
+        raise ValueError(f"{variant.kernel}: slot {dims['start']} or head_dim {dims['head_dim']} past the "
+                         f"{variant.tiles['max_slots']} slots / {variant.tiles['max_dim']} dims of {variant.key}")
+    for name in ("heads", "rows"):
+        if dims[name] > MAX_WORKGROUPS_PER_DIM:
+            raise ValueError(f"{variant.kernel}: {name} = {dims[name]} exceeds {MAX_WORKGROUPS_PER_DIM} workgroups per dimension")
+
+
 def pack_params(variant: KernelVariant, values: dict[str, float]) -> bytes:
     """The uniform buffer for `values`: fields in the kernel's order, padded to 16 bytes."""
     raw = b"".join(struct.pack("<I" if kind == "u32" else "<f", values[name]) for name, kind in variant.params)
@@ -843,6 +890,8 @@ def decoder_operator_kernels(model: dict) -> list:
         # allows, else it runs three and appends with this (decoder_qkv.js decides, per layer)
         ops.append(("cache_append_split", "rotary_cache_split" if model["positions"]["kind"] == "rotary"
                     else "append_cache_split", None, {}))
+    ops.append(("attention_step", "rotary_step_attention" if model["positions"]["kind"] == "rotary" else "step_attention",
+                None, {}))
     ops += [("attention_prefill", "cache_attention", None, {}), ("attention_decode", "cache_attention_split", None, {}),
             ("attention_combine", "attention_combine", None, {}), ("argmax", "argmax", None, {"indices": False}),
             ("argmax_parts", "argmax_parts", None, {}), ("argmax_finish", "argmax", None, {"indices": True})]

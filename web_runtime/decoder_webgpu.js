@@ -59,6 +59,10 @@ export class GpuDecoder {
     this.argmaxParts = argmaxParts; // the first argmax stage's parts per row, each over argmaxSpan columns
     this.argmaxSpan = argmaxSpan;
     this.partIndex = backend.storageBuffer(rows * this.argmaxParts * 4, 'argmax part_index');
+    // a decode step's append + attention + combine as one dispatch while the cache is short
+    // (kernels.py: step_attention_fits); absent in bundles built before it
+    this.stepAttention = backend.manifest.model.op_kernels?.[backend.profile.name]?.attention_step
+      ? backend.operatorShader('attention_step') : null;
     this.length = 0; // slots filled
   }
 
@@ -108,6 +112,16 @@ export class GpuDecoder {
     return chunks <= this.chunks ? { chunk, chunks } : { chunk: this.chunk, chunks: this.chunks };
   }
 
+  /**
+   * Does the one-dispatch step attention serve a step at slot `start` (kernels.py: step_attention_fits)?
+   * While the new token's slot is within the kernel's workgroup-memory scores; a longer cache takes
+   * the append, the split attention and the combine (so does a layer whose Q, K, V are three products).
+   */
+  #stepFits(start) {
+    const t = this.stepAttention?.tiles;
+    return Boolean(t) && start < t.max_slots && this.model.head_dim <= t.max_dim;
+  }
+
   #dropAhead() {
     if (!this.ahead) return;
     this.ahead = null;
@@ -126,7 +140,10 @@ export class GpuDecoder {
     const b = this.backend;
     const model = this.model;
     const { num_heads: heads, num_kv_heads: kv, head_dim: d, hidden_size: hidden } = model;
-    b.begin(`decoder:${start === 0 ? `prefill:${n}` : 'step'}:${greedy ? 'argmax' : 'logits'}`);
+    // a step takes the one-dispatch attention while the cache is short, the three-kernel one after:
+    // two recordings, so two plans
+    const oneDispatch = n === 1 && this.#stepFits(start);
+    b.begin(`decoder:${start === 0 ? `prefill:${n}` : (oneDispatch ? 'step' : 'step:long')}:${greedy ? 'argmax' : 'logits'}`);
     const step = start > 0 && n === 1;
     const idsValue = onDevice ? b.inputOnDevice(1, 1, 4) : b.upload(Uint32Array.from(ids));
     const positions = b.upload(Uint32Array.from({ length: n }, (_, i) => start + i));
@@ -151,20 +168,28 @@ export class GpuDecoder {
       const cacheOff = i * layerSize;
       const [a, pre] = normFor(x, layer.attn_norm, qkvNodes(layer));
       const qkv = qkvInputs(b, a, layer, pre); // one fused product, or three (decoder_qkv.js)
-      const appendResources = { ...qkv.resources, k_cache: this.kCache, v_cache: this.vCache };
-      if (this.invFreq) Object.assign(appendResources, { positions, inv_freq: this.invFreq });
-      const q = b.operator('cache_append', qkv.role, appendResources,
-        { ...cacheDims, cache_off: cacheOff, count: n * (heads + 2 * kv) * (d / 2) }, n, heads * d, 'q');
-      const attention = { ...cacheDims, scale: 1 / Math.sqrt(d), q_stride: heads * d, q_off: 0, cache_off: cacheOff };
-      const read = { q, k_cache: this.kCache, v_cache: this.vCache, keep: this.keep };
       let context;
-      if (prefill) {
-        context = b.operator('cache_attention', 'attention_prefill', read, { ...attention, chunk: start + n, chunks: 1 }, n, heads * d);
+      if (oneDispatch && qkv.role === 'cache_append') { // over the fused Q|K|V product only
+        // the append, the attention and the combine in one dispatch (the group's first head appends)
+        const resources = { qkv: qkv.resources.qkv, k_cache: this.kCache, v_cache: this.vCache, keep: this.keep };
+        if (this.invFreq) Object.assign(resources, { positions, inv_freq: this.invFreq });
+        context = b.operator('step_attention', 'attention_step', resources, { rows: n, heads, kv_heads: kv, head_dim: d,
+          scale: 1 / Math.sqrt(d), start, capacity: this.capacity, cache_off: cacheOff }, n, heads * d);
       } else {
-        const parts = b.operator('cache_attention_split', 'attention_decode', { ...read, part_ml: this.partMl },
-          { ...attention, chunk: split.chunk, chunks: split.chunks }, n * heads * this.chunks, d, 'part_o');
-        context = b.operator('attention_combine', 'attention_combine', { part_o: parts, part_ml: this.partMl },
-          { rows: n, heads, head_dim: d, chunks: split.chunks, count: n * heads * d }, n, heads * d);
+        const appendResources = { ...qkv.resources, k_cache: this.kCache, v_cache: this.vCache };
+        if (this.invFreq) Object.assign(appendResources, { positions, inv_freq: this.invFreq });
+        const q = b.operator('cache_append', qkv.role, appendResources,
+          { ...cacheDims, cache_off: cacheOff, count: n * (heads + 2 * kv) * (d / 2) }, n, heads * d, 'q');
+        const attention = { ...cacheDims, scale: 1 / Math.sqrt(d), q_stride: heads * d, q_off: 0, cache_off: cacheOff };
+        const read = { q, k_cache: this.kCache, v_cache: this.vCache, keep: this.keep };
+        if (prefill) {
+          context = b.operator('cache_attention', 'attention_prefill', read, { ...attention, chunk: start + n, chunks: 1 }, n, heads * d);
+        } else {
+          const parts = b.operator('cache_attention_split', 'attention_decode', { ...read, part_ml: this.partMl },
+            { ...attention, chunk: split.chunk, chunks: split.chunks }, n * heads * this.chunks, d, 'part_o');
+          context = b.operator('attention_combine', 'attention_combine', { part_o: parts, part_ml: this.partMl },
+            { rows: n, heads, head_dim: d, chunks: split.chunks, count: n * heads * d }, n, heads * d);
+        }
       }
       x = b.linear(context, layer.attn_out, x);
       if (model.ffn === 'gated') {

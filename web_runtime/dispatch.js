@@ -22,6 +22,7 @@ export function workgroups(shader, dims) {
     case 'attention': return [dims.seq, dims.heads, dims.batch];
     case 'cache_attention': return [dims.chunks, dims.kv_heads, dims.rows]; // slot chunk, kv head, query row
     case 'row_parts': return grid(dims.rows * dims.parts); // one workgroup per (row, part)
+    case 'step_attention': return [dims.heads, dims.rows, 1]; // query head, row (sequence)
     default: throw new Error(`${shader.key}: unknown dispatch rule '${shader.dispatch}'`);
   }
 }
