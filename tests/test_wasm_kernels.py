@@ -211,11 +211,15 @@ def test_gemm_column_ranges_split_the_work(wasm, rng):
     assert rel(got, x.astype(np.float64) @ dequantize(qt).astype(np.float64).T) < GEMM_TOLERANCE
 
 
-@pytest.mark.parametrize("spec", [QuantSpec("float32"), QuantSpec("int4", group_size=32), QuantSpec("int3-dense", asymmetric=True),
-                                  QuantSpec("int2-4values", scale_dtype="float16"), QuantSpec("int4-optimal", codebook="channel")],
-                         ids=lambda s: s.format)
-def test_embed_matches_numpy(wasm, spec, rng):
-    rows, k = 20, 64
+EMBED_SPECS = [QuantSpec("float32"), QuantSpec("int4", group_size=32), QuantSpec("int3-dense", asymmetric=True),
+               QuantSpec("int2-4values", scale_dtype="float16"), QuantSpec("int4-optimal", codebook="channel")]
+
+
+# k = 64: packed rows decoded straight into y; 70 (where the groups allow it): through the scratch, and a k % 4 tail
+@pytest.mark.parametrize("spec,k", [(s, k) for s in EMBED_SPECS for k in (64, 70) if not (s.group_size and k % s.group_size)],
+                         ids=lambda v: v.format if isinstance(v, QuantSpec) else str(v))
+def test_embed_matches_numpy(wasm, spec, k, rng):
+    rows = 20
     qt = quantize("table", rng.standard_normal((rows, k)).astype(np.float32), spec)
     table = dequantize(qt)
     ids = np.array([3, 0, 19, 3, 25, 7], np.uint32)  # 25 >= rows: a zero row
