@@ -26,19 +26,23 @@ timed ones; every output is checked against numpy over the bundle's own weights 
     python scripts/bench_cpu_gemm.py --minilm float32,int4 --ops [--threads 1,2] [--browsers chromium,firefox] [--rounds 30]
 
 loads the bundles into ONE page (one Node process) instead, 3 warm-up runs each, then runs them
-alternately for `--rounds` rounds: per round and bundle one plain run (its wall time) and, on one
-thread, one run with the backend's per-operator timing (backend.profile: each recorded kernel call
-timed alone, products by shape). Prints per operator the median per run and, in brackets, the
+alternately for `--rounds` rounds: per round and bundle one plain run (its wall time, and the CPU
+time the engine's processes spent meanwhile: Linux per-thread run times, or Node's cpuUsage; on a
+machine shared with other jobs the CPU time does not count the time they held the cores) and, on
+one thread, one run with the backend's per-operator timing (backend.profile: each recorded kernel
+call timed alone, products by shape). Prints per operator the median per run and, in brackets, the
 fastest run, and the whole runs' times with the median of the paired ratios (each run over the
-first bundle's run of the same round: load that drifts between rounds cancels). Outputs checked
-as above.
+first bundle's run of the same round: load that drifts between rounds cancels); every run's
+times go to WORK/ops-<engine>-<threads>.json. Outputs checked as above.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib.util
+import itertools
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -269,7 +273,9 @@ def bench_minilm(formats, browsers, rounds: int, work: Path) -> int:
 
 
 OPS_JS = r"""
-const median = (a) => { const s = [...a].sort((x, y) => x - y); return s.length % 2 ? s[(s.length - 1) / 2] : (s[s.length / 2 - 1] + s[s.length / 2]) / 2; };
+// The bundles of one page, loaded once, run one at a time on the driver's call (so it can read the
+// CPU time the engine's processes spent around each run)
+const state = { models: [], outs: [] };
 
 async function load(bundle, threads, sentences) {
   const base = new URL(`./${bundle}/`, location.href);
@@ -288,34 +294,90 @@ async function load(bundle, threads, sentences) {
   return { backend, notes, x, run: () => GRAPHS.bert(backend, manifest.model, x) };
 }
 
-export async function profileOps({ bundles, threads, sentences, warmup, rounds }) {
-  const models = [];
-  for (const b of bundles) models.push(await load(b, threads, sentences));
-  for (const m of models) for (let i = 0; i < warmup; i++) await m.run();
-  const wall = models.map(() => []);
-  const ops = models.map(() => ({}));
-  const outs = [];
+export async function prepare({ bundles, threads, sentences, warmup }) {
+  state.models = [];
+  for (const b of bundles) state.models.push(await load(b, threads, sentences));
+  for (const m of state.models) for (let i = 0; i < warmup; i++) await m.run();
+  return { ua: globalThis.navigator?.userAgent ?? `Node ${globalThis.process?.version}`,
+    models: state.models.map((m) => ({ threads: m.backend.threads, kind: m.backend.kind, notes: m.notes })) };
+}
+
+/** One plain run of bundle i: its wall time (ms). */
+export async function runOne(i) {
+  const t = performance.now();
+  state.outs[i] = await state.models[i].run();
+  return performance.now() - t;
+}
+
+/** One run of bundle i with the backend's per-operator timing (one thread only; else null). */
+export async function profileOne(i) {
+  const { backend, run } = state.models[i];
+  if (backend.threads !== 1) return null;
+  backend.profile = new Map();
+  await run();
+  const ops = {};
+  for (const [k, ms] of backend.profile) ops[k.replace(/^(gemm|embed)_\S+/, '$1')] = ms;
+  backend.profile = null;
+  return ops;
+}
+
+/** Each bundle's last output and its tokens (checked against numpy by the driver); backends closed. */
+export function finish() {
+  const out = state.models.map((m, i) => ({ batch: m.x.batch, ids: Array.from(m.x.ids), mask: Array.from(m.x.mask),
+    embeddings: Array.from({ length: state.outs[i].rows }, (_, r) => Array.from(state.outs[i].data.subarray(
+      r * state.outs[i].cols, (r + 1) * state.outs[i].cols))) }));
+  for (const m of state.models) m.backend.destroy?.();
+  state.models = [];
+  return out;
+}
+
+/** The driver's loop in this process (Node): CPU time from process.cpuUsage (every thread of it). */
+export async function profileOps({ rounds, ...args }) {
+  const info = await prepare(args);
+  const runs = info.models.map(() => ({ wall: [], cpu: [], ops: [] }));
   for (let r = 0; r < rounds; r++) {
-    for (let i = 0; i < models.length; i++) {
-      const m = models[i];
-      const t = performance.now();
-      const out = await m.run();
-      wall[i].push(performance.now() - t);
-      if (r === rounds - 1) outs[i] = out;
-      if (m.backend.threads !== 1) continue;
-      m.backend.profile = new Map();
-      await m.run();
-      for (const [k, ms] of m.backend.profile) (ops[i][k.replace(/^(gemm|embed)_\S+/, '$1')] ??= []).push(ms);
-      m.backend.profile = null;
+    for (let i = 0; i < runs.length; i++) {
+      const c = process.cpuUsage();
+      runs[i].wall.push(await runOne(i));
+      const used = process.cpuUsage(c);
+      runs[i].cpu.push((used.user + used.system) / 1000);
+      const ops = await profileOne(i);
+      if (ops) runs[i].ops.push(ops);
     }
   }
-  const result = models.map((m, i) => ({ bundle: bundles[i], threads: m.backend.threads, kind: m.backend.kind, notes: m.notes,
-    wall: wall[i], ops: ops[i], batch: m.x.batch, ids: Array.from(m.x.ids), mask: Array.from(m.x.mask),
-    embeddings: Array.from({ length: outs[i].rows }, (_, r) => Array.from(outs[i].data.subarray(r * outs[i].cols, (r + 1) * outs[i].cols))) }));
-  for (const m of models) m.backend.destroy?.();
-  return { ua: globalThis.navigator?.userAgent ?? `Node ${globalThis.process?.version}`, result };
+  return { ...info, runs, outputs: finish() };
 }
 """
+
+
+def engine_cpu_times() -> dict[tuple[int, int], int]:
+    """CPU time (ns) spent so far by each thread of every process this one started (the browser, its
+    renderer and workers; Playwright's driver), from the kernel's per-thread run time: unlike the
+    wall time, it does not count the time other jobs held the cores."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(entry.name))
+    times, todo = {}, list(children.get(os.getpid(), []))
+    while todo:
+        pid = todo.pop()
+        todo += children.get(pid, [])
+        try:
+            for task in Path(f"/proc/{pid}/task").iterdir():
+                times[pid, int(task.name)] = int((task / "schedstat").read_text().split()[0])
+        except (OSError, ValueError):
+            continue
+    return times
+
+
+def cpu_ms_since(before: dict[tuple[int, int], int]) -> float:
+    """ms of CPU time the engine's threads spent since `before` (a thread that ended meanwhile is not
+    counted, so a figure may be low, never negative)."""
+    return sum(ns - before.get(key, 0) for key, ns in engine_cpu_times().items()) / 1e6
 
 
 def check_minilm(browser: str, fmt: str, r: dict, work: Path, threads: int) -> str | None:
@@ -330,8 +392,6 @@ def check_minilm(browser: str, fmt: str, r: dict, work: Path, threads: int) -> s
 
 def bench_minilm_ops(formats, browsers, rounds: int, work: Path, threads_list) -> int:
     """Whole MiniLM bundles in one page, alternating, per operator (module docstring, --ops)."""
-    import os
-
     import bench_cpu_peer as peer
 
     from ulpq_build.cli import main as cli_main
@@ -353,60 +413,69 @@ def bench_minilm_ops(formats, browsers, rounds: int, work: Path, threads_list) -
     server = BundleServer(work, 0, isolate=True).start_in_background()
     bad = []
     try:
-        for browser in browsers:
-            session_cm = None if browser == "node" else started(browser)
-            session = None
-            if session_cm is not None:
-                session, failure = session_cm.__enter__()
-                if session is None:
-                    raise SystemExit(f"{browser}: {failure}")
-            try:
-                for threads in threads_list:
-                    args = {"bundles": [f"minilm-{f}" for f in formats], "threads": threads, "sentences": peer.SENTENCES,
-                            "warmup": 3, "rounds": rounds}
-                    load_start = os.getloadavg()[0]
+        for browser, threads in itertools.product(browsers, threads_list):
+            args = {"bundles": [f"minilm-{f}" for f in formats], "threads": threads, "sentences": peer.SENTENCES, "warmup": 3}
+            load_start = os.getloadavg()[0]
+            if browser == "node":
+                out = subprocess.run(["node", str(work / "node_ops.mjs"), str(work), json.dumps({**args, "rounds": rounds})],
+                                     check=True, capture_output=True, text=True, timeout=3600)
+                d = json.loads(out.stdout.strip().splitlines()[-1])
+            else:
+                with started(browser) as (session, failure):
                     if session is None:
-                        out = subprocess.run(["node", str(work / "node_ops.mjs"), str(work), json.dumps(args)],
-                                             check=True, capture_output=True, text=True, timeout=3600)
-                        d = json.loads(out.stdout.strip().splitlines()[-1])
-                    else:
-                        session.goto(server.url + "index.html")
-                        d = session.evaluate("async (a) => (await import('./ops.js')).profileOps(a)", args, timeout_s=3600)
-                    load_end = os.getloadavg()[0]
-                    res = d["result"]
-                    bad += [w for f, r in zip(formats, res) if (w := check_minilm(browser, f, r, work, threads))]
-                    print(f"\n{browser}, {threads} thread(s), {d['ua']}; load average {load_start:.1f} -> {load_end:.1f}; "
-                          f"{rounds} alternating rounds. ms per run: median (fastest)")
-                    if threads == 1:
-                        keys = sorted({k for r in res for k in r["ops"]}, key=lambda k: -statistics.median(res[0]["ops"].get(k, [0])))
-                        print("| operator | " + " | ".join(formats) + " | " + " | ".join(f"{f} / {formats[0]}" for f in formats[1:]) + " |")
-                        print("|---|" + "---|" * (2 * len(formats) - 1))
-                        for k in keys:
-                            cells = [f"{statistics.median(r['ops'][k]):.2f} ({min(r['ops'][k]):.2f})" for r in res]
-                            ratios = [f"{statistics.median(r['ops'][k]) / statistics.median(res[0]['ops'][k]):.3f} "
-                                      f"({min(r['ops'][k]) / min(res[0]['ops'][k]):.3f})" for r in res[1:]]
-                            print(f"| {k} | " + " | ".join(cells) + " | " + " | ".join(ratios) + " |")
-                        sums = [[sum(r["ops"][k][i] for k in r["ops"]) for i in range(rounds)] for r in res]
-                        print("| all operators | " + " | ".join(f"{statistics.median(x):.2f} ({min(x):.2f})" for x in sums) + " | "
-                              + " | ".join(f"{statistics.median(x) / statistics.median(sums[0]):.3f} ({min(x) / min(sums[0]):.3f})"
-                                           for x in sums[1:]) + " |")
-                    for f, r in zip(formats, res):
-                        line = f"whole run {f}: {statistics.median(r['wall']):.1f} ({min(r['wall']):.1f})"
-                        if r is not res[0]:
-                            ratio = sorted(a / b for a, b in zip(r["wall"], res[0]["wall"]))
-                            line += (f"; paired ratio to {formats[0]}: median {statistics.median(ratio):.3f}, quartiles "
-                                     f"{ratio[len(ratio) // 4]:.3f}-{ratio[3 * len(ratio) // 4]:.3f}, faster in "
-                                     f"{sum(x < 1 for x in ratio)} of {len(ratio)} rounds")
-                        print(line)
-            finally:
-                if session_cm is not None:
-                    session_cm.__exit__(None, None, None)
+                        raise SystemExit(f"{browser}: {failure}")
+                    session.goto(server.url + "index.html")
+                    d = session.evaluate("async (a) => (await import('./ops.js')).prepare(a)", args, timeout_s=1800)
+                    d["runs"] = [{"wall": [], "cpu": [], "ops": []} for _ in formats]
+                    for _ in range(rounds):
+                        for i, run in enumerate(d["runs"]):
+                            before = engine_cpu_times()
+                            run["wall"].append(session.evaluate("async (i) => (await import('./ops.js')).runOne(i)", i))
+                            run["cpu"].append(cpu_ms_since(before))
+                            ops = session.evaluate("async (i) => (await import('./ops.js')).profileOne(i)", i)
+                            if ops:
+                                run["ops"].append(ops)
+                    d["outputs"] = session.evaluate("async () => (await import('./ops.js')).finish()")
+            load_end = os.getloadavg()[0]
+            for fmt, info, out in zip(formats, d["models"], d["outputs"]):
+                if (why := check_minilm(browser, fmt, {**info, **out}, work, threads)):
+                    bad.append(why)
+            # every run's times, for a closer look than medians
+            (work / f"ops-{browser}-{threads}.json").write_text(json.dumps(
+                {"ua": d["ua"], "load": [load_start, load_end], "formats": formats, "runs": d["runs"]}))
+            print_ops(browser, threads, d, formats, rounds, (load_start, load_end))
     finally:
         server.shutdown()
     if bad:
         print("WRONG OUTPUTS:\n" + "\n".join(bad))
         return 1
     return 0
+
+
+def print_ops(browser: str, threads: int, d: dict, formats, rounds: int, load) -> None:
+    """--ops tables: per operator (one thread), then whole runs by wall and by CPU time with paired ratios."""
+    runs = d["runs"]
+    med, lo = statistics.median, min
+    print(f"\n{browser}, {threads} thread(s), {d['ua']}; load average {load[0]:.1f} -> {load[1]:.1f}; "
+          f"{rounds} alternating rounds. ms per run: median (fastest)")
+    if all(r["ops"] for r in runs):
+        per = [{k: [o[k] for o in r["ops"]] for k in r["ops"][0]} for r in runs]
+        per = [{**p, "all operators": [sum(o.values()) for o in r["ops"]]} for p, r in zip(per, runs)]
+        print("| operator | " + " | ".join(formats) + " | " + " | ".join(f"{f} / {formats[0]}" for f in formats[1:]) + " |")
+        print("|---|" + "---|" * (2 * len(formats) - 1))
+        for k in sorted(per[0], key=lambda k: (k == "all operators", -med(per[0][k]))):
+            cells = [f"{med(p[k]):.2f} ({lo(p[k]):.2f})" for p in per]
+            ratios = [f"{med(p[k]) / med(per[0][k]):.3f} ({lo(p[k]) / lo(per[0][k]):.3f})" for p in per[1:]]
+            print(f"| {k} | " + " | ".join(cells) + " | " + " | ".join(ratios) + " |")
+    for what in ("wall", "cpu"):
+        print(f"whole runs, {'wall time' if what == 'wall' else 'CPU time of the engine (every thread)'}:")
+        for f, r in zip(formats, runs):
+            line = f"  {f}: {med(r[what]):.1f} ({lo(r[what]):.1f})"
+            if r is not runs[0]:
+                ratio = sorted(a / b for a, b in zip(r[what], runs[0][what]))
+                line += (f"; paired ratio to {formats[0]}: median {med(ratio):.3f}, quartiles {ratio[len(ratio) // 4]:.3f}-"
+                         f"{ratio[3 * len(ratio) // 4]:.3f}, lower in {sum(x < 1 for x in ratio)} of {len(ratio)} rounds")
+            print(line)
 
 
 def main(argv=None) -> int:
