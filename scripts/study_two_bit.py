@@ -14,8 +14,9 @@ allocation (the planner's rule, greedy distortion drop per byte, over sensitivit
 with rotations and rounding), from before the codebook formats were registry rows. The reg- rows go
 through the toolchain itself: registry formats (formats.py e8p, e8p-rvq3, ...) quantized by
 gptq.quantize_model, and reg-mixed-B planned by planner.plan_for_budget (sensitivities after GPTQ,
-gptq=True) and then GPTQ'd, as `bundle --target-bpw B --method gptq` does; reg-mixed-B-rounded plans
-on sensitivities by rounding, as the planner did before. The planner's sensitivity pass takes many
+gptq=True) and then GPTQ'd, as `bundle --target-bpw B --method gptq` does; reg-mixed-B-rounded plans on sensitivities by rounding, as
+the planner did before; -bias rows turn on GPTQ's bias correction (gptq.quantize_model's option, off by
+default) in the sensitivities and in GPTQ, -bias-gptq-only rows in GPTQ alone. The planner's sensitivity pass takes many
 minutes: --sensitivity-cache keeps its table in a file between runs of this script.
 docs/two_bit_study.md holds a run's table.
 """
@@ -45,7 +46,7 @@ from ulpq_build import planner
 from ulpq_build.architectures import describe_model, float_operands, model_tensors
 from ulpq_build.architectures.bert import LeeSimilarity
 from ulpq_build.formats import CODEBOOK_TABLE_WORDS
-from ulpq_build.gptq import _linear_weights, quantize_model
+from ulpq_build.gptq import BIAS_CORRECTION, _linear_weights, quantize_model
 from ulpq_build.model_source import open_model, resolve_model
 from ulpq_build.planner import plan_for_budget
 from ulpq_build.quantize import dequantize, quantize
@@ -74,12 +75,17 @@ def uniform(**kw):
 # rotations: inputs only, tables unrotated, seeds by input width) quantized by gptq.quantize_model as
 # `bundle --format F --method gptq` does, or planned by planner.plan_for_budget (the codebook rows
 # among its candidates) and then GPTQ'd, as `bundle --target-bpw B --method gptq` and bench's mixed-B.
-def registry(fmt: str):
-    return lambda study: ("registry", {n: QuantSpec(fmt) for n in study.matrices})
+def registry(fmt: str, **options):
+    """options: gptq.quantize_model's keywords (bias_correction=...), else its defaults."""
+    return lambda study: ("registry", {n: QuantSpec(fmt) for n in study.matrices}, options)
 
 
-def planned(bpw: float, gptq: bool = True):
-    return lambda study: ("registry", study.plan(bpw, gptq))
+def planned(bpw: float, gptq: bool = True, bias_correction: bool = BIAS_CORRECTION, plan_bias: bool | None = None,
+            pin: dict[str, QuantSpec] | None = None):
+    """bias_correction: gptq.quantize_model's option; plan_bias: the planner's sensitivities measured with
+    it or not (default: as quantize_model); pin: these matrices get these specs, the planner the rest."""
+    plan_bias = bias_correction if plan_bias is None else plan_bias
+    return lambda study: ("registry", study.plan(bpw, gptq, plan_bias, pin or {}), {"bias_correction": bias_correction})
 
 
 def mixed(budget: float, floors: dict[str, int] | None = None, gptq_gain: float = 1.0):
@@ -99,10 +105,27 @@ RUNS = [
     ("reg-mixed-2.5", "~2.5", "toolchain: `bundle --target-bpw 2.5 --method gptq`", planned(2.5)),
     ("reg-mixed-3", "~3", "toolchain: `bundle --target-bpw 3 --method gptq`", planned(3.0)),
     ("reg-mixed-4.1", "~4.1", "toolchain: `bundle --target-bpw 4.1 --method gptq`", planned(4.1)),
+    ("reg-mixed-2.25-bias", "~2.25", "as reg-mixed-2.25, with bias correction (in the sensitivities and in GPTQ)",
+     planned(2.25, bias_correction=True)),
+    ("reg-mixed-2.5-bias", "~2.5", "as reg-mixed-2.5, with bias correction", planned(2.5, bias_correction=True)),
+    ("reg-mixed-4.1-bias", "~4.1", "as reg-mixed-4.1, with bias correction", planned(4.1, bias_correction=True)),
+    ("reg-mixed-2.25-bias-gptq-only", "~2.25", "as reg-mixed-2.25, biases corrected by GPTQ but planned on sensitivities without",
+     planned(2.25, bias_correction=True, plan_bias=False)),
+    ("reg-mixed-2.5-bias-gptq-only", "~2.5", "as reg-mixed-2.5, biases corrected by GPTQ but planned on sensitivities without",
+     planned(2.5, bias_correction=True, plan_bias=False)),
+    ("reg-mixed-4.1-bias-gptq-only", "~4.1", "as reg-mixed-4.1, biases corrected by GPTQ but planned on sensitivities without",
+     planned(4.1, bias_correction=True, plan_bias=False)),
+    ("reg-mixed-4.1-word-int4g64", "~4.1", ("as reg-mixed-4.1, the word table pinned one step up (int4, groups of 64), "
+                                            "the rest planned in the bytes left: the planner's main choice re-measured"),
+     planned(4.1, pin={"word_embeddings": QuantSpec("int4", 64, scale_dtype="float16")})),
+    ("reg-mixed-2.5-word-rvq3", "~2.5", "as reg-mixed-2.5, the word table pinned one width up (e8p-rvq3), the rest planned",
+     planned(2.5, pin={"word_embeddings": QuantSpec("e8p-rvq3")})),
     ("reg-mixed-2.25-rounded", "~2.25", "as reg-mixed-2.25, planned on sensitivities by rounding (the planner before)",
      planned(2.25, gptq=False)),
     ("reg-mixed-2.5-rounded", "~2.5", "as reg-mixed-2.5, planned on sensitivities by rounding", planned(2.5, gptq=False)),
     ("reg-mixed-4.1-rounded", "~4.1", "as reg-mixed-4.1, planned on sensitivities by rounding", planned(4.1, gptq=False)),
+    ("reg-int4-gptq", "~4.1", "toolchain: `bundle` (its default for MiniLM: int4, per-channel scales, GPTQ)", registry("int4")),
+    ("reg-int4-gptq-bias", "~4.1", "as reg-int4-gptq, with bias correction", registry("int4", bias_correction=True)),
     ("reg-e8p-gptq", "~2", "toolchain: `bundle --format e8p --method gptq` (rotations + codebook + LDLQ)", registry("e8p")),
     ("reg-e8p-rvq3-gptq", "~3", "toolchain: `bundle --format e8p-rvq3 --method gptq`", registry("e8p-rvq3")),
     ("rot-in-int2-gptq", "~2", "rotations alone (inputs only, as bundles rotate), scalar int2, GPTQ",
@@ -157,53 +180,79 @@ class Study:
         self.score = LeeSimilarity(self.model, folder, self.weights)
         self.calibration = cal.calibration_for(self.model, folder)
         self._sensitivity = None
+        self._reference = None
 
     def run(self, recipes, gptq: bool = True) -> dict:
-        if isinstance(recipes, tuple):  # ("registry", specs): the toolchain's own quantizers
-            weights, stored = self.run_registry(recipes[1], gptq)
+        if isinstance(recipes, tuple):  # ("registry", specs[, quantize_model options]): the toolchain's own quantizers
+            weights, stored = self.run_registry(recipes[1], gptq, *recipes[2:])
         else:
             weights, stored = quantize_weights(self.model, self.weights, recipes, self.calibration.run)
         result = self.score(weights)
+        if self._reference is None:
+            self._reference = self.calibration.run_subset(self.weights)
+        # what the planner sees: 1 - mean cosine on the calibration subset (the package's text, not Lee)
+        calibration = cal.distortion(self.model, self._reference, self.calibration.run_subset(weights))
         return {"bits_per_weight": 8 * sum(stored.values()) / self.params, "pearson_pct": result["ratio"],
-                "pearson": result["value"], "mean_cosine": result["mean_cosine_to_float32"]}
+                "pearson": result["value"], "mean_cosine": result["mean_cosine_to_float32"],
+                "calibration_distortion": calibration}
 
-    def run_registry(self, specs: dict[str, QuantSpec], gptq: bool):
-        """Every matrix by the toolchain (GPTQ in graph order, or rounding), dequantized; stored bytes,
-        the bundle's one copy of the codebook tables (2 KiB) counted once when a codebook format is used."""
+    def run_registry(self, specs: dict[str, QuantSpec], gptq: bool, options: dict | None = None):
+        """Every matrix by the toolchain (GPTQ in graph order, or rounding), dequantized, with the biases
+        GPTQ's bias correction rewrote; stored bytes of the matrices (biases stay float32 and are not
+        counted, as in bench), the bundle's one copy of the codebook tables (2 KiB) counted once when a
+        codebook format is used."""
         if gptq:
-            tensors = quantize_model(self.model, self.weights, specs, self.calibration.run, lambda m: None)
+            tensors = quantize_model(self.model, self.weights, specs, self.calibration.run, lambda m: None, **(options or {}))
         else:
             tensors = {n: quantize(n, self.weights[n], s) for n, s in specs.items()}
         weights = dict(self.weights)
         weights.update({n: dequantize(t) for n, t in tensors.items()})
-        stored = {n: t.nbytes for n, t in tensors.items()}
+        stored = {n: t.nbytes for n, t in tensors.items() if n in specs}
         if any(s.fmt.levels == "codebook" for s in specs.values()):
             stored["<codebook tables>"] = 4 * CODEBOOK_TABLE_WORDS
         return weights, stored
 
-    def plan(self, bpw: float, gptq: bool = True) -> dict[str, QuantSpec]:
+    def plan(self, bpw: float, gptq: bool = True, bias_correction: bool = BIAS_CORRECTION,
+             pin: dict[str, QuantSpec] | None = None) -> dict[str, QuantSpec]:
         """planner.plan_for_budget's choice at bpw over the study's matrices (sensitivities measured once
-        per kind, gptq or rounded, and kept in --sensitivity-cache when given)."""
-        tensors = [(n, self.weights[n].shape, "float32") for n in self.matrices]
+        per kind, gptq or rounded, and kept in --sensitivity-cache when given); `pin`: matrices (by a part
+        of their name) given these specs, the rest planned in the bytes left, on the same sensitivities."""
+        pinned = {n: spec for n in self.matrices for part, spec in (pin or {}).items() if part in n}
+        tensors = [(n, self.weights[n].shape, "float32") for n in self.matrices if n not in pinned]
         start = time.time()
         cached = {}
         if self.sensitivity_cache is not None and self.sensitivity_cache.exists():
             cached = pickle.loads(self.sensitivity_cache.read_bytes())
         planner._SENSITIVITY_CACHE.update(cached)  # the planner keeps one model's table: this is the same model
-        plan = plan_for_budget(tensors, self.weights, self.calibration, target_bpw=bpw, cache_key=("study",),
-                               gptq=gptq, log=self.log)
-        if self.sensitivity_cache is not None:
+        if pinned:
+            self._restrict_sensitivities(set(pinned))
+        budget = {"target_bpw": bpw} if not pinned else {
+            "target_bytes": int(bpw * self.params / 8) - sum(stored_bytes(s, self.weights[n].shape) for n, s in pinned.items())}
+        plan = plan_for_budget(tensors, self.weights, self.calibration, **budget, cache_key=("study",),
+                               gptq=gptq, bias_correction=bias_correction, log=self.log)
+        if self.sensitivity_cache is not None and not pinned:
             cached.update(planner._SENSITIVITY_CACHE)
             self.sensitivity_cache.write_bytes(pickle.dumps(cached))
-        chosen = {e.name: e.spec for e in plan.entries}
+        chosen = {**{e.name: e.spec for e in plan.entries}, **pinned}
         counts: dict[str, int] = {}
         for n, s in chosen.items():
             label = s.format + ("" if s.group_size == 0 else f"/g{s.group_size}")
             counts[label] = counts.get(label, 0) + self.weights[n].size
-        self.log(f"plan at {bpw} bpw, {'gptq' if gptq else 'rounded'} sensitivities ({time.time() - start:.0f} s): word table "
+        self.log(f"plan at {bpw} bpw, {('gptq, bias corrected' if bias_correction else 'gptq') if gptq else 'rounded'} sensitivities ({time.time() - start:.0f} s): word table "
                  f"{chosen['embeddings.word_embeddings.weight'].format}; weights per format "
                  + ", ".join(f"{k} {v / self.params:.1%}" for k, v in sorted(counts.items())))
         return chosen
+
+    def _restrict_sensitivities(self, pinned: set[str]) -> None:
+        """Add to the planner's cache, for every whole-model table it holds, the same table without the
+        pinned matrices (the key the planner computes for the rest), so a pinned plan measures nothing."""
+        for key, cost in list(planner._SENSITIVITY_CACHE.items()):
+            cache_key, kind, matrices, options = key
+            if cache_key != ("study",) or len(matrices) != len(self.matrices):
+                continue
+            keep = [i for i, (n, _) in enumerate(matrices) if n not in pinned]
+            planner._SENSITIVITY_CACHE[(cache_key, kind, tuple(matrices[i] for i in keep), tuple(options[i] for i in keep))] = {
+                n: c for n, c in cost.items() if n not in pinned}
 
     def option_bytes(self, name: str, option: Recipe) -> int:
         shape = self.weights[name].shape
@@ -292,7 +341,8 @@ def main(argv=None) -> int:
                "seconds": round(time.time() - t0)}
         rows.append(row)
         log(f"{name:20s} {row['bits_per_weight']:.3f} bpw  Pearson {row['pearson_pct']:6.2f}%  "
-            f"cosine {row['mean_cosine']:.4f}  ({row['seconds']} s)")
+            f"cosine {row['mean_cosine']:.4f}  calibration 1-cos {row.get('calibration_distortion', float('nan')):.5f}"
+            f"  ({row['seconds']} s)")
     log("")
     log(f"Measured {started:%Y-%m-%d} on {machine()}; load average {os.getloadavg()[0]:.1f} at the end; "
         f"total {time.time() - start:.0f} s. float32 Lee Pearson {study.score.base:.4f}.")

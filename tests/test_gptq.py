@@ -1,13 +1,14 @@
 """GPTQ against plain rounding: lower output error on correlated inputs for every kind of format,
 and results that are valid tensors of their format (codes on the format's grid, parts laid out as
-the registry says)."""
+the registry says); quantize_model's bias correction brings each layer's mean output back."""
 
 import numpy as np
 import pytest
 
-from ulpq_build.gptq import gptq_quantize, hessian
+from ulpq_build.gptq import gptq_quantize, hessian, quantize_model
 from ulpq_build.quantize import dequantize, quantize
 from ulpq_build.quantspec import QuantSpec
+from ulpq_build.reference import linear
 
 SPECS = [QuantSpec("int4"), QuantSpec("int4", 32, True), QuantSpec("int3", 32, scale_dtype="float16"),
          QuantSpec("int3-dense", 64), QuantSpec("int2-ternary", 32, scale_dtype="float16"), QuantSpec("int2", 64),
@@ -47,3 +48,70 @@ def test_dead_inputs_are_tolerated(rng):
     x[:, :7] = 0.0  # inputs that never fire: a zero Hessian row
     qt = gptq_quantize("w", w, QuantSpec("int4", 32), hessian(x))
     assert np.isfinite(dequantize(qt)).all()
+
+
+# --- bias correction in quantize_model: a small two-layer network run through reference.linear ------
+
+def two_layers(rng, tokens=600, k=64, hidden=48, out=32):
+    """A model description quantize_model walks (linear nodes), its weights, and a calibration run:
+    inputs with a mean far from zero, so each layer's mean output error is large before correction."""
+    model = {"layers": [{"weight": "w1", "bias": "b1", "in_features": k, "out_features": hidden, "activation": "gelu"},
+                        {"weight": "w2", "bias": "b2", "in_features": hidden, "out_features": out, "activation": "none"},
+                        {"weight": "w3", "bias": None, "in_features": out, "out_features": out, "activation": "none"}]}
+    weights = {"w1": rng.standard_normal((hidden, k)).astype(np.float32) / 8, "b1": rng.standard_normal(hidden).astype(np.float32),
+               "w2": rng.standard_normal((out, hidden)).astype(np.float32) / 7, "b2": rng.standard_normal(out).astype(np.float32),
+               "w3": rng.standard_normal((out, out)).astype(np.float32) / 6}
+    x = rng.standard_normal((tokens, k)) + 1.5
+
+    def run(w, hook=None):
+        h = x
+        for node in model["layers"]:
+            h = linear(h, node, w, hook=hook)
+        return h
+
+    return model, weights, run, x
+
+
+def layer_inputs(model, weights, run):
+    """Each layer's input and pre-activation output (x W^T + b) in a run with these weights."""
+    seen = {}
+
+    def hook(node, x):
+        w = np.asarray(weights[node["weight"]], np.float64)
+        seen[node["weight"]] = (x, x @ w.T + (weights[node["bias"]] if node["bias"] else 0))
+
+    run(weights, hook)
+    return seen
+
+
+SPECS_2BIT = {"w1": QuantSpec("int2-ternary", 32, scale_dtype="float16"), "w2": QuantSpec("int2-ternary", 0),
+              "w3": QuantSpec("int3-dense", 0)}
+
+
+def applied(weights, result):
+    return {**weights, **{n: dequantize(qt) for n, qt in result.items()}}
+
+
+def test_bias_correction_matches_each_layers_mean_output(rng):
+    model, weights, run, _ = two_layers(rng)
+    result = quantize_model(model, weights, SPECS_2BIT, run, bias_correction=True)
+    assert sorted(result) == ["b1", "b2", "w1", "w2", "w3"]  # w3 has no bias to correct
+    assert sorted(quantize_model(model, weights, SPECS_2BIT, run)) == ["w1", "w2", "w3"]  # off by default
+    assert all(result[b].spec.format == "float32" and result[b].parts["codes"].dtype == np.float32 for b in ("b1", "b2"))
+    quantized = applied(weights, result)
+    seen = layer_inputs(model, quantized, run)
+    for name, bias in (("w1", "b1"), ("w2", "b2")):
+        x, y = seen[name]
+        # the float weights and float bias on the very inputs the quantized model feeds this layer
+        wanted = x @ np.asarray(weights[name], np.float64).T + weights[bias]
+        shift = np.abs(wanted.mean(axis=0) - y.mean(axis=0)).max()
+        assert shift < 1e-5 * np.abs(wanted).mean(), (name, shift)
+        uncorrected = x @ np.asarray(quantized[name], np.float64).T + weights[bias]
+        assert np.abs(wanted.mean(axis=0) - uncorrected.mean(axis=0)).max() > 1e3 * max(shift, 1e-9)  # there was one
+    # a mean error removed can only shrink the first layer's squared output error (same inputs)
+    plain = quantize_model(model, weights, SPECS_2BIT, run, bias_correction=False)
+    assert sorted(plain) == ["w1", "w2", "w3"]
+    _, y_float = layer_inputs(model, weights, run)["w1"]
+    err = lambda w: np.mean((layer_inputs(model, w, run)["w1"][1] - y_float) ** 2)
+    assert err(quantized) < err(applied(weights, plain))
+

@@ -17,7 +17,7 @@ from ulpq_build.model_source import open_model
 from ulpq_build.planner import (
     CODEBOOK_TABLE_BYTES,
     candidates_for,
-    float_hessians,
+    float_inputs,
     is_codebook,
     plan_for_budget,
     sensitivities,
@@ -77,19 +77,26 @@ def test_gptq_sensitivities_are_what_gptq_writes_and_less_than_rounding(vit):
     two_bit = {n: [c for c in candidates_for(shapes[n]) if c.format in ("int2-ternary", "e8p") and c.group_size == 0]
                for n in names}
     assert [len(two_bit[n]) for n in names] == [2, 2, 1]  # no codebook for rows of 49
-    hessians = float_hessians(calibration, weights, set(names))
-    assert sorted(hessians) == sorted(names) and all(h.shape == (matrix_shape(shapes[n])[1],) * 2 for n, h in hessians.items())
+    hessians, means = float_inputs(calibration, weights, set(names))
+    assert sorted(hessians) == sorted(means) == sorted(names)
+    assert all(h.shape == (matrix_shape(shapes[n])[1],) * 2 == means[n].shape * 2 for n, h in hessians.items())
     rounded = sensitivities(matrices, two_bit, weights, calibration, lambda m: None)
-    after = sensitivities(matrices, two_bit, weights, calibration, lambda m: None, hessians)
+    uncorrected = sensitivities(matrices, two_bit, weights, calibration, lambda m: None, hessians)
+    after = sensitivities(matrices, two_bit, weights, calibration, lambda m: None, hessians, means)
     reference = calibration.run_subset(weights)
     for name in names:
         for j, spec in enumerate(two_bit[name]):
-            # the sensitivity is exactly the distortion of what gptq.quantize_model writes for that matrix alone
-            written = dequantize(quantize_model(model, weights, {name: spec}, calibration.run)[name])
-            measured = distortion(model, reference, calibration.run_subset({**weights, name: written}))
-            assert after[name][j] == pytest.approx(measured, rel=1e-9, abs=1e-12), (name, spec.format)
+            # the sensitivity is exactly the distortion of what gptq.quantize_model writes for that matrix
+            # alone: its codes, and with bias_correction its corrected bias (the only other tensor it returns)
+            for corrected, cost in ((False, uncorrected), (True, after)):
+                written = quantize_model(model, weights, {name: spec}, calibration.run, bias_correction=corrected)
+                assert sorted(written) == sorted([name] + [name.removesuffix("weight") + "bias"] * corrected)
+                trial = {**weights, **{n: dequantize(qt) for n, qt in written.items()}}
+                measured = distortion(model, reference, calibration.run_subset(trial))
+                assert cost[name][j] == pytest.approx(measured, rel=1e-9, abs=1e-12), (name, spec.format, corrected)
+            assert after[name][j] != uncorrected[name][j]  # the planner applies the correction
             # and GPTQ leaves less than rounding did: what the rounding-based planner over-charged these layers
-            assert 0 < after[name][j] < rounded[name][j], (name, spec.format, after[name][j], rounded[name][j])
+            assert 0 < uncorrected[name][j] < rounded[name][j], (name, spec.format, uncorrected[name][j], rounded[name][j])
 
 
 def test_codebook_tables_are_counted_in_the_budget(vit):
@@ -111,7 +118,11 @@ def test_rounded_and_gptq_sensitivities_are_kept_apart(vit):
         lines = []
         plan_for_budget(few, weights, calibration, target_bpw=3, cache_key=("vit", "few"), gptq=gptq, log=lines.append)
         logs.setdefault(gptq, []).append(lines)
-    assert [line.split(" (")[1][:7] for line in logs[True][0]] == ["gptq): "] * 3
+    assert [line.split(" (")[1].split(")")[0] for line in logs[True][0]] == ["gptq"] * 3
+    lines = []
+    plan_for_budget(few, weights, calibration, target_bpw=3, cache_key=("vit", "few"), gptq=True, bias_correction=True,
+                    log=lines.append)
+    assert [line.split(" (")[1].split(")")[0] for line in lines] == ["gptq, bias corrected"] * 3  # a kind of its own
     assert logs[False][0][0].startswith("sensitivity 1/3") and "(rounded)" in logs[False][0][0]
     # the cache keeps one kind at a time: the third plan measures the rounded ones again, not the gptq ones
     assert logs[False][1] == logs[False][0]

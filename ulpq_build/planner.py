@@ -8,7 +8,9 @@ under a budget of bits per weight or bytes.
    tables by rounding, as gptq.quantize_model then does: rounding alone would credit every linear
    layer with errors that GPTQ later shrinks several-fold (and the tables with none of that), so
    the allocation would starve the tables (MiniLM's word table, 52 % of its weights, at 1 bit:
-   docs/two_bit_study.md).
+   docs/two_bit_study.md). With `bias_correction` (gptq.quantize_model's option, off by default), each
+   layer's bias is corrected for that matrix alone as quantize_model corrects it, from the float32
+   model's mean input.
    The codebook formats (e81b, e8p, e8p-rvq3, e8p-rvq4) are candidates beside the scalar ones for
    every matrix whose rows are a multiple of 8 long; their sensitivity is measured the same way,
    on rotated inputs (nearest codeword, or block LDLQ with `gptq`).
@@ -30,7 +32,14 @@ import numpy as np
 from ulpq_build.calibration import Calibration, distortion
 from ulpq_build.errors import UserError
 from ulpq_build.formats import CODEBOOK_FORMATS, CODEBOOK_TABLE_BYTES, GROUP_DIM
-from ulpq_build.gptq import _linear_weights, gptq_quantize, hessian
+from ulpq_build.gptq import (
+    BIAS_CORRECTION,
+    _linear_weights,
+    corrected_bias,
+    gptq_quantize,
+    hessian,
+    linear_nodes,
+)
 from ulpq_build.plan import FLOAT32, Plan, Rule, is_matrix, resolve_plan
 from ulpq_build.quantize import dequantize, quantize
 from ulpq_build.quantspec import QuantSpec, matrix_shape, stored_bytes
@@ -78,11 +87,13 @@ _SENSITIVITY_CACHE: dict[tuple, dict[str, list[float]]] = {}
 
 def plan_for_budget(tensors: list[tuple[str, tuple[int, ...], str]], weights: dict[str, np.ndarray], calibration: Calibration,
                     *, target_bpw: float | None = None, target_bytes: int | None = None, keep_float: set[str] = frozenset(),
-                    cache_key: tuple | None = None, gptq: bool = False, log=print) -> Plan:
+                    cache_key: tuple | None = None, gptq: bool = False, bias_correction: bool = BIAS_CORRECTION,
+                    log=print) -> Plan:
     """The plan that minimises calibration distortion within the budget (bits per weight over the
     matrices, or total bytes of every tensor). `keep_float`: tensors that must stay float32;
     `cache_key`: identifies the model's weights, to reuse sensitivities measured in this process;
-    `gptq`: the plan will be quantized by GPTQ (gptq.quantize_model), so measure what GPTQ leaves."""
+    `gptq`: the plan will be quantized by GPTQ (gptq.quantize_model), so measure what GPTQ leaves;
+    `bias_correction`: and GPTQ will correct the biases (quantize_model's option of that name)."""
     matrices = [(n, s) for n, s, d in tensors if is_matrix(s, d) and n not in keep_float]
     fixed_bytes = sum(4 * math.prod(s) for n, s, d in tensors if not is_matrix(s, d) or n in keep_float)
     params = sum(math.prod(s) for _, s in matrices)
@@ -95,11 +106,12 @@ def plan_for_budget(tensors: list[tuple[str, tuple[int, ...], str]], weights: di
         what = f"--target-bpw {target_bpw}" if target_bpw is not None else f"--target-size {target_bytes / 1e6:.2f} MB"
         raise UserError(f"{what} is below the smallest plan ({floor:.3f} bits per weight, "
                         f"{(cheapest + fixed_bytes) / 1e6:.2f} MB); raise the target")
-    key = None if cache_key is None else (cache_key, gptq, tuple(matrices), tuple(tuple(o) for o in options.values()))
+    kind = "gptq+bias-correction" if gptq and bias_correction else gptq  # rounded, gptq, gptq with corrected biases
+    key = None if cache_key is None else (cache_key, kind, tuple(matrices), tuple(tuple(o) for o in options.values()))
     cost = _SENSITIVITY_CACHE.get(key) if key is not None else None
     if cost is None:
-        hessians = float_hessians(calibration, weights, {n for n, _ in matrices}) if gptq else None
-        cost = sensitivities(matrices, options, weights, calibration, log, hessians)
+        hessians, means = float_inputs(calibration, weights, {n for n, _ in matrices}) if gptq else (None, None)
+        cost = sensitivities(matrices, options, weights, calibration, log, hessians, means if bias_correction else None)
         if key is not None:
             _SENSITIVITY_CACHE.clear()  # one model at a time: the table is small, the weights behind it are not
             _SENSITIVITY_CACHE[key] = cost
@@ -135,31 +147,36 @@ def plan_for_budget(tensors: list[tuple[str, tuple[int, ...], str]], weights: di
     return resolve_plan(tensors, FLOAT32, rules)
 
 
-def float_hessians(calibration: Calibration, weights: dict[str, np.ndarray], names: set[str]) -> dict[str, np.ndarray]:
-    """GPTQ's Hessian (gptq.hessian) of the inputs of every linear layer in `names`, from one calibration
-    run of the float32 model; layers reading the same activations (query, key, value) share one."""
+def float_inputs(calibration: Calibration, weights: dict[str, np.ndarray], names: set[str]) -> tuple[dict, dict]:
+    """GPTQ's Hessian (gptq.hessian) and the mean of the inputs of every linear layer in `names`, from
+    one calibration run of the float32 model; layers reading the same activations (query, key, value)
+    share one."""
     linear = _linear_weights(calibration.model) & names
     hessians: dict[str, np.ndarray] = {}
-    last: list = [None, None]
+    means: dict[str, np.ndarray] = {}
+    last: list = [None, None, None]
 
     def hook(node, x):
         name = node["weight"]
-        if name not in linear:
+        if name not in linear or name in hessians:
             return
         same = last[0] is not None and last[0].shape == x.shape and np.array_equal(last[0], x)
-        h = last[1] if same else hessian(x)
-        last[:] = [x, h]
-        hessians[name] = hessians.get(name, 0) + h
+        if not same:
+            last[:] = [x, hessian(x), x.mean(axis=0, dtype=np.float64)]
+        hessians[name], means[name] = last[1], last[2]
 
     calibration.run(weights, hook)
-    return hessians
+    return hessians, means
 
 
 def sensitivities(matrices: list[tuple[str, tuple[int, ...]]], options: dict[str, list[QuantSpec]], weights: dict[str, np.ndarray],
-                  calibration: Calibration, log, hessians: dict[str, np.ndarray] | None = None) -> dict[str, list[float]]:
+                  calibration: Calibration, log, hessians: dict[str, np.ndarray] | None = None,
+                  means: dict[str, np.ndarray] | None = None) -> dict[str, list[float]]:
     """cost[name][j]: the calibration distortion with only matrix `name` quantized to options[name][j];
-    by GPTQ (gptq.gptq_quantize) on hessians[name] where given, else by rounding to nearest."""
+    by GPTQ (gptq.gptq_quantize) on hessians[name] where given, else by rounding to nearest; with
+    means[name] (its mean input), its bias corrected as gptq.quantize_model corrects it."""
     reference = calibration.run_subset(weights)
+    biases = {n: node["bias"] for n, node in linear_nodes(calibration.model).items() if node.get("bias")}
     cost: dict[str, list[float]] = {}
     for i, (name, shape) in enumerate(matrices):
         cost[name] = []
@@ -171,8 +188,10 @@ def sensitivities(matrices: list[tuple[str, tuple[int, ...]]], options: dict[str
             trial = dict(weights)
             qt = quantize(name, weights[name], spec) if h is None else gptq_quantize(name, weights[name], spec, h)
             trial[name] = dequantize(qt)
+            if means is not None and name in means and name in biases:
+                trial[biases[name]] = corrected_bias(weights[biases[name]], weights[name], trial[name], means[name])
             cost[name].append(distortion(calibration.model, reference, calibration.run_subset(trial)))
-        how = "rounded" if h is None else "gptq"
+        how = "rounded" if h is None else "gptq" if means is None else "gptq, bias corrected"
         log(f"sensitivity {i + 1}/{len(matrices)} {name} ({how}): " + ", ".join(
             f"{c.format}/{c.group_size or 'chan'}:{d:.2e}" for c, d in zip(options[name], cost[name])))
     return cost
