@@ -115,11 +115,11 @@ RUNS = [
      planned(2.5, bias_correction=True, plan_bias=False)),
     ("reg-mixed-4.1-bias-gptq-only", "~4.1", "as reg-mixed-4.1, biases corrected by GPTQ but planned on sensitivities without",
      planned(4.1, bias_correction=True, plan_bias=False)),
-    ("reg-mixed-4.1-word-int4g64", "~4.1", ("as reg-mixed-4.1, the word table pinned one step up (int4, groups of 64), "
+    ("reg-mixed-4.1-word-int4g64", "~4.1", ("as reg-mixed-4.1-bias, the word table pinned one step up (int4, groups of 64), "
                                             "the rest planned in the bytes left: the planner's main choice re-measured"),
-     planned(4.1, pin={"word_embeddings": QuantSpec("int4", 64, scale_dtype="float16")})),
-    ("reg-mixed-2.5-word-rvq3", "~2.5", "as reg-mixed-2.5, the word table pinned one width up (e8p-rvq3), the rest planned",
-     planned(2.5, pin={"word_embeddings": QuantSpec("e8p-rvq3")})),
+     planned(4.1, bias_correction=True, pin={"word_embeddings": QuantSpec("int4", 64, scale_dtype="float16")})),
+    ("reg-mixed-2.5-word-rvq3", "~2.5", "as reg-mixed-2.5-bias, the word table pinned one width up (e8p-rvq3), the rest planned",
+     planned(2.5, bias_correction=True, pin={"word_embeddings": QuantSpec("e8p-rvq3")})),
     ("reg-mixed-2.25-rounded", "~2.25", "as reg-mixed-2.25, planned on sensitivities by rounding (the planner before)",
      planned(2.25, gptq=False)),
     ("reg-mixed-2.5-rounded", "~2.5", "as reg-mixed-2.5, planned on sensitivities by rounding", planned(2.5, gptq=False)),
