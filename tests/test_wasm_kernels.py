@@ -369,6 +369,24 @@ def put_codebook(wasm):
     return book
 
 
+def test_e8p_signed_half_tables_give_every_codeword(wasm):
+    """The one-row product's signed half tables (CODEBOOK_E8P_LO/HI) at the offsets it computes from a code give
+    numpy's codeword for all 65536 codes (its +-1/4 shift is added outside the tables)."""
+    from ulpq_build.vq.e8 import e8p_decode
+
+    wasm.reset()
+    book = put_codebook(wasm)
+    table = lambda at: wasm.get(book + at, 4096 * 4).reshape(4096, 4)  # noqa: E731
+    lo, hi = table(wk.CODEBOOK_E8P_LO), table(wk.CODEBOOK_E8P_HI)
+    c = np.arange(1 << 16)
+    parity = np.array([bin(n).count("1") & 1 for n in range(16)])
+    lo_at = ((c & 0xFF00) | (((c >> 1) & 15) << 4)) >> 4
+    hi_at = ((c & 0xFFE0) | (parity[(c >> 1) & 15] << 4)) >> 4
+    shift = np.where(c & 1, -0.25, 0.25).astype(np.float32)[:, None]
+    got = np.concatenate([lo[lo_at], hi[hi_at]], axis=1) + shift
+    np.testing.assert_array_equal(got, e8p_decode(c))
+
+
 def codebook_case(variant, rows_n, k, rng):
     from ulpq_build.vq.tensor import decode_rotated
 

@@ -65,9 +65,17 @@ MAX_PAGES = 65536
 # the abs vector's parity in lane 7's sign bit; lut8: the codeword), then E8P's sign masks for
 # code bits 1-7 (128 entries of eight lanes; lane 7 the parity of those bits) and the two shift
 # vectors (+1/4, -1/4). A group of 8 then decodes by two table loads per stage instead of bit work.
+# The one-row product decodes E8P from two more tables with the signs already applied, two loads per code
+# instead of four loads, two xors and their address arithmetic (docs/two_bit_study.md, "Speed on the CPU
+# path", measured it): CODEBOOK_E8P_LO[(code >> 8) * 16 + (code bits 1-4)] = coordinates 0-3 signed, and
+# CODEBOOK_E8P_HI[(code >> 8) * 16 + (code bits 5-7) * 2 + the parity of bits 1-4] = coordinates 4-7 signed
+# (coordinate 7 by all seven bits' parity and the abs vector's), 4096 entries of four f32 lanes each (64 KiB
+# per table, built by codebook_expand from the tables above).
 CODEBOOK_SIGNS = 32 * CODEBOOK_TABLE_WORDS
 CODEBOOK_SHIFTS = CODEBOOK_SIGNS + 128 * 32
-CODEBOOK_BYTES = CODEBOOK_SHIFTS + 32
+CODEBOOK_E8P_LO = CODEBOOK_SHIFTS + 32
+CODEBOOK_E8P_HI = CODEBOOK_E8P_LO + 4096 * 16
+CODEBOOK_BYTES = CODEBOOK_E8P_HI + 4096 * 16
 # (shared memory, relaxed SIMD) of each build
 FILES = {"single": ("cpu-kernels.wasm", False, False), "shared": ("cpu-kernels-shared.wasm", True, False),
          "single_relaxed": ("cpu-kernels-relaxed.wasm", False, True),
@@ -176,7 +184,8 @@ def render_wat(variants, *, shared: bool, relaxed: bool = False, rows_per_tile: 
         variants=chosen, shared=shared, relaxed=relaxed, max_pages=MAX_PAGES, rows_per_tile=rows_per_tile,
         tiles=tiles, panel_columns=PANEL_COLUMNS, panel_vectors=PANEL_COLUMNS // 4,
         codebook_stages=CODEBOOK_STAGES, group_dim=GROUP_DIM, codebook_signs=CODEBOOK_SIGNS,
-        codebook_shifts=CODEBOOK_SHIFTS, paley=paley)
+        codebook_shifts=CODEBOOK_SHIFTS, codebook_e8p_lo=CODEBOOK_E8P_LO,
+        codebook_e8p_hi=CODEBOOK_E8P_HI, paley=paley)
 
 
 def assemble(text: str) -> bytes:
