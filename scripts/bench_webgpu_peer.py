@@ -119,9 +119,33 @@ CONFIGURATIONS = [
 # before the cpu profile existed), so before and after come from one run
 GPU_PROFILE = {"chromium": "chrome", "firefox": "firefox"}
 GPU_CONFIGURATIONS = [("ours-gpu fp32", "runOurs", {"bundle": "bundle-fp32"}), ("ours-gpu int4", "runOurs", {"bundle": "bundle-int4"})]
+# --before REV: also this runtime's bundles as commit REV builds them (its shaders and runtime), so a
+# change's before and after come from one run on the same machine state
+BEFORE_CONFIGURATIONS = [("before fp32", "runOurs", {"bundle": "bundle-fp32-before"}),
+                         ("before int4", "runOurs", {"bundle": "bundle-int4-before"})]
+BUNDLE_OPTIONS = {"fp32": ["--format", "float32"], "int4": ["--format", "int4", "--group-size", "32"]}
 
 
-def build_site(work: Path) -> Path:
+def build_before(work: Path, site: Path, rev: str) -> None:
+    """The fp32 and int4 bundles built by commit `rev`'s own code (git archive into work/before-REV)."""
+    import subprocess
+    import tarfile
+
+    tree = work / f"before-{rev}"
+    if tree.exists():
+        shutil.rmtree(tree)
+    tree.mkdir(parents=True)
+    archive = subprocess.run(["git", "-C", str(ROOT), "archive", "--format=tar", rev], check=True, capture_output=True).stdout
+    import io
+
+    with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
+        tar.extractall(tree)
+    for name, options in BUNDLE_OPTIONS.items():
+        subprocess.run([sys.executable, "-m", "ulpq_build", "bundle", *options, "--out", str(site / f"bundle-{name}-before")],
+                       cwd=tree, check=True, env={**os.environ, "PYTHONPATH": str(tree)})
+
+
+def build_site(work: Path, before: str | None = None) -> Path:
     site = work / "gpu-site"
     if site.exists():
         shutil.rmtree(site)
@@ -134,14 +158,17 @@ def build_site(work: Path) -> Path:
     (site / "models").mkdir()
     for path in export_onnx(work).values():
         os.link(path, site / "models" / path.name)
-    for name, options in {"fp32": ["--format", "float32"], "int4": ["--format", "int4", "--group-size", "32"]}.items():
+    for name, options in BUNDLE_OPTIONS.items():
         assert cli_main(["bundle", *options, "--out", str(site / f"bundle-{name}")]) == 0
+    if before:
+        build_before(work, site, before)
     (site / "index.html").write_text(PAGE)
     (site / "bench.js").write_text(BENCH_JS)
     return site
 
 
-def bench_browser(browser: str, url: str, warmup: int, repeats: int, rounds: int, gpu_variants: bool = False) -> dict:
+def bench_browser(browser: str, url: str, warmup: int, repeats: int, rounds: int, gpu_variants: bool = False,
+                  before: bool = False) -> dict:
     results: dict[str, dict] = {}
     with started(browser) as (session, failure):
         if session is None:
@@ -152,7 +179,7 @@ def bench_browser(browser: str, url: str, warmup: int, repeats: int, rounds: int
                              SENTENCES, timeout_s=600)
         for round_ in range(rounds):
             extra = [(label, fn, {**args, "profile": GPU_PROFILE[browser]}) for label, fn, args in GPU_CONFIGURATIONS]
-            for label, fn, args in CONFIGURATIONS + (extra if gpu_variants else []):
+            for label, fn, args in CONFIGURATIONS + (extra if gpu_variants else []) + (BEFORE_CONFIGURATIONS if before else []):
                 session.goto(url)  # a fresh page, a fresh device
                 arg = {**args, **x, "sentences": SENTENCES, "warmup": warmup, "repeats": repeats}
                 r = session.evaluate(f"async (a) => (await import('./bench.js')).{fn}(a)", arg, timeout_s=1800)
@@ -187,7 +214,7 @@ def table(report: dict) -> str:
     for browser, b in report["browsers"].items():
         runs = b["runs"]
         adapter = runs["ours fp32"].get("adapter") or "?"
-        for runtime in ("ort", "ours", "ours-gpu"):
+        for runtime in ("ort", "ours", "before", "ours-gpu"):
             if f"{runtime} fp32" not in runs:
                 continue
             fp, q = runs[f"{runtime} fp32"], runs[f"{runtime} int4"]
@@ -195,6 +222,7 @@ def table(report: dict) -> str:
             ratio = "" if runtime == "ort" else " / ".join(
                 f"{runs[f'{runtime} {f}']['median_ms'] / runs[f'ort {f}']['median_ms']:.2f}x" for f in ("fp32", "int4"))
             name = {"ort": "ORT Web WebGPU EP", "ours": f"this runtime, WebGPU ({runs['ours fp32'].get('variant')})",
+                    "before": f"this runtime as commit {report.get('before')} built it ({runs['before fp32'].get('variant') if 'before fp32' in runs else ''})",
                     "ours-gpu": f"this runtime, GPU variant forced ({runs['ours-gpu fp32'].get('variant') if 'ours-gpu fp32' in runs else ''})"}[runtime]
             lines.append(f"| {browser} ({adapter}) | {name} | {cell(fp)} | {cell(q)} | {fp['cos_min']:.5f} / {q['cos_min']:.5f} | {ratio} |")
     lines += ["", "Target (issue 10): on the software adapters, at most 0.5x ORT's WebGPU time, float32 and 4-bit:"]
@@ -228,9 +256,12 @@ def main(argv=None) -> int:
     ap.add_argument("--write-docs", type=Path)
     ap.add_argument("--gpu-variants", action="store_true",
                     help="also time this runtime forced onto the browser's GPU profile (before/after in one run)")
+    ap.add_argument("--before", metavar="REV",
+                    help="also time the bundles commit REV builds (its shaders and runtime): before and after in one run")
     args = ap.parse_args(argv)
-    bench = lambda *a: bench_browser(*a, gpu_variants=args.gpu_variants)  # noqa: E731
-    report = measure(build_site(args.work), bench, args, isolate=False)
+    bench = lambda *a: bench_browser(*a, gpu_variants=args.gpu_variants, before=bool(args.before))  # noqa: E731
+    report = measure(build_site(args.work, args.before), bench, args, isolate=False)
+    report["before"] = args.before
     (args.work / "webgpu_peer_results.json").write_text(json.dumps(report, indent=1))
     text = table(report)
     print(text)

@@ -74,6 +74,39 @@ def test_direct_gemm_ragged_edges(spec, rng):
     run_matmul(variant, spec, rng, 37, 45, 101, MATMUL_TOLERANCE)
 
 
+# the direct tiles' edges beyond one tile: rows over three tile rows (the last partial), columns over
+# two tile columns (the second partial), and K = 384 cut into splits of 160 inputs, which start inside
+# scale groups of 64 (the per-group scale loop must begin mid-group) and end with a ragged 64
+MULTI_TILE_SPECS = [QuantSpec("float32"), QuantSpec("int4", 64, True, "float16"), QuantSpec("int2-ternary", 32)]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("spec", MULTI_TILE_SPECS, ids=lambda s: WeightStorage.of(s).key)
+def test_direct_gemm_over_tiles_and_splits(spec, rng):
+    """The direct GEMM where its tiles do not cover the product once: with the epilogue in one pass,
+    and split along K (raw partial sums per split, each compared with its slice of the product)."""
+    weight = WeightStorage.of(spec)
+    tiles = KernelVariant.make("gemm", CPU[0], weight, size="small").tiles
+    m, n, k = 2 * tiles["tile_m"] + 22, tiles["tile_n"] + 44, 384
+    assert m % tiles["tile_m"] and n % tiles["tile_n"] and n > tiles["tile_n"]
+    run_matmul(KernelVariant.make("gemm", CPU[0], weight, size="small", activation="gelu", bias=True, residual=True),
+               spec, rng, m, n, k, MATMUL_TOLERANCE)
+    w = (rng.standard_normal((n, k)) * 0.2).astype(np.float32)
+    qt = quantize("w", w, spec)
+    x = rng.standard_normal((m, k)).astype(np.float32)
+    split = KernelVariant.make("gemm", CPU[0], weight, size="small", split=True)
+    for compiler in COMPILERS:
+        validate(render(split), split.workgroup_size, compiler)
+    partial = KernelRunner(cached_device("wgpu", 256)).run(split, {"x": x, **weight_arrays(qt)},
+                                                           {**matmul_params(qt, m), "k_split": 160}, {"y": 3 * m * n})["y"]
+    assert np.isfinite(partial).all(), "a partial sum was never written (still NaN)"
+    wd = dequantize(qt).astype(np.float64)
+    for s in range(3):  # splits of 160, 160, 64 inputs
+        lo, hi = 160 * s, min(k, 160 * (s + 1))
+        want = x[:, lo:hi].astype(np.float64) @ wd[:, lo:hi].T
+        assert relative_error(partial[s * m * n:(s + 1) * m * n].reshape(m, n), want) < MATMUL_TOLERANCE
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("spec, vec4", [(QuantSpec("float32"), True), (QuantSpec("int4", 32), True),
                                         (QuantSpec("int4", 96, True, "float16"), False), (QuantSpec("int3", 32), False),

@@ -88,7 +88,11 @@ class Kernel:
     def check_tiles(self, profile: str, t: dict) -> None:
         """Tiles must fit the template's assumptions for the profile's workgroup size."""
         wg = get_profile(profile).workgroup_size
-        if self.dispatch == "gemm":  # reg_m x 4 outputs per thread cover the tile exactly
+        if self.dispatch == "gemm" and t.get("direct"):  # reg_m x reg_n (vec4s of columns) per thread, no staging
+            if t["reg_n"] % 4 or t["tile_m"] * t["tile_n"] != t["reg_m"] * t["reg_n"] * wg \
+                    or t["tile_m"] % t["reg_m"] or t["tile_n"] % t["reg_n"]:
+                raise ValueError(f"{self.name}: tiles {t} do not cover {wg} threads of {profile}")
+        elif self.dispatch == "gemm":  # reg_m x 4 outputs per thread cover the tile exactly
             if t["reg_n"] != 4 or t["reg_m"] not in (4, 8) or t["tile_m"] * t["tile_n"] != t["reg_m"] * 4 * wg \
                     or t["tile_m"] % t["reg_m"] or (t["tile_m"] // 4 * t["tile_k"]) % 1:
                 raise ValueError(f"{self.name}: tiles {t} do not cover {wg} threads of {profile}")
@@ -149,10 +153,14 @@ STEP_ATTENTION_MAX_DIM = 256
 # staged GEMM's two barriers per K step and the GEMV's tree reduction cost more than the loads they
 # save (no GPU cache hierarchy to save from: the CPU's caches serve the re-reads). `direct` GEMM tiles:
 # each thread computes its reg_m x reg_n block straight from x and the packed words (no workgroup
-# memory, no barrier); tile_k only rounds split-K's k_split. The GEMV: one thread per `rows` outputs.
-# Measured per kernel through wgpu-py on SwiftShader and lavapipe (scripts/profile_cpu_adapter.py).
+# memory, no barrier); tile_k only rounds split-K's k_split. Each load from a buffer there is a loop
+# over the SIMD lanes (lavapipe: about 100 FMAs' time), so the blocks are 16x16 (32 loads per 256
+# products of a float32 step; 8x4 was 12 per 32): 2-3.7x faster GEMMs on both engines, at the price of
+# longer compiles (lavapipe: several seconds per variant with an epilogue). The GEMV: one thread per
+# `rows` outputs. Measured per kernel through wgpu-py on SwiftShader and lavapipe
+# (scripts/profile_cpu_adapter.py; docs/benchmarks.md, "CPU adapters").
 CPU_PROFILES = tuple(name for name, p in PROFILES.items() if p.cpu_adapter)
-CPU_GEMM_TILES = {"tile_m": 64, "tile_n": 32, "tile_k": 32, "reg_m": 8, "reg_n": 4, "direct": 1}
+CPU_GEMM_TILES = {"tile_m": 64, "tile_n": 256, "tile_k": 32, "reg_m": 16, "reg_n": 16, "direct": 1}
 CPU_GEMV_TILES = {"threads_per_row": 1, "rows": 2}
 
 KERNELS: dict[str, Kernel] = _reg(
