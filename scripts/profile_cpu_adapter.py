@@ -33,12 +33,16 @@ def main() -> int:
     ap.add_argument("--cpu-time", action="store_true", help="CPU time of this process (all threads) instead of wall time")
     ap.add_argument("--gemm-tiles", default=None, help='JSON tile overrides for the GEMMs, e.g. {"tile_m": 64, "reg_m": 8}')
     ap.add_argument("--only", default=None, help="comma-separated matmul names (qkv,attn_out,ffn_up,ffn_down)")
+    ap.add_argument("--compile", action="store_true",
+                    help="time only the pipeline creation (WGSL to the driver's machine code) of each product's kernel")
     args = ap.parse_args()
     if args.swiftshader:
         os.environ["VK_ICD_FILENAMES"] = SWIFTSHADER_ICD
     os.environ.setdefault("XDG_RUNTIME_DIR", "/tmp")
     from ulpq_build.kernels import KernelVariant, WeightStorage, matmul_choice, split_for, workgroups
-    from ulpq_build.native_webgpu import KernelRunner, adapter_summary, matmul_params, request_device, weight_arrays
+    from ulpq_build.native_webgpu import (KernelRunner, adapter_summary, compile_shader, matmul_params, request_device,
+                                          weight_arrays)
+    from ulpq_build.kernels import render as kernel_render
     from ulpq_build.quantize import quantize
     from ulpq_build.quantspec import QuantSpec
 
@@ -88,11 +92,20 @@ def main() -> int:
                 if split:
                     v = KernelVariant.make(kernel, profile, weight, tiles, **opts, split=True)
                 outn = m * n * -(-k // params["k_split"])
+                if args.compile:
+                    # a fresh device per kernel: the driver may cache compiled pipelines by text
+                    t = clock()
+                    compile_shader(request_device("wgpu", {}), kernel_render(v))
+                    ms = (clock() - t) * 1e3
+                    total += ms
+                    print(f"{profile:10s} {fmt:8s} {name:9s} {v.key[:60]:60s} compile {ms:8.1f} ms", flush=True)
+                    continue
                 ms = timed(v, {"x": x, **weight_arrays(qt)}, params, {"y": outn})
                 total += ms * count
                 print(f"{profile:10s} {fmt:8s} {name:9s} {m}x{n}x{k} {v.key[:60]:60s} grid {workgroups(v, params)} "
                       f"{ms:8.2f} ms x{count}", flush=True)
-            print(f"{profile:10s} {fmt:8s} matmuls per forward {total:8.1f} ms", flush=True)
+            print(f"{profile:10s} {fmt:8s} {'compile, all products' if args.compile else 'matmuls per forward'} "
+                  f"{total:8.1f} ms", flush=True)
         if args.ops:
             b, s, h, d = 8, 18, 12, 32
             qkv = rng.standard_normal((m, 3 * h * d)).astype(np.float32)
