@@ -163,7 +163,7 @@ export class GpuDecoder {
     const cacheDims = { rows: n, seq: n, heads, kv_heads: kv, head_dim: d, start, capacity: this.capacity };
     const layerSize = kv * this.capacity * d;
     const prefill = start === 0 && n > 1;
-    const split = prefill ? null : this.#split(start + n);
+    let split = null; // the split attention's cut, worked out only for a step whose layer takes it
     for (const [i, layer] of model.layers.entries()) {
       const cacheOff = i * layerSize;
       const [a, pre] = normFor(x, layer.attn_norm, qkvNodes(layer));
@@ -185,6 +185,7 @@ export class GpuDecoder {
         if (prefill) {
           context = b.operator('cache_attention', 'attention_prefill', read, { ...attention, chunk: start + n, chunks: 1 }, n, heads * d);
         } else {
+          split ??= this.#split(start + n);
           const parts = b.operator('cache_attention_split', 'attention_decode', { ...read, part_ml: this.partMl },
             { ...attention, chunk: split.chunk, chunks: split.chunks }, n * heads * this.chunks, d, 'part_o');
           context = b.operator('attention_combine', 'attention_combine', { part_o: parts, part_ml: this.partMl },
