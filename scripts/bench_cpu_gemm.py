@@ -273,25 +273,15 @@ def bench_minilm(formats, browsers, rounds: int, work: Path) -> int:
 
 
 OPS_JS = r"""
+import { loadOurs } from './bench.js';
 // The bundles of one page, loaded once, run one at a time on the driver's call (so it can read the
 // CPU time the engine's processes spent around each run)
 const state = { models: [], outs: [] };
 
 async function load(bundle, threads, sentences) {
-  const base = new URL(`./${bundle}/`, location.href);
-  const mod = (name) => import(new URL(name, base).href);
-  const { tensorTable } = await mod('bundle_loader.js');
-  const { createCpuBackend } = await mod('cpu_select.js');
-  const { GRAPHS } = await mod('graphs.js');
-  const { WordPieceTokenizer } = await mod('tokenizer.js');
-  const manifest = await (await fetch(new URL('manifest.json', base))).json();
-  const shards = new Map();
-  for (const s of manifest.shards) shards.set(s.file, new Uint8Array(await (await fetch(new URL(s.file, base))).arrayBuffer()));
-  const tokenizer = WordPieceTokenizer.fromTokenizerJson(await (await fetch(new URL('tokenizer.json', base))).json(),
-    manifest.model.tokenizer.max_length);
-  const x = tokenizer.batch(sentences);
-  const { backend, notes } = await createCpuBackend(manifest, tensorTable(manifest, shards), { cpu: 'wasm', threads });
-  return { backend, notes, x, run: () => GRAPHS.bert(backend, manifest.model, x) };
+  const { backend, notes, x, shards, run } = await loadOurs({ bundle, cpu: 'wasm', threads, sentences });
+  shards.clear(); // the wasm backend holds the weights
+  return { backend, notes, x, run };
 }
 
 export async function prepare({ bundles, threads, sentences, warmup }) {
@@ -402,6 +392,7 @@ def bench_minilm_ops(formats, browsers, rounds: int, work: Path, threads_list) -
             assert cli_main(["bundle", *MINILM_OPTIONS.get(fmt, ["--format", fmt]), "--out", str(work / f"minilm-{fmt}")]) == 0
     (work / "index.html").write_text(peer.PAGE)
     (work / "ops.js").write_text(OPS_JS)
+    (work / "bench.js").write_text(peer.BENCH_JS)
     (work / "package.json").write_text('{"type": "module"}')
     (work / "node_ops.mjs").write_text(
         "import { readFile } from 'node:fs/promises';\n"

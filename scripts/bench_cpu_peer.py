@@ -68,7 +68,9 @@ async function fetchShards(manifest, base) {
   return { shards, shardBytes };
 }
 
-export async function runOurs({ bundle, cpu, threads, relaxed, sentences, warmup, repeats }) {
+// A bundle of this folder on its CPU path, ready to run the sentences (bench_cpu_gemm's --ops page
+// loads its bundles through this too). The caller drops `shards` once the backend holds the weights.
+export async function loadOurs({ bundle, cpu, threads, relaxed, sentences }) {
   const base = new URL(`./${bundle}/`, location.href);
   const load = (name) => import(new URL(name, base).href);
   const { tensorTable } = await load('bundle_loader.js');
@@ -84,12 +86,17 @@ export async function runOurs({ bundle, cpu, threads, relaxed, sentences, warmup
   const t0 = performance.now();
   const { backend, notes } = await createCpuBackend(manifest, tensors, { cpu, threads, relaxed });
   const initMs = performance.now() - t0;
+  return { backend, notes, x, shards, shardBytes, initMs, run: () => GRAPHS.bert(backend, manifest.model, x) };
+}
+
+export async function runOurs({ bundle, cpu, threads, relaxed, sentences, warmup, repeats }) {
+  const { backend, notes, x, shards, shardBytes, initMs, run } = await loadOurs({ bundle, cpu, threads, relaxed, sentences });
   shards.clear(); // the wasm backend moved the weights into its memory; the JS path still views them
   const times = [];
   let out;
   for (let i = 0; i < warmup + repeats; i++) {
     const t = performance.now();
-    out = await GRAPHS.bert(backend, manifest.model, x);
+    out = await run();
     times.push(performance.now() - t);
   }
   // the JS heap after garbage collections where the page can force them (Chromium started with
