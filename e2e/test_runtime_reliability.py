@@ -353,6 +353,78 @@ def test_tampered_files_stop_the_load_on_every_setting(page, browser):
             assert "sha256 mismatch" in got["error"]["message"]
 
 
+# The WebGPU backend starts (device, shader fetches, pipeline compiles) while the shards download;
+# only the upload waits for them. Shard responses are held until a pipeline has started compiling
+# (the test fails if the load waits for the shards first); then they arrive whole, or fail, or
+# arrive tampered. A failed or tampered download is the error the load reports (not a WebGPU
+# failure, and no CPU fallback), and the device made meanwhile is destroyed before it reports.
+EARLY_BACKEND = """async ({ x, shard }) => attempt(async () => {
+  let release;
+  const held = new Promise((resolve) => { release = resolve; });
+  const realFetch = window.fetch;
+  let asked = 0;
+  window.fetch = async (url, init) => {
+    if (/weights-[0-9]+[.]bin$/.test(String(url))) {
+      asked += 1;
+      await held;
+      if (shard === 'fails') throw new TypeError('the network went away (test)');
+      if (shard === 'tampered') {
+        const bytes = new Uint8Array(await (await realFetch(url, init)).arrayBuffer());
+        bytes[bytes.length >> 1] ^= 1;
+        return new Response(bytes);
+      }
+    }
+    return realFetch(url, init);
+  };
+  const proto = GPUDevice.prototype;
+  const realCreate = proto.createComputePipelineAsync;
+  const realDestroy = proto.destroy;
+  let compiling = 0;
+  const devices = new Set();
+  const destroyed = new Set();
+  proto.createComputePipelineAsync = function (descriptor) { compiling += 1; devices.add(this); return realCreate.call(this, descriptor); };
+  proto.destroy = function () { destroyed.add(this); return realDestroy.call(this); };
+  try {
+    const loading = attempt(async () => {
+      const m = await ulpq.loadBundle('./manifest.json', { hardware: 'auto', cache: false, poison: true });
+      return { result: brief(await m.process(x)), timings: m.timings, parts: m.backend.initTimings ?? null };
+    });
+    for (let i = 0; i < 1200 && compiling === 0; i++) await new Promise((r) => setTimeout(r, 50));
+    const compilingBeforeShards = compiling;
+    const askedBefore = asked;
+    release();
+    const got = await loading;
+    return { compilingBeforeShards, askedBefore, got, devices: devices.size,
+      undestroyed: [...devices].filter((d) => !destroyed.has(d)).length };
+  } finally {
+    window.fetch = realFetch;
+    proto.createComputePipelineAsync = realCreate;
+    proto.destroy = realDestroy;
+  }
+})"""
+
+
+@pytest.mark.parametrize("browser", BROWSERS)
+def test_webgpu_backend_starts_while_the_shards_download(page, runtime_site, browser, rng):
+    bundle = load_bundle(runtime_site / "mlp")
+    (x,) = mlp_inputs(bundle, rng, 3)
+    session = page(browser, "mlp")
+    whole = session.evaluate(EARLY_BACKEND, {"x": x.tolist(), "shard": "whole"})
+    assert "value" in whole, whole
+    v = whole["value"]
+    assert v["askedBefore"] >= 1 and v["compilingBeforeShards"] >= 1, v  # compiling before any shard arrived
+    assert "value" in v["got"], v["got"]
+    assert v["got"]["value"]["result"]["path"] == "webgpu", v["got"]
+    check_mlp([v["got"]["value"]["result"]["output"]], bundle, [x], GPU_TOLERANCE)
+    assert v["got"]["value"]["parts"]["weights_wait_ms"] >= 0, v["got"]["value"]["parts"]
+    for shard, name, fragment in (("fails", "BundleError", "the network went away"), ("tampered", "IntegrityError", "sha256 mismatch")):
+        failed = session.evaluate(EARLY_BACKEND, {"x": x.tolist(), "shard": shard})["value"]
+        assert failed["compilingBeforeShards"] >= 1, failed
+        error = failed["got"].get("error", {})
+        assert error.get("name") == name and fragment in error.get("message", ""), (shard, failed)
+        assert failed["devices"] >= 1 and failed["undestroyed"] == 0, (shard, failed)  # released before the load failed
+
+
 # 4. Device loss ---------------------------------------------------------------------------------
 
 DEVICE_LOSS = """async ({ hardware, x }) => attempt(async () => {

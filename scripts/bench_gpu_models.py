@@ -291,17 +291,21 @@ def table(results: dict, formats: list[str]) -> str:
                      fmt_ms(row.get("torch fp32")), fmt_ms(row.get("torch fp16")),
                      ratio(ort32, row.get("ours float32")), ratio(ort4, row.get("ours int4"))]
             lines.append("| " + " | ".join(cells) + " |")
-    lines += ["", "First run at a new shape and initialisation (ms), this runtime; init in brackets: device /",
-              "shaders fetched and pipelines started / weight upload (pipelines compile meanwhile) / pipelines",
-              "still compiling after the upload / self-test:", ""]
-    lines += ["| model, format | init (shards in memory) | " + " | ".join(f"first {s}" for s in results["shapes"]) + " |",
-              "|" + "---|" * (2 + len(results["shapes"]))]
+    lines += ["", "First run at a new shape and initialisation (ms), this runtime. The backend starts when the",
+              "manifest is read, while the shards load; init is the time from the shards in memory to ready, and",
+              "load the time before that (reading and checking the shards). In brackets, the backend's stages from",
+              "its start: device / shaders fetched and pipelines started / waiting for the shards / weight upload",
+              "(pipelines compile meanwhile) / pipelines still compiling after the upload / self-test:", ""]
+    lines += ["| model, format | load | init (shards in memory) | " + " | ".join(f"first {s}" for s in results["shapes"]) + " |",
+              "|" + "---|" * (3 + len(results["shapes"]))]
     for model, per in results["models"].items():
         for fmt, b in per.get("ours", {}).items():
             firsts = {f"{s['batch']}x{s['tokens']}": s for s in b.get("shapes", [])}
             parts = b.get("init_parts") or {}
-            split = "/".join(fmt_ms(parts.get(k)) for k in ("device_ms", "shaders_ms", "upload_ms", "compile_ms", "self_test_ms"))
-            lines.append(f"| {MODELS[model]['label']} {fmt} ({b.get('path')}, {b.get('variant')}) | {fmt_ms(b.get('init_ms'))} ({split}) | "
+            split = "/".join(fmt_ms(parts.get(k)) for k in ("device_ms", "shaders_ms", "weights_wait_ms", "upload_ms",
+                                                            "compile_ms", "self_test_ms"))
+            lines.append(f"| {MODELS[model]['label']} {fmt} ({b.get('path')}, {b.get('variant')}) | {fmt_ms(b.get('load_ms'))} | "
+                         f"{fmt_ms(b.get('init_ms'))} ({split}) | "
                          + " | ".join(first_cell(firsts.get(s)) for s in results["shapes"]) + " |")
     lines += ["", "A new shape two tokens shorter than each shape above (same batch), right after it: its first",
               "run / its steady median (wall ms, with tokenization), and what that first run made: `reused`",

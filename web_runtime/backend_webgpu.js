@@ -26,6 +26,14 @@ export class GpuUnavailable extends Error {
   constructor(message) { super(message); this.name = 'GpuUnavailable'; }
 }
 
+/**
+ * The weights a backend was waiting for never came (a failed or tampered download): `cause`. Not
+ * the adapter's fault, so no other variant or path is tried; the load reports the cause itself.
+ */
+export class WeightsFailed extends Error {
+  constructor(cause) { super(`the weights did not load: ${cause?.message ?? cause}`); this.name = 'WeightsFailed'; this.cause = cause; }
+}
+
 const FALLBACK_PROFILE = 'chrome';
 // Kept per model: shape plans (JS only) beyond 64 and layouts (the GPU buffers) beyond 8, or
 // beyond 256 MiB of buffers together, are dropped least recently used first (a page embedding
@@ -57,6 +65,8 @@ export async function adapterIsCpu() {
  * whose device, pipelines or `selfTest(backend)` fail is skipped with a note. Throws GpuUnavailable
  * (with every reason) when none works, and IntegrityError at once when a shader was tampered with
  * (that is the bundle's fault, not the adapter's: no other variant or path may hide it).
+ * `tensors` (the weight table) may be a promise still downloading: each variant's device is made and
+ * its pipelines start compiling before it is awaited; if it rejects, WeightsFailed at once.
  */
 export async function createGpuBackend(manifest, tensors, baseUrl, { profile = null, poison = false, selfTest = null } = {}) {
   const presence = webgpuPresence();
@@ -97,7 +107,7 @@ export async function createGpuBackend(manifest, tensors, baseUrl, { profile = n
       };
       return { backend, variant, notes };
     } catch (err) {
-      if (err instanceof IntegrityError) throw err;
+      if (err instanceof IntegrityError || err instanceof WeightsFailed) throw err;
       adapter = null;
       notes.push(`${candidate.variant} failed (${err.message}); trying the next variant`);
     }
@@ -191,7 +201,7 @@ export class GpuBackend {
     let t = performance.now();
     const device = await adapter.requestDevice({ requiredLimits: { ...profile.required_limits },
       requiredFeatures: [...wanted, ...(timing ? ['timestamp-query'] : [])] });
-    const backend = new GpuBackend(device, manifest, tensors, profile, poison, baseUrl);
+    const backend = new GpuBackend(device, manifest, null, profile, poison, baseUrl);
     backend.timing = timing;
     backend.features = wanted.filter((f) => device.features.has(f));
     backend.adapterInfo = adapter.info ?? null; // which feature variants run also depends on the vendor (variants.policyAllows)
@@ -203,6 +213,12 @@ export class GpuBackend {
     try {
       const compiled = await backend.#startCompiling();
       lap('shaders_ms');
+      try {
+        backend.tensors = await tensors; // a download still under way: the pipelines compile meanwhile
+      } catch (err) {
+        throw new WeightsFailed(err);
+      }
+      lap('weights_wait_ms');
       backend.#upload();
       lap('upload_ms');
       await compiled();

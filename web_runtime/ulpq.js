@@ -19,7 +19,7 @@ import { architectureOf, tokenizerFile } from './architectures.js';
 import { createCpuBackend } from './cpu_select.js';
 import { backendIo, generateTokens } from './decoder_cpu.js';
 import { checkGenerateOptions, createRng, pickToken } from './generate.js';
-import { GpuUnavailable, adapterIsCpu, createGpuBackend, webgpuPresence } from './backend_webgpu.js';
+import { GpuUnavailable, WeightsFailed, adapterIsCpu, createGpuBackend, webgpuPresence } from './backend_webgpu.js';
 import { GpuDecoder } from './decoder_webgpu.js';
 import { linear as opsLinear } from './ops_cpu.js';
 import { checkOptions, slices } from './inputs.js';
@@ -140,14 +140,33 @@ export class UlpqModel {
     this.#architecture = architectureOf(this.manifest.model); // checkManifest refused any other name
     this.#checkProfile();
     this.#checkExpected();
-    const shards = await fetchShards(this.manifest, this.manifestUrl, (event) => this.#weightsProgress(event),
-      { cache: this.options.cache });
-    this.tensors = tensorTable(this.manifest, shards);
-    await this.#loadTokenizer();
-    const t1 = performance.now();
-    this.timings.load_ms = t1 - t0;
-    await this.#selectBackend();
-    this.timings.init_ms = performance.now() - t1;
+    let weightsIn = 0; // when the last shard was in memory and verified
+    const tensors = fetchShards(this.manifest, this.manifestUrl, (event) => this.#weightsProgress(event),
+      { cache: this.options.cache }).then((shards) => {
+      weightsIn = performance.now();
+      return tensorTable(this.manifest, shards);
+    });
+    // The backend and the tokenizer start now, not once the weights are in: WebGPU's device
+    // creation, shader fetches and pipeline compiles (tens of ms to seconds; CPU adapters compile
+    // slowest) need only the manifest, so they run while the shards download. Only the upload
+    // waits for the weights.
+    const backend = this.#selectBackend(tensors);
+    const tokenizer = this.#loadTokenizer();
+    backend.catch(() => {}); // awaited below, or after a failed download (which is the error reported)
+    tokenizer.catch(() => {});
+    try {
+      this.tensors = await tensors;
+      await tokenizer;
+    } catch (err) {
+      await backend.catch(() => {}); // settled (a device made meanwhile is released) before the load fails
+      this.#release();
+      throw err;
+    }
+    // load: until the weights are in memory; init: from then until the model is ready (what the
+    // backend and the tokenizer still had to do once the weights were in)
+    this.timings.load_ms = weightsIn - t0;
+    await backend;
+    this.timings.init_ms = performance.now() - weightsIn;
     if (this.#disposed) {
       this.#release();
       throw new Error(DISPOSED);
@@ -217,11 +236,12 @@ export class UlpqModel {
     }
   }
 
-  async #selectBackend() {
+  /** @param {Promise<Map<string, any>>} tensors the weights, still downloading (the WebGPU path starts without them) */
+  async #selectBackend(tensors) {
     const { hardware } = this.options;
     if (hardware === 'cpu') {
       this.notes.push('CPU path requested');
-      await this.#useCpu();
+      await this.#useCpu(await tensors);
       return;
     }
     if (hardware === 'auto' && this.#architecture.decoder && await adapterIsCpu()) {
@@ -229,15 +249,15 @@ export class UlpqModel {
       // (SwiftShader, lavapipe) generation ran 40-370x slower than on the CPU path's wasm
       // kernels (docs/benchmarks.md). hardware 'webgpu' still runs it there.
       this.notes.push('the WebGPU adapter is a CPU implementation: a decoder generates faster on the CPU path (hardware \'webgpu\' runs it on WebGPU anyway)');
-      await this.#useCpu();
+      await this.#useCpu(await tensors);
       return;
     }
     try {
-      await this.#useGpu();
+      await this.#useGpu(tensors);
     } catch (err) {
-      if (hardware === 'webgpu' || isIntegrityError(err)) throw err;
+      if (hardware === 'webgpu' || isIntegrityError(err) || err instanceof WeightsFailed) throw err;
       this.notes.push(`WebGPU path unavailable (${err.message}); running on the CPU`);
-      await this.#useCpu();
+      await this.#useCpu(await tensors);
     }
   }
 
@@ -245,16 +265,17 @@ export class UlpqModel {
    * A fresh WebGPU backend. A tampered file is never a reason to try another path: any
    * IntegrityError met on the way (even one a variant loop turned into a note) stops it.
    * Other failures come out as GpuUnavailable.
+   * @param {Map<string, any> | Promise<Map<string, any>>} tensors the weights, or their download still under way
    */
-  async #useGpu() {
+  async #useGpu(tensors) {
     const { profile, poison, selfTest } = this.options;
     takeIntegrityFailure(this.manifestUrl); // forget an earlier model's
     let gpu;
     try {
-      gpu = await createGpuBackend(this.manifest, this.tensors, this.manifestUrl,
+      gpu = await createGpuBackend(this.manifest, tensors, this.manifestUrl,
         { profile, poison, selfTest: selfTest ? (backend) => this.#selfTest(backend) : null });
     } catch (err) {
-      if (isIntegrityError(err)) throw err;
+      if (isIntegrityError(err) || err instanceof WeightsFailed) throw err;
       throw takeIntegrityFailure(this.manifestUrl) ?? asGpuUnavailable(err);
     }
     const tampered = takeIntegrityFailure(this.manifestUrl);
@@ -276,10 +297,10 @@ export class UlpqModel {
     for (const note of gpu.notes) if (!this.notes.includes(note)) this.notes.push(note);
   }
 
-  async #useCpu() {
+  async #useCpu(tensors) {
     // the kernel binaries lie beside this bundle's manifest, not beside the runtime module (one
     // runtime may load several bundles, or be served from elsewhere)
-    const cpu = await createCpuBackend(this.manifest, this.tensors, { ...this.options, baseUrl: this.manifestUrl });
+    const cpu = await createCpuBackend(this.manifest, tensors, { ...this.options, baseUrl: this.manifestUrl });
     this.backend = cpu.backend;
     this.notes.push(...cpu.notes);
     this.variant = null;
@@ -300,8 +321,8 @@ export class UlpqModel {
     const n = node.out_features;
     const stride = Math.max(1, Math.floor(n / SELF_TEST_OUTPUTS));
     const outputs = [...new Set([...Array(Math.ceil(n / stride)).keys()].map((i) => i * stride).concat(n - 1))];
-    const weight = this.tensors.get(node.weight);
-    const bias = node.bias ? this.tensors.get(node.bias) : null;
+    const weight = backend.tensors.get(node.weight);
+    const bias = node.bias ? backend.tensors.get(node.bias) : null;
     for (const rows of [1, 3]) {
       const x = new Float32Array(rows * node.in_features).map((_, i) => Math.sin(i * 0.37 + rows) * 0.8);
       const r = node.residual ? new Float32Array(rows * n).map((_, i) => Math.cos(i * 0.11)) : null;
@@ -430,7 +451,7 @@ export class UlpqModel {
       this.decoder = null;
       this.variant = null;
       this.notes.push(note);
-      await this.#useCpu();
+      await this.#useCpu(this.tensors);
       notes = [...this.notes];
       run = await this.#generateOnce(promptIds, options, seed, notes, heard);
     }
@@ -566,7 +587,7 @@ export class UlpqModel {
     destroyQuietly(this.backend);
     this.backend = null;
     try {
-      await this.#useGpu();
+      await this.#useGpu(this.tensors);
       const result = await this.#graph(this.backend, job.x);
       this.notes.push(`WebGPU run failed (${why}); recreated the WebGPU device and ran again`);
       return result;
@@ -582,7 +603,7 @@ export class UlpqModel {
       }
       // Never fail silently: say the GPU failed, then answer from the CPU.
       this.notes.push(`WebGPU run failed (${why}), and again on a fresh device (${err?.message ?? err}); switched to the CPU path`);
-      await this.#useCpu();
+      await this.#useCpu(this.tensors);
       return this.#runCpu(job);
     }
   }

@@ -124,7 +124,12 @@ export interface Variant {
 
 /** Milliseconds spent: fetching and verifying, starting the backend, encoding the input, running. */
 export interface Timings {
+  /** From initialize() until the weights are in memory and verified. */
   load_ms: number;
+  /**
+   * From the weights in memory until the model is ready. The backend starts while the weights
+   * download (WebGPU's device and pipelines need only the manifest), so this is what was left then.
+   */
   init_ms: number;
   encode_ms: number;
   run_ms: number;
