@@ -224,6 +224,8 @@ def main() -> int:
     parser.add_argument("--sweep", action="store_true", help="time other tile shapes per profile instead (to tune the table)")
     parser.add_argument("--gemv-shapes", help="GEMV shapes (n x k, comma-separated) instead of the table's")
     parser.add_argument("--no-gemm", action="store_true", help="time the GEMV shapes only")
+    parser.add_argument("--gemv-rows", type=int, default=1,
+                        help="input rows of the GEMV shapes (the runtime takes the GEMV up to 8 rows: 1x8 inputs)")
     parser.add_argument("--sweep-shapes", default="16384x8192", help="GEMV shapes (n x k, comma-separated) the sweep times")
     parser.add_argument("--variant", choices=tuple(VARIANT_FEATURES),
                         help="time each GEMV with and without these adapter features on one device (GEMV only)")
@@ -304,21 +306,22 @@ def main() -> int:
                   for kern in ("gemv", "gemm")}
         checked = {matmul_variant(1, 512, spec, args.profile, gemv_tiles).key: errors["gemv"]}
         for n, k in gemv_shapes:
-            variant = matmul_variant(1, k, spec, args.profile, gemv_tiles)
+            rows = args.gemv_rows
+            variant = matmul_variant(rows, k, spec, args.profile, gemv_tiles)
             if variant.key not in checked:  # another variant (deep tiles, vec4) than the check's shape takes: check it too
                 checked[variant.key] = check(runner, "gemv", args.profile, spec, rng, k=k, tiles=gemv_tiles)
             errors["gemv"] = checked[variant.key]
             qt = random_weight(spec, n, k, rng)
-            x = rng.standard_normal((1, k)).astype(np.float32)
+            x = rng.standard_normal((rows, k)).astype(np.float32)
             repeat = 48 if n * k < 1 << 24 else 24
             copies = min(16, max(1, math.ceil(L2_DEFEAT_BYTES / qt.nbytes)))
-            seconds = timer.kernel(variant, {"x": x, **weight_arrays(qt)}, matmul_params(qt, 1), {"y": n},
+            seconds = timer.kernel(variant, {"x": x, **weight_arrays(qt)}, matmul_params(qt, rows), {"y": rows * n},
                                    2 if args.quick else repeat, 2 if args.quick else 5, copies=1 if args.quick else copies)
-            row = {"format": name, "n": n, "k": k, "seconds": seconds, "weight_bytes": qt.nbytes, "variant": variant.key,
+            row = {"format": name, "m": rows, "n": n, "k": k, "seconds": seconds, "weight_bytes": qt.nbytes, "variant": variant.key,
                    "weight_copies": copies,
                    "bandwidth": qt.nbytes / seconds, "check_rel_error": errors["gemv"]}
             result["gemv"].append(row)
-            print(f"gemv {name:13s} {n}x{k}: {seconds * 1e6:9.1f} us  {row['bandwidth'] / 1e9:8.1f} GB/s  "
+            print(f"gemv {name:13s} {rows}x{n}x{k}: {seconds * 1e6:9.1f} us  {row['bandwidth'] / 1e9:8.1f} GB/s  "
                   f"(check {errors['gemv']:.1e})", flush=True)
         for m, n, k in gemm_shapes:
             qt = random_weight(spec, n, k, rng)
@@ -365,7 +368,8 @@ def isolated(args) -> int:
         for i, (name, shape) in enumerate(itertools.product(args.formats.split(","), shapes)):
             out = Path(tmp) / f"{i}.json"
             command = [sys.executable, __file__, "--engine", args.engine, "--profile", args.profile, "--formats", name,
-                       "--gemv-shapes", shape, "--no-gemm", "--json", str(out), *(["--quick"] if args.quick else []),
+                       "--gemv-shapes", shape, "--gemv-rows", str(args.gemv_rows), "--no-gemm", "--json", str(out),
+                       *(["--quick"] if args.quick else []),
                        *(["--gemv-tiles", args.gemv_tiles] if args.gemv_tiles else [])]
             if subprocess.run(command, check=False).returncode != 0:
                 print(f"--isolate: the child for {name} {shape} failed", file=sys.stderr)
