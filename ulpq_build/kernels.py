@@ -174,10 +174,12 @@ KERNELS: dict[str, Kernel] = _reg(
         (("m", "u32"), ("n", "u32"), ("k", "u32"), ("words_per_row", "u32"), ("groups_per_row", "u32"),
          ("group_size", "u32"), ("codebook_stride", "u32")),
         "gemv", {**EPILOGUE, "vec4": (False, True), "deep": (False, True), **PROLOGUE},
-        # From an H200 sweep (docs/benchmarks.md): 8 rows per thread group; 32 threads per row at 128
-        # threads per workgroup, 64 at 256 and 512. CPU adapters: one thread per `rows` outputs walks
+        # float32's tiles, from H200 sweeps (docs/benchmarks.md): 2 rows per thread group (8 left BERT's
+        # 768 outputs 24 workgroups and ran 1.4-2.6x slower at one input row, level at 16384 outputs);
+        # 32 threads per row at 128 threads per workgroup, 64 at 256 and 512. Packed formats derive
+        # theirs (gemv_packed_tiles, GEMV_DEEP_TILES). CPU adapters: one thread per `rows` outputs walks
         # the whole of K, so no partial sums meet in workgroup memory and no barrier is passed.
-        {"*": {"rows": 8, "threads_per_row": 64}, "firefox": {"threads_per_row": 32},
+        {"*": {"rows": 2, "threads_per_row": 64}, "firefox": {"threads_per_row": 32},
          **{p: CPU_GEMV_TILES for p in CPU_PROFILES}},
         weighted=True,
     ),
@@ -422,7 +424,12 @@ def gemv_packed_tiles(tiles: dict, bits: int) -> dict:
     as int4 and ran slower at 1x8 (BERT-base 1.68 vs 1.39 ms on the H200; 16 threads: 1.42 vs 1.41)."""
     steps = max(16, 6 * bits)  # K = 768 at `bits` bits: 768 * bits / 32 words, 4 words a step
     tpr = min(tiles["threads_per_row"], 1 << (steps.bit_length() - 1))
-    return {"threads_per_row": tpr, "rows": max(1, tiles["rows"] * tpr // tiles["threads_per_row"])}
+    return {"threads_per_row": tpr, "rows": max(1, GEMV_PACKED_ROWS * tpr // tiles["threads_per_row"])}
+
+
+# Rows per thread group of the packed GEMV tiles at the profile's full threads per row (gemv_packed_tiles
+# scales them down with the threads): what they were tuned with on the H200 (float32's own are 2).
+GEMV_PACKED_ROWS = 8
 
 
 # Packed rows of at least this many inputs take the `deep` GEMV tiles: 64 threads per row, 4 rows per
