@@ -128,6 +128,7 @@ BUNDLE_OPTIONS = {"fp32": ["--format", "float32"], "int4": ["--format", "int4", 
 
 def build_before(work: Path, site: Path, rev: str) -> None:
     """The fp32 and int4 bundles built by commit `rev`'s own code (git archive into work/before-REV)."""
+    import io
     import subprocess
     import tarfile
 
@@ -136,8 +137,6 @@ def build_before(work: Path, site: Path, rev: str) -> None:
         shutil.rmtree(tree)
     tree.mkdir(parents=True)
     archive = subprocess.run(["git", "-C", str(ROOT), "archive", "--format=tar", rev], check=True, capture_output=True).stdout
-    import io
-
     with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
         tar.extractall(tree)
     for name, options in BUNDLE_OPTIONS.items():

@@ -40,9 +40,9 @@ def main() -> int:
         os.environ["VK_ICD_FILENAMES"] = SWIFTSHADER_ICD
     os.environ.setdefault("XDG_RUNTIME_DIR", "/tmp")
     from ulpq_build.kernels import KernelVariant, WeightStorage, matmul_choice, split_for, workgroups
+    from ulpq_build.kernels import render as kernel_render
     from ulpq_build.native_webgpu import (KernelRunner, adapter_summary, compile_shader, matmul_params, request_device,
                                           weight_arrays)
-    from ulpq_build.kernels import render as kernel_render
     from ulpq_build.quantize import quantize
     from ulpq_build.quantspec import QuantSpec
 

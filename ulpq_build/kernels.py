@@ -157,9 +157,8 @@ STEP_ATTENTION_MAX_DIM = 256
 # over the SIMD lanes (lavapipe: about 100 FMAs' time), so the blocks are 16x16 (32 loads per 256
 # products of a float32 step; 8x4 was 12 per 32): 2-3.7x faster GEMMs on both engines, at the price of
 # longer compiles (SwiftShader: 1.3-2 s per GEMM variant; gemm.wgsl.jinja keeps the unrolled text to
-# at most 8 codes of a word). The GEMV: one thread per
-# `rows` outputs. Measured per kernel through wgpu-py on SwiftShader and lavapipe
-# (scripts/profile_cpu_adapter.py; docs/benchmarks.md, "CPU adapters").
+# at most 8 codes of a word). The GEMV: one thread per `rows` outputs. Measured per kernel through
+# wgpu-py on SwiftShader and lavapipe (scripts/profile_cpu_adapter.py; docs/benchmarks.md, "CPU adapters").
 CPU_PROFILES = tuple(name for name, p in PROFILES.items() if p.cpu_adapter)
 CPU_GEMM_TILES = {"tile_m": 64, "tile_n": 256, "tile_k": 32, "reg_m": 16, "reg_n": 16, "direct": 1}
 CPU_GEMV_TILES = {"threads_per_row": 1, "rows": 2}
