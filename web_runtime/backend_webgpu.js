@@ -201,7 +201,7 @@ export class GpuBackend {
     let t = performance.now();
     const device = await adapter.requestDevice({ requiredLimits: { ...profile.required_limits },
       requiredFeatures: [...wanted, ...(timing ? ['timestamp-query'] : [])] });
-    const backend = new GpuBackend(device, manifest, null, profile, poison, baseUrl);
+    const backend = new GpuBackend(device, manifest, profile, poison, baseUrl);
     backend.timing = timing;
     backend.features = wanted.filter((f) => device.features.has(f));
     backend.adapterInfo = adapter.info ?? null; // which feature variants run also depends on the vendor (variants.policyAllows)
@@ -230,7 +230,7 @@ export class GpuBackend {
     return backend;
   }
 
-  constructor(device, manifest, tensors, profile, poison, baseUrl) {
+  constructor(device, manifest, profile, poison, baseUrl) {
     this.path = 'webgpu';
     this.timing = false; // per-dispatch timestamps (create() sets it)
     this.features = []; // the optional features whose shader variants this device runs (create() sets them)
@@ -239,7 +239,7 @@ export class GpuBackend {
     this.baseUrl = baseUrl;
     this.device = device;
     this.manifest = manifest;
-    this.tensors = tensors;
+    this.tensors = null; // the weight table: create() sets it once the weights are in (they may still be downloading)
     this.profile = profile;
     this.poison = poison;
     this.lost = null;
