@@ -12,6 +12,9 @@ Meant for the lent GPU machine; `--quick` checks the script on lavapipe.
 --baseline-template FILE also times the decode step's attention (cache_attention_split) rendered from
 FILE instead of templates/decoder/cache_attention.wgsl.jinja (an earlier version, e.g. from `git
 show`), checked the same way, in the same run: a change's speed-up measured side by side.
+--baseline-step-template FILE does the same for the one-dispatch step attention
+(rotary_step_attention, templates/decoder/step_attention.wgsl.jinja), timed at the cache fills a
+generation passes through; `--only step` times that kernel alone.
 """
 
 from __future__ import annotations
@@ -58,13 +61,12 @@ def attention_reference(arrays, dims):
 
 
 class BaselineRunner(KernelRunner):
-    """A KernelRunner whose cache attention shaders come from another template file."""
+    """A KernelRunner whose shaders of one template (by default the cache attention's) come from another file."""
 
-    def __init__(self, device, template: Path):
+    def __init__(self, device, template: Path, name: str = "decoder/cache_attention.wgsl.jinja"):
         super().__init__(device)
         base = kernels._environment()
-        loader = jinja2.ChoiceLoader([jinja2.DictLoader({"decoder/cache_attention.wgsl.jinja": template.read_text()}),
-                                      base.loader])
+        loader = jinja2.ChoiceLoader([jinja2.DictLoader({name: template.read_text()}), base.loader])
         self.environment = base.overlay(loader=loader)
 
     def pipeline(self, variant):
@@ -92,14 +94,40 @@ def decode_attention(runner, profile, arrays, dims, chunk):
     return split, combine, dims, cdims, y
 
 
+def step_attention_case(rng, heads, kv, d, start, capacity):
+    """Inputs of rotary_step_attention for one sequence whose new token goes to slot `start`, and the
+    reference output (tests/test_decoder_kernels.py's test_step_attention, without padding)."""
+    qkv = rng.standard_normal((1, (heads + 2 * kv) * d)).astype(np.float32)
+    positions = np.array([start], np.uint32)
+    freq = (1.0 / 500000.0 ** (np.arange(0, d, 2) / d)).astype(np.float32)
+    k = rng.standard_normal((1, kv, capacity, d)).astype(np.float32)
+    v = rng.standard_normal((1, kv, capacity, d)).astype(np.float32)
+    keep = np.ones((1, capacity), np.float32)
+    q, k_new, v_new = (part.astype(np.float64).reshape(1, 1, n, d).transpose(0, 2, 1, 3)
+                       for part, n in zip(np.split(qkv, [heads * d, (heads + kv) * d], axis=1), (heads, kv, kv)))
+    q, k_new = (rotary(a, positions.reshape(1, 1).astype(np.float64), freq.astype(np.float64)) for a in (q, k_new))
+    written = [c[:, :, :start + 1].astype(np.float64) for c in (k, v)]
+    written[0][:, :, start] = k_new[:, :, 0]
+    written[1][:, :, start] = v_new[:, :, 0]
+    want = causal_attention(q, *written, keep[:, :start + 1].astype(np.float64), start).reshape(heads * d)
+    dims = {"rows": 1, "heads": heads, "kv_heads": kv, "head_dim": d, "scale": 1 / math.sqrt(d), "start": start,
+            "capacity": capacity, "cache_off": 0}
+    arrays = {"qkv": qkv, "positions": positions, "inv_freq": freq, "k_cache": k.ravel(), "v_cache": v.ravel(), "keep": keep}
+    return arrays, dims, want
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--engine", choices=("dawn", "wgpu"), required=True)
     parser.add_argument("--profile", default="chrome")
     parser.add_argument("--quick", action="store_true", help="small shapes, no minimum trial time (lavapipe)")
     parser.add_argument("--json", type=Path)
-    parser.add_argument("--only", choices=("argmax",), help="time only these kernels")
+    parser.add_argument("--only", choices=("argmax", "step"), help="time only these kernels")
     parser.add_argument("--baseline-template", type=Path, help="also time cache_attention_split from this template file")
+    parser.add_argument("--baseline-step-template", type=Path,
+                        help="also time rotary_step_attention from this template file (side by side, interleaved)")
+    parser.add_argument("--step-starts", help="the slots (comma-separated) at which the step attention is timed "
+                        "(one per process on Dawn: it slows down after about six timings in one process)")
     args = parser.parse_args()
     rng = np.random.default_rng(0)
     adapter = engine_module(args.engine).gpu.request_adapter_sync(power_preference="high-performance")
@@ -132,6 +160,26 @@ def main() -> int:
         baseline = Timer(BaselineRunner(device, args.baseline_template))
         baseline.min_seconds = timer.min_seconds
         runners.append(("baseline ", baseline.runner, baseline))
+    step_runners = [("", runner, timer)]
+    if args.baseline_step_template:
+        baseline = Timer(BaselineRunner(device, args.baseline_step_template, "decoder/step_attention.wgsl.jinja"))
+        baseline.min_seconds = timer.min_seconds
+        step_runners.append(("baseline ", baseline.runner, baseline))
+    heads, kv, d = SHAPES["llama-3.2-1b"]
+    starts = [int(v) for v in args.step_starts.split(",")] if args.step_starts else (16, 48, 80) if args.quick else (16, 48, 80, 200, 511)
+    for start in () if args.only not in (None, "step") else starts:
+        arrays, dims, want = step_attention_case(rng, heads, kv, d, start, 1024)
+        variant = KernelVariant.make("rotary_step_attention", args.profile)
+        kernels.check_step_attention_dims(variant, dims)
+        for _ in range(2):  # the two templates interleaved twice: the machine's drift shows as a difference between rounds
+            for which, r, tm in step_runners:
+                y = r.run(variant, arrays, dims, {"y": heads * d})["y"]
+                error = relative_error(y, want)
+                if not error < 1e-5:
+                    raise SystemExit(f"{which}step attention at slot {start}: relative error {error:.3g}")
+                t = tm.kernel(variant, arrays, dims, {"y": heads * d}, 8, trials)
+                row(f"{which}llama-3.2-1b rotary_step_attention, {start + 1} slots", t, 2 * kv * (start + 1) * d * 4, error)
+
     lengths = (100, 300) if args.quick else (512, 2048, 8192, 32768)
     for name, (heads, kv, d) in SHAPES.items() if not args.only else ():
         for batch in (1, 4):
@@ -195,7 +243,7 @@ def main() -> int:
         row(f"rmsnorm + residual {rows} x {cols}", t, None, error)
 
     vocab = 128256
-    for rows in (1, 4):
+    for rows in (1, 4) if args.only in (None, "argmax") else ():
         logits = rng.standard_normal((rows, vocab)).astype(np.float32)
         want = logits.argmax(axis=1).tolist()
         variant = KernelVariant.make("argmax", args.profile, indices=False)

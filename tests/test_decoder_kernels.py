@@ -474,7 +474,7 @@ def test_step_attention(kernel, profile, rng):
     """The fused decode step against the append kernel's maths then the reference attention: y, the
     new key and value in the caches (written once, by each group's first head), every other slot
     unchanged. Slots past start and padded ones hold NaN, and the new slot starts as NaN in the
-    cache: a read of any of them fails."""
+    cache: any use of them fails (the value product may load a masked slot's value, never use it)."""
     variant = KernelVariant.make(kernel, profile)
     rotate = kernel == "rotary_step_attention"
     for batch, heads, kv, d, start, capacity, pads in STEP_CASES:
