@@ -193,21 +193,22 @@ def kernel_copy_bandwidth(timer: "Timer", nbytes: int, repeat: int, trials: int)
         release([{"src": src, "dst": dst}])
 
 
-def matmul_variant(m: int, k: int, spec: QuantSpec, profile: str, tiles=None) -> KernelVariant:
-    """The kernel a runtime picks for m rows (ulpq_build/kernels.py: matmul_choice)."""
+def matmul_variant(m: int, k: int, spec: QuantSpec, profile: str, tiles=None, n: int = 0) -> KernelVariant:
+    """The kernel a bundle and its runtime pick for m rows against W[n, k] (ulpq_build/kernels.py: matmul_choice)."""
     from ulpq_build.kernels import matmul_choice
 
-    kernel, options = matmul_choice(m, k, WeightStorage.of(spec))
+    kernel, options = matmul_choice(m, k, WeightStorage.of(spec), n)
     return KernelVariant.make(kernel, profile, WeightStorage.of(spec), tiles=tiles, **options)
 
 
-def check(runner, kernel: str, profile: str, spec: QuantSpec, rng, features=(), k: int = 0, tiles=None) -> float:
+def check(runner, kernel: str, profile: str, spec: QuantSpec, rng, features=(), k: int = 0, tiles=None, n_of: int = 0) -> float:
     """Relative error against numpy on a small ragged shape, on this device (with `features`: that
-    feature variant; k: that many inputs, for the deep GEMV tiles; tiles: overrides)."""
+    feature variant; k: that many inputs, for the deep GEMV tiles; tiles: overrides; n_of: the variant
+    a product of that many outputs takes, for the wide tiles)."""
     m, n, k = (1, 67, k or 512) if kernel == "gemv" else (45, 70, 320)
     qt = quantize("w", (rng.standard_normal((n, k)) * 0.1).astype(np.float32), spec)
     x = rng.standard_normal((m, k)).astype(np.float32)
-    variant = matmul_variant(m, k, spec, profile, tiles).with_features(features)
+    variant = matmul_variant(m, k, spec, profile, tiles, n_of).with_features(features)
     y = runner.run(variant, {"x": x, **weight_arrays(qt)}, matmul_params(qt, m), {"y": m * n})["y"].reshape(m, n)
     # a codebook format's product multiplies the matrix as stored, rotated (its input's rotation is
     # the hadamard kernel before it), so x is taken as already rotated
@@ -307,9 +308,9 @@ def main() -> int:
         checked = {matmul_variant(1, 512, spec, args.profile, gemv_tiles).key: errors["gemv"]}
         for n, k in gemv_shapes:
             rows = args.gemv_rows
-            variant = matmul_variant(rows, k, spec, args.profile, gemv_tiles)
-            if variant.key not in checked:  # another variant (deep tiles, vec4) than the check's shape takes: check it too
-                checked[variant.key] = check(runner, "gemv", args.profile, spec, rng, k=k, tiles=gemv_tiles)
+            variant = matmul_variant(rows, k, spec, args.profile, gemv_tiles, n)
+            if variant.key not in checked:  # another variant (deep or wide tiles, vec4) than the check's shape takes: check it too
+                checked[variant.key] = check(runner, "gemv", args.profile, spec, rng, k=k, tiles=gemv_tiles, n_of=n)
             errors["gemv"] = checked[variant.key]
             qt = random_weight(spec, n, k, rng)
             x = rng.standard_normal((rows, k)).astype(np.float32)
@@ -386,7 +387,7 @@ def isolated(args) -> int:
 def feature_rows(result: dict, timer: "Timer", runner, spec: QuantSpec, shapes, args, features, rng) -> None:
     """Each GEMV shape of `spec`, base variant and feature variant side by side on this device."""
     for n, k in shapes:
-        base = matmul_variant(1, k, spec, args.profile)
+        base = matmul_variant(1, k, spec, args.profile, n=n)
         tiles = dict(base.tile_overrides)
         tiles.update((name, int(value)) for name, value in (t.split("=") for t in args.variant_tiles.split(",") if t))
         variant = KernelVariant.make(base.kernel, base.profile, base.weight, tiles=tiles or None, features=features,
@@ -394,7 +395,7 @@ def feature_rows(result: dict, timer: "Timer", runner, spec: QuantSpec, shapes, 
         if not variant.features:
             print(f"gemv {spec.format:13s} {n}x{k}: no {args.variant} variant for this storage", flush=True)
             continue
-        errors = [check(runner, "gemv", args.profile, spec, rng, f, k, t) for f, t in (((), None), (variant.features, tiles))]
+        errors = [check(runner, "gemv", args.profile, spec, rng, f, k, t, n) for f, t in (((), None), (variant.features, tiles))]
         qt = random_weight(spec, n, k, rng)
         x = rng.standard_normal((1, k)).astype(np.float32)
         repeat, trials = (2, 2) if args.quick else (48 if n * k < 1 << 24 else 24, 5)

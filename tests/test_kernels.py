@@ -14,7 +14,8 @@ import pytest
 
 from support import ROOT
 from ulpq_build.formats import FORMATS
-from ulpq_build.kernels import (SPLIT_MIN_K, SPLIT_TARGET_WORKGROUPS, KernelVariant, WeightStorage, gemv_deep, gemv_vec4_fits, pack_params,
+from ulpq_build.kernels import (GEMV_WIDE_N, SPLIT_MIN_K, SPLIT_TARGET_WORKGROUPS, KernelVariant, WeightStorage, gemv_deep, gemv_depth,
+                                gemv_vec4_fits, pack_params,
                                 render, split_for, vec4_capable, workgroups)
 from ulpq_build.native_webgpu import COMPILERS, KernelRunner, cached_device, compile_shader, matmul_params, validate, weight_arrays
 from ulpq_build.profiles import PROFILES
@@ -150,6 +151,20 @@ def test_gemv_input_rows_per_workgroup(spec, vec4, profile, rng):
     run_and_compare(variant, spec, rng, 13, 45, k)
 
 
+def test_gemv_tiles_by_outputs():
+    """Deep products of many outputs take the wide tiles (32 threads x 8 rows) where they were measured
+    (uniform 2- and 4-bit rows); other storages, fewer outputs and short rows keep their tiles, and
+    the wide variant is a key of its own."""
+    int4, int2, int8, f32 = (WeightStorage.of(QuantSpec(f, g)) for f, g in (("int4", 32), ("int2", 0), ("int8", 0), ("float32", 0)))
+    assert gemv_depth(int4, 2048, GEMV_WIDE_N) == "wide" and gemv_depth(int2, 2048, 128256) == "wide"
+    assert gemv_depth(int4, 2048, GEMV_WIDE_N - 1) is True and gemv_depth(int8, 2048, 128256) is True
+    assert gemv_depth(int4, 768, 128256) is False and gemv_depth(f32, 2048, 128256) is False
+    wide = KernelVariant.make("gemv", "chrome", int4, vec4=True, deep="wide")
+    deep = KernelVariant.make("gemv", "chrome", int4, vec4=True, deep=True)
+    assert (wide.tiles["threads_per_row"], wide.tiles["rows"]) == (32, 8) and (deep.tiles["threads_per_row"], deep.tiles["rows"]) == (64, 4)
+    assert wide.key != deep.key and ".deep." in deep.key and ".deep-wide." in wide.key
+
+
 # float32 sums over K = 2304 products against a float64 reference
 LONG_ROW_TOLERANCE = 4e-5
 
@@ -163,11 +178,12 @@ LONG_ROW_TOLERANCE = 4e-5
                                         (QuantSpec("int4", 96), False), (QuantSpec("int4", 96), True),
                                         (QuantSpec("int3", 32), False)],
                          ids=lambda v: str(v))
-@pytest.mark.parametrize("deep", [False, True])
+@pytest.mark.parametrize("deep", [False, True, "wide"])
 def test_gemv_scale_groups_over_long_rows(spec, vec4, deep, profile, rng):
     """The GEMV keeps each block's scale group by adding as its threads stride along K (no division
     per block): rows long enough that every thread strides several times and crosses many groups,
-    with the few-thread tiles of short rows and the deep tiles bundles use from GEMV_DEEP_K inputs."""
+    with the few-thread tiles of short rows, the deep tiles bundles use from GEMV_DEEP_K inputs and
+    the wide ones of many outputs (9 outputs: one workgroup, most of its rows past n)."""
     variant = KernelVariant.make("gemv", profile, WeightStorage.of(spec), vec4=vec4, deep=deep, activation="none", bias=True)
     assert gemv_deep(variant.weight, 2304) and not gemv_deep(variant.weight, 768)  # what a bundle would pick
     m, n, k = 1, 9, 2304  # 18 x 128: several strides per thread; groups of 96 straddle the strides

@@ -31,7 +31,7 @@ from ulpq_build.strategy import plan_and_quantize
 from ulpq_build.errors import UserError
 from ulpq_build.formats import FORMATS
 from ulpq_build.kernels import (GEMM_LARGE_ROWS, GEMV_MAX_ROWS, SPLIT_MIN_K, SPLIT_TARGET_WORKGROUPS, KernelVariant,
-                                WeightStorage, feature_variants, gemv_deep, gemv_vec4_fits)
+                                WeightStorage, feature_variants, gemv_depth, gemv_vec4_fits)
 from ulpq_build.model_source import ModelSource, open_model, resolve_model
 from ulpq_build.plan import Plan
 from ulpq_build.profiles import FEATURE_POLICY, PROFILES
@@ -167,7 +167,7 @@ def plan_shaders(model: dict, specs: dict[str, QuantSpec]) -> list[KernelVariant
         vec4 = gemv_vec4_fits(weight, node["in_features"])
         # gemm_split + split_finish: the small-tile GEMM cut along K (raw partial sums), then the
         # epilogue over their sum, for row counts whose tiles alone would leave the GPU idle
-        deep = gemv_deep(weight, node["in_features"])
+        deep = gemv_depth(weight, node["in_features"], node["out_features"])
         # a codebook format rotates its inputs (ulpq_build/vq/): the hadamard kernel runs before the product
         rotates = weight.fmt.levels == "codebook" and weight.fmt.rotate
         # a decoder step's GEMV with the operator before it fused in (kernels.PROLOGUE): gemv_norm,

@@ -172,7 +172,7 @@ KERNELS: dict[str, Kernel] = _reg(
         ("params", "x", "w.codes", "w.scales", "w.zeros", "w.codebook", "bias", "residual", "y", "norm", "up"),
         (("m", "u32"), ("n", "u32"), ("k", "u32"), ("words_per_row", "u32"), ("groups_per_row", "u32"),
          ("group_size", "u32"), ("codebook_stride", "u32")),
-        "gemv", {**EPILOGUE, "vec4": (False, True), "deep": (False, True), **PROLOGUE},
+        "gemv", {**EPILOGUE, "vec4": (False, True), "deep": (False, True, "wide"), **PROLOGUE},
         # float32's tiles, from H200 sweeps (docs/benchmarks.md): 2 rows per thread group (8 left BERT's
         # 768 outputs 24 workgroups and ran 1.4-2.6x slower at one input row, level at 16384 outputs);
         # 32 threads per row at 128 threads per workgroup, 64 at 256 and 512. Packed formats derive
@@ -445,6 +445,25 @@ def gemv_deep(weight: "WeightStorage", k: int) -> bool:
     return weight.fmt.quantized and k >= GEMV_DEEP_K
 
 
+# Deep products with at least this many outputs (a decoder's gate|up product, its tied head) take the
+# wide tiles instead: 32 threads per row, 8 rows per thread group, so a 256-thread workgroup covers 64
+# rows. An H200 A/B (docs/benchmarks.md, "A lead for the large products"; Dawn, one process per cell):
+# 128256 x 2048 int4 96.5-99.0 -> 77.2 us, int2 98.8-100.3 -> 79.5; 16384 x 2048 int4 19.6 -> 16.6,
+# int2 level. Few outputs would leave the GPU idle (2048 outputs: 32 workgroups), hence the bound;
+# measured for uniform 2- and 4-bit rows only, so only those take them.
+GEMV_WIDE_N = 16384
+GEMV_WIDE_TILES = {"threads_per_row": 32, "rows": 8}
+
+
+def gemv_depth(weight: "WeightStorage", k: int, n: int) -> bool | str:
+    """The GEMV's `deep` option for K inputs and n outputs of this storage: False (the tiles of short
+    rows), True (GEMV_DEEP_TILES) or "wide" (GEMV_WIDE_TILES)."""
+    if not gemv_deep(weight, k):
+        return False
+    wide = n >= GEMV_WIDE_N and weight.fmt.levels == "uniform" and weight.fmt.bits <= 4
+    return "wide" if wide else True
+
+
 def vec4_capable(weight: "WeightStorage | None") -> bool:
     """Can the vec4 GEMV read this storage 4 words at a time (a word never splits a block)?"""
     if weight is None:
@@ -486,11 +505,12 @@ def split_for(m: int, n: int, k: int, tiles: dict) -> int:
     return math.ceil(k / splits / tiles["tile_k"]) * tiles["tile_k"]
 
 
-def matmul_choice(m: int, k: int, weight: "WeightStorage") -> tuple[str, dict]:
-    """Which matrix-product kernel and options serve m rows of x against W[:, k].
-    web_runtime/dispatch.js applies the same rule (its thresholds come from the manifest)."""
+def matmul_choice(m: int, k: int, weight: "WeightStorage", n: int = 0) -> tuple[str, dict]:
+    """Which matrix-product kernel and options serve m rows of x against W[n, k].
+    web_runtime/dispatch.js applies the same rule (its thresholds come from the manifest; the GEMV's
+    tiles are the bundle's choice per matrix)."""
     if m <= GEMV_MAX_ROWS:
-        return "gemv", {"vec4": gemv_vec4_fits(weight, k), "deep": gemv_deep(weight, k)}
+        return "gemv", {"vec4": gemv_vec4_fits(weight, k), "deep": gemv_depth(weight, k, n)}
     return "gemm", {"size": "large" if m >= GEMM_LARGE_ROWS else "small"}
 
 
@@ -587,7 +607,8 @@ class KernelVariant:
         tiles = self.spec.tiles_for(self.profile, self.opts)
         if self.kernel == "gemv":
             if self.weight is not None and self.weight.fmt.quantized and not self.prof.cpu_adapter:
-                deep = {**GEMV_DEEP_TILES, "threads_per_row": min(GEMV_DEEP_TILES["threads_per_row"], self.workgroup_size)}
+                table = GEMV_WIDE_TILES if self.opts.get("deep") == "wide" else GEMV_DEEP_TILES
+                deep = {**table, "threads_per_row": min(table["threads_per_row"], self.workgroup_size)}
                 tiles = {**tiles, **(deep if self.opts.get("deep") else gemv_packed_tiles(tiles, self.weight.fmt.bits))}
             # x_rows: input rows per workgroup, each decoded weight applied to all of them. One by
             # default: decoding once for 8 rows left BERT-base's 768 outputs 24 workgroups at 1x8 and
