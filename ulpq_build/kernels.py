@@ -448,7 +448,7 @@ def gemv_deep(weight: "WeightStorage", k: int) -> bool:
 # Deep products with at least this many outputs (a decoder's gate|up product, its tied head) take the
 # wide tiles instead: 32 threads per row, 8 rows per thread group, so a 256-thread workgroup covers 64
 # rows. An H200 A/B (docs/benchmarks.md, "A lead for the large products"; Dawn, one process per cell):
-# 128256 x 2048 int4 96.5-99.0 -> 77.2 us, int2 98.8-100.3 -> 79.5; 16384 x 2048 int4 19.6 -> 16.6,
+# 128256 x 2048 int4 96.5-99.0 -> 77.2 us, int2 97.8-100.3 -> 79.5; 16384 x 2048 int4 19.6 -> 16.6,
 # int2 level. Few outputs would leave the GPU idle (2048 outputs: 32 workgroups), hence the bound;
 # measured for uniform 2- and 4-bit rows only, so only those take them.
 GEMV_WIDE_N = 16384
