@@ -94,12 +94,17 @@ def decode_attention(runner, profile, arrays, dims, chunk):
     return split, combine, dims, cdims, y
 
 
+def llama_inv_freq(d):
+    """Llama-3's rotary frequencies (theta 500000) for head_dim d."""
+    return (1.0 / 500000.0 ** (np.arange(0, d, 2) / d)).astype(np.float32)
+
+
 def step_attention_case(rng, heads, kv, d, start, capacity):
     """Inputs of rotary_step_attention for one sequence whose new token goes to slot `start`, and the
     reference output (tests/test_decoder_kernels.py's test_step_attention, without padding)."""
     qkv = rng.standard_normal((1, (heads + 2 * kv) * d)).astype(np.float32)
     positions = np.array([start], np.uint32)
-    freq = (1.0 / 500000.0 ** (np.arange(0, d, 2) / d)).astype(np.float32)
+    freq = llama_inv_freq(d)
     k = rng.standard_normal((1, kv, capacity, d)).astype(np.float32)
     v = rng.standard_normal((1, kv, capacity, d)).astype(np.float32)
     keep = np.ones((1, capacity), np.float32)
@@ -212,7 +217,7 @@ def main() -> int:
         row(f"llama-3.2-1b prefill attention 1x{seq}", timer.kernel(variant, arrays, dims, {"y": seq * heads * d}, 2, trials),
             None, error)
 
-    inv_freq = (1.0 / 500000.0 ** (np.arange(0, d, 2) / d)).astype(np.float32)
+    inv_freq = llama_inv_freq(d)
     for rows in () if args.only else (1, 512):
         capacity = 8192
         qkv = rng.standard_normal((rows, (heads + 2 * kv) * d)).astype(np.float32)

@@ -60,6 +60,7 @@ VARIANT_FEATURES = {"subgroups": ("subgroups",), "f16": ("shader-f16",), "subgro
 L2_DEFEAT_BYTES = 256 << 20  # GEMV weights cycle through copies this large together (H200 L2: 60 MB)
 GEMV_SHAPES = [(768, 768), (3072, 768), (768, 3072), (16384, 8192)]  # (N outputs, K inputs)
 GEMM_SHAPES = [(128, 3072, 768), (4096, 4096, 4096)]  # (M, N, K)
+CHECK_GEMV_N = 67  # check()'s GEMV outputs: a ragged count
 
 
 def random_weight(spec: QuantSpec, n: int, k: int, rng) -> QuantizedTensor:
@@ -193,7 +194,7 @@ def kernel_copy_bandwidth(timer: "Timer", nbytes: int, repeat: int, trials: int)
         release([{"src": src, "dst": dst}])
 
 
-def matmul_variant(m: int, k: int, spec: QuantSpec, profile: str, tiles=None, n: int = 0) -> KernelVariant:
+def matmul_variant(m: int, k: int, spec: QuantSpec, profile: str, tiles=None, *, n: int) -> KernelVariant:
     """The kernel a bundle and its runtime pick for m rows against W[n, k] (ulpq_build/kernels.py: matmul_choice)."""
     from ulpq_build.kernels import matmul_choice
 
@@ -201,14 +202,14 @@ def matmul_variant(m: int, k: int, spec: QuantSpec, profile: str, tiles=None, n:
     return KernelVariant.make(kernel, profile, WeightStorage.of(spec), tiles=tiles, **options)
 
 
-def check(runner, kernel: str, profile: str, spec: QuantSpec, rng, features=(), k: int = 0, tiles=None, n_of: int = 0) -> float:
+def check(runner, kernel: str, profile: str, spec: QuantSpec, rng, features=(), k: int = 0, tiles=None, n_of: int | None = None) -> float:
     """Relative error against numpy on a small ragged shape, on this device (with `features`: that
-    feature variant; k: that many inputs, for the deep GEMV tiles; tiles: overrides; n_of: the variant
-    a product of that many outputs takes, for the wide tiles)."""
-    m, n, k = (1, 67, k or 512) if kernel == "gemv" else (45, 70, 320)
+    feature variant; k: that many inputs, for the deep GEMV tiles; tiles: overrides; n_of: check the
+    variant a product of that many outputs takes (the wide tiles), not the check's own)."""
+    m, n, k = (1, CHECK_GEMV_N, k or 512) if kernel == "gemv" else (45, 70, 320)
     qt = quantize("w", (rng.standard_normal((n, k)) * 0.1).astype(np.float32), spec)
     x = rng.standard_normal((m, k)).astype(np.float32)
-    variant = matmul_variant(m, k, spec, profile, tiles, n_of).with_features(features)
+    variant = matmul_variant(m, k, spec, profile, tiles, n=n_of or n).with_features(features)
     y = runner.run(variant, {"x": x, **weight_arrays(qt)}, matmul_params(qt, m), {"y": m * n})["y"].reshape(m, n)
     # a codebook format's product multiplies the matrix as stored, rotated (its input's rotation is
     # the hadamard kernel before it), so x is taken as already rotated
@@ -305,10 +306,10 @@ def main() -> int:
         spec = QuantSpec(name, 0)
         errors = {kern: check(runner, kern, args.profile, spec, rng, tiles=gemv_tiles if kern == "gemv" else None)
                   for kern in ("gemv", "gemm")}
-        checked = {matmul_variant(1, 512, spec, args.profile, gemv_tiles).key: errors["gemv"]}
+        checked = {matmul_variant(1, 512, spec, args.profile, gemv_tiles, n=CHECK_GEMV_N).key: errors["gemv"]}
         for n, k in gemv_shapes:
             rows = args.gemv_rows
-            variant = matmul_variant(rows, k, spec, args.profile, gemv_tiles, n)
+            variant = matmul_variant(rows, k, spec, args.profile, gemv_tiles, n=n)
             if variant.key not in checked:  # another variant (deep or wide tiles, vec4) than the check's shape takes: check it too
                 checked[variant.key] = check(runner, "gemv", args.profile, spec, rng, k=k, tiles=gemv_tiles, n_of=n)
             errors["gemv"] = checked[variant.key]
@@ -327,7 +328,7 @@ def main() -> int:
         for m, n, k in gemm_shapes:
             qt = random_weight(spec, n, k, rng)
             x = rng.standard_normal((m, k)).astype(np.float32)
-            variant = matmul_variant(m, k, spec, args.profile)
+            variant = matmul_variant(m, k, spec, args.profile, n=n)
             flops = 2 * m * n * k
             probe = timer.kernel(variant, {"x": x, **weight_arrays(qt)}, matmul_params(qt, m), {"y": m * n}, 1, 1)
             repeat = max(1, min(50, int(0.2 / max(probe, 1e-6))))
@@ -435,7 +436,7 @@ def sweep(timer: Timer, rng, quick: bool, gemv_shapes=((16384, 8192),)) -> list[
         copies = 1 if quick else min(16, max(1, math.ceil(L2_DEFEAT_BYTES / qt.nbytes)))
         for profile in ("chrome",):
             for tiles in SWEEP_GEMV:
-                variant = matmul_variant(1, k, spec, profile, tiles)
+                variant = matmul_variant(1, k, spec, profile, tiles, n=n)
                 seconds = timer.kernel(variant, {"x": x, **weight_arrays(qt)}, matmul_params(qt, 1), {"y": n},
                                        2 if quick else 24, 3, copies=copies)
                 rows.append({"kernel": "gemv", "profile": profile, "format": name, "tiles": tiles, "shape": [1, n, k],

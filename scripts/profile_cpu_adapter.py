@@ -83,7 +83,7 @@ def main() -> int:
                 x = rng.standard_normal((m, k)).astype(np.float32)
                 if args.only and name not in args.only.split(","):
                     continue
-                kernel, opts = matmul_choice(m, k, weight)
+                kernel, opts = matmul_choice(m, k, weight, n)
                 tiles = json.loads(args.gemm_tiles) if args.gemm_tiles and kernel == "gemm" else None
                 v = KernelVariant.make(kernel, profile, weight, tiles, **opts)
                 params = matmul_params(qt, m)

@@ -505,7 +505,7 @@ def split_for(m: int, n: int, k: int, tiles: dict) -> int:
     return math.ceil(k / splits / tiles["tile_k"]) * tiles["tile_k"]
 
 
-def matmul_choice(m: int, k: int, weight: "WeightStorage", n: int = 0) -> tuple[str, dict]:
+def matmul_choice(m: int, k: int, weight: "WeightStorage", n: int) -> tuple[str, dict]:
     """Which matrix-product kernel and options serve m rows of x against W[n, k].
     web_runtime/dispatch.js applies the same rule (its thresholds come from the manifest; the GEMV's
     tiles are the bundle's choice per matrix)."""
