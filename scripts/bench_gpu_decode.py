@@ -44,6 +44,9 @@ SHAPES = {
              "num_key_value_heads": 2, "intermediate_size": 128, "vocab_size": 300, "max_position_embeddings": 256},
 }
 TOKENIZER_VOCAB = 300  # a byte-level BPE trained on the shipped text: its ids fit any table above
+# --profile: Dawn left to round its timestamps rounds them to 65.5 us, longer than most of a step's
+# dispatches; this switch (web_runtime/node.js passes ULPQ_DAWN_FLAGS to Dawn) keeps them exact
+PROFILE_DAWN_FLAGS = "disable-dawn-features=timestamp_quantization"
 TABLE_RULE = {"format": "int4", "groupSize": 128}  # a word table past one binding (see the docstring)
 WEIGHT_STD = 0.02
 # "mixed": a fixed mix by role (attention and the table/head at int4, the feed-forward at int2), quick
@@ -318,8 +321,9 @@ def main(argv=None) -> int:
                    "hardware": args.hardware, "profile": args.profile}
         req = args.work / f"request-{index}.json"
         req.write_text(json.dumps(request))
+        env = {**os.environ, **({"ULPQ_DAWN_FLAGS": PROFILE_DAWN_FLAGS} if args.profile else {})}
         proc = subprocess.run([args.node, str(DRIVER), str(req)], capture_output=True, text=True, timeout=args.timeout_s,
-                              check=False)
+                              check=False, env=env)
         lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
         if proc.returncode != 0 or not lines:
             results["errors"].append(f"node ({row['format']}): exit {proc.returncode}: {proc.stderr.strip()[-2000:]}")

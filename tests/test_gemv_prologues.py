@@ -30,12 +30,13 @@ CASES = [
     (INT8, "safari", True, False, None, 1, 256), (INT8, "cpu", False, False, None, 2, 264),
     (INT3, "firefox", False, False, None, 1, 250), (F32, "cpu", False, False, {"x_rows": 2}, 3, 250),
     (INT4, "chrome", True, "wide", None, 1, 256), (INT2, "firefox", True, "wide", None, 2, 256),
+    (INT2, "chrome", "pairs", True, None, 1, 256), (INT4A, "firefox", "pairs", True, None, 2, 256),
 ]
 
 
 def case_id(case):
     spec, profile, vec4, deep, tiles, m, k = case
-    return f"{WeightStorage.of(spec).key}-{profile}-{'vec4' if vec4 else 'scalar'}{'-wide' if deep == 'wide' else '-deep' if deep else ''}-m{m}-k{k}" + (
+    return f"{WeightStorage.of(spec).key}-{profile}-{'pairs' if vec4 == 'pairs' else 'vec4' if vec4 else 'scalar'}{'-wide' if deep == 'wide' else '-deep' if deep else ''}-m{m}-k{k}" + (
         "-" + "-".join(f"{a}{b}" for a, b in tiles.items()) if tiles else "")
 
 

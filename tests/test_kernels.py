@@ -15,7 +15,7 @@ import pytest
 from support import ROOT
 from ulpq_build.formats import FORMATS
 from ulpq_build.kernels import (GEMV_WIDE_N, SPLIT_MIN_K, SPLIT_TARGET_WORKGROUPS, KernelVariant, WeightStorage, gemv_deep, gemv_depth,
-                                gemv_vec4_fits, pack_params,
+                                gemv_loads, gemv_vec4_fits, pack_params,
                                 render, split_for, vec4_capable, workgroups)
 from ulpq_build.native_webgpu import COMPILERS, KernelRunner, cached_device, compile_shader, matmul_params, validate, weight_arrays
 from ulpq_build.profiles import PROFILES
@@ -165,6 +165,22 @@ def test_gemv_tiles_by_outputs():
     assert wide.key != deep.key and ".deep." in deep.key and ".deep-wide." in wide.key
 
 
+def test_gemv_loads_by_row_length():
+    """Deep rows with fewer quads of words than the tiles' threads per row load pairs (int2's K = 2048
+    against 64 threads); others keep quads, and shapes with a partial quad the per-block path."""
+    int4, int2, int8, f32 = (WeightStorage.of(QuantSpec(f, g)) for f, g in (("int4", 32), ("int2", 0), ("int8", 0), ("float32", 0)))
+    assert gemv_loads(int2, 2048, 3072) == "pairs" and gemv_loads(int2, 2048, 2048) == "pairs"
+    assert gemv_loads(int4, 2048, 3072) is True and gemv_loads(int8, 2048, 3072) is True
+    assert gemv_loads(int2, 8192, 2048) is True  # 128 quads: every thread loads
+    assert gemv_loads(int2, 2048, 128256) is True  # the wide tiles' 32 threads: a quad each
+    assert gemv_loads(int2, 768, 768) is True and gemv_loads(f32, 2048, 2048) is True
+    assert gemv_loads(int4, 776, 768) is False
+    pairs = KernelVariant.make("gemv", "chrome", int2, vec4="pairs", deep=True)
+    assert ".vec4-pairs." in pairs.key and "array<vec2<u32>>" in render(pairs)
+    with pytest.raises(ValueError, match="packed formats"):
+        KernelVariant.make("gemv", "chrome", f32, vec4="pairs")
+
+
 # float32 sums over K = 2304 products against a float64 reference
 LONG_ROW_TOLERANCE = 4e-5
 
@@ -176,7 +192,8 @@ LONG_ROW_TOLERANCE = 4e-5
                                         (QuantSpec("int2-optimal", 32, codebook="channel"), False),
                                         (QuantSpec("int4", 0), True), (QuantSpec("int1", 256), False),
                                         (QuantSpec("int4", 96), False), (QuantSpec("int4", 96), True),
-                                        (QuantSpec("int3", 32), False)],
+                                        (QuantSpec("int3", 32), False), (QuantSpec("int2", 32), "pairs"),
+                                        (QuantSpec("int4", 96, True, "float16"), "pairs")],
                          ids=lambda v: str(v))
 @pytest.mark.parametrize("deep", [False, True, "wide"])
 def test_gemv_scale_groups_over_long_rows(spec, vec4, deep, profile, rng):
@@ -326,3 +343,21 @@ process.stdout.write(JSON.stringify(out));
     for case, got in zip(cases, json.loads(proc.stdout)):
         assert got["grid"] == case["grid"], case["shader"]["key"]
         assert got["params"] == case["params"], case["shader"]["key"]
+
+
+def test_gate_up_tiles_follow_the_fused_product():
+    """A gated decoder's gate and up nodes serve the fused gate|up product (backend_webgpu.js
+    linearGateUp), so their GEMV tiles are chosen for both halves' outputs: Llama-3.2-1B's 2 x 8192 take the wide tiles
+    that the gate's 8192 alone would not."""
+    from ulpq_build.bundle import fused_outputs
+
+    def linear(n, k=2048):
+        return {"in_features": k, "out_features": n}
+    layers = [{"gate": linear(8192), "up": linear(8192), "down": linear(2048, 8192)} for _ in range(2)]
+    model = {"layers": layers, "lm_head": linear(128256), "ffn": "gated"}
+    served = fused_outputs(model)
+    # both halves: the runtime fuses them only where their kernels are the same
+    assert [served[id(layer[h])] for layer in layers for h in ("gate", "up")] == [16384] * 4 and len(served) == 4
+    int4 = WeightStorage.of(QuantSpec("int4", 0))
+    assert gemv_depth(int4, 2048, served[id(layers[0]["gate"])]) == "wide" and gemv_depth(int4, 2048, 8192) is True
+    assert fused_outputs({**model, "ffn": "mlp"}) == {} and fused_outputs({"layers": layers}) == {}

@@ -31,7 +31,7 @@ from ulpq_build.strategy import plan_and_quantize
 from ulpq_build.errors import UserError
 from ulpq_build.formats import FORMATS
 from ulpq_build.kernels import (GEMM_LARGE_ROWS, GEMV_MAX_ROWS, SPLIT_MIN_K, SPLIT_TARGET_WORKGROUPS, KernelVariant,
-                                WeightStorage, feature_variants, gemv_depth, gemv_vec4_fits)
+                                WeightStorage, feature_variants, gemv_depth, gemv_loads)
 from ulpq_build.model_source import ModelSource, open_model, resolve_model
 from ulpq_build.plan import Plan
 from ulpq_build.profiles import FEATURE_POLICY, PROFILES
@@ -136,6 +136,21 @@ def decoder_prologues(model: dict) -> dict[int, dict[str, dict]]:
     return out
 
 
+def fused_outputs(model: dict) -> dict[int, int]:
+    """id(linear node) -> the outputs of the product its kernels serve, where the runtime fuses it with
+    others: a gated decoder's gate with its up (gate's columns first; backend_webgpu.js uploads the
+    two as one matrix whenever their parts align, which equal shapes always do, and only where both
+    nodes name the same kernels: so both get the fused product's count)."""
+    if "layers" not in model or "lm_head" not in model or model.get("ffn") != "gated":
+        return {}
+    out = {}
+    for layer in model["layers"]:
+        if "gate" in layer and "up" in layer:
+            both = layer["gate"]["out_features"] + layer["up"]["out_features"]
+            out.update({id(layer["gate"]): both, id(layer["up"]): both})
+    return out
+
+
 def plan_shaders(model: dict, specs: dict[str, QuantSpec]) -> list[KernelVariant]:
     """Decide the shader variants the bundle ships, and record in the graph which one serves what per
     profile: each linear node gets kernels[profile] = {gemv, gemm_small, gemm_large} (the runtime
@@ -160,14 +175,18 @@ def plan_shaders(model: dict, specs: dict[str, QuantSpec]) -> list[KernelVariant
     # no epilogue activation), as the CPU path's decoderForward does
     gates = {id(layer["gate"]) for layer in model.get("layers", []) if model.get("ffn") == "gated" and "gate" in layer}
     prologues = decoder_prologues(model)
+    served = fused_outputs(model)
     for node in _nodes(model, "in_features"):
         weight = WeightStorage.of(specs[node["weight"]])
         act = "none" if id(node) in gates else node["activation"]
         epilogue = {"activation": act, "bias": bool(node["bias"]), "residual": bool(node.get("residual"))}
-        vec4 = gemv_vec4_fits(weight, node["in_features"])
+        # the tiles suit the product the node's kernels run: a gated decoder's gate|up is one product of
+        # both halves' outputs (web_runtime/backend_webgpu.js linearGateUp dispatches the gate's kernels)
+        n = served.get(id(node), node["out_features"])
         # gemm_split + split_finish: the small-tile GEMM cut along K (raw partial sums), then the
         # epilogue over their sum, for row counts whose tiles alone would leave the GPU idle
-        deep = gemv_depth(weight, node["in_features"], node["out_features"])
+        deep = gemv_depth(weight, node["in_features"], n)
+        vec4 = gemv_loads(weight, node["in_features"], n)
         # a codebook format rotates its inputs (ulpq_build/vq/): the hadamard kernel runs before the product
         rotates = weight.fmt.levels == "codebook" and weight.fmt.rotate
         # a decoder step's GEMV with the operator before it fused in (kernels.PROLOGUE): gemv_norm,

@@ -172,7 +172,7 @@ KERNELS: dict[str, Kernel] = _reg(
         ("params", "x", "w.codes", "w.scales", "w.zeros", "w.codebook", "bias", "residual", "y", "norm", "up"),
         (("m", "u32"), ("n", "u32"), ("k", "u32"), ("words_per_row", "u32"), ("groups_per_row", "u32"),
          ("group_size", "u32"), ("codebook_stride", "u32")),
-        "gemv", {**EPILOGUE, "vec4": (False, True), "deep": (False, True, "wide"), **PROLOGUE},
+        "gemv", {**EPILOGUE, "vec4": (False, True, "pairs"), "deep": (False, True, "wide"), **PROLOGUE},
         # float32's tiles, from H200 sweeps (docs/benchmarks.md): 2 rows per thread group (8 left BERT's
         # 768 outputs 24 workgroups and ran 1.4-2.6x slower at one input row, level at 16384 outputs);
         # 32 threads per row at 128 threads per workgroup, 64 at 256 and 512. Packed formats derive
@@ -481,6 +481,24 @@ def gemv_vec4_fits(weight: "WeightStorage", k: int) -> bool:
     return k % per_word == 0 and (k // per_word) % 4 == 0
 
 
+def gemv_loads(weight: "WeightStorage", k: int, n: int) -> bool | str:
+    """The GEMV's `vec4` option for K inputs and n outputs: True (4 code words per load), "pairs" (2) or
+    False (a block at a time). A deep product whose rows hold fewer quads of words than its tiles have
+    threads per row takes pairs, so that every thread loads: int2's K = 2048 is 32 quads for the deep
+    tiles' 64 threads, and with quads half of them idled while the other half decoded twice the
+    weights int4's threads did (on the H200, in a whole decode, int2's Q|K|V and output products
+    took 15.7 / 13.7 us against int4's 13.8 / 11.6 at half the bytes)."""
+    if not gemv_vec4_fits(weight, k):
+        return False
+    depth = gemv_depth(weight, k, n)
+    if depth:
+        threads = (GEMV_WIDE_TILES if depth == "wide" else GEMV_DEEP_TILES)["threads_per_row"]
+        words = k // weight.fmt.values_per_word
+        if words // 4 < threads <= words // 2:
+            return "pairs"
+    return True
+
+
 # Up to this many rows a GEMV (one workgroup per 32 outputs of one row; a weight is read once per
 # row, from L2 after the first) beats a GEMM tile: at 8 rows a tile wastes 3/4 of its rows and
 # BERT-base's 768 outputs give a GEMM only 24 workgroups (H200 / Dawn, docs/benchmarks.md).
@@ -510,7 +528,7 @@ def matmul_choice(m: int, k: int, weight: "WeightStorage", n: int) -> tuple[str,
     web_runtime/dispatch.js applies the same rule (its thresholds come from the manifest; the GEMV's
     tiles are the bundle's choice per matrix)."""
     if m <= GEMV_MAX_ROWS:
-        return "gemv", {"vec4": gemv_vec4_fits(weight, k), "deep": gemv_depth(weight, k, n)}
+        return "gemv", {"vec4": gemv_loads(weight, k, n), "deep": gemv_depth(weight, k, n)}
     return "gemm", {"size": "large" if m >= GEMM_LARGE_ROWS else "small"}
 
 
@@ -576,6 +594,8 @@ class KernelVariant:
             raise ValueError(f"{kernel}: one prologue at a time (norm or gate)")
         if prologues_on(merged) and weight.fmt.levels == "codebook":
             raise ValueError(f"{kernel}: a codebook format's product rotates its input first; no prologue fuses into it")
+        if merged.get("vec4") == "pairs" and not weight.fmt.quantized:
+            raise ValueError(f"{kernel}: vec4 pairs (2 code words per load) are for packed formats; float32 loads 4 values")
         if merged.get("vec4") and not vec4_capable(weight):
             raise ValueError(f"{kernel}: vec4 needs a words layout whose blocks align with 32 (or float32), not {weight.format}")
         unknown = [f for f in features if f not in FEATURES]

@@ -149,7 +149,10 @@ async function exposeDawn() {
     return null;
   }
   Object.assign(globalThis, dawn.globals);
-  const gpu = dawn.create([]);
+  // Dawn's own switches, space-separated, as the npm package's create() takes them: benchmarks set
+  // ULPQ_DAWN_FLAGS='disable-dawn-features=timestamp_quantization' for timestamps to the nanosecond
+  // (Dawn rounds them to 65.5 us by default, too coarse to time one dispatch).
+  const gpu = dawn.create((process.env.ULPQ_DAWN_FLAGS ?? '').split(/\s+/).filter(Boolean));
   nodeWebgpu.dawn = true;
   const adapter = await gpu.requestAdapter();
   if (adapter) {
