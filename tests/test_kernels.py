@@ -345,6 +345,32 @@ process.stdout.write(JSON.stringify(out));
         assert got["params"] == case["params"], case["shader"]["key"]
 
 
+@pytest.mark.gpu
+@pytest.mark.parametrize("spec, chunk, vec4, deep, m", [
+    (QuantSpec("int2", 32), 8, True, "wide", 1), (QuantSpec("int2", 64, True, "float16"), 4, "pairs", True, 3),
+    (QuantSpec("int1", 256), 8, True, True, 1), (QuantSpec("int2-optimal", 32, codebook="channel"), 8, True, False, 2),
+    (QuantSpec("int4", 32, True), 4, True, True, 1)], ids=str)
+@pytest.mark.parametrize("profile", ["chrome", "firefox"])
+def test_gemv_decode_chunks_match_numpy(spec, chunk, vec4, deep, m, profile, rng):
+    """The benchmark tile decode_chunk (a word's codes decoded a few at a time for every row, then
+    multiplied) computes the same product: formats of 16 and 32 codes a word, zero points, table
+    levels, pairs, several input rows, a gelu epilogue over a bias and a residual."""
+    variant = KernelVariant.make("gemv", profile, WeightStorage.of(spec), tiles={"decode_chunk": chunk}, vec4=vec4,
+                                 deep=deep, activation="gelu", bias=True, residual=True)
+    assert f"decode_chunk {chunk}:" in render(variant)
+    run_and_compare(variant, spec, rng, m, 45, 2048)
+
+
+def test_decode_chunk_is_checked():
+    int2 = WeightStorage.of(QuantSpec("int2", 32))
+    for tiles, options in (({"decode_chunk": 6}, {"vec4": True}), ({"decode_chunk": 32}, {"vec4": True}),
+                           ({"decode_chunk": 8}, {"vec4": False})):
+        with pytest.raises(ValueError, match="decode_chunk"):
+            KernelVariant.make("gemv", "chrome", int2, tiles=tiles, **options)
+    with pytest.raises(ValueError, match="decode_chunk"):
+        KernelVariant.make("gemv", "chrome", WeightStorage.of(QuantSpec("float32")), tiles={"decode_chunk": 4}, vec4=True)
+
+
 def test_gate_up_tiles_follow_the_fused_product():
     """A gated decoder's gate and up nodes serve the fused gate|up product (backend_webgpu.js
     linearGateUp), so their GEMV tiles are chosen for both halves' outputs: Llama-3.2-1B's 2 x 8192 take the wide tiles
