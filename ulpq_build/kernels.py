@@ -452,13 +452,6 @@ def gemv_deep(weight: "WeightStorage", k: int) -> bool:
 # int2 level. Few outputs would leave the GPU idle (2048 outputs: 32 workgroups), hence the bound;
 # measured for uniform 2- and 4-bit rows only, so only those take them.
 GEMV_WIDE_N = 16384
-
-# GEMV tiles only benchmarks set (scripts/bench_kernels.py --gemv-tiles; bundles never do):
-# decode_chunk=C decodes a word's codes C at a time for every row, then multiplies (templates/gemv.wgsl.jinja),
-# holding C levels per row instead of a word's all. Under the wide tiles on the H200 a variant without any
-# decode still ran int2's head slower than int4's (66 against 60 us), int2 holding 16 levels per row to
-# int4's 8: decode_chunk=8 gives int2 int4's count; not yet timed (docs/benchmarks.md).
-GEMV_BENCH_TILES = ("decode_chunk",)
 GEMV_WIDE_TILES = {"threads_per_row": 32, "rows": 8}
 
 
@@ -610,6 +603,11 @@ class KernelVariant:
             raise ValueError(f"{kernel}: unknown features {unknown}; known: {', '.join(FEATURES)}")
         variant = cls(kernel, profile, weight, tuple(sorted(merged.items())), tuple(sorted((tiles or {}).items())))
         k.check_tiles(profile, variant.tiles)
+        # decode_chunk=C, a GEMV tile only benchmarks set (bench_kernels.py --gemv-tiles; bundles never do):
+        # a word's codes decoded C at a time for every row, then multiplied (templates/gemv.wgsl.jinja), so a
+        # thread holds C levels per row instead of a word's all. Under the wide tiles on the H200 a variant
+        # without any decode still ran int2's head slower than int4's (66 against 60 us), int2 holding 16
+        # levels per row to int4's 8: decode_chunk=8 gives int2 int4's count; not yet timed (docs/benchmarks.md).
         chunk = (tiles or {}).get("decode_chunk")
         if chunk is not None:
             values = weight.fmt.block_values if weight is not None and weight.fmt.quantized else 0
