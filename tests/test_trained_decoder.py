@@ -12,8 +12,7 @@ import torch
 from tokenizers import Tokenizer
 from transformers import LlamaForCausalLM
 
-from ulpq_build.architectures import decoder_common as dc
-from ulpq_build.architectures import describe_model, model_tensors
+from ulpq_build.architectures import architecture_of, describe_model, model_tensors
 from ulpq_build.decoder_reference import reference_forward
 from ulpq_build.model_source import open_model
 from ulpq_build.reference import relative_error
@@ -61,7 +60,7 @@ def test_the_checkpoint_reads_as_the_llama_it_was_trained_as(trained):
     assert model["activation"] == "silu" and model["norm"] == "rms" and model["positions"]["kind"] == "rotary"
     assert model["bos_token_id"] == 0 and model["eos_token_ids"] == [0]
     assert model["tokenizer"] == {"files": ["tokenizer.json", "tokenizer_config.json"]}
-    assert dc.ships_calibration(model, source)  # quantize calibrates it on the shipped text
+    assert architecture_of(model).ships_calibration(model, source)  # quantize calibrates it on the shipped text
     assert {source.weights.dtype(n) for n in model_tensors(model)} == {"float16"}
     assert sum(w.size for w in trained["weights"].values()) == training["parameters"]
     assert sum(p.stat().st_size for p in FOLDER.iterdir()) < 8 << 20

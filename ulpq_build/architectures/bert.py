@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from ulpq_build import evaluation as ev
-from ulpq_build.architectures.reading import Tensors, activation, config_int, prefix, read_json
+from ulpq_build.architectures.reading import Tensors, activation, config_int, prefix, read_json, tokenizer_fits_table
 from ulpq_build.architectures.registry import Architecture, CalibrationInputs, Goal
 from ulpq_build.errors import UserError
 from ulpq_build.model_source import ModelSource
@@ -163,18 +163,6 @@ def calibration_inputs(model: dict, folder: Path | None, texts: list[str]) -> Ca
     return CalibrationInputs.of_tokens(batch.trimmed(), small, tokenizer, model["embeddings"]["word"]["table"])
 
 
-def ships_calibration(model: dict, source: ModelSource) -> bool:
-    """The calibration text ships in the package: it is usable when tokenizer.json is one the tokenizers
-    package reads and whose ids fit the model's word table."""
-    if source.folder is None or not (source.folder / "tokenizer.json").is_file():
-        return False
-    try:
-        tokenizer = ev.load_tokenizer(source.folder / "tokenizer.json")
-    except UserError:
-        return False
-    return tokenizer.get_vocab_size() <= source.weights.shape(model["embeddings"]["word"]["table"])[0]
-
-
 def verification_input(model: dict, folder: Path, manifest: dict, images: int):
     batch = ev.tokenize(folder / "tokenizer.json", VERIFY_SENTENCES, model["tokenizer"]["max_length"])
     return VERIFY_SENTENCES, batch, lambda expected, got: ("min cosine", float(cosine(got, expected).min()))
@@ -209,7 +197,7 @@ BERT = Architecture(
     describe=describe, reference_forward=_forward, input_kind="texts",
     verification_input=verification_input, demo=lambda model: {"sentences": DEMO_SENTENCES},
     operator_kernels=operator_kernels, bundle_files=lambda model, source: list(model["tokenizer"]["files"]),
-    calibration_inputs=calibration_inputs, ships_calibration=ships_calibration, accuracy=LeeSimilarity,
+    calibration_inputs=calibration_inputs, ships_calibration=tokenizer_fits_table, accuracy=LeeSimilarity,
     bench_presets=("float32", "default", "int8", "int4", "int3", "int2", "int4-gptq", "int3-gptq", "int2-gptq",
                    "mixed-2.5", "mixed-3", "mixed-3.32"),
     # the issue's goals for MiniLM; the report says met or missed by how much

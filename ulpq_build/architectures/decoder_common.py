@@ -11,8 +11,10 @@ from pathlib import Path
 import numpy as np
 
 from ulpq_build import evaluation as ev
+from ulpq_build.architectures import decoder_bench
+from ulpq_build.architectures.reading import tokenizer_fits_table
 from ulpq_build.architectures.registry import CalibrationInputs
-from ulpq_build.decoder_reference import generate_greedy
+from ulpq_build.decoder_reference import generate_greedy, reference_forward
 from ulpq_build.errors import UserError
 from ulpq_build.model_source import ModelSource
 
@@ -98,16 +100,6 @@ def calibration_inputs(model: dict, folder: Path | None, texts: list[str]) -> Ca
     return CalibrationInputs.of_tokens(batch, small, tokenizer, model["embeddings"]["word"]["table"])
 
 
-def ships_calibration(model: dict, source: ModelSource) -> bool:
-    if source.folder is None or not (source.folder / "tokenizer.json").is_file():
-        return False
-    try:
-        tokenizer = ev.load_tokenizer(source.folder / "tokenizer.json")
-    except UserError:
-        return False
-    return tokenizer.get_vocab_size() <= source.weights.shape(model["embeddings"]["word"]["table"])[0]
-
-
 def bundle_unsupported(model: dict) -> str | None:
     return None if model.get("tokenizer") else NO_TOKENIZER
 
@@ -175,3 +167,18 @@ def operator_kernels(model: dict) -> list:
 
 def demo(model: dict) -> dict:
     return {"prompt": DEMO_PROMPT, "max_new_tokens": 32}
+
+
+def decoder_fields() -> dict:
+    """The Architecture fields every generative decoder row shares (llama.py, gpt2.py add their own
+    name, config types, description and weight layout): a prompt in, the numpy reference forward, the
+    shipped calibration text, held-out perplexity, greedy tokens as the verification, the decoder
+    operators."""
+    return dict(
+        reference_forward=reference_forward, input_kind="prompt", verification_input=verification_input, demo=demo,
+        bundle_files=lambda model, source: list((model["tokenizer"] or {}).get("files", [])),
+        calibration_inputs=calibration_inputs, ships_calibration=tokenizer_fits_table,
+        accuracy=decoder_bench.HeldOutPerplexity, bench_presets=decoder_bench.PRESETS, bench_goals=decoder_bench.GOALS,
+        bundle_unsupported=bundle_unsupported, operator_kernels=operator_kernels,
+        verification_forward=verification_forward, verification_case=verification_case,
+    )

@@ -6,11 +6,9 @@ matrix (quantizer, reference and kernels see ordinary matrices). The fused c_att
 
 from __future__ import annotations
 
-from ulpq_build.architectures import decoder_bench
 from ulpq_build.architectures import decoder_common as dc
 from ulpq_build.architectures.reading import Tensors, activation, config_int, prefix
 from ulpq_build.architectures.registry import Architecture
-from ulpq_build.decoder_reference import reference_forward
 from ulpq_build.errors import UserError
 from ulpq_build.model_source import ModelSource
 
@@ -93,12 +91,5 @@ def describe(source: ModelSource) -> dict:
 GPT2 = Architecture(
     name="gpt2", model_types=("gpt2",),
     summary="gpt2 (GPT2LMHeadModel)",
-    describe=describe, reference_forward=reference_forward, input_kind="prompt",
-    verification_input=dc.verification_input, demo=dc.demo,
-    bundle_files=lambda model, source: list((model["tokenizer"] or {}).get("files", [])),
-    calibration_inputs=dc.calibration_inputs, ships_calibration=dc.ships_calibration,
-    accuracy=decoder_bench.HeldOutPerplexity, bench_presets=decoder_bench.PRESETS, bench_goals=decoder_bench.GOALS,
-    bundle_unsupported=dc.bundle_unsupported, operator_kernels=dc.operator_kernels,
-    verification_forward=dc.verification_forward, verification_case=dc.verification_case,
-    stored_transposed=stored_transposed,
+    describe=describe, stored_transposed=stored_transposed, **dc.decoder_fields(),
 )

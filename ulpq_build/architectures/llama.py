@@ -9,11 +9,9 @@ import math
 
 import numpy as np
 
-from ulpq_build.architectures import decoder_bench
 from ulpq_build.architectures import decoder_common as dc
 from ulpq_build.architectures.reading import Tensors, activation, config_int, prefix
 from ulpq_build.architectures.registry import Architecture
-from ulpq_build.decoder_reference import reference_forward
 from ulpq_build.errors import UserError
 from ulpq_build.model_source import ModelSource
 
@@ -155,11 +153,5 @@ def describe(source: ModelSource) -> dict:
 LLAMA = Architecture(
     name="llama", model_types=("llama", "qwen2", "mistral"),
     summary="llama, qwen2, mistral (LlamaForCausalLM-style decoders)",
-    describe=describe, reference_forward=reference_forward, input_kind="prompt",
-    verification_input=dc.verification_input, demo=dc.demo,
-    bundle_files=lambda model, source: list((model["tokenizer"] or {}).get("files", [])),
-    calibration_inputs=dc.calibration_inputs, ships_calibration=dc.ships_calibration,
-    accuracy=decoder_bench.HeldOutPerplexity, bench_presets=decoder_bench.PRESETS, bench_goals=decoder_bench.GOALS,
-    bundle_unsupported=dc.bundle_unsupported, operator_kernels=dc.operator_kernels,
-    verification_forward=dc.verification_forward, verification_case=dc.verification_case,
+    describe=describe, **dc.decoder_fields(),
 )

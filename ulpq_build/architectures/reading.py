@@ -8,6 +8,7 @@ import re
 
 import numpy as np
 
+from ulpq_build import evaluation as ev
 from ulpq_build.architectures.registry import supported
 from ulpq_build.errors import UserError
 from ulpq_build.model_source import ModelSource, read_side_file
@@ -111,3 +112,15 @@ def prefix(source: ModelSource, marker: str, candidates: tuple[str, ...]) -> str
 
 def read_json(path, kind: str | None = None):
     return read_side_file(path, kind) if path else {}
+
+
+def tokenizer_fits_table(model: dict, source: ModelSource) -> bool:
+    """A text model's shipped calibration text is usable: its folder has a tokenizer.json the tokenizers
+    package reads, whose ids fit the model's word table (BERT's and the decoders' ships_calibration)."""
+    if source.folder is None or not (source.folder / "tokenizer.json").is_file():
+        return False
+    try:
+        tokenizer = ev.load_tokenizer(source.folder / "tokenizer.json")
+    except UserError:
+        return False
+    return tokenizer.get_vocab_size() <= source.weights.shape(model["embeddings"]["word"]["table"])[0]
