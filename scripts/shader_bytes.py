@@ -31,6 +31,8 @@ BUNDLES = {  # name -> (model, options); int4 = the default format at the time o
 
 
 def _graph_nodes(tree, has: str):
+    # ulpq_build.graph.graph_nodes, copied: this script measures any --checkout, older ones included,
+    # and imports that checkout's package only once it has read its arguments
     if isinstance(tree, dict):
         if has in tree:
             yield tree

@@ -30,6 +30,7 @@ from ulpq_build.config import resolve_options
 from ulpq_build.strategy import plan_and_quantize
 from ulpq_build.errors import UserError
 from ulpq_build.formats import FORMATS
+from ulpq_build.graph import graph_nodes
 from ulpq_build.kernels import (GEMM_LARGE_ROWS, GEMV_MAX_ROWS, SPLIT_MIN_K, SPLIT_TARGET_WORKGROUPS, KernelVariant,
                                 WeightStorage, feature_variants, gemv_depth, gemv_loads)
 from ulpq_build.model_source import ModelSource, open_model, resolve_model
@@ -103,19 +104,6 @@ class ShardWriter:
         return self.shards
 
 
-def _nodes(tree, has: str):
-    """Every dict in the model description holding key `has` (linear nodes: "in_features"; tables: "table")."""
-    if isinstance(tree, dict):
-        if has in tree:
-            yield tree
-        for key, value in tree.items():
-            if key != "kernels":
-                yield from _nodes(value, has)
-    elif isinstance(tree, list):
-        for item in tree:
-            yield from _nodes(item, has)
-
-
 def decoder_prologues(model: dict) -> dict[int, dict[str, dict]]:
     """id(linear node) -> {prologue name: gemv options} for the products of a generative decoder whose
     preceding operator the GEMV can fuse (kernels.PROLOGUE): those an RMSNorm feeds (Q, K and V or
@@ -158,7 +146,7 @@ def plan_shaders(model: dict, specs: dict[str, QuantSpec]) -> list[KernelVariant
     and the model op_kernels[profile] for its weightless operators."""
     variants: dict[str, KernelVariant] = {}
     if not architecture_of(model).webgpu_graph:  # the runtime runs it on the CPU path: no WGSL to ship
-        for node in [*_nodes(model, "in_features"), *_nodes(model, "table")]:
+        for node in [*graph_nodes(model, "in_features"), *graph_nodes(model, "table")]:
             node["kernels"] = {}  # no profile has a shader for it
         return []
 
@@ -176,7 +164,7 @@ def plan_shaders(model: dict, specs: dict[str, QuantSpec]) -> list[KernelVariant
     gates = {id(layer["gate"]) for layer in model.get("layers", []) if model.get("ffn") == "gated" and "gate" in layer}
     prologues = decoder_prologues(model)
     served = fused_outputs(model)
-    for node in _nodes(model, "in_features"):
+    for node in graph_nodes(model, "in_features"):
         weight = WeightStorage.of(specs[node["weight"]])
         act = "none" if id(node) in gates else node["activation"]
         epilogue = {"activation": act, "bias": bool(node["bias"]), "residual": bool(node.get("residual"))}
@@ -205,7 +193,7 @@ def plan_shaders(model: dict, specs: dict[str, QuantSpec]) -> list[KernelVariant
                                "gemm_large": use("gemm", p, weight, size="large", **epilogue),
                                "gemm_split": use("gemm", p, weight, size="small", split=True),
                                "split_finish": use("splitk", p, None, **epilogue)} for p in PROFILES}
-    for node in _nodes(model, "table"):
+    for node in graph_nodes(model, "table"):
         weight = WeightStorage.of(specs[node["table"]])
         node["kernels"] = {p: {"first": use("embed", p, weight, accumulate=False),
                                "accumulate": use("embed", p, weight, accumulate=True)} for p in PROFILES}

@@ -25,6 +25,7 @@ import numpy as np
 from scipy.linalg.blas import dsyrk
 from scipy.linalg.lapack import dtrtri
 
+from ulpq_build.graph import graph_nodes
 from ulpq_build.quantize import QuantizedTensor, assemble, dequantize, fit_codebook, group_scales, quantize, quantize_column, quantize_vq
 from ulpq_build.quantspec import PER_CHANNEL, PER_TENSOR, QuantSpec, matrix_shape
 
@@ -168,17 +169,6 @@ def _linear_weights(model: dict) -> set[str]:
 def linear_nodes(model: dict) -> dict[str, dict]:
     """Every linear layer of the model description, by its weight's name."""
     names: dict[str, dict] = {}
-
-    def walk(node):
-        if isinstance(node, dict):
-            if "in_features" in node:
-                names.setdefault(node["weight"], node)
-            for key, value in node.items():
-                if key != "kernels":
-                    walk(value)
-        elif isinstance(node, list):
-            for item in node:
-                walk(item)
-
-    walk(model)
+    for node in graph_nodes(model, "in_features"):
+        names.setdefault(node["weight"], node)  # a weight two nodes share (tied) counts once, as first met
     return names
