@@ -464,6 +464,12 @@ def gemv_depth(weight: "WeightStorage", k: int, n: int) -> bool | str:
     return "wide" if wide else True
 
 
+def gemv_depth_tiles(depth: bool | str) -> dict:
+    """The tile table of a deep GEMV (its `deep` option True or "wide"), before the profile caps its
+    threads per row at the workgroup size."""
+    return GEMV_WIDE_TILES if depth == "wide" else GEMV_DEEP_TILES
+
+
 def vec4_capable(weight: "WeightStorage | None") -> bool:
     """Can the vec4 GEMV read this storage 4 words at a time (a word never splits a block)?"""
     if weight is None:
@@ -492,7 +498,7 @@ def gemv_loads(weight: "WeightStorage", k: int, n: int) -> bool | str:
         return False
     depth = gemv_depth(weight, k, n)
     if depth:
-        threads = (GEMV_WIDE_TILES if depth == "wide" else GEMV_DEEP_TILES)["threads_per_row"]
+        threads = gemv_depth_tiles(depth)["threads_per_row"]
         words = k // weight.fmt.values_per_word
         if words // 4 < threads <= words // 2:
             return "pairs"
@@ -638,7 +644,7 @@ class KernelVariant:
         tiles = self.spec.tiles_for(self.profile, self.opts)
         if self.kernel == "gemv":
             if self.weight is not None and self.weight.fmt.quantized and not self.prof.cpu_adapter:
-                table = GEMV_WIDE_TILES if self.opts.get("deep") == "wide" else GEMV_DEEP_TILES
+                table = gemv_depth_tiles(self.opts.get("deep"))
                 deep = {**table, "threads_per_row": min(table["threads_per_row"], self.workgroup_size)}
                 tiles = {**tiles, **(deep if self.opts.get("deep") else gemv_packed_tiles(tiles, self.weight.fmt.bits))}
             # x_rows: input rows per workgroup, each decoded weight applied to all of them. One by
