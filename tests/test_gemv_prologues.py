@@ -15,12 +15,13 @@ from ulpq_build.quantize import dequantize, quantize
 from ulpq_build.quantspec import QuantSpec
 from ulpq_build.reference import ACTIVATIONS, relative_error
 
-# float32 sums over K <= 264 products (and the norm's sum of squares) against a float64 reference
+# float32 sums over K <= 1024 products (and the norm's sum of squares) against a float64 reference
 PROLOGUE_TOLERANCE = 2e-5
 EPS = 1e-5
 
 F32, INT4, INT4A, INT2, INT8, INT3 = (QuantSpec("float32"), QuantSpec("int4", 32), QuantSpec("int4", 32, True, "float16"),
                                       QuantSpec("int2", 64), QuantSpec("int8", 0), QuantSpec("int3", 0))
+INT2A, INT1 = QuantSpec("int2", 32, True, "float16"), QuantSpec("int1", 128)
 # (storage, profile, vec4, deep, tile overrides, m, k): K 264 and 250 end inside a block or a word
 CASES = [
     (F32, "chrome", True, False, None, 1, 256), (F32, "firefox", False, False, None, 2, 250),
@@ -31,12 +32,15 @@ CASES = [
     (INT3, "firefox", False, False, None, 1, 250), (F32, "cpu", False, False, {"x_rows": 2}, 3, 250),
     (INT4, "chrome", True, "wide", None, 1, 256), (INT2, "firefox", True, "wide", None, 2, 256),
     (INT2, "chrome", "pairs", True, None, 1, 256), (INT4A, "firefox", "pairs", True, None, 2, 256),
+    # the lookup-table GEMV (deep "lut"): K of two and of one chunk of 32 words, zero points, table levels
+    (INT2, "chrome", True, "lut", None, 1, 1024), (INT2A, "firefox", True, "lut", None, 2, 512),
+    (INT1, "chrome", True, "lut", None, 1, 1024), (INT2, "safari", True, "lut", None, 1, 1024),
 ]
 
 
 def case_id(case):
     spec, profile, vec4, deep, tiles, m, k = case
-    return f"{WeightStorage.of(spec).key}-{profile}-{'pairs' if vec4 == 'pairs' else 'vec4' if vec4 else 'scalar'}{'-wide' if deep == 'wide' else '-deep' if deep else ''}-m{m}-k{k}" + (
+    return f"{WeightStorage.of(spec).key}-{profile}-{'pairs' if vec4 == 'pairs' else 'vec4' if vec4 else 'scalar'}{'-' + deep if isinstance(deep, str) else '-deep' if deep else ''}-m{m}-k{k}" + (
         "-" + "-".join(f"{a}{b}" for a, b in tiles.items()) if tiles else "")
 
 
@@ -110,6 +114,12 @@ def test_prologue_variants_compile(compiler):
         for options in ({"norm": True}, {"gate": "silu"}):
             for profile in ("chrome", "firefox", "safari", "cpu"):
                 variant = KernelVariant.make("gemv", profile, WeightStorage.of(spec), vec4=spec is not INT4A, **options)
+                validate(render(variant), variant.workgroup_size, compiler)
+    for spec in (INT2, INT2A, INT1):  # the lookup-table GEMV (Chrome's and Firefox's compilers alike)
+        for options in ({"norm": True}, {"gate": "silu"}, {"activation": "gelu", "bias": True, "residual": True}):
+            for profile in ("chrome", "firefox", "safari"):
+                variant = KernelVariant.make("gemv", profile, WeightStorage.of(spec), vec4=True, deep="lut", **options)
+                assert variant.tiles.get("lut")
                 validate(render(variant), variant.workgroup_size, compiler)
 
 

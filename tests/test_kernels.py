@@ -156,13 +156,54 @@ def test_gemv_tiles_by_outputs():
     (uniform 2- and 4-bit rows); other storages, fewer outputs and short rows keep their tiles, and
     the wide variant is a key of its own."""
     int4, int2, int8, f32 = (WeightStorage.of(QuantSpec(f, g)) for f, g in (("int4", 32), ("int2", 0), ("int8", 0), ("float32", 0)))
-    assert gemv_depth(int4, 2048, GEMV_WIDE_N) == "wide" and gemv_depth(int2, 2048, 128256) == "wide"
+    assert gemv_depth(int4, 2048, GEMV_WIDE_N) == "wide" and gemv_depth(int2, 2048 + 16, 128256) == "wide"
     assert gemv_depth(int4, 2048, GEMV_WIDE_N - 1) is True and gemv_depth(int8, 2048, 128256) is True
     assert gemv_depth(int4, 768, 128256) is False and gemv_depth(f32, 2048, 128256) is False
     wide = KernelVariant.make("gemv", "chrome", int4, vec4=True, deep="wide")
     deep = KernelVariant.make("gemv", "chrome", int4, vec4=True, deep=True)
     assert (wide.tiles["threads_per_row"], wide.tiles["rows"]) == (32, 8) and (deep.tiles["threads_per_row"], deep.tiles["rows"]) == (64, 4)
     assert wide.key != deep.key and ".deep." in deep.key and ".deep-wide." in wide.key
+
+
+def test_gemv_lookup_tables_by_storage_and_shape():
+    """Wide products of 1- and 2-bit codes with fixed levels take the lookup-table GEMV where their rows
+    are whole chunks of 32 words (K a multiple of 512 for int2, 1024 for int1); other rows keep the
+    wide or deep tiles. CPU adapters keep their own tiles (no tables) under the same options."""
+    def storage(name, group=32):
+        return WeightStorage.of(QuantSpec(name, group))
+    for name in ("int2", "int2-4values", "int2-ternary"):
+        assert gemv_depth(storage(name), 2048, GEMV_WIDE_N) == "lut"
+    assert gemv_depth(storage("int1", 128), 2048, 128256) == "lut" and gemv_depth(storage("int1", 128), 2080, 128256) is True
+    assert gemv_depth(storage("int2"), 2048, GEMV_WIDE_N - 1) is True  # few outputs: deep tiles
+    assert gemv_depth(storage("int2"), 2064, 128256) == "wide"  # 129 words: not whole chunks of 32
+    assert gemv_depth(storage("int2-optimal"), 2048, 128256) is True and gemv_depth(storage("int4"), 2048, 128256) == "wide"
+    lut = KernelVariant.make("gemv", "chrome", storage("int2"), vec4=True, deep="lut")
+    assert lut.tiles["lut"] and ".deep-lut." in lut.key and "gemv_lut.wgsl.jinja" in render(lut)
+    assert all(KernelVariant.make("gemv", p, storage("int2"), vec4=True, deep="lut", norm=True).workgroup_storage_bytes <= 16384
+               for p in ("chrome", "firefox", "safari"))  # WebGPU's default limit
+    assert not lut.with_features(("subgroups", "shader-f16")).features
+    cpu = KernelVariant.make("gemv", "cpu", storage("int2"), vec4=True, deep="lut")
+    assert "lut" not in cpu.tiles and "gemv_lut" not in render(cpu)
+    for name, tiles in (("int4", None), ("int2-optimal", None), ("int2", {"threads_per_row": 64}), ("int2", {"x_rows": 2})):
+        with pytest.raises(ValueError, match="tile lut"):
+            KernelVariant.make("gemv", "chrome", storage(name), tiles={"lut": 1, **(tiles or {})}, vec4=True, deep="wide")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("spec, m, k", [(QuantSpec("int2", 32), 1, 2048), (QuantSpec("int2", 64, True, "float16"), 3, 512),
+                                        (QuantSpec("int2", 0), 2, 1024), (QuantSpec("int1", 256), 1, 2048),
+                                        (QuantSpec("int2-4values", 32), 2, 1024), (QuantSpec("int2-ternary", 128), 1, 1024)],
+                         ids=str)
+@pytest.mark.parametrize("profile", ["chrome", "firefox", "safari"])
+def test_gemv_lookup_tables_match_numpy(spec, m, k, profile, rng):
+    """The lookup-table GEMV against numpy: one and several chunks, several input rows (a workgroup
+    each), zero points with float16 scales, per-tensor scales, int1's 4 codes a nibble, a table
+    of levels that is not affine, a gelu epilogue over a bias and a residual; 45 outputs end inside a
+    workgroup's 64 rows."""
+    variant = KernelVariant.make("gemv", profile, WeightStorage.of(spec), vec4=True, deep="lut",
+                                 activation="gelu", bias=True, residual=True)
+    assert variant.tiles.get("lut")
+    run_and_compare(variant, spec, rng, m, 45, k)
 
 
 def test_gemv_loads_by_row_length():

@@ -172,7 +172,7 @@ KERNELS: dict[str, Kernel] = _reg(
         ("params", "x", "w.codes", "w.scales", "w.zeros", "w.codebook", "bias", "residual", "y", "norm", "up"),
         (("m", "u32"), ("n", "u32"), ("k", "u32"), ("words_per_row", "u32"), ("groups_per_row", "u32"),
          ("group_size", "u32"), ("codebook_stride", "u32")),
-        "gemv", {**EPILOGUE, "vec4": (False, True, "pairs"), "deep": (False, True, "wide"), **PROLOGUE},
+        "gemv", {**EPILOGUE, "vec4": (False, True, "pairs"), "deep": (False, True, "wide", "lut"), **PROLOGUE},
         # float32's tiles, from H200 sweeps (docs/benchmarks.md): 2 rows per thread group (8 left BERT's
         # 768 outputs 24 workgroups and ran 1.4-2.6x slower at one input row, level at 16384 outputs);
         # 32 threads per row at 128 threads per workgroup, 64 at 256 and 512. Packed formats derive
@@ -455,19 +455,32 @@ GEMV_WIDE_N = 16384
 GEMV_WIDE_TILES = {"threads_per_row": 32, "rows": 8}
 
 
+# Wide products of 1- and 2-bit codes with fixed levels take the lookup-table GEMV on the wide tiles
+# (deep "lut"; templates/gemv_lut.wgsl.jinja): on the H200, alone, int2's 128256 x 2048 head ran 65-67 us
+# against 79-80 decoding each code (int4: 80); in a 1B Llama decode its gate|up took 18.3 us (int4 22.3)
+# and its head 75.9 (int4 94.9), and int2 decoded faster than int4 (951 against 891 tokens/s). With
+# fewer outputs (2048-3072) the tables lost alone (too few rows share them), so only wide products.
+GEMV_LUT_TILES = {**GEMV_WIDE_TILES, "lut": 1}
+
+
 def gemv_depth(weight: "WeightStorage", k: int, n: int) -> bool | str:
     """The GEMV's `deep` option for K inputs and n outputs of this storage: False (the tiles of short
-    rows), True (GEMV_DEEP_TILES) or "wide" (GEMV_WIDE_TILES)."""
+    rows), True (GEMV_DEEP_TILES), "wide" (GEMV_WIDE_TILES) or "lut" (GEMV_LUT_TILES)."""
     if not gemv_deep(weight, k):
         return False
-    wide = n >= GEMV_WIDE_N and weight.fmt.levels == "uniform" and weight.fmt.bits <= 4
-    return "wide" if wide else True
+    if n < GEMV_WIDE_N or weight.fmt.bits > 4:
+        return True
+    fits = not gemv_lut_problem(weight, {**GEMV_LUT_TILES, "x_rows": 1}) \
+        and gemv_lut_fits(weight, k, GEMV_LUT_TILES["threads_per_row"])
+    if fits:
+        return "lut"
+    return "wide" if weight.fmt.levels == "uniform" else True
 
 
 def gemv_depth_tiles(depth: bool | str) -> dict:
-    """The tile table of a deep GEMV (its `deep` option True or "wide"), before the profile caps its
-    threads per row at the workgroup size."""
-    return GEMV_WIDE_TILES if depth == "wide" else GEMV_DEEP_TILES
+    """The tile table of a deep GEMV (its `deep` option True, "wide" or "lut"), before the profile caps
+    its threads per row at the workgroup size."""
+    return {"wide": GEMV_WIDE_TILES, "lut": GEMV_LUT_TILES}.get(depth, GEMV_DEEP_TILES)
 
 
 def vec4_capable(weight: "WeightStorage | None") -> bool:
@@ -476,6 +489,30 @@ def vec4_capable(weight: "WeightStorage | None") -> bool:
         return False
     fmt = weight.fmt
     return not fmt.quantized or (fmt.layout == "words" and 32 % fmt.values_per_word == 0)
+
+
+# The lookup-table GEMV (templates/gemv_lut.wgsl.jinja): nibbles of 1- and 2-bit code words index
+# tables of x sums built per workgroup. Its tables take 16 floats per nibble of each of the chunk's
+# threads_per_row words, so at most 32 threads per row fit WebGPU's default 16 KiB of workgroup memory.
+GEMV_LUT_MAX_THREADS = 32
+
+
+def gemv_lut_problem(weight: "WeightStorage | None", tiles: dict) -> str:
+    """Why the lookup-table GEMV cannot serve this storage and these tiles ("" when it can)."""
+    fmt = weight.fmt if weight is not None else None
+    if fmt is None or not fmt.quantized or fmt.layout != "words" or 4 % fmt.bits or fmt.bits > 2:
+        return "needs 1- or 2-bit codes in whole words"
+    if fmt.levels not in ("uniform", "table"):
+        return f"needs levels fixed per format (uniform or a table), not {fmt.levels}"
+    if tiles["x_rows"] != 1 or tiles["threads_per_row"] > GEMV_LUT_MAX_THREADS or tiles["threads_per_row"] < 2:
+        return f"needs one input row and 2..{GEMV_LUT_MAX_THREADS} threads per row"
+    return ""  # (it reads single words: a vec4 option serves the profiles without the tables, CPU adapters)
+
+
+def gemv_lut_fits(weight: "WeightStorage", k: int, threads_per_row: int) -> bool:
+    """A row the lookup-table GEMV serves: whole chunks of threads_per_row words."""
+    words, rest = divmod(k, weight.fmt.values_per_word)
+    return rest == 0 and words % threads_per_row == 0
 
 
 def gemv_vec4_fits(weight: "WeightStorage", k: int) -> bool:
@@ -565,6 +602,8 @@ def feature_applies(kernel: str, profile: str, weight: "WeightStorage | None", t
     and f16 decoding needs an f16-decodable storage."""
     if feature not in get_profile(profile).features or kernel not in FEATURE_KERNELS[feature]:
         return False
+    if kernel == "gemv" and tiles.get("lut"):  # the lookup-table GEMV has one program
+        return False
     if kernel == "gemv" and feature == "subgroups":  # (codebook formats render their own gemv)
         return tiles["threads_per_row"] > 1 and (weight is None or weight.fmt.levels != "codebook")
     if kernel == "gemv" and feature == "shader-f16":
@@ -611,15 +650,19 @@ class KernelVariant:
         k.check_tiles(profile, variant.tiles)
         # decode_chunk=C, a GEMV tile only benchmarks set (bench_kernels.py --gemv-tiles; bundles never do):
         # a word's codes decoded C at a time for every row, then multiplied (templates/gemv.wgsl.jinja), so a
-        # thread holds C levels per row instead of a word's all. Under the wide tiles on the H200 a variant
-        # without any decode still ran int2's head slower than int4's (66 against 60 us), int2 holding 16
-        # levels per row to int4's 8: decode_chunk=8 gives int2 int4's count; not yet timed (docs/benchmarks.md).
+        # thread holds C levels per row instead of a word's all. int2 holds 16 levels per row to int4's 8;
+        # decode_chunk=8 gives it int4's count, but on the H200 it ran int2's head no faster (84 against
+        # 79-80 us; docs/benchmarks.md, "Lookup tables for int2's wide products"), so bundles never set it.
         chunk = (tiles or {}).get("decode_chunk")
         if chunk is not None:
             values = weight.fmt.block_values if weight is not None and weight.fmt.quantized else 0
             if kernel != "gemv" or not merged.get("vec4") or not values or chunk % 4 or values % chunk:
                 raise ValueError(f"{kernel}: decode_chunk {chunk} needs the packed vec4 GEMV and a multiple of 4 "
                                  f"dividing the format's {values or 'no'} codes per block")
+        if variant.tiles.get("lut"):
+            problem = gemv_lut_problem(weight, variant.tiles) if kernel == "gemv" else "it is a GEMV tile"
+            if problem:
+                raise ValueError(f"{kernel}: tile lut: {problem}")
         # keep only the features that change this kernel's program: asking for more is not an
         # error (a bundle asks every kernel for every feature), it gives the base variant's key
         used = tuple(f for f in FEATURES if f in features and feature_applies(kernel, profile, weight, variant.tiles, f))
@@ -713,6 +756,9 @@ class KernelVariant:
         if self.kernel == "gemv":
             # partial sums per thread: rows x x_rows products (+ x_rows sums of x^2 with the norm prologue)
             per_thread = (t["rows"] + (1 if self.opts.get("norm") else 0)) * t["x_rows"]
+            if t.get("lut"):  # the chunk's tables; after them, in the same array, the sums of x^2, then the partials
+                wg = self.workgroup_size
+                return 4 * max(t["threads_per_row"] * 8 * 16, wg * t["rows"], wg + wg // 32)
             if self.weight is not None and self.weight.fmt.levels == "codebook":  # + the nibble-form decode tables
                 return codebook_gemv_table_bytes(self.weight.fmt) + (0 if t["threads_per_row"] == 1 else 4 * self.workgroup_size * per_thread)
             if "subgroups" in self.features:  # the partials of each subgroup (at least 4 threads), + a counter
