@@ -458,7 +458,7 @@ GEMV_WIDE_TILES = {"threads_per_row": 32, "rows": 8}
 # Wide products of 1- and 2-bit codes with fixed levels take the lookup-table GEMV on the wide tiles
 # (deep "lut"; templates/gemv_lut.wgsl.jinja): on the H200, alone, int2's 128256 x 2048 head ran 65-67 us
 # against 79-80 decoding each code (int4: 80); in a 1B Llama decode its gate|up took 18.3 us (int4 22.3)
-# and its head 75.9 (int4 94.9), and int2 decoded faster than int4 (951 against 891 tokens/s). With
+# and its head 76.1 (int4 94.7), and int2 decoded faster than int4 (931 against 877 tokens/s). With
 # fewer outputs (2048-3072) the tables lost alone (too few rows share them), so only wide products.
 GEMV_LUT_TILES = {**GEMV_WIDE_TILES, "lut": 1}
 
