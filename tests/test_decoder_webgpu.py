@@ -7,7 +7,8 @@ the two-stage argmax, at int4) equal numpy's over the
 bundle's weights, with GPU outputs poisoned before each pass; a long prompt (prefill as GEMM), seeded
 sampling (the logits read back, drawn in JS) and the end of the cache match the reference too; and a
 steady generation creates no GPU object: one submit and one compute pass per token, 4 bytes read
-back per greedy token."""
+back per greedy token. An int2 Llama with a 16384 x 2048 tied head runs that head on the lookup-table
+GEMV (the GPU profiles' kernel for wide products) in both browsers and gives numpy's tokens too."""
 
 from __future__ import annotations
 
@@ -31,6 +32,7 @@ from ulpq_build.browser_check import WAIT_READY
 from ulpq_build.browsers import launch
 from ulpq_build.bundle_reader import load_bundle
 from ulpq_build.cli import main as cli_main
+from ulpq_build.profiles import get_profile
 from ulpq_build.serve import BundleServer
 
 BUNDLES = [(name, fmt) for name in ("llama-gqa-untied", "gpt2") for fmt in FORMATS] + [("qwen2-gqa-tied-bias", "int4"),
@@ -311,3 +313,49 @@ def test_dispatch_js_decoder_rules_equal_kernels_py(tmp_path):
     got = node_json(ROOT / "tests/js/decoder_dispatch.mjs", request=cases, tmp_path=tmp_path)
     for case, g, w in zip(cases, got, want):
         assert {k: g[k] for k in w} == w, (case["shader"]["key"], case.get("slots"), case.get("cols"))
+
+
+# A Llama whose tied head is wide and deep enough for the lookup-table GEMV at int2 (kernels.gemv_depth:
+# at least GEMV_WIDE_N outputs, K a multiple of 512): the kernel a 1B model's head and gate|up run on a
+# GPU, here executed by the browsers' own shader compilers on their CPU adapters (the page is told the
+# GPU profiles, whose tiles carry the tables; the cpu profile's do not).
+LUT_MODEL = dict(hidden_size=2048, intermediate_size=256, num_hidden_layers=1, num_attention_heads=16,
+                 num_key_value_heads=4, vocab_size=16384, max_position_embeddings=64)
+LUT_PROFILES = {"chromium": "chrome", "firefox": "firefox"}
+
+
+@pytest.fixture(scope="module")
+def lut_bundle(tmp_path_factory):
+    from transformers import LlamaConfig
+
+    folder = _build(tmp_path_factory.mktemp("decoder-lut-model") / "llama-lut", LlamaConfig(**LUT_MODEL, tie_word_embeddings=True), 0)
+    root = tmp_path_factory.mktemp("decoder-lut-site")
+    out = root / "llama-lut-int2"
+    assert cli_main(["bundle", "--model", str(folder), "--out", str(out), "--format", "int2", "--group-size", "32",
+                     "--method", "rtn"]) == 0
+    server = BundleServer(root, 0).start_in_background()
+    yield server, out
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.mark.parametrize("browser", BROWSERS)
+def test_lookup_table_head_generates_the_reference_tokens(lut_bundle, browser):
+    """An int2 bundle whose 16384 x 2048 head (with the RMSNorm prologue) takes the lookup-table GEMV:
+    32 greedy tokens identical to numpy's in Chromium and Firefox on WebGPU, outputs poisoned."""
+    server, folder = lut_bundle
+    bundle = load_bundle(folder)
+    profile = LUT_PROFILES[browser]
+    head = bundle.manifest["model"]["lm_head"]["kernels"][profile]["gemv_norm"]  # the final RMSNorm fused in
+    assert ".deep-lut." in head, head
+    case = bundle.manifest["verification"]
+    session = launch(browser)
+    try:
+        _open(session, f"{server.url}{folder.name}/index.html?run=0&poison=1&hardware=webgpu&profile={profile}")
+        out = session.evaluate(GENERATE, {"ids": case["prompt_ids"], "long": [], "sampling": {}, "end": [], "extra": False})
+    finally:
+        session.close()
+    greedy = out["greedy"]
+    assert "error" not in greedy, greedy
+    assert greedy["path"] == "webgpu" and greedy["variant"] == get_profile(profile).variant, greedy["notes"]
+    assert greedy["tokenIds"] == case["greedy_tokens"]
