@@ -105,3 +105,16 @@ def run_again_on_dawn(test_file, selection: str, variable: str, tmp_path) -> Non
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=600, check=False)
     assert proc.returncode == 0 and " passed" in proc.stdout, proc.stdout[-4000:] + proc.stderr[-2000:]
     assert "skipped" not in proc.stdout and "deselected" in proc.stdout
+
+
+def serving(root, payload):
+    """A module fixture's body: serve `root` (ulpq_build.serve.BundleServer, any free port) and yield
+    (server, payload) to the tests; shut the server down after them."""
+    from ulpq_build.serve import BundleServer
+
+    server = BundleServer(root, 0).start_in_background()
+    try:
+        yield server, payload
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -14,7 +14,7 @@ import shutil
 import numpy as np
 import pytest
 
-from support import ROOT, node_json
+from support import ROOT, node_json, serving
 from ulpq_build import decoder_reference as dr
 from ulpq_build import evaluation as ev
 from ulpq_build.architectures import decoder_common as dc
@@ -24,7 +24,6 @@ from ulpq_build.bundle_reader import load_bundle
 from ulpq_build.cli import main as cli_main
 from ulpq_build.model_source import open_model
 from ulpq_build.architectures import describe_model, model_tensors
-from ulpq_build.serve import BundleServer
 
 import torch  # noqa: E402 (transformers builds the models: missing, these tests fail, never skip)
 import transformers  # noqa: E402,F401
@@ -340,10 +339,7 @@ def test_generate_options_are_checked(tmp_path):
 @pytest.fixture(scope="module")
 def served(site):
     root, models, bundles = site
-    server = BundleServer(root, 0).start_in_background()
-    yield server, bundles
-    server.shutdown()
-    server.server_close()
+    yield from serving(root, bundles)
 
 
 @pytest.mark.parametrize("browser", BROWSERS)

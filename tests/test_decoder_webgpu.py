@@ -16,6 +16,7 @@ import json
 
 import numpy as np
 import pytest
+from support import serving
 from test_decoder_bundle import (
     FORMATS,
     VOCAB,
@@ -33,7 +34,6 @@ from ulpq_build.browsers import launch
 from ulpq_build.bundle_reader import load_bundle
 from ulpq_build.cli import main as cli_main
 from ulpq_build.profiles import get_profile
-from ulpq_build.serve import BundleServer
 
 BUNDLES = [(name, fmt) for name in ("llama-gqa-untied", "gpt2") for fmt in FORMATS] + [("qwen2-gqa-tied-bias", "int4"),
                                                                                 ("llama-wide-vocab", "int4")]
@@ -127,10 +127,7 @@ def served(tmp_path_factory):
         out = root / f"{name}-{fmt}"
         assert cli_main(["bundle", "--model", str(folder), "--out", str(out), *FORMATS[fmt]]) == 0
         bundles[name, fmt] = out
-    server = BundleServer(root, 0).start_in_background()
-    yield server, bundles
-    server.shutdown()
-    server.server_close()
+    yield from serving(root, bundles)
 
 
 def _open(session, url):
@@ -333,10 +330,7 @@ def lut_bundle(tmp_path_factory):
     out = root / "llama-lut-int2"
     assert cli_main(["bundle", "--model", str(folder), "--out", str(out), "--format", "int2", "--group-size", "32",
                      "--method", "rtn"]) == 0
-    server = BundleServer(root, 0).start_in_background()
-    yield server, out
-    server.shutdown()
-    server.server_close()
+    yield from serving(root, out)
 
 
 @pytest.mark.parametrize("browser", BROWSERS)

@@ -500,7 +500,7 @@ GEMV_LUT_MAX_THREADS = 32
 def gemv_lut_problem(weight: "WeightStorage | None", tiles: dict) -> str:
     """Why the lookup-table GEMV cannot serve this storage and these tiles ("" when it can)."""
     fmt = weight.fmt if weight is not None else None
-    if fmt is None or not fmt.quantized or fmt.layout != "words" or 4 % fmt.bits or fmt.bits > 2:
+    if fmt is None or not fmt.quantized or fmt.layout != "words" or fmt.bits > 2:
         return "needs 1- or 2-bit codes in whole words"
     if fmt.levels not in ("uniform", "table"):
         return f"needs levels fixed per format (uniform or a table), not {fmt.levels}"
