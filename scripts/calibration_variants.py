@@ -29,7 +29,7 @@ from ulpq_build.quantspec import QuantSpec  # noqa: E402
 
 
 def texts(variant: str) -> list[str]:
-    lines = [line for line in cal.CALIBRATION_TEXT.read_text(encoding="utf-8").splitlines() if line.strip()]
+    lines = [line for path in cal.CALIBRATION_TEXTS for line in cal.calibration_lines(path)]
     if variant == "lee-background":
         return (ev._gensim_data() / "lee_background.cor").read_text(encoding="latin-1").splitlines()[:64]
     if variant == "sentences":

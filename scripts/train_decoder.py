@@ -17,9 +17,11 @@ the Python standard library does, under the PSF license (redistributable with it
   ~465 KB of English prose with code examples);
 - the docstrings of the standard library's modules, classes and functions (~1.7 MB; test packages
   left out), read with `ast` (nothing is imported);
-- ulpq_build/data/calibration_text.txt, the 347 sentences the project calibrates GPTQ and the planner
-  on (written for this project, under its license): in the TRAINING text only, so quantization
-  calibrates on text the model has seen, as GPTQ's usual calibration sets are drawn from training data.
+- ulpq_build/data/calibration_text.txt, the 347 sentences the project calibrated GPTQ and the planner
+  on when the model was trained (written for this project, under its license): in the TRAINING text
+  only, so quantization calibrates on text the model has seen, as GPTQ's usual calibration sets are
+  drawn from training data. (The second calibration file, calibration_text_more.txt, came later: the
+  model never saw it.)
 The held-out text is whole `topics` entries, picked by the order of their names' sha256 until they
 hold 10% of the topics' characters (validation, for choosing the checkpoint: the next 5%). The topics
 nest (`compound` contains `while`; `specialnames` contains `customization`), so every paragraph of the

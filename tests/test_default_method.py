@@ -1,14 +1,16 @@
 """The default bundle is int4 by GPTQ for text models, calibrated on text that ships inside the
-package (ulpq_build/data/calibration_text.txt, written for this project) and never on the Lee
+package (ulpq_build/data/calibration_text*.txt, written for this project) and never on the Lee
 corpus that bench evaluates on; formats the user names keep round-to-nearest unless --method gptq."""
 
 import re
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from ulpq_build import calibration, evaluation
 from ulpq_build.architectures import describe_model
+from ulpq_build.architectures.registry import PLANNER_PASSAGES, CalibrationInputs
 from ulpq_build.model_source import open_model, resolve_model
 from ulpq_build.strategy import choose_method
 
@@ -23,24 +25,40 @@ def shingles(text: str, n: int = 6) -> set[tuple[str, ...]]:
 
 
 def test_calibration_text_ships_in_the_package_and_is_varied():
-    assert calibration.CALIBRATION_TEXT.is_relative_to(Path(calibration.__file__).parent)  # inside the wheel's package
-    lines = [line for line in calibration.CALIBRATION_TEXT.read_text(encoding="utf-8").splitlines() if line.strip()]
-    assert len(lines) >= 300 and len(set(lines)) == len(lines)
+    lines = []
+    for path in calibration.CALIBRATION_TEXTS:
+        assert path.is_relative_to(Path(calibration.__file__).parent)  # inside the wheel's package
+        lines += calibration.calibration_lines(path)
+    assert len(lines) >= 1700 and len(set(lines)) == len(lines)
     lengths = sorted(len(words(line)) for line in lines)
-    assert lengths[0] <= 3 and lengths[-1] >= 30  # short and long
-    assert sum(line.endswith("?") for line in lines) >= 20  # questions too
+    assert lengths[0] <= 3 and lengths[-1] >= 40  # short and long
+    assert sum(line.endswith("?") for line in lines) >= 40  # questions too
     passages = calibration.calibration_text()
-    assert " ".join(passages) == " ".join(line.strip() for line in lines)  # every line, in order, once
-    assert len(passages) == -(-len(lines) // calibration.PASSAGE_SENTENCES)
+    assert " ".join(passages) == " ".join(lines)  # every line, in order, once
+    per_file = [len(calibration.calibration_lines(path)) for path in calibration.CALIBRATION_TEXTS]
+    assert len(passages) == sum(-(-n // calibration.PASSAGE_SENTENCES) for n in per_file)  # no passage spans two files
 
 
 def test_calibration_text_shares_nothing_with_the_evaluation_corpus():
     docs, _ = evaluation.lee_corpus()  # what bench scores (gensim's test data, installed by scripts/setup.sh)
     background = (evaluation._gensim_data() / "lee_background.cor").read_text(encoding="latin-1")
-    ours = shingles(calibration.CALIBRATION_TEXT.read_text(encoding="utf-8"))
-    assert ours  # the check below compares something
-    assert not ours & shingles(" ".join(docs)), "calibration text repeats the Lee evaluation documents"
-    assert not ours & shingles(background), "calibration text repeats the Lee background corpus"
+    for path in calibration.CALIBRATION_TEXTS:
+        ours = shingles(path.read_text(encoding="utf-8"))
+        assert ours  # the check below compares something
+        assert not ours & shingles(" ".join(docs)), f"{path.name} repeats the Lee evaluation documents"
+        assert not ours & shingles(background), f"{path.name} repeats the Lee background corpus"
+
+
+@pytest.mark.parametrize("passages, kept", [(298, list(range(0, 298, 20))), (58, list(range(0, 58, 4))), (9, list(range(9)))])
+def test_the_planner_sees_at_most_a_bounded_subset_spread_over_all_passages(passages, kept):
+    """The planner's time is its subset's size: at most PLANNER_PASSAGES passages, evenly spaced, so
+    the second calibration file's topics are in it too (58 passages: every 4th, as before it came)."""
+    ids = np.arange(passages)[:, None] * np.ones((1, 5), np.int64)
+    mask = np.ones_like(ids)
+    mask[:, 3:] = 0  # trailing padding in every row: the subset is trimmed to its longest passage
+    inputs = CalibrationInputs.of_tokens(evaluation.TextBatch(ids, mask), "tokenizer.json", "table")
+    assert inputs.subset.ids[:, 0].tolist() == kept and len(kept) <= PLANNER_PASSAGES
+    assert inputs.subset.ids.shape[1] == 3 and inputs.full.ids.shape == (passages, 5)
 
 
 @pytest.fixture(scope="module")

@@ -34,7 +34,7 @@ LLAMA3_PATTERN = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{
                   r"|\s*[\r\n]+|\s+(?!\S)|\s+")
 QWEN2_PATTERN = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"
                  r"|\s*[\r\n]+|\s+(?!\S)|\s+")
-SHIPPED = [ROOT / "ulpq_build/data/calibration_text.txt", ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+SHIPPED = [*sorted((ROOT / "ulpq_build/data").glob("calibration_text*.txt")), ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 
 TRICKY = [
     "", " ", "  ", "\t", "\n", "\r\n", "a", "Hello world", "Hello  world ", "trailing spaces   ", "   leading",

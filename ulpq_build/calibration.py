@@ -3,10 +3,15 @@ and the mixed-precision planner (planner.py) need. Each architecture's row build
 inputs (architectures/*.py calibration_inputs) from the data below, which never overlaps the
 evaluation data (evaluation.py):
 
-    text   data/calibration_text.txt, which ships inside the package: a few hundred English
-           sentences written for this project (news, science, daily life, questions, instructions;
-           short and long), so GPTQ needs nothing downloaded and the text may be redistributed under
-           the project's own license. Never the Lee corpus, which `bench` evaluates on.
+    text   data/calibration_text.txt and data/calibration_text_more.txt, which ship inside the
+           package: 1787 English sentences written for this project (news and public affairs,
+           science and health, daily life, sport and culture, longer expository prose; questions,
+           instructions; short and long), so GPTQ needs nothing downloaded and the text may be
+           redistributed under the project's own license. Never the Lee corpus, which `bench`
+           evaluates on. The second file (1440 sentences) came because GPTQ's Hessians were short of
+           data with the first alone (5,491 tokens for inputs up to 1536 wide): halving that text
+           cost MiniLM's Lee cosine, and both files (35,372 tokens) took the planned 4.1-bit mix from
+           0.9889 to 0.9908 (docs/two_bit_study.md, "More calibration text").
     image  Fashion-MNIST training images (Debian's dataset-fashion-mnist), never the test images.
 """
 
@@ -21,19 +26,28 @@ from ulpq_build import evaluation as ev
 from ulpq_build.architectures import ARCHITECTURES, architecture_of
 from ulpq_build.errors import UserError
 
-CALIBRATION_TEXT = Path(__file__).resolve().parent / "data" / "calibration_text.txt"
+DATA = Path(__file__).resolve().parent / "data"
+CALIBRATION_TEXT = DATA / "calibration_text.txt"  # the first file (the trained decoder's training.json hashes it)
+CALIBRATION_TEXTS = (CALIBRATION_TEXT, DATA / "calibration_text_more.txt")
 PASSAGE_SENTENCES = 6
 
 
+def calibration_lines(path: Path) -> list[str]:
+    return [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
 def calibration_text() -> list[str]:
-    """The shipped calibration text as passages of PASSAGE_SENTENCES consecutive lines (the file keeps
-    related sentences together). Passages rather than single sentences: the model then sees long
-    contexts and late positions as paragraphs give them, and the batch carries little padding (every
-    row is computed, padded or not). Measured on MiniLM int4 GPTQ against the Lee corpus, in
-    docs/benchmarks.md: single sentences 99.87 % of float32's Pearson, mean cosine 0.918;
-    passages 101.12 %, 0.944."""
-    lines = [line.strip() for line in CALIBRATION_TEXT.read_text(encoding="utf-8").splitlines() if line.strip()]
-    return [" ".join(lines[i : i + PASSAGE_SENTENCES]) for i in range(0, len(lines), PASSAGE_SENTENCES)]
+    """The shipped calibration text as passages of PASSAGE_SENTENCES consecutive lines of one file (the
+    files keep related sentences together), the files in order. Passages rather than single sentences:
+    the model then sees long contexts and late positions as paragraphs give them, and the batch
+    carries little padding (every row is computed, padded or not). Measured on MiniLM int4 GPTQ against
+    the Lee corpus, in docs/benchmarks.md: single sentences 99.87 % of float32's Pearson, mean cosine
+    0.918; passages 101.12 %, 0.944 (the first file alone)."""
+    passages = []
+    for path in CALIBRATION_TEXTS:
+        lines = calibration_lines(path)
+        passages += [" ".join(lines[i : i + PASSAGE_SENTENCES]) for i in range(0, len(lines), PASSAGE_SENTENCES)]
+    return passages
 
 
 def ships_calibration(model: dict, source) -> bool:

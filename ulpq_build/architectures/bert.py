@@ -15,7 +15,6 @@ from ulpq_build.model_source import ModelSource
 from ulpq_build.reference import attention, cosine, layernorm, linear
 
 TEXT_TOKENS = 128  # calibration passages are cut to this many tokens
-PLANNER_TEXT_STRIDE = 4  # the planner's many runs see every 4th passage (a quarter, spread over every topic)
 TEXT_BATCH = 10  # documents per reference run when scoring
 DEMO_SENTENCES = [
     "A man is playing a guitar.",
@@ -159,8 +158,7 @@ def calibration_inputs(model: dict, folder: Path | None, texts: list[str]) -> Ca
     if tokenizer is None or not tokenizer.is_file():
         raise UserError("calibration for a BERT model needs its tokenizer.json in the model folder")
     batch = ev.tokenize(tokenizer, texts, TEXT_TOKENS)
-    small = ev.TextBatch(batch.ids[::PLANNER_TEXT_STRIDE], batch.mask[::PLANNER_TEXT_STRIDE]).trimmed()
-    return CalibrationInputs.of_tokens(batch.trimmed(), small, tokenizer, model["embeddings"]["word"]["table"])
+    return CalibrationInputs.of_tokens(batch.trimmed(), tokenizer, model["embeddings"]["word"]["table"])
 
 
 def verification_input(model: dict, folder: Path, manifest: dict, images: int):

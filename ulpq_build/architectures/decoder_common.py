@@ -19,7 +19,6 @@ from ulpq_build.errors import UserError
 from ulpq_build.model_source import ModelSource
 
 CALIBRATION_TOKENS = 128  # calibration passages are cut to this many tokens
-PLANNER_TEXT_STRIDE = 4  # the planner's many runs see every 4th passage
 # the reference returns float64 logits [passages, tokens, vocab]: a large vocabulary (Llama 3's 128k)
 # calibrates on fewer passages, so they stay within this many bytes (2 GiB: 16 passages of 128 tokens)
 LOGITS_BUDGET = 2 << 30
@@ -96,8 +95,7 @@ def calibration_inputs(model: dict, folder: Path | None, texts: list[str]) -> Ca
     batch = ev.tokenize(tokenizer, texts, min(CALIBRATION_TOKENS, model["max_position"]))
     keep = max(1, LOGITS_BUDGET // (8 * model["vocab_size"] * batch.ids.shape[1]))
     batch = ev.TextBatch(batch.ids[:keep], batch.mask[:keep]).trimmed()
-    small = ev.TextBatch(batch.ids[::PLANNER_TEXT_STRIDE], batch.mask[::PLANNER_TEXT_STRIDE]).trimmed()
-    return CalibrationInputs.of_tokens(batch, small, tokenizer, model["embeddings"]["word"]["table"])
+    return CalibrationInputs.of_tokens(batch, tokenizer, model["embeddings"]["word"]["table"])
 
 
 def bundle_unsupported(model: dict) -> str | None:
