@@ -434,6 +434,25 @@ def test_float16_scales_that_flush_weights_warn_once(main, tmp_path):
     assert "RuntimeWarning" not in err and "--scale-dtype float32" in lines[0]
 
 
+def test_values_past_the_original_dtypes_range_are_refused_by_dequantize(main, tmp_path):
+    """A damaged checkpoint whose scales stay finite but decode past float16's range: dequantize says
+    so in one line naming the tensor, and writes nothing (it wrote Inf after numpy's overflow
+    warning, which a fuzzed file found)."""
+    model = tmp_path / "m16.safetensors"
+    safetensors.numpy.save_file({k: v.astype(np.float16) for k, v in default_mlp_tensors().items()}, model)
+    assert main("quantize", model, "--out", tmp_path / "q.safetensors", "--format", "int8")[0] == 0
+    with safetensors.safe_open(tmp_path / "q.safetensors", "np") as f:
+        tensors, metadata = {k: f.get_tensor(k) for k in f.keys()}, f.metadata()
+    tensors["layers.1.weight:scales"] = tensors["layers.1.weight:scales"] * np.float32(1e8)
+    assert np.isfinite(tensors["layers.1.weight:scales"]).all()
+    safetensors.numpy.save_file(tensors, tmp_path / "damaged.safetensors", metadata=metadata)
+    one_line(*main("dequantize", tmp_path / "damaged.safetensors", "--out", tmp_path / "d.safetensors")[::2],
+             "damaged.safetensors", "layers.1.weight", "float16's range")
+    assert not (tmp_path / "d.safetensors").exists() and leftovers(tmp_path) == []
+    # the undamaged file restores
+    assert main("dequantize", tmp_path / "q.safetensors", "--out", tmp_path / "d.safetensors")[0] == 0
+
+
 def test_integer_weights_get_advice_that_works(main, tmp_path):
     ints = (np.arange(288 * 64).reshape(288, 64) % 7 - 3).astype(np.int64)
     model = mlp_file(tmp_path, **{"layers.0.weight": ints})

@@ -189,6 +189,18 @@ class Checkpoint:
         return dequantize(self.quantized_tensor(t), source=f"{self.path}: tensor {t.name!r:.80}")
 
 
+def narrowed(values: np.ndarray, t: LogicalTensor, path: Path) -> np.ndarray:
+    """Dequantized float32 values in the tensor's original dtype. A damaged file whose stored parts
+    decode to finite values past that dtype's range (float16's 65504) is refused, one line naming
+    the tensor, instead of writing Inf (and printing numpy's overflow warning)."""
+    with np.errstate(over="ignore"):
+        cast = values.astype(t.dtype)
+    if np.issubdtype(cast.dtype, np.floating) and not np.isfinite(cast).all():
+        raise UserError(f"{path}: tensor {t.name!r:.80}: its values decode past {t.dtype}'s range, which the "
+                        f"original tensor cannot have held; the file is damaged, re-run `python -m ulpq_build quantize`")
+    return cast
+
+
 def write_dequantized(checkpoint: Checkpoint, out: Path) -> None:
     """Restore every tensor with its original name, shape and dtype (quantized ones dequantized)."""
     specs = [(t.name, t.dtype, t.shape) for t in checkpoint.tensors]
@@ -199,7 +211,7 @@ def write_dequantized(checkpoint: Checkpoint, out: Path) -> None:
                 yield checkpoint.file.raw(t.name)
                 continue
             values = checkpoint.float32(t)
-            yield to_bfloat16_bits(values) if t.dtype == "bfloat16" else values.astype(t.dtype)
+            yield to_bfloat16_bits(values) if t.dtype == "bfloat16" else narrowed(values, t, checkpoint.path)
 
     with atomic_file(out) as tmp:
         write_safetensors(tmp, specs, produce(), {"format": "pt"})
