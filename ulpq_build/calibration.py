@@ -27,8 +27,8 @@ from ulpq_build.architectures import ARCHITECTURES, architecture_of
 from ulpq_build.errors import UserError
 
 DATA = Path(__file__).resolve().parent / "data"
-CALIBRATION_TEXT = DATA / "calibration_text.txt"  # the first file (the trained decoder's training.json hashes it)
-CALIBRATION_TEXTS = (CALIBRATION_TEXT, DATA / "calibration_text_more.txt")
+# in order; the first is also the trained decoder's training text (scripts/train_decoder.py hashes it)
+CALIBRATION_TEXTS = (DATA / "calibration_text.txt", DATA / "calibration_text_more.txt")
 PASSAGE_SENTENCES = 6
 
 
