@@ -115,3 +115,38 @@ def test_bias_correction_matches_each_layers_mean_output(rng):
     err = lambda w: np.mean((layer_inputs(model, w, run)["w1"][1] - y_float) ** 2)
     assert err(quantized) < err(applied(weights, plain))
 
+
+
+def test_hessian_of_float32_rows_sums_blocks_in_float64(rng, monkeypatch):
+    """The calibration run hands float32 activations: their Hessian is float32 products of
+    HESSIAN_ROWS rows summed in float64, equal to the float64 product to 1e-6 of its largest entry,
+    symmetric, and the same over one block or several (a 2.5-block input here)."""
+    import ulpq_build.gptq as gptq
+
+    monkeypatch.setattr(gptq, "HESSIAN_ROWS", 400)
+    x = (rng.standard_normal((1000, 96)) * (1 + 4 * (rng.random(96) < 0.1)) + 0.3).astype(np.float32)
+    exact = 2.0 * x.astype(np.float64).T @ x.astype(np.float64) / len(x)
+    h = hessian(x)
+    assert h.dtype == np.float64 and np.array_equal(h, h.T)
+    assert np.abs(h - exact).max() <= 1e-6 * np.abs(exact).max()
+    assert np.abs(hessian(x.astype(np.float64)) - exact).max() <= 1e-12 * np.abs(exact).max()
+    monkeypatch.setattr(gptq, "HESSIAN_ROWS", 1 << 20)
+    assert np.abs(hessian(x) - h).max() <= 1e-6 * np.abs(exact).max()
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_linear_in_place_epilogue_leaves_its_inputs_alone(dtype, rng):
+    """reference.linear adds bias and residual and applies gelu in place on its own product: the
+    inputs and the residual it is given stay as they were, and the result is the formula's."""
+    from scipy.special import erf
+
+    x = rng.standard_normal((7, 12)).astype(dtype)
+    residual = rng.standard_normal((7, 5)).astype(dtype)
+    weights = {"w": rng.standard_normal((5, 12)).astype(np.float32), "b": rng.standard_normal(5).astype(np.float32)}
+    node = {"weight": "w", "bias": "b", "out_features": 5, "in_features": 12, "activation": "gelu", "residual": True}
+    x0, r0 = x.copy(), residual.copy()
+    y = linear(x, node, weights, residual)
+    z = x.astype(np.float64) @ weights["w"].T.astype(np.float64) + weights["b"]
+    expected = 0.5 * z * (1 + erf(z / np.sqrt(2))) + residual
+    assert y.dtype == dtype and np.array_equal(x, x0) and np.array_equal(residual, r0)
+    assert np.allclose(y, expected, rtol=1e-5 if dtype == np.float32 else 1e-12, atol=1e-5 if dtype == np.float32 else 1e-12)

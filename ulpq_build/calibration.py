@@ -61,8 +61,11 @@ def ships_calibration(model: dict, source) -> bool:
 @dataclass
 class Calibration:
     """run(weights, hook) -> outputs over the calibration inputs (one batch: GPTQ needs every
-    layer's inputs at once); `small` the same over a subset in float32, for the many runs of the
-    planner (which compares runs with each other, so float32's rounding cancels out)."""
+    layer's inputs at once); `small` the same over a subset, for the many runs of the planner.
+    Both run in float32: activations rounded at 1e-7 feed Hessians and distortions that quantization
+    moves by 1e-3 and more, and the full run over 35k tokens took 68 s in float64 on 2 cores (gelu's
+    erf and page faults alone 30 s) against 21 s in float32 (docs/benchmarks.md, "The default
+    bundle"). gptq.hessian sums its float32 products in float64."""
 
     model: dict
     run_all: object
@@ -85,7 +88,7 @@ def calibration_for(model: dict, folder: Path | None, texts: list[str] | None = 
                         f"and --target-size measure on it; choose the formats with --format or --config instead")
     inputs = arch.calibration_inputs(model, folder, texts or calibration_text())
     forward, check = arch.reference_forward, inputs.check_weights
-    return Calibration(model, lambda w, hook: forward(model, check(w), inputs.full, hook=hook),
+    return Calibration(model, lambda w, hook: forward(model, check(w), inputs.full, hook=hook, dtype=np.float32),
                        lambda w, hook: forward(model, check(w), inputs.subset, hook=hook, dtype=np.float32))
 
 

@@ -22,7 +22,7 @@ anyway: no new tensor, no runtime change. quantize_model(bias_correction=True); 
 from __future__ import annotations
 
 import numpy as np
-from scipy.linalg.blas import dsyrk
+from scipy.linalg.blas import dsyrk, ssyrk
 from scipy.linalg.lapack import dtrtri
 
 from ulpq_build.graph import graph_nodes
@@ -39,10 +39,22 @@ BIAS_CORRECTION = False
 FLOAT32_SPEC = QuantSpec("float32")
 
 
+HESSIAN_ROWS = 8192  # float32 rows summed per float32 product before the float64 total takes them
+
+
 def hessian(x: np.ndarray) -> np.ndarray:
-    """2 X^T X / n over the rows of x, in float64 (one triangle by BLAS syrk: half the work of x.T @ x)."""
-    x = np.asarray(x, np.float64).reshape(-1, x.shape[-1])
-    upper = dsyrk(2.0 / max(len(x), 1), x.T, trans=0)  # x.T is Fortran-ordered: no copy; computes x^T x
+    """2 X^T X / n over the rows of x, as float64 (one triangle by BLAS syrk: half the work of x.T @ x).
+    float32 activations (the calibration run's) are multiplied in float32 over HESSIAN_ROWS rows at a
+    time and summed in float64: twice float64's speed, without a float64 copy of x, and within 1e-6 of
+    the float64 product relative to its largest entry (tests/test_gptq.py)."""
+    x = np.asarray(x).reshape(-1, np.shape(x)[-1])
+    n = max(len(x), 1)
+    if x.dtype == np.float32:
+        upper = np.zeros((x.shape[1], x.shape[1]), np.float64)
+        for start in range(0, len(x), HESSIAN_ROWS):  # x[a:b].T is Fortran-ordered: no copy; computes x^T x
+            upper += ssyrk(2.0 / n, x[start : start + HESSIAN_ROWS].T, trans=0)
+    else:
+        upper = dsyrk(2.0 / n, np.asarray(x, np.float64).T, trans=0)
     return np.triu(upper) + np.triu(upper, 1).T
 
 

@@ -15,8 +15,15 @@ from scipy.special import erf  # a ufunc accurate to float64 (math.erf per eleme
 
 
 def gelu(x: np.ndarray) -> np.ndarray:
-    """GELU in its exact erf form, as BERT uses it."""
-    return 0.5 * x * (1.0 + erf(x / math.sqrt(2.0)))
+    """GELU in its exact erf form, as BERT uses it; in x's precision, in place on one new array (a
+    calibration run's [35k tokens, 1536] activations made four temporaries of 200-400 MB, each paid
+    for again in page faults)."""
+    y = x / math.sqrt(2.0)
+    erf(y, out=y)
+    y += 1.0
+    y *= x
+    y *= 0.5
+    return y
 
 
 def gelu_tanh(x: np.ndarray) -> np.ndarray:
@@ -60,9 +67,11 @@ def linear(x: np.ndarray, node: dict, weights: dict, residual: np.ndarray | None
     w = np.asarray(weights[node["weight"]], x.dtype).reshape(node["out_features"], node["in_features"])
     y = x @ w.T
     if node["bias"]:
-        y = y + np.asarray(weights[node["bias"]], x.dtype)
+        y += np.asarray(weights[node["bias"]], x.dtype)  # y is this call's own array: in place
     y = ACTIVATIONS[node["activation"]](y)
-    return y + residual if node.get("residual") else y
+    if node.get("residual"):
+        y += residual
+    return y
 
 
 def attention(q, k, v, keep, batch: int, seq: int, heads: int, head_dim: int) -> np.ndarray:

@@ -27,7 +27,7 @@ PLANNER_PASSAGES = 15
 @dataclass(frozen=True)
 class CalibrationInputs:
     """What an architecture calibrates on, as inputs of its `reference_forward`: `full` for GPTQ
-    (every layer's inputs at once, float64), `subset` for the planner's many float32 runs.
+    (every layer's inputs at once), `subset` for the planner's many runs; both run in float32.
     `check_weights(weights)` returns the weights, or raises a UserError when the inputs cannot run on
     them (a tokenizer whose ids pass the word table) instead of a numpy IndexError deep in a run."""
 
