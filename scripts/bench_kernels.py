@@ -60,6 +60,8 @@ VARIANT_FEATURES = {"subgroups": ("subgroups",), "f16": ("shader-f16",), "subgro
 L2_DEFEAT_BYTES = 256 << 20  # GEMV weights cycle through copies this large together (H200 L2: 60 MB)
 GEMV_SHAPES = [(768, 768), (3072, 768), (768, 3072), (16384, 8192)]  # (N outputs, K inputs)
 GEMM_SHAPES = [(128, 3072, 768), (4096, 4096, 4096)]  # (M, N, K)
+# Timer.settle: trials before a timing until the GPU has run this long and the last trials agree
+SETTLE_SECONDS, SETTLE_MAX_SECONDS, SETTLE_TRIALS, SETTLE_AGREE = 1.0, 8.0, 3, 0.03
 CHECK_GEMV_N = 67  # check()'s GEMV outputs: a ragged count
 
 
@@ -79,7 +81,8 @@ def random_weight(spec: QuantSpec, n: int, k: int, rng) -> QuantizedTensor:
 class Timer:
     def __init__(self, runner: KernelRunner):
         self.runner, self.device, self.wgpu = runner, runner.device, runner.wgpu
-        self.min_seconds = 0.025  # per timed trial (0 for lavapipe smoke runs)
+        self.min_seconds = 0.025  # per timed trial (0 for lavapipe smoke runs, which also skip settling)
+        self.settled: list[dict] = []  # per timing with min_seconds: how long settling took (Timer.settle)
         self.sync = self.device.create_buffer(size=4, usage=self.wgpu.BufferUsage.COPY_SRC | self.wgpu.BufferUsage.COPY_DST)
 
     def seconds(self, encode, repeat: int, trials: int, min_seconds: float = 0.0) -> float:
@@ -89,7 +92,7 @@ class Timer:
         if min_seconds:
             probe = self.seconds(encode, repeat, 1)
             repeat = max(repeat, min(4000, math.ceil(min_seconds / max(probe, 1e-7))))
-            self.seconds(encode, repeat, 1)
+            self.settle(encode, repeat)
         best = math.inf
         for _ in range(trials):
             encoder = self.device.create_command_encoder()
@@ -100,6 +103,22 @@ class Timer:
             self.device.queue.read_buffer(self.sync)  # blocks until the work is done
             best = min(best, (time.perf_counter() - start) / repeat)
         return best
+
+    def settle(self, encode, repeat: int) -> list[float]:
+        """Run trials until the GPU has worked SETTLE_SECONDS and the last SETTLE_TRIALS agree within
+        SETTLE_AGREE (at most SETTLE_MAX_SECONDS): after a process's setup an H200 ran every kernel
+        2-10x slower for a period (GPU timestamps showed it: the dispatches themselves were slow, not
+        the submit), so a timing of a few trials could land entirely in it."""
+        start, trials = time.perf_counter(), []
+        while True:
+            trials.append(self.seconds(encode, repeat, 1))
+            elapsed = time.perf_counter() - start
+            recent = trials[-SETTLE_TRIALS:]
+            if elapsed >= SETTLE_MAX_SECONDS or (elapsed >= SETTLE_SECONDS and len(recent) == SETTLE_TRIALS
+                                                 and max(recent) <= min(recent) * (1 + SETTLE_AGREE)):
+                self.settled.append({"seconds": round(elapsed, 3), "trials": len(trials),
+                                     "first_over_last": round(trials[0] / trials[-1], 2)})
+                return trials
 
     def kernel(self, variant, arrays, params, outputs, repeat, trials, copies: int = 1) -> float:
         """Time a kernel; with copies > 1 the weight parts (w.*) are uploaded that many times and
@@ -321,10 +340,12 @@ def main() -> int:
                                    2 if args.quick else repeat, 2 if args.quick else 5, copies=1 if args.quick else copies)
             row = {"format": name, "m": rows, "n": n, "k": k, "seconds": seconds, "weight_bytes": qt.nbytes, "variant": variant.key,
                    "weight_copies": copies,
-                   "bandwidth": qt.nbytes / seconds, "check_rel_error": errors["gemv"]}
+                   "bandwidth": qt.nbytes / seconds, "check_rel_error": errors["gemv"],
+                   "settle": timer.settled[-1] if timer.settled else None}
             result["gemv"].append(row)
+            settle = f", settled in {row['settle']['seconds']} s, first trial {row['settle']['first_over_last']}x" if row["settle"] else ""
             print(f"gemv {name:13s} {rows}x{n}x{k}: {seconds * 1e6:9.1f} us  {row['bandwidth'] / 1e9:8.1f} GB/s  "
-                  f"(check {errors['gemv']:.1e})", flush=True)
+                  f"(check {errors['gemv']:.1e}{settle})", flush=True)
         for m, n, k in gemm_shapes:
             qt = random_weight(spec, n, k, rng)
             x = rng.standard_normal((m, k)).astype(np.float32)

@@ -175,10 +175,13 @@ def test_matmul_kernels_match_numpy(name, profile, rng):
 
 # The codebook GEMV's paths (templates/gemv_codebook.wgsl.jinja): whole steps of `units` units per
 # lane, the tail of units, the odd last group (K % 16 == 8), rows past n, input rows past m (x_rows),
-# one thread per row (cpu), the pipelined loop and other units per step (bench tiles).
+# one thread per row (cpu), the pipelined loop and other units per step (bench tiles). Step counts
+# below are at 4 units per lane (kernels.CODEBOOK_GEMV_UNITS: one-stage formats take 2 on GPU
+# profiles, so twice the steps of half the units; the third case forces 4 for them).
 GEMV_CASES = [
     ("chrome", {"deep": True}, None, 1, 37, 4184),  # 1 step of 256 units, 5 in the tail, the odd group
     ("chrome", {"deep": True, "activation": "gelu"}, {"pipeline": 1}, 2, 21, 8328),  # 2 steps, 8 tail units
+    ("chrome", {"deep": True}, {"units": 4}, 1, 11, 8328),
     ("chrome", {"deep": True, "residual": True}, {"units": 2, "rows": 2}, 1, 19, 2184),
     ("chrome", {"bias": True}, {"x_rows": 2}, 3, 45, 1032),  # input row 3 of a 2-row workgroup: row 2 reused
     ("firefox", {"bias": True}, None, 2, 19, 136),  # the tail only

@@ -413,6 +413,20 @@ def codebook_gemv_table_bytes(fmt: Format) -> int:
     return 4 * sum(256 + 128 if d == "e8p" else 256 for d in decoders)
 
 
+# Units (16 weights each) a lane of the codebook GEMV loads per step on GPU profiles, by the format's
+# number of stages (templates/gemv_codebook.wgsl.jinja; others 4, the template's default, as on CPU
+# adapters). On the H200 (docs/benchmarks.md, "The codebook GEMVs, settled"; Dawn, 3 processes each)
+# e8p with 2 units took 13.2-13.3 / 15.7-17.2 / 51.0-53.3 us at 8192x2048 / 2048x8192 / 16384x8192
+# against 14.6-19.1 / 19.3-20.3 / 52.9-55.4 with 4; the residual formats decode 2-4 times as much per
+# unit and were level or slower with 2 (e8p-rvq3 19.0 / 22.7 / 82.2 against 17.9-18.1 / 21.9-22.3 /
+# 80.9-83.6). e81b (one stage of 8-bit words, half e8p's decode per unit) follows e8p, unmeasured.
+CODEBOOK_GEMV_UNITS = {1: 2}
+
+
+def codebook_gemv_units(fmt: Format) -> int:
+    return CODEBOOK_GEMV_UNITS.get(len(fmt.stages), 4)
+
+
 def gemv_packed_tiles(tiles: dict, bits: int) -> dict:
     """GEMV tiles for packed weights: fewer threads per row the more values a word holds. A row of
     BERT's K = 768 is 192 vec4 steps in float32 but 24 in int4 and 12 in int2, so the float32 table's
@@ -694,6 +708,8 @@ class KernelVariant:
             # default: decoding once for 8 rows left BERT-base's 768 outputs 24 workgroups at 1x8 and
             # ran 1.8x slower on an H200 (docs/benchmarks.md); it pays only where the grid stays full.
             tiles = {"x_rows": 1, **tiles}
+            if self.weight is not None and self.weight.fmt.levels == "codebook" and not self.prof.cpu_adapter:
+                tiles = {**tiles, "units": codebook_gemv_units(self.weight.fmt)}
         return {**tiles, **dict(self.tile_overrides)}
 
     @property
