@@ -10,10 +10,11 @@ kernels per format, through one WebGPU engine per run (Dawn: `--engine dawn`, wg
     python scripts/bench_kernels.py --engine dawn --isolate --formats int2,int4,e8p,e8p-rvq3,e8p-rvq4 \
         --gemv-shapes 8192x2048,2048x8192,16384x8192 --json out-codebook.json
 
-`--isolate` times each (format, GEMV shape) in a process of its own: on the H200 through Dawn every
-GEMV timed after about the sixth timing of one process ran 3-5x slower (int2 8192x2048: 12-14 us
-first, 45-56 us late in the same run; a fresh process is fast again; freeing each timing's buffers
-did not help), so a long run's later rows are not to be trusted without it.
+Every timing first settles (Timer.settle: trials until the GPU has run 1 s and three agree): on the
+H200 a process's kernels ran 2-10x slow for 0.1-0.4 s after setup (GPU timestamps showed it), and
+five trials taken right away could land entirely in that period (docs/benchmarks.md, "The slow mode
+was a slow period after setup"). `--isolate` still times each (format, GEMV shape) in a process of
+its own, which is how the slow times were first worked around.
 
 `--variant subgroups|f16|subgroups+f16` times every GEMV twice on one device requested with those
 adapter features (profiles.FEATURES): the base variant (what runs without them) and the feature
