@@ -201,7 +201,7 @@ def run_node_script(node: str, script: Path, request: dict, work: Path, name: st
     return json.loads(lines[-1])
 
 
-def torch_times(model, shapes, repeats: int, warmup: int, device: str, dtype: str) -> dict:
+def torch_times(model, shapes, repeats: int, warmup: int, device: str, dtype: str, warmup_s: float = 0.0) -> dict:
     import torch
 
     tdtype = {"fp32": torch.float32, "fp16": torch.float16}[dtype]
@@ -213,7 +213,13 @@ def torch_times(model, shapes, repeats: int, warmup: int, device: str, dtype: st
             args = (ids, torch.ones_like(ids), torch.zeros_like(ids))
             times = []
             try:
-                for i in range(warmup + repeats):
+                warm_start, warm_runs = time.perf_counter(), 0  # at least `warmup` runs and `warmup_s` seconds of them
+                while warm_runs < warmup or (time.perf_counter() - warm_start < warmup_s and warm_runs < 5000):
+                    m(*args)
+                    if device == "cuda":
+                        torch.cuda.synchronize()
+                    warm_runs += 1
+                for i in range(repeats):
                     if device == "cuda":
                         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
                         start.record()
@@ -225,8 +231,7 @@ def torch_times(model, shapes, repeats: int, warmup: int, device: str, dtype: st
                         t0 = time.perf_counter()
                         y = m(*args)
                         ms = (time.perf_counter() - t0) * 1000
-                    if i >= warmup:
-                        times.append(ms)
+                    times.append(ms)
                 out[f"{batch}x{tokens}"] = {"median_ms": statistics.median(times), "output": y.float().cpu().numpy()}
             except Exception as exc:  # one shape's failure (e.g. fp16 on a CPU) is recorded, not fatal
                 out[f"{batch}x{tokens}"] = {"error": f"{type(exc).__name__}: {exc}".splitlines()[0]}
@@ -278,7 +283,8 @@ def table(results: dict, formats: list[str]) -> str:
     f = results["facts"]
     lines = [f"Whole-model benchmark, {f.get('gpu')} (driver {f.get('driver')}); node {f.get('node')}, Dawn (npm webgpu "
              f"{results.get('webgpu_version')}) adapter: {results.get('adapter')}; onnxruntime-node {results.get('ort_version')}; "
-             f"torch {f.get('torch')}, transformers {f.get('transformers')}. Medians of {results['repeats']} runs, ms.", ""]
+             f"torch {f.get('torch')}, transformers {f.get('transformers')}. Medians of {results['repeats']} runs after at least "
+             f"{results.get('warmup_s', 0)} s of warm-up runs per shape, ms.", ""]
     head = ["model, batch x tokens", *[f"ours {x}" for x in formats], "ORT fp32", "ORT int4", "torch fp32", "torch fp16",
             "ORT/ours fp32", "ORT int4/ours int4"]
     lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -338,6 +344,9 @@ def main(argv=None) -> int:
     p.add_argument("--engines", default="ours,ort,torch")
     p.add_argument("--repeats", type=int, default=30)
     p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--warmup-s", type=float, default=1.0,
+                   help="and warm up each shape for at least this many seconds, every engine alike (on the H200 every "
+                        "kernel ran 2-10x slow for 0.1-0.4 s after a setup, longer than 30 small runs take)")
     p.add_argument("--node", default=shutil.which("node") or "node")
     p.add_argument("--hardware", default="webgpu", help="this runtime's hardware option (webgpu: fail rather than fall back)")
     p.add_argument("--profile", default=None, help="this runtime's shader profile (chrome, firefox, safari); default: "
@@ -358,7 +367,7 @@ def main(argv=None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     shutil.rmtree(args.work, ignore_errors=True)
     args.work.mkdir(parents=True)
-    results = {"facts": machine_facts(args.node), "repeats": args.repeats, "shapes": [f"{b}x{t}" for b, t in shapes],
+    results = {"facts": machine_facts(args.node), "repeats": args.repeats, "warmup_s": args.warmup_s, "shapes": [f"{b}x{t}" for b, t in shapes],
                "formats": formats, "models": {}, "checks": {}, "errors": [], "adapter": None, "build": {}}
     try:
         results["webgpu_version"] = subprocess.run([args.node, "-p", "require('webgpu/package.json').version"], capture_output=True,
@@ -407,7 +416,7 @@ def main(argv=None) -> int:
         for name, model in torch_models.items():
             for dtype in ("fp32", "fp16"):
                 try:
-                    got = torch_times(model, shapes, args.repeats, args.warmup, args.device, dtype)
+                    got = torch_times(model, shapes, args.repeats, args.warmup, args.device, dtype, args.warmup_s)
                     for shape, r in got.items():
                         results["models"][name]["rows"][shape][f"torch {dtype}"] = r.get("median_ms")
                         if "error" in r:
@@ -436,7 +445,7 @@ def main(argv=None) -> int:
                 continue
             try:
                 got = run_node_script(args.node, JS / "bench_node_model.mjs",
-                                      {"bundles": bundles, "shapes": shapes, "repeats": args.repeats, "warmup": args.warmup,
+                                      {"bundles": bundles, "shapes": shapes, "repeats": args.repeats, "warmup": args.warmup, "warmup_s": args.warmup_s,
                                        "hardware": args.hardware, "profile": args.profile, "keep_outputs": keep}, args.work, f"ours_{name}",
                                       timeout=share(0.3 * args.budget_s))
                 webgpu = got.get("webgpu") or {}
@@ -467,7 +476,7 @@ def main(argv=None) -> int:
             try:
                 got = run_node_script(args.node, JS / "bench_ort.mjs",
                                       {"models": [{"name": k, "file": v} for k, v in build.items()], "shapes": shapes,
-                                       "repeats": args.repeats, "warmup": args.warmup, "ep": args.ort_ep, "keep_outputs": keep,
+                                       "repeats": args.repeats, "warmup": args.warmup, "warmup_s": args.warmup_s, "ep": args.ort_ep, "keep_outputs": keep,
                                        "ids": ids}, args.work, f"ort_{name}", timeout=share(0.2 * args.budget_s))
                 for m in got["models"]:
                     results["models"][name].setdefault("ort", {})[m["name"]] = m

@@ -26,6 +26,10 @@ The result is a Plan of explicit per-tensor rules, printed and stored like any o
 from __future__ import annotations
 
 import math
+import multiprocessing
+import os
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -43,6 +47,7 @@ from ulpq_build.gptq import (
 from ulpq_build.plan import FLOAT32, Plan, Rule, is_matrix, resolve_plan
 from ulpq_build.quantize import dequantize, quantize
 from ulpq_build.quantspec import QuantSpec, matrix_shape, stored_bytes
+from ulpq_build.reference import memoized
 
 # The storages a matrix may get (those whose groups divide its rows), tried from the cheapest. Scales
 # per output channel give the small steps between bit widths (a 1-bit or 2-bit table beside 3-4-bit
@@ -175,23 +180,89 @@ def sensitivities(matrices: list[tuple[str, tuple[int, ...]]], options: dict[str
     """cost[name][j]: the calibration distortion with only matrix `name` quantized to options[name][j];
     by GPTQ (gptq.gptq_quantize) on hessians[name] where given, else by rounding to nearest; with
     means[name] (its mean input), its bias corrected as gptq.quantize_model corrects it."""
-    reference = calibration.run_subset(weights)
-    biases = {n: node["bias"] for n, node in linear_nodes(calibration.model).items() if node.get("bias")}
-    cost: dict[str, list[float]] = {}
-    for i, (name, shape) in enumerate(matrices):
-        cost[name] = []
-        h = (hessians or {}).get(name)
-        for spec in options[name]:
-            if not spec.fmt.quantized:
-                cost[name].append(0.0)
-                continue
-            trial = dict(weights)
-            qt = quantize(name, weights[name], spec) if h is None else gptq_quantize(name, weights[name], spec, h)
-            trial[name] = dequantize(qt)
-            if means is not None and name in means and name in biases:
-                trial[biases[name]] = corrected_bias(weights[biases[name]], weights[name], trial[name], means[name])
-            cost[name].append(distortion(calibration.model, reference, calibration.run_subset(trial)))
-        how = "rounded" if h is None else "gptq" if means is None else "gptq, bias corrected"
-        log(f"sensitivity {i + 1}/{len(matrices)} {name} ({how}): " + ", ".join(
-            f"{c.format}/{c.group_size or 'chan'}:{d:.2e}" for c, d in zip(options[name], cost[name])))
+    with memoized():  # each trial repeats the reference run up to its matrix (reference.Memo)
+        reference = calibration.run_subset(weights)
+        biases = {n: node["bias"] for n, node in linear_nodes(calibration.model).items() if node.get("bias")}
+        job = _SensitivityJob(matrices, options, weights, calibration, hessians, means, reference, biases)
+        workers = sensitivity_workers(len(matrices))
+        if workers > 1:
+            results = _in_forked_workers(job, workers)
+        else:
+            results = (job.costs(i) for i in range(len(matrices)))
+        cost: dict[str, list[float]] = {}
+        for i, ((name, _), costs) in enumerate(zip(matrices, results)):
+            cost[name] = costs
+            how = "rounded" if name not in (hessians or {}) else "gptq" if means is None else "gptq, bias corrected"
+            log(f"sensitivity {i + 1}/{len(matrices)} {name} ({how}): " + ", ".join(
+                f"{c.format}/{c.group_size or 'chan'}:{d:.2e}" for c, d in zip(options[name], costs)))
     return cost
+
+
+# Processes the sensitivity pass runs in (each takes whole matrices; one is the loop in this process):
+# at most this many, and as many as the CPUs this process may use hold at the BLAS threads each
+# process runs (the command line's one: ulpq_build/__main__.py; unset, numpy's BLAS takes every CPU,
+# so one process). Forked, so the model, the calibration inputs and the reference run's memo are
+# shared, not copied or pickled. MiniLM, 3 matrices on 2 cores, one BLAS thread: 29.1 s in one
+# process, 17.6 s in two; with two BLAS threads each, two processes took 49.7 s.
+MAX_SENSITIVITY_WORKERS = 4
+
+
+def sensitivity_workers(matrices: int) -> int:
+    if "fork" not in multiprocessing.get_all_start_methods():
+        return 1
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    blas = next((os.environ[v] for v in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS") if os.environ.get(v, "").isdigit()), "")
+    per_process = int(blas) if blas and int(blas) > 0 else cpus
+    return max(1, min(MAX_SENSITIVITY_WORKERS, cpus // per_process, matrices))
+
+
+@dataclass
+class _SensitivityJob:
+    matrices: list
+    options: dict
+    weights: dict
+    calibration: Calibration
+    hessians: dict | None
+    means: dict | None
+    reference: np.ndarray
+    biases: dict
+
+    def costs(self, i: int) -> list[float]:
+        """The distortion of each of matrix i's options, that matrix alone quantized."""
+        name = self.matrices[i][0]
+        h = (self.hessians or {}).get(name)
+        out = []
+        for spec in self.options[name]:
+            if not spec.fmt.quantized:
+                out.append(0.0)
+                continue
+            trial = dict(self.weights)
+            qt = quantize(name, self.weights[name], spec) if h is None else gptq_quantize(name, self.weights[name], spec, h)
+            trial[name] = dequantize(qt)
+            if self.means is not None and name in self.means and name in self.biases:
+                bias = self.biases[name]
+                trial[bias] = corrected_bias(self.weights[bias], self.weights[name], trial[name], self.means[name])
+            out.append(distortion(self.calibration.model, self.reference, self.calibration.run_subset(trial)))
+        return out
+
+
+_FORKED_JOB: _SensitivityJob | None = None  # what forked workers read (set before the fork, never pickled)
+
+
+def _forked_costs(i: int) -> list[float]:
+    return _FORKED_JOB.costs(i)
+
+
+def _in_forked_workers(job: _SensitivityJob, workers: int):
+    """job.costs(i) for every matrix, in order, from `workers` forked processes. Consecutive matrices go
+    to one process (the memo then reuses the most), in chunks small enough to even out the load."""
+    global _FORKED_JOB
+    _FORKED_JOB = job
+    # a forked child of a process whose tokenizer ran threads would warn on stderr and go serial anyway
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    chunk = max(1, len(job.matrices) // (4 * workers))
+    try:
+        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as pool:
+            yield from pool.map(_forked_costs, range(len(job.matrices)), chunksize=chunk)
+    finally:
+        _FORKED_JOB = None

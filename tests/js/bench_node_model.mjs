@@ -2,7 +2,7 @@
 // `webgpu` finds an adapter, else the CPU path): per bundle, the load and init times, then per
 // batch x tokens shape the first run at that new shape and the median of the steady runs.
 //   node bench_node_model.mjs REQUEST.json  ->  one JSON object on the last stdout line
-// REQUEST: {bundles: [{name, dir}], shapes: [[batch, tokens], ...], repeats, warmup, hardware,
+// REQUEST: {bundles: [{name, dir}], shapes: [[batch, tokens], ...], repeats, warmup, warmup_s, hardware,
 //           keep_outputs: [[batch, tokens], ...]}   (the outputs kept are compared by the caller)
 // Token counts are exact: each text is (tokens - 2) words that are whole entries of the vocab, and
 // the tokenizer adds [CLS] and [SEP]. run_ms is the runtime's own process() timing without
@@ -14,7 +14,7 @@ import path from 'node:path';
 import { pathToFileURL } from 'node:url';
 
 const request = JSON.parse(readFileSync(process.argv[2], 'utf8'));
-const { repeats = 30, warmup = 3, hardware = 'auto', keep_outputs: keep = [] } = request;
+const { repeats = 30, warmup = 3, warmup_s: warmupSeconds = 0, hardware = 'auto', keep_outputs: keep = [] } = request;
 const median = (xs) => { const s = [...xs].sort((a, b) => a - b); const m = s.length >> 1; return s.length % 2 ? s[m] : (s[m - 1] + s[m]) / 2; };
 
 /** `batch` texts of exactly `tokens` tokens each, built from whole words of the bundle's vocab. */
@@ -62,7 +62,12 @@ for (const { name, dir, features = null } of request.bundles) {
         if (first.tokens.some((n) => n !== tokens)) throw new Error(`texts gave ${first.tokens} tokens, not ${tokens}`);
         shape.path = first.path;
         if (keep.some(([b, s]) => b === batch && s === tokens)) shape.output = first.output;
-        for (let i = 0; i < warmup; i++) await model.process(input);
+        // at least `warmup` runs and `warmup_s` seconds of them: on the H200 every kernel ran 2-10x slow for
+        // 0.1-0.4 s after a setup (docs/benchmarks.md), longer than 30 runs of a small shape take
+        const warmStart = performance.now();
+        let warmRuns = 0;
+        while (warmRuns < warmup || (performance.now() - warmStart < 1000 * warmupSeconds && warmRuns < 5000)) { await model.process(input); warmRuns++; }
+        shape.warmup_runs = warmRuns;
         const run = [];
         const wall = [];
         for (let i = 0; i < repeats; i++) {

@@ -1,7 +1,7 @@
 // The peer for the whole-model benchmark: ONNX Runtime (onnxruntime-node, found through NODE_PATH)
 // running exported BERT models, by default on its WebGPU execution provider.
 //   node bench_ort.mjs REQUEST.json  ->  one JSON object on the last stdout line
-// REQUEST: {models: [{name, file}], shapes: [[batch, tokens], ...], repeats, warmup, ep,
+// REQUEST: {models: [{name, file}], shapes: [[batch, tokens], ...], repeats, warmup, warmup_s, ep,
 //           keep_outputs: [[batch, tokens], ...], ids: {'BxT': [[token ids of row 0], ...]}}
 // The token ids come from the caller, the same ones it gives torch and the ones the runtime's
 // tokenizer makes of its texts.
@@ -11,7 +11,7 @@ import { readFileSync } from 'node:fs';
 const require = createRequire(import.meta.url);
 const ort = require('onnxruntime-node');
 const request = JSON.parse(readFileSync(process.argv[2], 'utf8'));
-const { repeats = 30, warmup = 3, ep = 'webgpu', keep_outputs: keep = [] } = request;
+const { repeats = 30, warmup = 3, warmup_s: warmupSeconds = 0, ep = 'webgpu', keep_outputs: keep = [] } = request;
 const median = (xs) => { const s = [...xs].sort((a, b) => a - b); const m = s.length >> 1; return s.length % 2 ? s[m] : (s[m - 1] + s[m]) / 2; };
 
 function feeds(batch, tokens) {
@@ -46,7 +46,11 @@ for (const { name, file } of request.models) {
           const cols = output.dims.at(-1);
           shape.output = Array.from({ length: batch }, (_, r) => Array.from(output.data.subarray(r * cols, (r + 1) * cols)));
         }
-        for (let i = 0; i < warmup; i++) await session.run(input);
+        // as bench_node_model.mjs: at least `warmup` runs and `warmup_s` seconds of them
+        const warmStart = performance.now();
+        let warmRuns = 0;
+        while (warmRuns < warmup || (performance.now() - warmStart < 1000 * warmupSeconds && warmRuns < 5000)) { await session.run(input); warmRuns++; }
+        shape.warmup_runs = warmRuns;
         const runs = [];
         for (let i = 0; i < repeats; i++) {
           t = performance.now();

@@ -127,7 +127,7 @@ def bert_forward(model: dict, weights: dict, ids: np.ndarray, mask: np.ndarray, 
     lin = lambda x, node, residual=None: linear(x, node, weights, residual, hook, rows)  # noqa: E731
     for layer in model["layers"]:
         q, k, v = (lin(h, layer[role]) for role in ("query", "key", "value"))
-        ctx = attention(q, k, v, keep, batch, seq, model["num_heads"], model["head_dim"])
+        ctx = attention(q, k, v, keep, batch, seq, model["num_heads"], model["head_dim"], layer["query"]["weight"])
         a = layernorm(lin(ctx, layer["attn_out"], h), layer["attn_norm"], weights, model["layer_norm_eps"])
         h = layernorm(lin(lin(a, layer["intermediate"]), layer["output"], a), layer["out_norm"], weights, model["layer_norm_eps"])
     h = h.reshape(batch, seq, -1)

@@ -110,7 +110,8 @@ def vit_forward(model: dict, weights: dict, pixels: np.ndarray, hook=None, dtype
     for layer in model["layers"]:
         n = layernorm(h, layer["norm_before"], weights, eps)
         q, k, v = (lin(n, layer[role]) for role in ("query", "key", "value"))
-        h = lin(attention(q, k, v, keep, batch, seq, model["num_heads"], model["head_dim"]), layer["attn_out"], h)
+        h = lin(attention(q, k, v, keep, batch, seq, model["num_heads"], model["head_dim"], layer["query"]["weight"]),
+                layer["attn_out"], h)
         n = layernorm(h, layer["norm_after"], weights, eps)
         h = lin(lin(n, layer["intermediate"]), layer["output"], h)
     cls_out = layernorm(h.reshape(batch, seq, hidden)[:, 0], model["final_norm"], weights, eps)
