@@ -28,6 +28,7 @@ from __future__ import annotations
 import math
 import multiprocessing
 import os
+import sys
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 
@@ -208,7 +209,8 @@ MAX_SENSITIVITY_WORKERS = 4
 
 
 def sensitivity_workers(matrices: int) -> int:
-    if "fork" not in multiprocessing.get_all_start_methods():
+    # Linux only: macOS offers fork, but its system BLAS (numpy's Accelerate builds) is not fork-safe
+    if not sys.platform.startswith("linux") or "fork" not in multiprocessing.get_all_start_methods():
         return 1
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     blas = next((os.environ[v] for v in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS") if os.environ.get(v, "").isdigit()), "")
