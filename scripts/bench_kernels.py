@@ -83,7 +83,7 @@ class Timer:
     def __init__(self, runner: KernelRunner):
         self.runner, self.device, self.wgpu = runner, runner.device, runner.wgpu
         self.min_seconds = 0.025  # per timed trial (0 for lavapipe smoke runs, which also skip settling)
-        self.settled: list[dict] = []  # per timing with min_seconds: how long settling took (Timer.settle)
+        self.last_settle: dict | None = None  # how the last timing with min_seconds settled (Timer.settle)
         self.sync = self.device.create_buffer(size=4, usage=self.wgpu.BufferUsage.COPY_SRC | self.wgpu.BufferUsage.COPY_DST)
 
     def seconds(self, encode, repeat: int, trials: int, min_seconds: float = 0.0) -> float:
@@ -105,7 +105,7 @@ class Timer:
             best = min(best, (time.perf_counter() - start) / repeat)
         return best
 
-    def settle(self, encode, repeat: int) -> list[float]:
+    def settle(self, encode, repeat: int) -> None:
         """Run trials until the GPU has worked SETTLE_SECONDS and the last SETTLE_TRIALS agree within
         SETTLE_AGREE (at most SETTLE_MAX_SECONDS): after a process's setup an H200 ran every kernel
         2-10x slower for a period (GPU timestamps showed it: the dispatches themselves were slow, not
@@ -117,9 +117,9 @@ class Timer:
             recent = trials[-SETTLE_TRIALS:]
             if elapsed >= SETTLE_MAX_SECONDS or (elapsed >= SETTLE_SECONDS and len(recent) == SETTLE_TRIALS
                                                  and max(recent) <= min(recent) * (1 + SETTLE_AGREE)):
-                self.settled.append({"seconds": round(elapsed, 3), "trials": len(trials),
-                                     "first_over_last": round(trials[0] / trials[-1], 2)})
-                return trials
+                self.last_settle = {"seconds": round(elapsed, 3), "trials": len(trials),
+                                    "first_over_last": round(trials[0] / trials[-1], 2)}
+                return
 
     def kernel(self, variant, arrays, params, outputs, repeat, trials, copies: int = 1) -> float:
         """Time a kernel; with copies > 1 the weight parts (w.*) are uploaded that many times and
@@ -342,7 +342,7 @@ def main() -> int:
             row = {"format": name, "m": rows, "n": n, "k": k, "seconds": seconds, "weight_bytes": qt.nbytes, "variant": variant.key,
                    "weight_copies": copies,
                    "bandwidth": qt.nbytes / seconds, "check_rel_error": errors["gemv"],
-                   "settle": timer.settled[-1] if timer.settled else None}
+                   "settle": timer.last_settle}
             result["gemv"].append(row)
             settle = f", settled in {row['settle']['seconds']} s, first trial {row['settle']['first_over_last']}x" if row["settle"] else ""
             print(f"gemv {name:13s} {rows}x{n}x{k}: {seconds * 1e6:9.1f} us  {row['bandwidth'] / 1e9:8.1f} GB/s  "

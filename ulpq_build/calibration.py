@@ -63,9 +63,10 @@ class Calibration:
     """run(weights, hook) -> outputs over the calibration inputs (one batch: GPTQ needs every
     layer's inputs at once); `small` the same over a subset, for the many runs of the planner.
     Both run in float32: activations rounded at 1e-7 feed Hessians and distortions that quantization
-    moves by 1e-3 and more, and the full run over 35k tokens took 68 s in float64 on 2 cores (gelu's
-    erf and page faults alone 30 s) against 21 s in float32 (docs/benchmarks.md, "The default
-    bundle"). gptq.hessian sums its float32 products in float64."""
+    moves by 1e-3 and more, and MiniLM's full run with GPTQ's hook over 35k tokens took 68 s in
+    float64 on 2 cores (gelu's erf and page faults alone 30 s) against 32 s in float32, both under
+    cProfile (docs/benchmarks.md, "The default bundle"). gptq.hessian sums its float32 products in
+    float64."""
 
     model: dict
     run_all: object

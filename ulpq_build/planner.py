@@ -213,8 +213,8 @@ def sensitivity_workers(matrices: int) -> int:
     if not sys.platform.startswith("linux") or "fork" not in multiprocessing.get_all_start_methods():
         return 1
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    blas = next((os.environ[v] for v in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS") if os.environ.get(v, "").isdigit()), "")
-    per_process = int(blas) if blas and int(blas) > 0 else cpus
+    per_process = next((int(os.environ[v]) for v in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS")
+                        if os.environ.get(v, "").isdigit() and int(os.environ[v]) > 0), cpus)
     return max(1, min(MAX_SENSITIVITY_WORKERS, cpus // per_process, matrices))
 
 

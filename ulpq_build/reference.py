@@ -57,6 +57,16 @@ def _same(a, b) -> bool:
 _MEMO: Memo | None = None
 
 
+def _through_memo(key: tuple | None, params: tuple, inputs: tuple, compute) -> np.ndarray:
+    """compute(), or within `memoized()` the output stored under `key` for the same params and inputs
+    (then compute() is not called); key None: never memoized."""
+    memo = _MEMO
+    if memo is None or key is None:
+        return compute()
+    reused = memo.lookup(key, params, inputs)
+    return reused if reused is not None else memo.store(key, params, inputs, compute())
+
+
 @contextmanager
 def memoized():
     """Within the block, linear, layernorm and attention reuse outputs as Memo says (calls with a
@@ -106,17 +116,14 @@ def relative_error(actual: np.ndarray, expected: np.ndarray) -> float:
 
 
 def layernorm(x: np.ndarray, node: dict, weights: dict, eps: float) -> np.ndarray:
-    memo = _MEMO
-    if memo is not None:
-        key, params, inputs = ("layernorm", node["weight"]), (weights[node["weight"]], weights[node["bias"]]), (x, eps)
-        reused = memo.lookup(key, params, inputs)
-        if reused is not None:
-            return reused
-    mean = x.mean(axis=-1, keepdims=True)
-    var = ((x - mean) ** 2).mean(axis=-1, keepdims=True)
-    y = (x - mean) / np.sqrt(var + eps) * np.asarray(weights[node["weight"]], x.dtype) \
-        + np.asarray(weights[node["bias"]], x.dtype)
-    return y if memo is None else memo.store(key, params, inputs, y)
+    gamma, beta = weights[node["weight"]], weights[node["bias"]]
+
+    def compute():
+        mean = x.mean(axis=-1, keepdims=True)
+        var = ((x - mean) ** 2).mean(axis=-1, keepdims=True)
+        return (x - mean) / np.sqrt(var + eps) * np.asarray(gamma, x.dtype) + np.asarray(beta, x.dtype)
+
+    return _through_memo(("layernorm", node["weight"]), (gamma, beta), (x, eps), compute)
 
 
 def linear(x: np.ndarray, node: dict, weights: dict, residual: np.ndarray | None = None, hook=None,
@@ -126,35 +133,27 @@ def linear(x: np.ndarray, node: dict, weights: dict, residual: np.ndarray | None
     weights[node["weight"]] (GPTQ quantizes each layer right before it is used)."""
     if hook is not None:
         hook(node, x if rows is None else x[rows])
-    memo = _MEMO if hook is None else None
-    if memo is not None:
-        key = ("linear", node["weight"])
-        params = (weights[node["weight"]], weights[node["bias"]] if node["bias"] else None)
-        inputs = (x, residual if node.get("residual") else None)
-        reused = memo.lookup(key, params, inputs)
-        if reused is not None:
-            return reused
-    w = np.asarray(weights[node["weight"]], x.dtype).reshape(node["out_features"], node["in_features"])
-    y = x @ w.T
-    if node["bias"]:
-        y += np.asarray(weights[node["bias"]], x.dtype)  # y is this call's own array: in place
-    y = ACTIVATIONS[node["activation"]](y)
-    if node.get("residual"):
-        y += residual
-    return y if memo is None else memo.store(key, params, inputs, y)
+    weight, bias = weights[node["weight"]], weights[node["bias"]] if node["bias"] else None
+    added = residual if node.get("residual") else None
+
+    def compute():
+        y = x @ np.asarray(weight, x.dtype).reshape(node["out_features"], node["in_features"]).T
+        if node["bias"]:
+            y += np.asarray(bias, x.dtype)  # y is this call's own array: in place
+        y = ACTIVATIONS[node["activation"]](y)
+        if node.get("residual"):
+            y += residual
+        return y
+
+    # a hook (GPTQ's) may replace the weight it is shown and must see every input: never memoized
+    return _through_memo(("linear", node["weight"]) if hook is None else None, (weight, bias), (x, added), compute)
 
 
 def attention(q, k, v, keep, batch: int, seq: int, heads: int, head_dim: int, name: str | None = None) -> np.ndarray:
     """Scaled dot-product attention over heads; q, k, v [batch*seq, heads*head_dim]; keep [batch, seq] (1/0).
     `name`: the call's name for Memo (its query weight's); unnamed calls are not memoized."""
-    memo = _MEMO if name is not None else None
-    if memo is not None:
-        key, inputs = ("attention", name), (q, k, v, keep, (batch, seq, heads, head_dim))
-        reused = memo.lookup(key, (), inputs)
-        if reused is not None:
-            return reused
-    out = _attention(q, k, v, keep, batch, seq, heads, head_dim)
-    return out if memo is None else memo.store(key, (), inputs, out)
+    return _through_memo(None if name is None else ("attention", name), (), (q, k, v, keep, (batch, seq, heads, head_dim)),
+                         lambda: _attention(q, k, v, keep, batch, seq, heads, head_dim))
 
 
 def _attention(q, k, v, keep, batch: int, seq: int, heads: int, head_dim: int) -> np.ndarray:
