@@ -31,6 +31,7 @@ import argparse
 import dataclasses
 import datetime
 import json
+import math
 import pickle
 import platform
 import sys
@@ -42,6 +43,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from ulpq_build import calibration as cal
+from ulpq_build import row_blocks
 from ulpq_build import planner
 from ulpq_build.architectures import describe_model, float_operands, model_tensors
 from ulpq_build.architectures.bert import LeeSimilarity
@@ -206,7 +208,8 @@ class Study:
         else:
             tensors = {n: quantize(n, self.weights[n], s) for n, s in specs.items()}
         weights = dict(self.weights)
-        weights.update({n: dequantize(t) for n, t in tensors.items()})
+        for n, t in tensors.items():  # a word table planned in row blocks: each block's rows (row_blocks.py)
+            row_blocks.put(weights, n, dequantize(t))
         stored = {n: t.nbytes for n, t in tensors.items() if n in specs}
         if any(s.fmt.levels == "codebook" for s in specs.values()):
             stored["<codebook tables>"] = 4 * CODEBOOK_TABLE_WORDS
@@ -234,12 +237,16 @@ class Study:
             cached.update(planner._SENSITIVITY_CACHE)
             self.sensitivity_cache.write_bytes(pickle.dumps(cached))
         chosen = {**{e.name: e.spec for e in plan.entries}, **pinned}
+        shapes = {e.name: e.shape for e in plan.entries}
         counts: dict[str, int] = {}
+        word = []
         for n, s in chosen.items():
             label = s.format + ("" if s.group_size == 0 else f"/g{s.group_size}")
-            counts[label] = counts.get(label, 0) + self.weights[n].size
+            counts[label] = counts.get(label, 0) + math.prod(shapes.get(n, self.weights.get(n, np.zeros(0)).shape))
+            if row_blocks.table_of(n) == "embeddings.word_embeddings.weight":
+                word.append(f"{n.removeprefix('embeddings.word_embeddings.weight')} {label}")
         self.log(f"plan at {bpw} bpw, {('gptq, bias corrected' if bias_correction else 'gptq') if gptq else 'rounded'} sensitivities ({time.time() - start:.0f} s): word table "
-                 f"{chosen['embeddings.word_embeddings.weight'].format}; weights per format "
+                 f"{', '.join(word)}; weights per format "
                  + ", ".join(f"{k} {v / self.params:.1%}" for k, v in sorted(counts.items())))
         return chosen
 

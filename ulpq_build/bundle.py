@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ulpq_build import __version__
+from ulpq_build import __version__, row_blocks
 from ulpq_build.architectures import architecture_of, describe_model, model_tensors
 from ulpq_build.atomic import atomic_folder, preflight_folder, scratch_folder
 from ulpq_build.bundle_reader import GENERATOR, MANIFEST_SCHEMA_VERSION, MARKER, foreign_content, load_bundle
@@ -194,6 +194,8 @@ def plan_shaders(model: dict, specs: dict[str, QuantSpec]) -> list[KernelVariant
                                "gemm_split": use("gemm", p, weight, size="small", split=True),
                                "split_finish": use("splitk", p, None, **epilogue)} for p in PROFILES}
     for node in graph_nodes(model, "table"):
+        if "parts" in node:  # a table stored in row blocks: its parts (walked as table nodes) get the kernels
+            continue
         weight = WeightStorage.of(specs[node["table"]])
         node["kernels"] = {p: {"first": use("embed", p, weight, accumulate=False),
                                "accumulate": use("embed", p, weight, accumulate=True)} for p in PROFILES}
@@ -282,6 +284,7 @@ def _write_bundle(folder: Path, source: ModelSource, model_name: str, model: dic
                         "bits_per_weight": round(qt.bits_per_weight, 4), "bytes": qt.nbytes, "parts": parts})
     shard_list = shards.finish()
 
+    row_blocks.attach_parts(model, [e.name for e in plan.entries], list(graph_nodes(model, "table")))
     variants = plan_shaders(model, {e.name: e.spec for e in plan.entries})
     shader_files, file_of = distinct_shaders(variants)
     if shader_files:  # none for a family the runtime runs on the CPU path only

@@ -18,6 +18,7 @@ import numpy as np
 
 from ulpq_build.architectures import ARCHITECTURES
 from ulpq_build.errors import UserError
+from ulpq_build import row_blocks
 from ulpq_build.quantize import dequantize_parts
 from ulpq_build.quantspec import QuantSpec, part_layout
 from ulpq_build.schema import (REL_PATH, SHA256, Anything, Float, Int, List, Map, Obj, Str, parse_json,
@@ -104,7 +105,7 @@ def _graph_keys(model: dict, where) -> set[str]:
 
     def walk(tree, at: str) -> None:
         if isinstance(tree, dict):
-            if "in_features" in tree or "table" in tree:
+            if ("in_features" in tree or "table" in tree) and "parts" not in tree:  # a table in row blocks: its parts have them
                 add(tree.get("kernels"), f"{at}.kernels")
             for name, value in tree.items():
                 if name != "kernels":
@@ -234,6 +235,10 @@ def load_bundle(folder: Path) -> LoadedBundle:
             raise UserError(f"{where}: a second tensor of that name; {ADVICE}")
         spec, parts = _tensor_parts(entry, shards, where)
         weights[entry["name"]] = dequantize_parts(parts, spec, tuple(entry["shape"]), source=where)
+    try:  # a table stored in row blocks, whole again (row_blocks.py)
+        weights = row_blocks.assemble(weights)
+    except ValueError as err:
+        raise UserError(f"{folder / 'manifest.json'}: {err}; {ADVICE}") from None
     return LoadedBundle(folder, manifest, weights)
 
 

@@ -21,6 +21,7 @@ import numpy as np
 from ulpq_build.atomic import atomic_file
 from ulpq_build.errors import UserError
 from ulpq_build.plan import Plan, PlanEntry
+from ulpq_build import row_blocks
 from ulpq_build.quantize import F16_NORMAL_MIN, QuantizedTensor, check_finite, dequantize, quantize, scale_underflow
 from ulpq_build.quantspec import QuantSpec, part_layout
 from ulpq_build.safetensors_io import MAX_RANK, SafetensorsFile, to_bfloat16_bits, write_safetensors
@@ -57,9 +58,9 @@ def iter_quantized(source: SafetensorsFile, plan: Plan, precomputed: dict[str, Q
             if precomputed and entry.name in precomputed:
                 qt = precomputed[entry.name]
             elif entry.spec.fmt.quantized:
-                qt = quantize(entry.name, source.tensor(entry.name), entry.spec)
+                qt = quantize(entry.name, row_blocks.tensor(source.tensor, entry.name), entry.spec)
             else:
-                check_finite(entry.name, source.tensor(entry.name))
+                check_finite(entry.name, row_blocks.tensor(source.tensor, entry.name))
                 qt = None
         except UserError as exc:  # name the file the tensor came from
             raise UserError(f"{source.path}: {exc}") from None
@@ -68,7 +69,7 @@ def iter_quantized(source: SafetensorsFile, plan: Plan, precomputed: dict[str, Q
             if small:
                 underflow.append((entry.name, small, zero))
         yield entry, qt
-        source.release(entry.name)
+        source.release(row_blocks.table_of(entry.name))
     if underflow:
         name, small, zero = max(underflow, key=lambda u: u[1])
         message = (f"warning: {len(underflow)} tensor(s) have float16 scales below {F16_NORMAL_MIN:.3g} (e.g. {name!r}: "
@@ -202,16 +203,25 @@ def narrowed(values: np.ndarray, t: LogicalTensor, path: Path) -> np.ndarray:
 
 
 def write_dequantized(checkpoint: Checkpoint, out: Path) -> None:
-    """Restore every tensor with its original name, shape and dtype (quantized ones dequantized)."""
-    specs = [(t.name, t.dtype, t.shape) for t in checkpoint.tensors]
+    """Restore every tensor with its original name, shape and dtype (quantized ones dequantized; a
+    table stored in row blocks as the one table it was: row_blocks.py)."""
+    by_name = {t.name: t for t in checkpoint.tensors}
+    try:
+        tables = [(base, [by_name[m] for m in members]) for base, members in row_blocks.groups(list(by_name))]
+    except ValueError as err:
+        raise UserError(f"{checkpoint.path}: {err}; the file is damaged, {ADVICE}") from None
+    specs = [(base, parts[0].dtype, (sum(t.shape[0] for t in parts), *parts[0].shape[1:]) if len(parts) > 1 else parts[0].shape)
+             for base, parts in tables]
+
+    def restored(t: LogicalTensor) -> np.ndarray:
+        if t.spec is None:
+            return checkpoint.file.raw(t.name)
+        values = checkpoint.float32(t)
+        return to_bfloat16_bits(values) if t.dtype == "bfloat16" else narrowed(values, t, checkpoint.path)
 
     def produce() -> Iterator[np.ndarray]:
-        for t in checkpoint.tensors:
-            if t.spec is None:
-                yield checkpoint.file.raw(t.name)
-                continue
-            values = checkpoint.float32(t)
-            yield to_bfloat16_bits(values) if t.dtype == "bfloat16" else narrowed(values, t, checkpoint.path)
+        for _, parts in tables:
+            yield restored(parts[0]) if len(parts) == 1 else np.concatenate([restored(t) for t in parts])
 
     with atomic_file(out) as tmp:
         write_safetensors(tmp, specs, produce(), {"format": "pt"})

@@ -25,6 +25,7 @@ import numpy as np
 from scipy.linalg.blas import dsyrk, ssyrk
 from scipy.linalg.lapack import dtrtri
 
+from ulpq_build import row_blocks
 from ulpq_build.graph import graph_nodes
 from ulpq_build.quantize import QuantizedTensor, assemble, dequantize, fit_codebook, group_scales, quantize, quantize_column, quantize_vq
 from ulpq_build.quantspec import PER_CHANNEL, PER_TENSOR, QuantSpec, matrix_shape
@@ -131,9 +132,9 @@ def quantize_model(model: dict, weights: dict[str, np.ndarray], specs: dict[str,
     current = dict(weights)
     result: dict[str, QuantizedTensor] = {}
     for name, spec in specs.items():
-        if name not in _linear_weights(model) and spec.fmt.quantized:
-            result[name] = quantize(name, weights[name], spec)
-            current[name] = dequantize(result[name])
+        if name not in _linear_weights(model) and spec.fmt.quantized:  # tables, or blocks of their rows (row_blocks.py)
+            result[name] = quantize(name, row_blocks.tensor(weights.__getitem__, name), spec)
+            row_blocks.put(current, name, dequantize(result[name]))
     hessians: dict[str, np.ndarray] = {}
     last: list = [None, None]  # the previous layer's input and its Hessian: query, key and value share one
 
@@ -157,7 +158,7 @@ def quantize_model(model: dict, weights: dict[str, np.ndarray], specs: dict[str,
     run_calibration(current, hook)
     missing = [n for n in specs if specs[n].fmt.quantized and n not in result]
     for name in missing:  # layers the calibration never reached
-        result[name] = quantize(name, weights[name], specs[name])
+        result[name] = quantize(name, row_blocks.tensor(weights.__getitem__, name), specs[name])
     return result
 
 

@@ -25,6 +25,7 @@ The result is a Plan of explicit per-tensor rules, printed and stored like any o
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import multiprocessing
 import os
@@ -34,6 +35,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ulpq_build import row_blocks
+from ulpq_build.architectures import architecture_of
 from ulpq_build.calibration import Calibration, distortion
 from ulpq_build.errors import UserError
 from ulpq_build.formats import CODEBOOK_FORMATS, CODEBOOK_TABLE_BYTES, GROUP_DIM
@@ -99,7 +102,12 @@ def plan_for_budget(tensors: list[tuple[str, tuple[int, ...], str]], weights: di
     matrices, or total bytes of every tensor). `keep_float`: tensors that must stay float32;
     `cache_key`: identifies the model's weights, to reuse sensitivities measured in this process;
     `gptq`: the plan will be quantized by GPTQ (gptq.quantize_model), so measure what GPTQ leaves;
-    `bias_correction`: and GPTQ will correct the biases (quantize_model's option of that name)."""
+    `bias_correction`: and GPTQ will correct the biases (quantize_model's option of that name).
+    Tables the runtime gathers block by block (the architecture's row_block_tables) are planned as
+    blocks of rows (row_blocks.py): the plan names a block per run of rows that got one format."""
+    split = set(architecture_of(calibration.model).row_block_tables(calibration.model)) - set(keep_float)
+    tensors = row_blocks.expand(tensors, split)
+    weights = {**weights, **{n: row_blocks.tensor(weights.__getitem__, n) for n, _, _ in tensors if row_blocks.parse(n)}}
     matrices = [(n, s) for n, s, d in tensors if is_matrix(s, d) and n not in keep_float]
     fixed_bytes = sum(4 * math.prod(s) for n, s, d in tensors if not is_matrix(s, d) or n in keep_float)
     params = sum(math.prod(s) for _, s in matrices)
@@ -150,7 +158,9 @@ def plan_for_budget(tensors: list[tuple[str, tuple[int, ...], str]], weights: di
     rules = [Rule(name, options[name][choice[name]], f"planner (distortion {cost[name][choice[name]]:.2e})", frozenset([name]))
              for name, _ in matrices]
     rules += [Rule(name, FLOAT32, "kept float32", frozenset([name])) for name in sorted(keep_float)]
-    return resolve_plan(tensors, FLOAT32, rules)
+    plan = resolve_plan(tensors, FLOAT32, rules)
+    plan.entries = row_blocks.merge(plan.entries, lambda name, shape, e: dataclasses.replace(e, name=name, shape=shape))
+    return plan
 
 
 def float_inputs(calibration: Calibration, weights: dict[str, np.ndarray], names: set[str]) -> tuple[dict, dict]:
@@ -240,7 +250,7 @@ class _SensitivityJob:
                 continue
             trial = dict(self.weights)
             qt = quantize(name, self.weights[name], spec) if h is None else gptq_quantize(name, self.weights[name], spec, h)
-            trial[name] = dequantize(qt)
+            row_blocks.put(trial, name, dequantize(qt))  # a block: its rows of the table
             if self.means is not None and name in self.means and name in self.biases:
                 bias = self.biases[name]
                 trial[bias] = corrected_bias(self.weights[bias], self.weights[name], trial[name], self.means[name])

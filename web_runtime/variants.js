@@ -115,7 +115,10 @@ export function policyAllows(manifest, shader, info) {
 export function profileShaders(manifest, profile, features = [], adapterInfo = null) {
   const keys = new Set(Object.values(manifest.model.op_kernels?.[profile] ?? {}));
   for (const has of ['in_features', 'table']) {
-    for (const node of graphNodes(manifest.model, has)) for (const key of Object.values(node.kernels[profile])) keys.add(key);
+    for (const node of graphNodes(manifest.model, has)) {
+      if (node.parts) continue; // a table in row blocks (graphs.js embedTable): its parts, walked too, name them
+      for (const key of Object.values(node.kernels[profile])) keys.add(key);
+    }
   }
   const byKey = new Map(manifest.shaders.map((s) => [s.key, s]));
   const variantsOf = new Map();

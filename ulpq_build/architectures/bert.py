@@ -195,6 +195,8 @@ BERT = Architecture(
     describe=describe, reference_forward=_forward, input_kind="texts",
     verification_input=verification_input, demo=lambda model: {"sentences": DEMO_SENTENCES},
     operator_kernels=operator_kernels, bundle_files=lambda model, source: list(model["tokenizer"]["files"]),
+    # the word table: gathered only (no LM head shares it), through graphs.js embedTable
+    row_block_tables=lambda model: [model["embeddings"]["word"]["table"]],
     calibration_inputs=calibration_inputs, ships_calibration=tokenizer_fits_table, accuracy=LeeSimilarity,
     bench_presets=("float32", "default", "int8", "int4", "int3", "int2", "int4-gptq", "int3-gptq", "int2-gptq",
                    "mixed-2.5", "mixed-3", "mixed-3.32"),

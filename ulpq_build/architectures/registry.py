@@ -96,6 +96,8 @@ class Architecture:
                         operators its graph runs, as model.op_kernels[profile][role]
     bundle_files        (model, ModelSource) -> names of files copied from the model folder
     float_operands      model -> names of tensors kernels read as plain float32 (never packed)
+    row_block_tables    model -> names of tables the runtime gathers block by block, so the planner may
+                        give blocks of their rows formats of their own (ulpq_build/row_blocks.py)
     calibration_inputs  (model, folder, texts) -> CalibrationInputs, or None: GPTQ and the planner
                         cannot run on it (`texts`: the calibration passages, for text models)
     ships_calibration   (model, ModelSource) -> whether its calibration data ships in the package, so
@@ -132,6 +134,7 @@ class Architecture:
     operator_kernels: Callable[[dict], list] = _nothing
     bundle_files: Callable[..., list] = _nothing
     float_operands: Callable[[dict], set] = lambda model: set()
+    row_block_tables: Callable[[dict], list] = _nothing
     calibration_inputs: Callable[..., CalibrationInputs] | None = None
     ships_calibration: Callable[..., bool] = lambda model, source: False
     accuracy: Callable[..., Any] | None = None
