@@ -306,6 +306,52 @@ def test_bert_bundle_in_browsers(browser, tmp_path_factory):
         server.server_close()
 
 
+@pytest.mark.parametrize("browser", ["chromium", "firefox"])
+def test_bert_qkv_fuses_with_one_rotation_in_browsers(browser, tmp_path_factory):
+    """Q, K and V in e8p share their input's rotation (one seed per input width) and the bundle's one
+    set of codebook tables, so the WebGPU backend fuses them as it fuses scalar formats: one rotation
+    and one product per layer for the three (each layer 4 hadamard dispatches, not 6), and the output
+    still matches numpy. Hidden 128: every piece of Q, K and V is 256-byte aligned, which an
+    encoder's fusion needs (backend_webgpu.js fusedLayout)."""
+    import shutil
+
+    from support import tiny_bert
+
+    from ulpq_build.browser_check import check_in_browser
+    from ulpq_build.browsers import launch
+    from ulpq_build.bundle_reader import load_bundle
+    from ulpq_build.cli import main as cli_main
+    from ulpq_build.model_source import resolve_model
+    from ulpq_build.serve import BundleServer
+
+    root = tmp_path_factory.mktemp("vq-bert-fused")
+    layers = 2
+    model = tiny_bert(root / "bert", hidden=128, inter=256, heads=2, layers=layers, vocab=30522, positions=128)
+    minilm, _ = resolve_model("builtin:minilm", root)
+    for name in ("tokenizer.json", "vocab.txt", "tokenizer_config.json", "special_tokens_map.json"):
+        shutil.copyfile(minilm / name, model / name)
+    out = root / "e8p"
+    assert cli_main(["bundle", "--model", str(model), "--format", "e8p", "--out", str(out)]) == 0
+    server = BundleServer(root, 0).start_in_background()
+    session = launch(browser)
+    try:
+        result = check_in_browser(session, f"{server.url}{out.name}/index.html", load_bundle(out), browser,
+                                  query="&hardware=webgpu")
+        assert result.passed and result.error is None and result.path == "webgpu", result
+        ran = session.evaluate("""() => {
+          const m = window.ulpqDemo.model;
+          const layouts = [...m.backend.layouts.values()].map((l) => l.steps.map((s) => s.key ?? ''));
+          return { fused: m.backend.fused.size,
+                   hadamard: layouts.map((keys) => keys.filter((k) => k.startsWith('hadamard')).length) };
+        }""")
+        # the model's run (the layout with the most rotations; the self-test's one product has its own)
+        assert ran["fused"] == layers and max(ran["hadamard"]) == 4 * layers, ran
+    finally:
+        session.close()
+        server.shutdown()
+        server.server_close()
+
+
 def reference_dequantize(parts, fmt, rows, k):
     """Codebook parts to float64 by the slow, independent route: each code's bits read one by one,
     codewords from the full grids (e8.e8p_grid: every code decoded from its bits; e81b_grid), the

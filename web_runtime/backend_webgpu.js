@@ -149,7 +149,10 @@ function fusedLayout(tensors, nodes, ownActivations = false) {
   const shape = (w) => JSON.stringify({ ...w.entry.matrix, rows: 0 });
   if (weights.some((w) => shape(w) !== shape(weights[0]))) return null;
   if (m.groups_per_row === 0 && 'scales' in weights[0].parts) return null; // one scale for the whole tensor
-  if ('codebook' in weights[0].parts && !(m.codebook_stride > 0)) return null; // one codebook for the whole tensor
+  // a fitted codebook for the whole tensor (the -optimal formats' per-tensor levels) cannot be split by
+  // rows; the vector codebooks' tables (e8p, ...) are the bundle's one shared buffer and fuse like scales
+  const codebook = weights[0].parts.codebook;
+  if (codebook && !codebook.shared && !(m.codebook_stride > 0)) return null;
   // codebook formats: one rotation of the shared input serves all three only when their seeds agree
   const seed = rotationSeed(weights[0]);
   if (weights.some((w) => rotationSeed(w) !== seed)) return null;
