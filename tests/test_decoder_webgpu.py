@@ -36,14 +36,18 @@ from ulpq_build.cli import main as cli_main
 from ulpq_build.profiles import get_profile
 
 BUNDLES = [(name, fmt) for name in ("llama-gqa-untied", "gpt2") for fmt in FORMATS] + [("qwen2-gqa-tied-bias", "int4"),
-                                                                                ("llama-wide-vocab", "int4")]
+                                                                                ("llama-wide-vocab", "int4"),
+                                                                                ("llama-gqa-untied", "e8p")]
+# a codebook format: rotated inputs, Q|K|V fused over the bundle's shared E8 tables (one rotation per layer)
+BUILD = {**FORMATS, "e8p": ["--format", "e8p"]}
 WIDE_VOCAB = 4500  # past one argmax part (2048 columns at 256 threads): greedy picks in two stages
 BROWSERS = ("chromium", "firefox")
 LONG_PROMPT = [(7 * i + 3) % VOCAB for i in range(40)]  # 40 rows: past the GEMV threshold (8), the prefill runs GEMMs
 # To keep the test short, some checks run in one browser each (the kernels behind them are compared
 # with numpy on both engines in tests/test_decoder_kernels.py): the bundles beyond the llama/GPT-2
 # formats, and the long prompt, sampling and end-of-cache runs.
-ONE_BROWSER = {("qwen2-gqa-tied-bias", "int4"): "firefox", ("llama-wide-vocab", "int4"): "chromium"}
+ONE_BROWSER = {("qwen2-gqa-tied-bias", "int4"): "firefox", ("llama-wide-vocab", "int4"): "chromium",
+               ("llama-gqa-untied", "e8p"): "firefox"}
 EXTRA = {"chromium": ("llama-gqa-untied", "int4"), "firefox": ("gpt2", "float32")}
 SAMPLING = {"maxNewTokens": 16, "temperature": 0.9, "topK": 40, "topP": 0.9, "seed": 7}
 
@@ -125,7 +129,7 @@ def served(tmp_path_factory):
         if not folder.exists():
             _build(folder, *configs[name])
         out = root / f"{name}-{fmt}"
-        assert cli_main(["bundle", "--model", str(folder), "--out", str(out), *FORMATS[fmt]]) == 0
+        assert cli_main(["bundle", "--model", str(folder), "--out", str(out), *BUILD[fmt]]) == 0
         bundles[name, fmt] = out
     yield from serving(root, bundles)
 
@@ -196,6 +200,9 @@ def test_browsers_generate_the_reference_tokens_on_webgpu(served, browser):
             assert greedy["path"] == "webgpu" and greedy["variant"] in variants, (name, fmt, greedy["notes"])
             assert greedy["tokenIds"] == case["greedy_tokens"], (name, fmt)
             assert (out["argmaxParts"] > 1) == (name == "llama-wide-vocab"), out["argmaxParts"]
+            if fmt == "e8p":  # every layer's Q|K|V one product over one rotation of its input
+                fused = session.evaluate("() => [...window.ulpqDemo.model.backend.fused.keys()]")
+                assert all(layer["query"]["weight"] in fused for layer in model["layers"]), fused
             if not extra:
                 continue
             weights = bundle.weights
