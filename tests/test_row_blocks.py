@@ -148,6 +148,33 @@ def test_a_manifest_whose_blocks_leave_a_gap_is_refused(planned, tmp_path):
         load_bundle(copy)
 
 
+def test_parts_that_do_not_add_up_to_the_table_are_refused(planned, tmp_path):
+    """A graph node whose blocks hold fewer rows than it says (its last block gone from the tensors
+    and the parts alike), parts that name another table or the wrong first row: each one line. In a
+    bundle, the node's `rows` edited: load_bundle refuses it, no traceback."""
+    from ulpq_build.bundle_reader import load_bundle
+
+    _, _, out = planned
+    bundle = load_bundle(out)
+    node = json.loads(json.dumps(bundle.model["embeddings"]["word"]))
+    blocks = {p["table"]: bundle.weights[WORD][p["first"]:row_blocks.parse(p["table"])[2]] for p in node["parts"]}
+    assert row_blocks.check_parts([node], row_blocks.assemble(blocks)) is None
+    last = node["parts"].pop()["table"]
+    short = row_blocks.assemble({n: b for n, b in blocks.items() if n != last})
+    assert "hold 15261 rows, its graph node says 30522" in row_blocks.check_parts([node], short)
+    node["parts"][0]["first"] = 5
+    assert "first row" in row_blocks.check_parts([node], short)
+    node["parts"][0] = {"table": "other[0:10]", "first": 0}
+    assert "not row blocks of it" in row_blocks.check_parts([node], short)
+    copy = tmp_path / "b"
+    shutil.copytree(out, copy)
+    manifest = json.loads((copy / "manifest.json").read_text())
+    manifest["model"]["embeddings"]["word"]["rows"] = VOCAB + 1
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(UserError, match=f"its blocks hold {VOCAB} rows, its graph node says {VOCAB + 1}"):
+        load_bundle(copy)
+
+
 def block_sentences(out) -> tuple[list[str], list[dict]]:
     """Sentences whose tokens fall in every block of the bundle's word table: a whole word of the
     vocabulary from each block (the blocks' rows are token ids)."""

@@ -19,6 +19,7 @@ import numpy as np
 from ulpq_build.architectures import ARCHITECTURES
 from ulpq_build.errors import UserError
 from ulpq_build import row_blocks
+from ulpq_build.graph import graph_nodes
 from ulpq_build.quantize import dequantize_parts
 from ulpq_build.quantspec import QuantSpec, part_layout
 from ulpq_build.schema import (REL_PATH, SHA256, Anything, Float, Int, List, Map, Obj, Str, parse_json,
@@ -239,6 +240,9 @@ def load_bundle(folder: Path) -> LoadedBundle:
         weights = row_blocks.assemble(weights)
     except ValueError as err:
         raise UserError(f"{folder / 'manifest.json'}: {err}; {ADVICE}") from None
+    wrong = row_blocks.check_parts(graph_nodes(manifest["model"], "table"), weights)
+    if wrong:
+        raise UserError(f"{folder / 'manifest.json'}: {wrong}; {ADVICE}")
     return LoadedBundle(folder, manifest, weights)
 
 

@@ -151,9 +151,30 @@ def merge(entries: list, make: Callable) -> list:
 
 
 def attach_parts(model: dict, names: list[str], nodes) -> None:
-    """Give each table node (of `nodes`) whose table is stored in blocks its `parts`, in row order."""
+    """Give each table node (of `nodes`) whose table is stored in blocks its `parts`, in row order,
+    and its `rows` (the whole table's, which the blocks must add up to)."""
     stored = {base: members for base, members in groups(names) if members != [base]}
     for node in nodes:
         members = stored.get(node.get("table"))
         if members:
             node["parts"] = [{"table": m, "first": parse(m)[1]} for m in members]
+            node["rows"] = parse(members[-1])[2]
+
+
+def check_parts(nodes, weights: dict[str, np.ndarray]) -> str | None:
+    """What is wrong with the table nodes' `parts` against the assembled `weights` (a bundle's), or
+    None: each node's parts name its blocks in row order, and they add up to its `rows`."""
+    for node in nodes:
+        if "parts" not in node:
+            continue
+        table, parts = node.get("table"), node["parts"]
+        names = [p.get("table") if isinstance(p, dict) else None for p in parts]
+        blocks = [parse(n) if isinstance(n, str) else None for n in names]
+        if not parts or any(b is None or b[0] != table for b in blocks):
+            return f"table {table!r}: its parts {names} are not row blocks of it"
+        if any(p.get("first") != b[1] for p, b in zip(parts, blocks)):
+            return f"table {table!r}: a part's first row disagrees with its name"
+        rows = weights[table].shape[0] if table in weights else None
+        if rows != node.get("rows") or blocks[-1][2] != rows:
+            return f"table {table!r}: its blocks hold {rows} rows, its graph node says {node.get('rows')}"
+    return None
