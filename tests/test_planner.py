@@ -146,3 +146,28 @@ def test_commands(tmp_path):
         assert not (tmp_path / "b").exists()
     proc = run_cli("bundle", "--model", "builtin:mlp", "--method", "gptq", "--out", tmp_path / "m")
     assert proc.returncode == 2 and "calibration is defined for bert and vit" in proc.stderr
+
+
+def test_q_k_and_v_get_one_format_so_the_runtime_can_fuse_them(vit):
+    """The runtime runs a layer's Q, K and V as one product (one rotation for the codebook formats)
+    only when they share a format: the planner allocates them as one unit (fused_units), inside the
+    budget, with the sensitivities it measured for each; untied, the same sensitivities choose freely."""
+    from ulpq_build.planner import fused_units
+
+    model, tensors, weights, calibration = vit
+    keep = float_operands(model)
+    log = lambda m: None
+    qkv = [tuple(layer[r]["weight"] for r in ("query", "key", "value")) for layer in model["layers"]]
+    options = {n: candidates_for(s) for n, s, _ in tensors if n in {w for t in qkv for w in t} or n == "patch.weight"}
+    units = fused_units(model, {n: options[n] for n in options})
+    assert set(qkv) <= set(units) and all(len(u) == 1 for u in units if u not in qkv)
+    for bits in (2.25, 3):
+        tied = plan_for_budget(tensors, weights, calibration, target_bpw=bits, keep_float=keep, cache_key=("vit", "test"),
+                               log=log)
+        specs = {e.name: e.spec for e in tied.entries}
+        assert all(specs[q] == specs[k] == specs[v] for q, k, v in qkv), bits
+        assert tied.quantized_bits_per_weight <= bits + 1e-9
+    free = plan_for_budget(tensors, weights, calibration, target_bpw=2.25, keep_float=keep, cache_key=("vit", "test"),
+                           tie_fused=False, log=log)
+    specs = {e.name: e.spec for e in free.entries}
+    assert any(not specs[q] == specs[k] == specs[v] for q, k, v in qkv)  # what tying changes on this model

@@ -17,6 +17,8 @@ under a budget of bits per weight or bytes.
 2. Allocation: start every matrix at its cheapest candidate; repeatedly take the upgrade (a matrix
    to a costlier candidate) with the largest drop in distortion per byte added, while it fits the
    budget. Distortions of different matrices are treated as additive, the usual approximation.
+   A layer's Q, K and V (and a gated FFN's gate and up) move together, one format for the group
+   (fused_units): the GPU runs them as one product only then.
    The codebook formats' decode tables (one copy per bundle, 2 KiB) count once, with the first
    matrix that takes one of them: on a model as small as the ViT they are a tenth of a bit per weight.
 
@@ -97,12 +99,13 @@ _SENSITIVITY_CACHE: dict[tuple, dict[str, list[float]]] = {}
 def plan_for_budget(tensors: list[tuple[str, tuple[int, ...], str]], weights: dict[str, np.ndarray], calibration: Calibration,
                     *, target_bpw: float | None = None, target_bytes: int | None = None, keep_float: set[str] = frozenset(),
                     cache_key: tuple | None = None, gptq: bool = False, bias_correction: bool = BIAS_CORRECTION,
-                    log=print) -> Plan:
+                    tie_fused: bool = True, log=print) -> Plan:
     """The plan that minimises calibration distortion within the budget (bits per weight over the
     matrices, or total bytes of every tensor). `keep_float`: tensors that must stay float32;
     `cache_key`: identifies the model's weights, to reuse sensitivities measured in this process;
     `gptq`: the plan will be quantized by GPTQ (gptq.quantize_model), so measure what GPTQ leaves;
     `bias_correction`: and GPTQ will correct the biases (quantize_model's option of that name).
+    `tie_fused`: matrices the runtime fuses (fused_units: Q, K and V) get one format together.
     Tables the runtime gathers block by block (the architecture's row_block_tables) are planned as
     blocks of rows (row_blocks.py): the plan names a block per run of rows that got one format."""
     split = set(architecture_of(calibration.model).row_block_tables(calibration.model)) - set(keep_float)
@@ -134,33 +137,61 @@ def plan_for_budget(tensors: list[tuple[str, tuple[int, ...], str]], weights: di
     choice = {n: 0 for n, _ in matrices}
     size = {n: s for n, s in matrices}
     used = cheapest
+    # matrices the runtime runs as one product when they share a format get one format together: their
+    # bytes and distortions add (the additive model), and each upgrade moves all of them
+    units = fused_units(calibration.model, options) if tie_fused else [(n,) for n, _ in matrices]
     while True:
         best = None
-        for name, _ in matrices:
-            here = choice[name]
-            here_bytes = stored_bytes(options[name][here], size[name])
-            for j in range(here + 1, len(options[name])):
-                extra = stored_bytes(options[name][j], size[name]) - here_bytes
-                if not tables and is_codebook(options[name][j]):
+        for unit in units:
+            here = choice[unit[0]]
+            for j in range(here + 1, len(options[unit[0]])):
+                extra = sum(stored_bytes(options[n][j], size[n]) - stored_bytes(options[n][here], size[n]) for n in unit)
+                if not tables and is_codebook(options[unit[0]][j]):
                     extra += CODEBOOK_TABLE_BYTES
-                gain = cost[name][here] - cost[name][j]
+                gain = sum(cost[n][here] - cost[n][j] for n in unit)
                 if extra <= 0 or gain <= 0 or used + extra > budget:
                     continue
                 ratio = gain / extra
                 if best is None or ratio > best[0]:
-                    best = (ratio, name, j, extra)
+                    best = (ratio, unit, j, extra)
         if best is None:
             break
-        _, name, j, extra = best
-        choice[name] = j
+        _, unit, j, extra = best
+        for n in unit:
+            choice[n] = j
         used += extra
-        tables = tables or is_codebook(options[name][j])
+        tables = tables or is_codebook(options[unit[0]][j])
     rules = [Rule(name, options[name][choice[name]], f"planner (distortion {cost[name][choice[name]]:.2e})", frozenset([name]))
              for name, _ in matrices]
     rules += [Rule(name, FLOAT32, "kept float32", frozenset([name])) for name in sorted(keep_float)]
     plan = resolve_plan(tensors, FLOAT32, rules)
     plan.entries = row_blocks.merge(plan.entries, lambda name, shape, e: dataclasses.replace(e, name=name, shape=shape))
     return plan
+
+
+# Q, K and V of a layer (and a gated FFN's gate and up) read one input: the WebGPU runtime runs them as
+# one product, one rotation of the input for the codebook formats (backend_webgpu.js fusedLayout), when
+# they share a format. The planner keeps them together so a planned bundle keeps that fusion.
+FUSED_ROLES = (("query", "key", "value"), ("gate", "up"))
+
+
+def fused_units(model: dict, options: dict[str, list[QuantSpec]]) -> list[tuple[str, ...]]:
+    """The planner's units of allocation: each group of FUSED_ROLES of a layer whose matrices are all
+    planned with the same candidates, then every other matrix alone, in `options`' order."""
+    grouped: dict[str, tuple[str, ...]] = {}
+    for layer in model.get("layers", []):
+        for roles in FUSED_ROLES:
+            names = tuple(layer[r]["weight"] for r in roles if isinstance(layer.get(r), dict) and "weight" in layer[r])
+            if len(names) == len(roles) and all(n in options for n in names) \
+                    and all(options[n] == options[names[0]] for n in names):
+                grouped.update({n: names for n in names})
+    units, seen = [], set()
+    for name in options:
+        unit = grouped.get(name, (name,))
+        if unit[0] not in seen:
+            seen.add(unit[0])
+            units.append(unit)
+    return units
 
 
 def float_inputs(calibration: Calibration, weights: dict[str, np.ndarray], names: set[str]) -> tuple[dict, dict]:
