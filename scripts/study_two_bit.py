@@ -237,12 +237,12 @@ class Study:
             cached.update(planner._SENSITIVITY_CACHE)
             self.sensitivity_cache.write_bytes(pickle.dumps(cached))
         chosen = {**{e.name: e.spec for e in plan.entries}, **pinned}
-        shapes = {e.name: e.shape for e in plan.entries}
+        shapes = {**{e.name: e.shape for e in plan.entries}, **{n: self.weights[n].shape for n in pinned}}
         counts: dict[str, int] = {}
         word = []
         for n, s in chosen.items():
             label = s.format + ("" if s.group_size == 0 else f"/g{s.group_size}")
-            counts[label] = counts.get(label, 0) + math.prod(shapes.get(n, self.weights.get(n, np.zeros(0)).shape))
+            counts[label] = counts.get(label, 0) + math.prod(shapes[n])
             if row_blocks.table_of(n) == "embeddings.word_embeddings.weight":
                 word.append(f"{n.removeprefix('embeddings.word_embeddings.weight')} {label}")
         self.log(f"plan at {bpw} bpw, {('gptq, bias corrected' if bias_correction else 'gptq') if gptq else 'rounded'} sensitivities ({time.time() - start:.0f} s): word table "

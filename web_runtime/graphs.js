@@ -14,17 +14,17 @@ function projectQKV(backend, h, layer) {
 }
 
 /**
- * y (+)= the rows `ids` of a table. A table stored in row blocks (`parts`, ulpq_build/row_blocks.py: a
- * planned bundle gives frequent and rare token ids formats of their own) is gathered block by block,
- * each with the ids shifted to its first row: an id below the block wraps past its rows as a u32, so
- * every backend's "an id past the rows gives zeros" covers both sides and the kernels are the tables'.
- * `idValues`: the ids as uploaded (`ids`), for the shifted copies.
+ * y (+)= the rows `ids` (a Uint32Array, uploaded here) of a table. A table stored in row blocks
+ * (`parts`, ulpq_build/row_blocks.py: a planned bundle gives frequent and rare token ids formats of
+ * their own) is gathered block by block, each with the ids shifted to its first row: an id below the
+ * block wraps past its rows as a u32, so every backend's "an id past the rows gives zeros" covers both
+ * sides and the kernels are the tables'. The unshifted ids are then never uploaded.
  */
-function embedTable(backend, node, ids, idValues, count, into = null) {
-  if (!node.parts) return backend.embed(node, ids, count, into);
+function embedTable(backend, node, ids, count, into = null) {
+  if (!node.parts) return backend.embed(node, backend.upload(ids), count, into);
   let h = into;
   for (const part of node.parts) {
-    const shifted = Uint32Array.from(idValues, (id) => (id - part.first) >>> 0);
+    const shifted = Uint32Array.from(ids, (id) => (id - part.first) >>> 0);
     h = backend.embed(part, backend.upload(shifted), count, h);
   }
   return h;
@@ -41,10 +41,9 @@ async function mlp(backend, model, x) {
 async function bert(backend, model, x) {
   backend.begin(`bert:${x.batch}x${x.seq}`);
   const count = x.batch * x.seq;
-  const ids = backend.upload(x.ids);
   const mask = backend.upload(x.mask);
   const e = model.embeddings;
-  let h = embedTable(backend, e.word, ids, x.ids, count);
+  let h = embedTable(backend, e.word, x.ids, count);
   backend.embed(e.position, backend.upload(x.positions), count, h);
   backend.embed(e.token_type, backend.upload(x.types), count, h);
   h = backend.layernorm(h, e.norm, model.layer_norm_eps);
