@@ -27,6 +27,7 @@ import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import traceback
@@ -185,11 +186,32 @@ def _export_onnx(model, folder: Path) -> dict:
 
 # --- engines ------------------------------------------------------------------------------------
 
-def run_node_script(node: str, script: Path, request: dict, work: Path, name: str, timeout: float) -> dict:
+def ours_times(args, name: str, bundles: list[dict], request: dict, timeout: float) -> dict:
+    """This runtime on every bundle: all in one Node process, or with --cold-driver-cache each in its own
+    process over an empty driver shader cache, so that every initialisation compiles all of its
+    pipelines (cold against cold; in one process, or with the driver's cache, a bundle reuses what an
+    earlier one compiled: float32's operators, the same packed format)."""
+    script = JS / "bench_node_model.mjs"
+    if not args.cold_driver_cache:
+        return run_node_script(args.node, script, {"bundles": bundles, **request}, args.work, f"ours_{name}", timeout=timeout)
+    got = {"bundles": []}
+    for i, b in enumerate(bundles):
+        cache = Path(tempfile.mkdtemp(prefix="driver-cache-", dir=args.work))
+        # NVIDIA's driver and Mesa's each keep compiled shaders on disk, keyed by their code
+        env = {"__GL_SHADER_DISK_CACHE_PATH": str(cache), "MESA_SHADER_CACHE_DIR": str(cache)}
+        one = run_node_script(args.node, script, {"bundles": [b], **request}, args.work, f"ours_{name}_{i}",
+                              timeout=timeout / len(bundles), env=env)
+        got = {**one, "bundles": got["bundles"] + one["bundles"]}
+    return got
+
+
+def run_node_script(node: str, script: Path, request: dict, work: Path, name: str, timeout: float,
+                    env: dict | None = None) -> dict:
     req = work / f"{name}_request.json"
     req.write_text(json.dumps(request))
     try:
-        proc = subprocess.run([node, str(script), str(req)], capture_output=True, text=True, timeout=timeout)
+        proc = subprocess.run([node, str(script), str(req)], capture_output=True, text=True, timeout=timeout,
+                              env={**os.environ, **env} if env else None)
     except subprocess.TimeoutExpired as exc:
         said = exc.stderr.decode(errors="replace") if isinstance(exc.stderr, bytes) else (exc.stderr or "")
         sys.stdout.write(said[-4000:])
@@ -284,7 +306,9 @@ def table(results: dict, formats: list[str]) -> str:
     lines = [f"Whole-model benchmark, {f.get('gpu')} (driver {f.get('driver')}); node {f.get('node')}, Dawn (npm webgpu "
              f"{results.get('webgpu_version')}) adapter: {results.get('adapter')}; onnxruntime-node {results.get('ort_version')}; "
              f"torch {f.get('torch')}, transformers {f.get('transformers')}. Medians of {results['repeats']} runs after at least "
-             f"{results.get('warmup_s', 0)} s of warm-up runs per shape, ms.", ""]
+             f"{results.get('warmup_s', 0)} s of warm-up runs per shape, ms."
+             + (" Each bundle of this runtime in its own process over an empty driver shader cache (every pipeline "
+                "compiled: a first visit)." if results.get("cold_driver_cache") else ""), ""]
     head = ["model, batch x tokens", *[f"ours {x}" for x in formats], "ORT fp32", "ORT int4", "torch fp32", "torch fp16",
             "ORT/ours fp32", "ORT int4/ours int4"]
     lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -310,6 +334,9 @@ def table(results: dict, formats: list[str]) -> str:
             parts = b.get("init_parts") or {}
             split = "/".join(fmt_ms(parts.get(k)) for k in ("device_ms", "shaders_ms", "weights_wait_ms", "upload_ms",
                                                             "compile_ms", "self_test_ms"))
+            ready = list((b.get("pipeline_ready_ms") or {}).values())
+            if ready:
+                split += f"; {len(ready)} pipelines, the last ready {fmt_ms(max(ready))} after the first was started"
             lines.append(f"| {MODELS[model]['label']} {fmt} ({b.get('path')}, {b.get('variant')}) | {fmt_ms(b.get('load_ms'))} | "
                          f"{fmt_ms(b.get('init_ms'))} ({split}) | "
                          + " | ".join(first_cell(firsts.get(s)) for s in results["shapes"]) + " |")
@@ -355,6 +382,9 @@ def main(argv=None) -> int:
     p.add_argument("--ort-ep", default="webgpu")
     p.add_argument("--base-kernels", action="store_true",
                    help="also time each bundle with the optional-feature kernels (subgroups, shader-f16) off: columns '<format> base'")
+    p.add_argument("--cold-driver-cache", action="store_true",
+                   help="time each bundle in its own Node process over an empty driver shader cache: every "
+                        "initialisation compiles all of its pipelines (a page's first visit)")
     p.add_argument("--jobs", type=int, default=min(8, os.cpu_count() or 1), help="bundles built at once")
     p.add_argument("--budget-s", type=float, default=500, help="whole run; each Node process gets a share and is stopped "
                    "when out of time, so the table is always printed")
@@ -367,7 +397,7 @@ def main(argv=None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     shutil.rmtree(args.work, ignore_errors=True)
     args.work.mkdir(parents=True)
-    results = {"facts": machine_facts(args.node), "repeats": args.repeats, "warmup_s": args.warmup_s, "shapes": [f"{b}x{t}" for b, t in shapes],
+    results = {"facts": machine_facts(args.node), "repeats": args.repeats, "warmup_s": args.warmup_s, "cold_driver_cache": args.cold_driver_cache, "shapes": [f"{b}x{t}" for b, t in shapes],
                "formats": formats, "models": {}, "checks": {}, "errors": [], "adapter": None, "build": {}}
     try:
         results["webgpu_version"] = subprocess.run([args.node, "-p", "require('webgpu/package.json').version"], capture_output=True,
@@ -444,10 +474,9 @@ def main(argv=None) -> int:
             if not bundles:
                 continue
             try:
-                got = run_node_script(args.node, JS / "bench_node_model.mjs",
-                                      {"bundles": bundles, "shapes": shapes, "repeats": args.repeats, "warmup": args.warmup, "warmup_s": args.warmup_s,
-                                       "hardware": args.hardware, "profile": args.profile, "keep_outputs": keep}, args.work, f"ours_{name}",
-                                      timeout=share(0.3 * args.budget_s))
+                request = {"shapes": shapes, "repeats": args.repeats, "warmup": args.warmup, "warmup_s": args.warmup_s,
+                           "hardware": args.hardware, "profile": args.profile, "keep_outputs": keep}
+                got = ours_times(args, name, bundles, request, timeout=share(0.3 * args.budget_s))
                 webgpu = got.get("webgpu") or {}
                 results["adapter"] = webgpu.get("adapter") or f"none ({webgpu.get('reason')})"
                 for b in got["bundles"]:

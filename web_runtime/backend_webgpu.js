@@ -258,6 +258,7 @@ export class GpuBackend {
     this.nextWeightId = 0;
     this.run = null; // the plan being recorded or replayed
     this.initTimings = {};
+    this.pipelineReadyMs = {}; // shader key -> ms from the start of compiling to its pipeline (#startCompiling)
     this.stats = { plansBuilt: 0, layoutsBuilt: 0, layoutsGrown: 0, buffersCreated: 0, bindGroupsCreated: 0,
       pipelinesCreated: 0, dispatches: 0, passes: 0, paramsWrites: 0 };
   }
@@ -274,8 +275,13 @@ export class GpuBackend {
     const codes = await Promise.all(files.map((f) => fetchVerifiedText(this.baseUrl, f.file, f.sha256)));
     this.device.pushErrorScope('validation');
     const modules = new Map(files.map((f, i) => [f.file, this.device.createShaderModule({ code: codes[i], label: f.file })]));
+    // when each pipeline was ready, ms from the start of compiling (benchmarks report where a cold
+    // driver cache spends initialisation)
+    const started = performance.now();
+    this.pipelineReadyMs = {};
     const pending = Promise.allSettled(shaders.map((shader) => this.device.createComputePipelineAsync({
-      layout: 'auto', compute: { module: modules.get(shader.file), entryPoint: 'main' }, label: shader.key })));
+      layout: 'auto', compute: { module: modules.get(shader.file), entryPoint: 'main' }, label: shader.key })
+      .then((pipeline) => { this.pipelineReadyMs[shader.key] = performance.now() - started; return pipeline; })));
     // the scope holds the modules' validation errors; a pipeline that fails rejects its own promise
     const scope = this.device.popErrorScope();
     scope.catch(() => {}); // awaited below; if the upload fails first, nothing waits for it
