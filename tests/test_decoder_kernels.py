@@ -27,7 +27,7 @@ import pytest
 
 from support import run_again_on_dawn
 from ulpq_build.decoder_reference import causal_attention, rms_norm, rotary
-from ulpq_build.kernels import (EPILOGUE, GATE_ACTIVATIONS, KERNELS, MAX_DECODE_CHUNK, KernelVariant, WeightStorage,
+from ulpq_build.kernels import (EPILOGUE_ACTIVATIONS, GATE_ACTIVATIONS, KERNELS, MAX_DECODE_CHUNK, KernelVariant, WeightStorage,
                                 argmax_split, check_cache_attention_dims, check_cache_dims, check_step_attention_dims,
                                 decode_chunks,
                                 decoder_operator_kernels, pack_params, render, workgroups)
@@ -126,15 +126,15 @@ def test_activation_table_has_a_row_per_activation():
     """Each activation the kernels offer renders its own `activate` (gelu_tanh is not the erf gelu)
     and has a numpy reference."""
     bodies = {}
-    for name in set(EPILOGUE["activation"]) | set(GATE_ACTIVATIONS):
-        kernel = "gemv" if name in EPILOGUE["activation"] else "gated"
+    for name in set(EPILOGUE_ACTIVATIONS) | set(GATE_ACTIVATIONS):  # (EPILOGUE's "runtime" picks one of them)
+        kernel = "gemv" if name in EPILOGUE_ACTIVATIONS else "gated"
         extra = {"vec4": False} if kernel == "gemv" else {}
         code = code_of(render(KernelVariant.make(kernel, "chrome", WeightStorage("int4") if kernel == "gemv" else None,
                                                  activation=name, **extra)))
         bodies[name] = re.search(r"fn activate\(v: f32\) -> f32 \{\n(.*?)\n\}", code, re.DOTALL).group(1)
         assert name in ACTIVATIONS
     assert len(set(bodies.values())) == len(bodies)
-    assert "gelu_tanh" in EPILOGUE["activation"] and "silu" in GATE_ACTIVATIONS
+    assert "gelu_tanh" in EPILOGUE_ACTIVATIONS and "silu" in GATE_ACTIVATIONS
 
 
 def test_dims_checks_refuse_what_the_kernels_cannot_compute():

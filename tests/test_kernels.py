@@ -15,7 +15,7 @@ import pytest
 from support import ROOT
 from test_ops_kernels import workgroup_bytes
 from ulpq_build.formats import FORMATS
-from ulpq_build.kernels import (GEMV_WIDE_N, SPLIT_MIN_K, SPLIT_TARGET_WORKGROUPS, KernelVariant, WeightStorage, gemv_deep, gemv_depth,
+from ulpq_build.kernels import (EPILOGUE_ACTIVATIONS, GEMV_WIDE_N, RUNTIME_EPILOGUE, SPLIT_MIN_K, SPLIT_TARGET_WORKGROUPS, KernelVariant, WeightStorage, gemv_deep, gemv_depth,
                                 gemv_loads, gemv_vec4_fits, pack_params,
                                 render, split_for, vec4_capable, workgroups)
 from ulpq_build.native_webgpu import COMPILERS, KernelRunner, cached_device, compile_shader, matmul_params, validate, weight_arrays
@@ -116,6 +116,47 @@ def test_epilogues(kernel, options, activation, bias, residual, rng):
                                  residual=residual, **options)
     assert (("bias" in variant.bindings) == bias) and (("residual" in variant.bindings) == residual)
     run_and_compare(variant, spec, rng, 3 if kernel == "gemm" else 1, 29, 128)
+
+
+RUNTIME_KERNELS = [("gemv", {"vec4": False}), ("gemv", {"vec4": True}), ("gemm", {"size": "small"}), ("gemm", {"size": "large"}),
+                   ("splitk", {})]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("profile", ["chrome", "firefox", "cpu"])
+@pytest.mark.parametrize("kernel, options", RUNTIME_KERNELS, ids=lambda v: str(v))
+def test_runtime_epilogue_one_program_every_epilogue(kernel, options, profile, rng):
+    """The runtime epilogue (kernels.RUNTIME): one program whose uniforms pick the activation (an index
+    into EPILOGUE_ACTIVATIONS) and whether the residual is added, against numpy for every activation
+    with and without the residual. Without it the residual binding holds NaN: a program that read
+    it anyway would fail. Its key and text are the same whatever the dispatch applies."""
+    spec = QuantSpec("int4", 32)
+    weight = None if kernel == "splitk" else WeightStorage.of(spec)
+    variant = KernelVariant.make(kernel, profile, weight, bias=True, **RUNTIME_EPILOGUE, **options)
+    assert "activation-runtime" in variant.key and "residual-runtime" in variant.key
+    assert [name for name, _ in variant.params[-2:]] == ["act", "add_residual"] and "residual" in variant.bindings
+    for compiler in COMPILERS:
+        validate(render(variant), variant.workgroup_size, compiler)
+    m, n, k = (1, 29, 128) if kernel == "gemv" else (37, 45, 96)
+    w = (rng.standard_normal((n, k)) * 0.2).astype(np.float32)
+    qt = quantize("w", w, spec)
+    x = rng.standard_normal((m, k)).astype(np.float32)
+    bias = rng.standard_normal(n).astype(np.float32)
+    product = x.astype(np.float64) @ dequantize(qt).astype(np.float64).T
+    runner = KernelRunner(device_for(variant))
+    for (index, activation), add in itertools.product(enumerate(EPILOGUE_ACTIVATIONS), (0, 1)):
+        residual = rng.standard_normal((m, n)).astype(np.float32) if add else np.full((m, n), np.nan, np.float32)
+        uniforms = {"act": index, "add_residual": add}
+        if kernel == "splitk":  # the partial sums of one split: the product itself
+            arrays = {"partial": product.astype(np.float32), "bias": bias, "residual": residual}
+            params = {"m": m, "n": n, "splits": 1, "count": m * n, **uniforms}
+        else:
+            arrays = {"x": x, **weight_arrays(qt), "bias": bias, "residual": residual}
+            params = {**matmul_params(qt, m), **uniforms}
+        y = runner.run(variant, arrays, params, {"y": m * n})["y"].reshape(m, n)
+        expected = ACTIVATIONS[activation](product + bias) + (residual if add else 0)
+        assert np.isfinite(y).all(), f"{activation}, residual {add}: NaN (unwritten, or the unused residual read)"
+        assert relative_error(y, expected) < MATMUL_TOLERANCE, f"{activation}, residual {add}"
 
 
 GRANULARITIES = [(name, group, codebook) for name, fmt in FORMATS.items() if fmt.quantized and fmt.levels != "codebook"

@@ -121,6 +121,17 @@ def test_each_program_is_stored_once_and_every_profile_resolves(bundles, name):
     featured = {s["file"] for s in manifest["shaders"] if s.get("features")}
     assert set().union(*pages.values(), featured) == set(listed)
     assert len(listed) < len(manifest["shaders"])
+    # an encoder's products share one program per kernel, storage and tile: the runtime epilogue's
+    # uniforms pick each dispatch's activation and residual (kernels.RUNTIME), so no two programs a
+    # page compiles differ in their epilogue alone
+    chrome = [by_key[k] for k in page_keys(manifest["model"], "chrome")]
+    products = [s for s in chrome if s["kernel"] in ("gemv", "gemm", "splitk")]
+    assert all(s["options"]["activation"] == "runtime" and s["options"]["residual"] == "runtime"
+               for s in products if not s["options"].get("split")), [s["key"] for s in products]
+    beside_epilogue = {(s["kernel"], json.dumps(s["weight"], sort_keys=True),
+                        json.dumps({k: v for k, v in s["options"].items() if k not in ("activation", "bias", "residual")},
+                                   sort_keys=True)) for s in products}
+    assert len(beside_epilogue) == len(products), sorted(s["key"] for s in products)
     load_bundle(folder)  # and the reader accepts it
 
 

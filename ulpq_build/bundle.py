@@ -31,7 +31,8 @@ from ulpq_build.strategy import plan_and_quantize
 from ulpq_build.errors import UserError
 from ulpq_build.formats import FORMATS
 from ulpq_build.graph import graph_nodes
-from ulpq_build.kernels import (GEMM_LARGE_ROWS, GEMV_MAX_ROWS, SPLIT_MIN_K, SPLIT_TARGET_WORKGROUPS, KernelVariant,
+from ulpq_build.kernels import (EPILOGUE_ACTIVATIONS, GEMM_LARGE_ROWS, GEMV_MAX_ROWS, RUNTIME_EPILOGUE, SPLIT_MIN_K,
+                                SPLIT_TARGET_WORKGROUPS, KernelVariant,
                                 WeightStorage, feature_variants, gemv_depth, gemv_loads)
 from ulpq_build.model_source import ModelSource, open_model, resolve_model
 from ulpq_build.plan import Plan
@@ -164,10 +165,15 @@ def plan_shaders(model: dict, specs: dict[str, QuantSpec]) -> list[KernelVariant
     gates = {id(layer["gate"]) for layer in model.get("layers", []) if model.get("ffn") == "gated" and "gate" in layer}
     prologues = decoder_prologues(model)
     served = fused_outputs(model)
+    # encoders take the runtime epilogue; a generative decoder keeps its epilogues in the key (its gate
+    # and up must name one program with no activation to fuse, its GEMVs fuse prologues per role)
+    runtime_epilogue = "lm_head" not in model
     for node in graph_nodes(model, "in_features"):
         weight = WeightStorage.of(specs[node["weight"]])
         act = "none" if id(node) in gates else node["activation"]
         epilogue = {"activation": act, "bias": bool(node["bias"]), "residual": bool(node.get("residual"))}
+        if runtime_epilogue:  # one program per format and tile for every product of the encoder (kernels.RUNTIME)
+            epilogue.update(RUNTIME_EPILOGUE)
         # the tiles suit the product the node's kernels run: a gated decoder's gate|up is one product of
         # both halves' outputs (web_runtime/backend_webgpu.js linearGateUp dispatches the gate's kernels)
         n = served.get(id(node), node["out_features"])
@@ -322,7 +328,9 @@ def _write_bundle(folder: Path, source: ModelSource, model_name: str, model: dic
         "shaders": [{**variant.to_manifest(), "file": file_of[variant.key]} for variant in variants],
         "shader_files": [{"file": s.file, "bytes": len(s.data), "sha256": s.sha256} for s in shader_files],
         "matmul": {"gemv_max_rows": GEMV_MAX_ROWS, "gemm_large_rows": GEMM_LARGE_ROWS,
-                   "split_target_workgroups": SPLIT_TARGET_WORKGROUPS, "split_min_k": SPLIT_MIN_K},
+                   "split_target_workgroups": SPLIT_TARGET_WORKGROUPS, "split_min_k": SPLIT_MIN_K,
+                   # a runtime epilogue's params.act indexes this list (kernels.RUNTIME)
+                   "activations": list(EPILOGUE_ACTIVATIONS)},
         "runtime": {"module": "ulpq.js", "page": "index.html", "files": runtime_files, "sha256": runtime_hashes},
         "files": files,
         "wasm": cpu_kernels,

@@ -119,7 +119,18 @@ def _reg(*kernels: Kernel) -> dict[str, Kernel]:
 # product (gated) the second.
 EPILOGUE_ACTIVATIONS = ("none", "gelu", "gelu_tanh")
 GATE_ACTIVATIONS = ("silu", "gelu", "gelu_tanh")
-EPILOGUE = {"activation": EPILOGUE_ACTIVATIONS, "bias": (False, True), "residual": (False, True)}
+# RUNTIME: an epilogue whose activation and residual each dispatch picks by a uniform (act: the index
+# into EPILOGUE_ACTIVATIONS; add_residual: 0 or 1), so one program serves a layer's Q|K|V, output and
+# FFN products. Why: Dawn compiles a device's pipelines one after another, a GEMM taking 50-100 ms
+# on an H200's driver without its shader cache, and an encoder bundle compiled 3 epilogues x (2 GEMM
+# tiles + GEMV + splitk) per format: 18 pipelines for one format, 32 for a mix of three (MiniLM cold:
+# 0.55 s int4, 1.4 s mixed; docs/benchmarks.md). The GEMM applies it in a loop after its raw stores
+# (templates/gemm.wgsl.jinja says why), which cost its shapes 0-7% there. Bias stays in the key (an
+# encoder's products all have one).
+RUNTIME = "runtime"
+EPILOGUE = {"activation": (*EPILOGUE_ACTIVATIONS, RUNTIME), "bias": (False, True), "residual": (False, True, RUNTIME)}
+EPILOGUE_PARAMS = {"activation": (("act", "u32"),), "residual": (("add_residual", "u32"),)}
+RUNTIME_EPILOGUE = {"activation": RUNTIME, "residual": RUNTIME}
 # The GEMV's prologues (a decoder step's operator before a product, fused into the product to save
 # its dispatch): `norm`, RMSNorm of x (gamma bound as `norm`, eps a param); `gate`, x formed as
 # act(gate) * up from a gated FFN's two products (up bound as `up`; the row stride and the two
@@ -755,9 +766,11 @@ class KernelVariant:
 
     @property
     def params(self) -> tuple[tuple[str, str], ...]:
-        """The uniform fields: the kernel's, then those of the prologue its options turn on."""
+        """The uniform fields: the kernel's, then those of the prologue its options turn on, then those
+        of a runtime epilogue (RUNTIME)."""
         extra = tuple(field for name in prologues_on(self.opts) for field in PROLOGUE_PARAMS[name])
-        return self.spec.params + extra
+        chosen = tuple(field for name, fields in EPILOGUE_PARAMS.items() if self.opts.get(name) == RUNTIME for field in fields)
+        return self.spec.params + extra + chosen
 
     @property
     def workgroup_size(self) -> int:
@@ -835,6 +848,7 @@ def _environment() -> jinja2.Environment:
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(templates_dir())), undefined=jinja2.StrictUndefined,
                              trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True, autoescape=False)
     env.filters["wgsl_float"] = _wgsl_float
+    env.globals["epilogue_activations"] = EPILOGUE_ACTIVATIONS  # the runtime epilogue's act indexes this
     return env
 
 

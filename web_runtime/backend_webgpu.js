@@ -509,16 +509,21 @@ export class GpuBackend {
    * small-tile GEMM cut along K (partial sums, then the splitk kernel's epilogue) when its tiles
    * alone would leave most of the GPU idle.
    */
-  #matmul(kind, kernels, h, matrix, weightResources, bias, residual, prologue = null) {
+  #matmul(kind, node, h, matrix, weightResources, bias, residual, prologue = null) {
+    const kernels = node.kernels[this.profile.name];
     const thresholds = this.manifest.matmul;
     let key = matmulKey(kernels, h.rows, thresholds);
-    const dims = GpuBackend.#matrixDims(matrix, h.rows);
+    const dims = { ...GpuBackend.#matrixDims(matrix, h.rows), ...this.#epilogueDims(node, residual) };
     if (prologue) {
       // the operator before this product fused into its GEMV (kernels.PROLOGUE); callers ask fuses() first
       const fusedKey = kernels[`gemv_${prologue.kind}`];
       if (key !== kernels.gemv || !fusedKey) throw new Error(`${kind}: no GEMV with the ${prologue.kind} prologue serves ${h.rows} rows`);
       [kind, key] = [`${kind}+${prologue.kind}`, fusedKey];
       Object.assign(dims, prologue.dims);
+    }
+    const picksActivation = (k) => this.pipelines.get(k)?.shader.params.some(([name]) => name === 'act');
+    if (dims.act < 0 && (picksActivation(key) || picksActivation(kernels.split_finish))) {
+      throw new Error(`${node.weight}: its activation '${node.activation}' is none of the kernels' (${this.manifest.matmul.activations})`);
     }
     if (key === kernels.gemm_small && kernels.gemm_split) {
       const tiles = this.pipelines.get(kernels.gemm_split).shader.tiles;
@@ -528,7 +533,7 @@ export class GpuBackend {
       return this.#dispatchStep(kind, key, () => {
         const resources = { x: h, ...weightResources(), ...prologue?.resources };
         if (bias) resources.bias = bias;
-        if (residual) resources.residual = residual;
+        resources.residual = this.#residualFor(key, residual);
         return resources;
       }, dims, () => this.#value(h.rows, matrix.rows));
     }
@@ -538,9 +543,30 @@ export class GpuBackend {
     return this.#dispatchStep(`${kind}:finish`, kernels.split_finish, () => {
       const resources = { partial };
       if (bias) resources.bias = bias;
-      if (residual) resources.residual = residual;
+      resources.residual = this.#residualFor(kernels.split_finish, residual);
       return resources;
-    }, { m: h.rows, n: matrix.rows, splits, count: h.rows * matrix.rows }, () => this.#value(h.rows, matrix.rows));
+    }, { m: h.rows, n: matrix.rows, splits, count: h.rows * matrix.rows, act: dims.act, add_residual: dims.add_residual },
+    () => this.#value(h.rows, matrix.rows));
+  }
+
+  /**
+   * The uniforms of a runtime epilogue (kernels.RUNTIME: one program for every product of a format
+   * and tile, the activation and residual chosen per dispatch): `act`, the node's activation as an
+   * index into the manifest's list (-1: not one the kernels know; #matmul refuses it where a kernel
+   * would read it), and `add_residual`. Kernels whose epilogue is in their key ignore both.
+   */
+  #epilogueDims(node, residual) {
+    return { act: (this.manifest.matmul.activations ?? []).indexOf(node.activation ?? 'none'), add_residual: residual ? 1 : 0 };
+  }
+
+  /**
+   * What a product binds as `residual`: the residual, or where a runtime epilogue adds none (its
+   * program binds the slot either way), a 16-byte buffer it never reads (add_residual is 0).
+   */
+  #residualFor(key, residual) {
+    const shader = this.pipelines.get(key)?.shader;
+    if (!shader || !('residual' in shader.bindings)) return residual ?? undefined;
+    return residual ?? (this.noResidual ??= { buffer: this.#buffer(new Uint8Array(16), 'no residual') });
   }
 
   /**
@@ -586,7 +612,7 @@ export class GpuBackend {
   linear(h, node, residual = null, prologue = null) {
     const tensor = this.tensors.get(node.weight);
     const m = tensor.entry.matrix;
-    return this.#matmul('linear', node.kernels[this.profile.name], this.#rotated(h, node, tensor), m,
+    return this.#matmul('linear', node, this.#rotated(h, node, tensor), m,
       () => this.#weightResources(node.weight), node.bias ? this.#plain(node.bias) : null, residual, prologue);
   }
 
@@ -603,8 +629,7 @@ export class GpuBackend {
     const fused = this.fused.get(layer.query.weight);
     if (!fused) return null;
     const x = this.#rotated(h, fused.node, this.tensors.get(fused.node.weight));
-    return this.#matmul('qkv', fused.node.kernels[this.profile.name], x, fused.matrix, () => fused.resources, fused.bias, null,
-      prologue);
+    return this.#matmul('qkv', fused.node, x, fused.matrix, () => fused.resources, fused.bias, null, prologue);
   }
 
   /**
@@ -615,16 +640,14 @@ export class GpuBackend {
     const fused = layer.gate && this.fused.get(layer.gate.weight);
     if (!fused) return null;
     const x = this.#rotated(h, fused.node, this.tensors.get(fused.node.weight));
-    return this.#matmul('gate_up', fused.node.kernels[this.profile.name], x, fused.matrix, () => fused.resources, fused.bias, null,
-      prologue);
+    return this.#matmul('gate_up', fused.node, x, fused.matrix, () => fused.resources, fused.bias, null, prologue);
   }
 
   linearQKV(h, layer) {
     const fused = this.fused.get(layer.query.weight);
     if (!fused || fused.widths.some((w) => w !== fused.hidden)) return null;
     const x = this.#rotated(h, fused.node, this.tensors.get(fused.node.weight));
-    const out = this.#matmul('qkv', fused.node.kernels[this.profile.name], x, fused.matrix, () => fused.resources,
-      fused.bias, null);
+    const out = this.#matmul('qkv', fused.node, x, fused.matrix, () => fused.resources, fused.bias, null);
     const view = (offset) => ({ ...out, cols: fused.hidden, stride: fused.matrix.rows, offset, base: out });
     return { q: view(0), k: view(fused.hidden), v: view(2 * fused.hidden) };
   }
