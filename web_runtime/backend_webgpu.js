@@ -259,6 +259,8 @@ export class GpuBackend {
     this.run = null; // the plan being recorded or replayed
     this.initTimings = {};
     this.pipelineReadyMs = {}; // shader key -> ms from the start of compiling to its pipeline (#startCompiling)
+    /** @type {{buffer: GPUBuffer} | null} */
+    this.noResidual = null; // what a runtime epilogue binds as `residual` where it adds none (#residualFor)
     this.stats = { plansBuilt: 0, layoutsBuilt: 0, layoutsGrown: 0, buffersCreated: 0, bindGroupsCreated: 0,
       pipelinesCreated: 0, dispatches: 0, passes: 0, paramsWrites: 0 };
   }
