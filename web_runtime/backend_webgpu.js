@@ -280,7 +280,6 @@ export class GpuBackend {
     // when each pipeline was ready, ms from the start of compiling (benchmarks report where a cold
     // driver cache spends initialisation)
     const started = performance.now();
-    this.pipelineReadyMs = {};
     const pending = Promise.allSettled(shaders.map((shader) => this.device.createComputePipelineAsync({
       layout: 'auto', compute: { module: modules.get(shader.file), entryPoint: 'main' }, label: shader.key })
       .then((pipeline) => { this.pipelineReadyMs[shader.key] = performance.now() - started; return pipeline; })));
@@ -567,7 +566,7 @@ export class GpuBackend {
    */
   #residualFor(key, residual) {
     const shader = this.pipelines.get(key)?.shader;
-    if (!shader || !('residual' in shader.bindings)) return residual ?? undefined;
+    if (!shader || !('residual' in shader.bindings)) return residual;
     return residual ?? (this.noResidual ??= { buffer: this.#buffer(new Uint8Array(16), 'no residual') });
   }
 

@@ -43,7 +43,6 @@ for (const { name, dir, features = null } of request.bundles) {
     entry.open_ms = performance.now() - t0;
     Object.assign(entry, { load_ms: model.timings.load_ms, init_ms: model.timings.init_ms, variant: model.variant?.name ?? null,
       path: model.backend.path, notes: [...model.notes], init_parts: model.backend.initTimings ?? null,
-      pipelines: model.backend.stats?.pipelinesCreated ?? null,
       pipeline_ready_ms: model.backend.pipelineReadyMs ?? null });
     const words = vocabWords(dir);
     for (const [batch, tokens] of request.shapes) {
