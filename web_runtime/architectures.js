@@ -36,7 +36,22 @@ import { ByteLevelBpeTokenizer } from './tokenizer_bpe.js';
  * @property {(out: any, job: EncodedBatch) => void} output  add the family's own fields to a result
  * @property {'sentences' | 'images' | 'rows' | 'prompt'} demo  what the demo page shows (demo.js)
  * @property {boolean} [decoder]  a generative decoder: the model gets generate() (ulpq.js)
+ * @property {(model: any) => any[]} [shapes]  input shapes whose GPU work initialisation builds
+ *   ahead (ulpq.js #prepare), each given to `sample`
+ * @property {(model: any, shape: any) => any} [sample]  an input for the graph of that shape (its
+ *   values do not matter: nothing runs)
  */
+
+// The matrix-product row counts whose GPU work (plans, bind groups, shared activation buffers) a
+// WebGPU model builds during initialisation, so that a first run at a new input shape records its
+// steps and runs, rather than also making a hundred GPU objects (issue 10: a first run within 2x of
+// a steady one). Which kernels a run's products take depends on its row count m only, and changes
+// at m = 9 (GEMV to GEMM), at multiples of the GEMM tile's 64 rows (whether a product splits K:
+// dispatch.js splitFor) and at 1024 (the large tiles): one row count per 64-row band up to 256 rows
+// (a batch of short sentences or one long one) finds every structure there. The activation
+// buffers then held are those of a 256-row run (about 10 MB for BERT-base); longer inputs grow
+// them on first use.
+const PREPARED_ROWS = [8, 64, 128, 192, 256];
 
 const nothingMore = () => {};
 
@@ -80,6 +95,8 @@ export const ARCHITECTURES = {
     run: GRAPHS.mlp,
     output: nothingMore,
     demo: 'rows',
+    shapes: () => [1, ...PREPARED_ROWS],
+    sample: (model, rows) => ({ data: new Float32Array(rows * model.input_size), rows }),
   },
   bert: {
     input: 'text',
@@ -103,6 +120,19 @@ export const ARCHITECTURES = {
     run: GRAPHS.bert,
     output(out, job) { out.tokens = job.x.lengths; },
     demo: 'sentences',
+    shapes(model) {
+      const longest = model.tokenizer.max_length;
+      // rows r as one text of r tokens, or as r / longest texts of the longest length
+      return PREPARED_ROWS.map((r) => {
+        const seq = Math.min(r, longest);
+        return { batch: Math.ceil(r / seq), seq };
+      });
+    },
+    sample(model, { batch, seq }) {
+      const n = batch * seq;
+      return { ids: new Uint32Array(n), mask: new Float32Array(n).fill(1), positions: Uint32Array.from({ length: n }, (_, i) => i % seq),
+        types: new Uint32Array(n), batch, seq, lengths: Array(batch).fill(seq), truncated: [] };
+    },
   },
   vit: {
     input: 'image',
@@ -118,6 +148,9 @@ export const ARCHITECTURES = {
     run: GRAPHS.vit,
     output: nothingMore,
     demo: 'images',
+    // batches of 1 to 8 images within 256 rows (one image of a large ViT is past it already)
+    shapes: (model) => [1, 2, 4, 8].filter((b) => b === 1 || b * (model.num_patches + 1) <= PREPARED_ROWS[PREPARED_ROWS.length - 1]),
+    sample: (model, batch) => ({ data: new Float32Array(batch * model.num_channels * model.image_size * model.image_size), batch }),
   },
   llama: DECODER,
   gpt2: DECODER,

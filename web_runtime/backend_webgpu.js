@@ -6,9 +6,11 @@
 // run at a shape records the graph's operators as a list of steps. Shapes whose steps have the same
 // structure (the same kernels reading and writing the same values; e.g. 1x100 and 1x128 tokens)
 // share one *layout*: the GPU objects of a run, made once: every activation a buffer slot (slots
-// are shared between values whose lifetimes do not overlap, and sized for the largest shape seen,
-// rounded up to a power of two), one uniform buffer for every dispatch's params, every bind group.
-// A shape's own *plan* is only JS: its params bytes and workgroup grids. A run writes the inputs
+// are shared between values whose lifetimes do not overlap; the activation buffers themselves are
+// shared by every layout, sized for the largest shape seen, rounded up to a power of two), one
+// uniform buffer for every dispatch's params, every bind group. A shape's own *plan* is only JS:
+// its params bytes and workgroup grids. Initialisation prepares the plans and layouts of a few
+// likely shapes (prepare()), so most first runs find their GPU objects made. A run writes the inputs
 // (and the params, when the layout last ran another shape), encodes the dispatches into ONE compute
 // pass, copies the output to a mapped buffer and reads it. A steady run creates no pipelines, bind
 // groups or buffers, and nor does a new shape that fits a layout already made (tests count them):
@@ -62,13 +64,13 @@ export async function adapterIsCpu() {
 
 /**
  * Try the variants this adapter allows, best first; return {backend, variant, notes}. A variant
- * whose device, pipelines or `selfTest(backend)` fail is skipped with a note. Throws GpuUnavailable
+ * whose device, pipelines, `selfTest(backend)` or `prepare(backend)` fail is skipped with a note. Throws GpuUnavailable
  * (with every reason) when none works, and IntegrityError at once when a shader was tampered with
  * (that is the bundle's fault, not the adapter's: no other variant or path may hide it).
  * `tensors` (the weight table) may be a promise still downloading: each variant's device is made and
  * its pipelines start compiling before it is awaited; if it rejects, WeightsFailed at once.
  */
-export async function createGpuBackend(manifest, tensors, baseUrl, { profile = null, poison = false, selfTest = null } = {}) {
+export async function createGpuBackend(manifest, tensors, baseUrl, { profile = null, poison = false, selfTest = null, prepare = null } = {}) {
   const presence = webgpuPresence();
   if (!presence.available) throw new GpuUnavailable(presence.reason);
   let probe;
@@ -94,6 +96,11 @@ export async function createGpuBackend(manifest, tensors, baseUrl, { profile = n
         const started = performance.now();
         await selfTest?.(backend);
         backend.initTimings.self_test_ms = performance.now() - started;
+        // the GPU objects of the input shapes a page will likely meet (ulpq.js #prepare), made now
+        // (run beside the self-test's GPU waits, it saved nothing: both are JS-bound)
+        const preparing = performance.now();
+        await prepare?.(backend);
+        backend.initTimings.prepare_ms = performance.now() - preparing;
       } catch (err) {
         backend.destroy();
         throw err;
@@ -253,10 +260,18 @@ export class GpuBackend {
     this.fused = new Map(); // query weight name -> {resources, bias, matrix, node, hidden}
     this.plans = new Map(); // shape key -> plan (Map order = least recently used first)
     this.layouts = new Map(); // structure signature -> layout (least recently used first)
+    // The activation buffers every layout shares (#allocate): a layout's j-th activation slot is
+    // arena[j], sized for the largest need of any layout. Runs execute one after another in queue
+    // order, and no activation outlives its run (inputs, which a run may leave for the next one
+    // (`feed`), have buffers of their own), so one set serves every structure: a new structure
+    // makes bind groups, not buffers, and the buffers held are the largest run's, not their sum.
+    this.arena = []; // {buffer, capacity}
+    this.arenaVersion = 0; // bumped when an arena buffer is replaced: layouts then re-bind (#bind)
     this.limits = { ...LIMITS };
     this.weightIds = new WeakMap(); // weight binding resource -> number, for structure signatures
     this.nextWeightId = 0;
     this.run = null; // the plan being recorded or replayed
+    this.preparing = false; // prepare(): runs are planned and their GPU objects made, not run
     this.initTimings = {};
     this.pipelineReadyMs = {}; // shader key -> ms from the start of compiling to its pipeline (#startCompiling)
     /** @type {{buffer: GPUBuffer} | null} */
@@ -737,7 +752,8 @@ export class GpuBackend {
       value.slot = layout.slotOf[value.id];
       need[value.slot] = Math.max(need[value.slot], value.bytes);
     }
-    if (need.some((bytes, i) => bytes > layout.slots[i].capacity)) this.#allocate(layout, need);
+    layout.need = need.map((bytes, i) => Math.max(bytes, layout.need?.[i] ?? 0)); // what its shapes ask of each slot
+    if (need.some((bytes, i) => !this.#slotBuffer(layout, i)?.buffer || bytes > this.#slotBuffer(layout, i).capacity)) this.#allocate(layout, need);
     const staging = new Uint8Array(layout.paramsBytes);
     steps.forEach((step, i) => staging.set(new Uint8Array(packParams(layout.steps[i].shader, step.dims)), layout.paramsOffsets[i]));
     plan.layout = layout;
@@ -782,7 +798,8 @@ export class GpuBackend {
     });
     const slots = [];
     const slotOf = [];
-    const newSlot = (bytes, usage) => { slots.push({ bytes, usage, capacity: 0, buffer: null }); return slots.length - 1; };
+    let shared = 0; // the next arena index
+    const newSlot = (bytes, usage, arena = null) => { slots.push({ bytes, usage, capacity: 0, buffer: null, arena }); return slots.length - 1; };
     for (const value of plan.values) {
       if (value.input) slotOf[value.id] = newSlot(value.bytes, GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_DST);
     }
@@ -808,7 +825,7 @@ export class GpuBackend {
           slots[slot].bytes = Math.max(slots[slot].bytes, value.bytes);
         }
       }
-      slot ??= newSlot(value.bytes, ACTIVATION_USAGE());
+      slot ??= newSlot(value.bytes, ACTIVATION_USAGE(), shared++);
       slotOf[value.id] = slot;
       if (value !== output) free.push({ slot, until: last.get(value.id) });
     });
@@ -821,64 +838,147 @@ export class GpuBackend {
       paramsBytes += stride(shader);
       const resources = Object.fromEntries(Object.entries(step.resources).filter(([, r]) => r)
         .map(([name, r]) => [name, r.id !== undefined ? { slot: slotOf[r.id] } : r]));
-      return { kind: step.kind, key: step.key, shader, pipeline, resources, paramsSize: stride(shader) };
+      return { kind: step.kind, key: step.key, shader, pipeline, bindGroupLayout: this.#groupLayout(step.key), resources,
+        paramsSize: stride(shader) };
     });
     const params = this.device.createBuffer({ size: paramsBytes, usage: GPUBufferUsage.UNIFORM | GPUBufferUsage.COPY_DST, label: 'params' });
     this.stats.buffersCreated++;
     return { signature, slots, slotOf, steps: layoutSteps, params, paramsBytes, paramsOffsets,
-      outputSlot: slotOf[output.id], bindGroups: [], readbacks: [], current: null, bytes: paramsBytes,
+      outputSlot: slotOf[output.id], bindGroups: [], boundTo: [], boundVersion: -1, readbacks: [], current: null, bytes: paramsBytes,
       poisonSlots: [...new Set(steps.filter((s) => !s.out.input).map((s) => slotOf[s.out.id]))] };
   }
 
   /**
-   * (Re)create the slots' buffers that are missing or smaller than `need` (capacities rounded up
-   * to a power of two, so a page meeting ever longer inputs grows a layout a few times, not at
-   * every length), then every bind group, which must name the new buffers.
+   * Make the slots' buffers hold `need` bytes: a layout's own input buffers are (re)created when
+   * missing or too small, the arena's shared ones replaced by larger ones (capacities rounded up to
+   * a power of two, so a page meeting ever longer inputs grows a few times, not at every length).
+   * Bind groups follow at the next run (#bind).
    */
   #allocate(layout, need) {
-    if (layout.slots.some((s) => s.buffer)) this.stats.layoutsGrown++;
+    let grown = false;
     layout.slots.forEach((slot, i) => {
-      if (slot.buffer && slot.capacity >= need[i]) return;
-      slot.buffer?.destroy();
-      slot.capacity = Math.max(MIN_SLOT_BYTES, 2 ** Math.ceil(Math.log2(Math.max(need[i], slot.bytes, 4))));
-      slot.buffer = this.device.createBuffer({ size: slot.capacity, usage: slot.usage, label: `slot ${i}` });
-      this.stats.buffersCreated++;
-      if (i === layout.outputSlot) {
-        for (const rb of layout.readbacks) rb.buffer.destroy();
-        layout.readbacks = [];
+      const capacity = Math.max(MIN_SLOT_BYTES, 2 ** Math.ceil(Math.log2(Math.max(need[i], slot.bytes, 4))));
+      if (slot.arena === null) {
+        if (slot.buffer && slot.capacity >= need[i]) return;
+        grown ||= Boolean(slot.buffer);
+        slot.buffer?.destroy();
+        slot.capacity = capacity;
+        slot.buffer = this.device.createBuffer({ size: capacity, usage: slot.usage, label: `input ${i}` });
+        this.stats.buffersCreated++;
+        return;
+      }
+      const shared = this.arena[slot.arena];
+      if (!shared || shared.capacity < need[i]) {
+        grown ||= Boolean(shared);
+        // a run already submitted keeps using the old buffer until it is done (destroy waits for the queue)
+        shared?.buffer.destroy();
+        this.arena[slot.arena] = { capacity, buffer: this.device.createBuffer({ size: capacity, usage: ACTIVATION_USAGE(), label: `activations ${slot.arena}` }) };
+        this.arenaVersion++;
+        this.stats.buffersCreated++;
       }
     });
-    layout.bytes = layout.paramsBytes + layout.slots.reduce((sum, s) => sum + s.capacity, 0);
-    layout.bindGroups = layout.steps.map((step, i) => {
+    if (grown) this.stats.layoutsGrown++;
+    this.#measure(layout);
+  }
+
+  /** A layout's slots as they are now (arena slots read through): {buffer, capacity}. */
+  #slotBuffer(layout, i) {
+    const slot = layout.slots[i];
+    return slot.arena === null ? slot : this.arena[slot.arena];
+  }
+
+  /** Bytes a layout holds of its own: params and input buffers (the arena is counted once, in memoryBytes). */
+  #measure(layout) {
+    layout.bytes = layout.paramsBytes + layout.slots.reduce((sum, s) => sum + (s.arena === null ? s.capacity : 0), 0);
+  }
+
+  /**
+   * Make every bind group of `layout` that names a buffer replaced since it was made (all of them
+   * the first time); nothing when no buffer changed (a steady run checks one number).
+   */
+  #bind(layout) {
+    if (layout.boundVersion === this.arenaVersion && layout.bindGroups.length) {
+      if (layout.slots.every((s) => s.arena !== null || s.buffer === s.boundBuffer)) return;
+    }
+    const buffers = layout.slots.map((_, i) => this.#slotBuffer(layout, i).buffer);
+    layout.steps.forEach((step, i) => {
+      const slots = Object.values(step.resources).filter((r) => r.slot !== undefined).map((r) => r.slot);
+      const current = slots.map((j) => buffers[j]);
+      const made = layout.boundTo[i];
+      if (made && current.every((b, k) => b === made[k])) return;
       const entries = Object.entries(step.shader.bindings).map(([name, binding]) => {
         if (name === 'params') return { binding, resource: { buffer: layout.params, offset: layout.paramsOffsets[i], size: step.paramsSize } };
         const r = step.resources[name];
         if (!r) throw new Error(`${step.key}: nothing bound to '${name}'`);
-        if (r.slot !== undefined) return { binding, resource: { buffer: layout.slots[r.slot].buffer } };
+        if (r.slot !== undefined) return { binding, resource: { buffer: buffers[r.slot] } };
         if (!r.buffer) throw new Error(`${step.key}: nothing bound to '${name}'`);
         return { binding, resource: r.offset !== undefined ? { buffer: r.buffer, offset: r.offset, size: r.size } : { buffer: r.buffer } };
       });
       this.stats.bindGroupsCreated++;
-      return this.device.createBindGroup({ layout: step.pipeline.getBindGroupLayout(0), entries, label: step.key });
+      layout.bindGroups[i] = this.device.createBindGroup({ layout: step.bindGroupLayout, entries, label: step.key });
+      layout.boundTo[i] = current;
     });
+    for (const s of layout.slots) s.boundBuffer = s.buffer;
+    layout.boundVersion = this.arenaVersion;
   }
 
-  /** Keep the layout of `keep` and the most recently used within the limits; drop the rest. */
+  /** A pipeline's bind group layout, fetched once (each call makes a new wrapper object). */
+  #groupLayout(key) {
+    const entry = this.pipelines.get(key);
+    entry.groupLayout ??= entry.pipeline.getBindGroupLayout(0);
+    return entry.groupLayout;
+  }
+
+  /**
+   * Keep the layout of `keep` and the most recently used within the limits (a count, and bytes:
+   * the layouts' own and the shared buffers); drop the rest, and shrink the shared buffers to what
+   * the kept layouts need.
+   */
   #evict(keep) {
-    const layoutBytes = () => [...this.layouts.values()].reduce((sum, l) => sum + l.bytes, 0);
-    while (this.layouts.size > 1 && (this.layouts.size > this.limits.layouts || layoutBytes() > this.limits.layoutBytes)) {
+    const held = () => [...this.layouts.values()].reduce((sum, l) => sum + l.bytes, 0)
+      + this.arena.reduce((sum, a) => sum + (a?.capacity ?? 0), 0);
+    while (this.layouts.size > 1 && (this.layouts.size > this.limits.layouts || held() > this.limits.layoutBytes)) {
       const [signature, oldest] = [...this.layouts.entries()].find(([, l]) => l !== keep);
       this.layouts.delete(signature);
       this.#freeLayout(oldest);
       for (const [key, plan] of this.plans) if (plan.layout === oldest) this.plans.delete(key);
+      this.#shrinkArena();
     }
     while (this.plans.size > this.limits.shapes) this.plans.delete(this.plans.keys().next().value);
   }
 
+  /**
+   * Replace the shared buffers larger than every kept layout needs by smaller ones (none where no
+   * layout uses the slot): a page that met one very long input does not hold its buffers for ever.
+   * The kept layouts re-bind at their next run.
+   */
+  #shrinkArena() {
+    const required = this.arena.map(() => 0);
+    for (const layout of this.layouts.values()) {
+      layout.slots.forEach((slot, i) => { if (slot.arena !== null) required[slot.arena] = Math.max(required[slot.arena], layout.need?.[i] ?? 0); });
+    }
+    this.arena.forEach((a, j) => {
+      if (!a) return;
+      const capacity = Math.max(MIN_SLOT_BYTES, 2 ** Math.ceil(Math.log2(Math.max(required[j], 4))));
+      if (required[j] > 0 && a.capacity <= capacity) return;
+      a.buffer.destroy();
+      this.arenaVersion++;
+      if (!required[j]) {
+        this.arena[j] = undefined;
+        return;
+      }
+      this.arena[j] = { capacity, buffer: this.device.createBuffer({ size: capacity, usage: ACTIVATION_USAGE(), label: `activations ${j}` }) };
+      this.stats.buffersCreated++;
+    });
+  }
+
   #readback(layout, bytes) {
+    // read-back buffers made for a smaller output (the arena grew since) are dropped once idle
+    for (const r of layout.readbacks) if (!r.busy && r.buffer.size < ceil4(bytes)) r.buffer.destroy();
+    layout.readbacks = layout.readbacks.filter((r) => r.busy || r.buffer.size >= ceil4(bytes));
     let rb = layout.readbacks.find((r) => !r.busy);
     if (!rb) {
-      const size = layout.slots[layout.outputSlot].capacity;
+      const size = this.#slotBuffer(layout, layout.outputSlot).capacity;
       rb = { buffer: this.device.createBuffer({ size, usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST, label: 'readback' }), busy: false };
       layout.readbacks.push(rb);
       this.stats.buffersCreated++;
@@ -886,6 +986,38 @@ export class GpuBackend {
     if (rb.buffer.size < bytes) throw new Error('readback smaller than the output');
     rb.busy = true;
     return rb;
+  }
+
+  /**
+   * Make the GPU work of a run ahead of it: `graph()` records its steps as a run would, and the
+   * plan is adopted (a layout found or made, the shared buffers grown, every bind group made) and
+   * kept, but not run: output() then resolves to null. A later run of that shape replays it; a run
+   * of another shape of the same structure finds its layout.
+   */
+  async prepare(graph) {
+    this.preparing = true;
+    this.device.pushErrorScope('validation');
+    let failure = null;
+    try {
+      await graph();
+      // bind every layout kept to the shared buffers as they are now (a larger shape prepared
+      // later may have grown them)
+      for (const layout of this.layouts.values()) this.#bind(layout);
+    } catch (err) {
+      failure = err;
+    } finally {
+      this.preparing = false;
+      this.run = null;
+    }
+    const invalid = await this.device.popErrorScope();
+    failure ??= invalid && new Error(`WebGPU error: ${invalid.message}`);
+    if (failure) {
+      // nothing half made is kept: every run then plans itself, as without prepare()
+      for (const layout of this.layouts.values()) this.#freeLayout(layout);
+      this.layouts.clear();
+      this.plans.clear();
+      throw failure;
+    }
   }
 
   /** Finish the run: write the inputs (and params), one pass over every dispatch, copy `h` out and read it. */
@@ -918,8 +1050,14 @@ export class GpuBackend {
     this.layouts.delete(layout.signature); // re-insert: most recently used last
     this.layouts.set(layout.signature, layout);
     this.#evict(layout);
+    if (this.preparing) {
+      // everything a run of this shape needs, made now (bind groups in prepare()); nothing runs
+      this.#readback(layout, plan.outputBytes).busy = false;
+      return { result: Promise.resolve(null) };
+    }
     const queue = this.device.queue;
-    const slot = (value) => layout.slots[value.slot].buffer;
+    this.#bind(layout);
+    const slot = (value) => this.#slotBuffer(layout, value.slot).buffer;
     this.device.pushErrorScope('validation');
     this.device.pushErrorScope('out-of-memory');
     if (run.changed) run.changedSpan = this.#rewriteParams(plan, layout, run.changed);
@@ -936,7 +1074,10 @@ export class GpuBackend {
     for (const [value, typed] of run.writes ?? []) queue.writeBuffer(slot(value), 0, typed.buffer, typed.byteOffset, typed.byteLength);
     // Poisoned outputs (tests): any element a kernel fails to write stays NaN and fails the comparison.
     if (this.poison) {
-      for (const i of layout.poisonSlots) queue.writeBuffer(layout.slots[i].buffer, 0, new Float32Array(layout.slots[i].capacity / 4).fill(NaN));
+      for (const i of layout.poisonSlots) {
+        const { buffer, capacity } = this.#slotBuffer(layout, i);
+        queue.writeBuffer(buffer, 0, new Float32Array(capacity / 4).fill(NaN));
+      }
     }
     const bytes = plan.outputBytes;
     const rb = this.#readback(layout, bytes);
@@ -952,7 +1093,7 @@ export class GpuBackend {
       });
       pass.end();
     }
-    const output = layout.slots[layout.outputSlot].buffer;
+    const output = this.#slotBuffer(layout, layout.outputSlot).buffer;
     encoder.copyBufferToBuffer(output, 0, rb.buffer, 0, ceil4(bytes));
     if (feed) {
       if (!feed.input || feed.bytes !== bytes) throw new Error(`plan ${plan.key}: the output can feed only an input of its own size`);
@@ -1050,10 +1191,10 @@ export class GpuBackend {
     for (const r of layout.readbacks) r.buffer.destroy();
   }
 
-  /** Bytes of GPU buffers: the weights, and the activations and params of the layouts kept. */
+  /** Bytes of GPU buffers: the weights, and the shared activation buffers with the layouts' own params and inputs. */
   memoryBytes() {
     const weights = this.weightBuffers.reduce((sum, b) => sum + b.size, 0);
-    let activations = 0;
+    let activations = this.arena.reduce((sum, a) => sum + (a?.capacity ?? 0), 0);
     for (const layout of this.layouts.values()) activations += layout.bytes;
     return { gpu_buffer_bytes: weights, gpu_activation_bytes: activations, plans: this.plans.size, layouts: this.layouts.size };
   }
@@ -1062,6 +1203,8 @@ export class GpuBackend {
     for (const layout of this.layouts.values()) this.#freeLayout(layout);
     this.layouts.clear();
     this.plans.clear();
+    for (const a of this.arena) a?.buffer.destroy();
+    this.arena = [];
     for (const b of this.weightBuffers) b.destroy();
     this.weightBuffers = [];
     this.weights.clear();

@@ -273,7 +273,7 @@ export class UlpqModel {
     let gpu;
     try {
       gpu = await createGpuBackend(this.manifest, tensors, this.manifestUrl,
-        { profile, poison, selfTest: selfTest ? (backend) => this.#selfTest(backend) : null });
+        { profile, poison, selfTest: selfTest ? (backend) => this.#selfTest(backend) : null, prepare: (backend) => this.#prepare(backend) });
     } catch (err) {
       if (isIntegrityError(err) || err instanceof WeightsFailed) throw err;
       throw takeIntegrityFailure(this.manifestUrl) ?? asGpuUnavailable(err);
@@ -341,6 +341,28 @@ export class UlpqModel {
       }
       const rel = maxErr / (maxRef || 1);
       if (!(rel <= 1e-3)) throw new Error(`self-test failed: ${node.weight} on ${rows} row(s) differs from the CPU by ${rel.toExponential(2)}`);
+    }
+  }
+
+  /**
+   * Build the GPU work of the input shapes a page is most likely to meet (the architecture row's
+   * `shapes`) during initialisation: each shape's steps are recorded and their bind groups and
+   * shared buffers made, nothing runs. A first run at such a shape replays; at another shape of the
+   * same structure it records and runs on GPU objects that exist.
+   */
+  async #prepare(backend) {
+    const arch = this.#architecture;
+    if (!arch.shapes || !arch.sample) return;
+    const model = this.manifest.model;
+    for (const shape of arch.shapes(model).reverse()) { // largest first: the shared buffers grow once
+      try {
+        await backend.prepare(() => arch.run(backend, model, arch.sample(model, shape)));
+      } catch (err) {
+        // an optimisation only: that shape's first run records it (and meets the same error, if any)
+        this.notes.push(`the GPU work of input shape ${JSON.stringify(shape)} was not prepared ahead (${err?.message ?? err}); `
+          + 'shapes are prepared at their first run instead');
+        return;
+      }
     }
   }
 
