@@ -199,3 +199,32 @@ def test_layouts_are_shared_bounded_and_rebuilt_after_eviction(demo, replay_site
     assert out["after"]["layouts"] == 1
     assert relative_error(np.asarray(out["single"]["logits"]), reference[:1]) < E2E_LOGITS
     assert relative_error(np.asarray(out["ten"]["logits"]), reference[:10]) < E2E_LOGITS
+
+
+RUN_WARMED = COUNT + """
+const ulpq = await import('./ulpq.js');
+// a GPU profile on this CPU adapter, as a GPU would get: initialisation also runs one tiny input
+// through the whole process() path (ulpq.js #warmUp); the page's own model (the cpu profile) does not
+const gpu = await ulpq.loadBundle('./manifest.json', { hardware: 'webgpu', profile: 'firefox' });
+const parts = { ...gpu.backend.initTimings };
+const variant = gpu.variant;
+const first = await counted(gpu, () => gpu.process(P));
+await gpu.dispose();
+return { parts, variant, first, cpuParts: { ...window.ulpqDemo.model.backend.initTimings } };
+"""
+
+
+def test_gpu_profile_initialisation_warms_up_the_process_path(demo, replay_site):
+    """On a GPU profile, initialisation runs one tiny input through process() (so a page's first run
+    does not wait for the JS engine to compile that path) and prepares the likely shapes: the first
+    run at a prepared shape then creates no GPU object and equals numpy. The cpu profile (CPU
+    adapters, where a run costs far more than compiling its JS) is not warmed up."""
+    folder = replay_site / "replay-minilm"
+    want_p, seq_p = text_reference(folder, load_bundle(folder), TEXT_P)
+    assert seq_p == 8
+    out = evaluate(demo, "firefox", "replay-minilm/index.html?run=0", RUN_WARMED, {"P": TEXT_P})
+    assert out["variant"]["profile"] == "firefox", out["variant"]
+    assert out["parts"]["warm_up_ms"] > 0 and out["parts"]["prepare_ms"] > 0, out["parts"]
+    assert "warm_up_ms" not in out["cpuParts"] and out["cpuParts"]["prepare_ms"] > 0, out["cpuParts"]
+    check_steady(out["first"]["counts"], inputs=4 + 1)
+    assert cosine(np.asarray(out["first"]["result"]["embeddings"]), want_p).min() >= E2E_COSINE

@@ -40,6 +40,8 @@ import { ByteLevelBpeTokenizer } from './tokenizer_bpe.js';
  *   ahead (ulpq.js #prepare), each given to `sample`
  * @property {(model: any, shape: any) => any} [sample]  an input for the graph of that shape (its
  *   values do not matter: nothing runs)
+ * @property {(model: any) => any} [warmInput]  a tiny input for process(), run once during a GPU
+ *   initialisation (ulpq.js #warmUp)
  */
 
 // The matrix-product row counts whose GPU work (plans, bind groups, shared activation buffers) a
@@ -96,6 +98,7 @@ export const ARCHITECTURES = {
     output: nothingMore,
     demo: 'rows',
     shapes: () => [1, ...PREPARED_ROWS],
+    warmInput: (model) => [Array(model.input_size).fill(0)],
     sample: (model, rows) => ({ data: new Float32Array(rows * model.input_size), rows }),
   },
   bert: {
@@ -128,6 +131,7 @@ export const ARCHITECTURES = {
         return { batch: Math.ceil(r / seq), seq };
       });
     },
+    warmInput: () => ['ready'],
     sample(model, { batch, seq }) {
       const n = batch * seq;
       return { ids: new Uint32Array(n), mask: new Float32Array(n).fill(1), positions: Uint32Array.from({ length: n }, (_, i) => i % seq),
@@ -151,6 +155,7 @@ export const ARCHITECTURES = {
     // batches of 1 to 8 images within 256 rows (one image of a large ViT is past it already)
     shapes: (model) => [1, 2, 4, 8].filter((b) => b === 1 || b * (model.num_patches + 1) <= PREPARED_ROWS[PREPARED_ROWS.length - 1]),
     sample: (model, batch) => ({ data: new Float32Array(batch * model.num_channels * model.image_size * model.image_size), batch }),
+    warmInput: () => [{ width: 8, height: 8, data: new Uint8ClampedArray(8 * 8 * 4) }],
   },
   llama: DECODER,
   gpt2: DECODER,
