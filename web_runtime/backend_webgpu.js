@@ -190,12 +190,6 @@ function sameDims(a, b) {
   return keys.length === Object.keys(b).length && keys.every((k) => a[k] === b[k]);
 }
 
-function concat(pieces) {
-  const out = new Uint8Array(pieces.reduce((s, p) => s + p.length, 0));
-  let at = 0;
-  for (const p of pieces) { out.set(p, at); at += p.length; }
-  return out;
-}
 
 export class GpuBackend {
   static async create(adapter, manifest, tensors, profile, baseUrl, poison) {
@@ -321,9 +315,14 @@ export class GpuBackend {
     return this.codebookResource;
   }
 
+  /** A storage buffer holding `bytes`, or the concatenation of `bytes` (an array of pieces, written in place: no joined copy). */
   #buffer(bytes, label) {
-    const buffer = this.device.createBuffer({ size: Math.max(4, ceil4(bytes.length)), usage: GPUBufferUsage.STORAGE, mappedAtCreation: true, label });
-    new Uint8Array(buffer.getMappedRange()).set(bytes);
+    const pieces = Array.isArray(bytes) ? bytes : [bytes];
+    const length = pieces.reduce((sum, p) => sum + p.length, 0);
+    const buffer = this.device.createBuffer({ size: Math.max(4, ceil4(length)), usage: GPUBufferUsage.STORAGE, mappedAtCreation: true, label });
+    const mapped = new Uint8Array(buffer.getMappedRange());
+    let at = 0;
+    for (const p of pieces) { mapped.set(p, at); at += p.length; }
     buffer.unmap();
     this.weightBuffers.push(buffer);
     return buffer;
@@ -354,13 +353,13 @@ export class GpuBackend {
       const whole = {};
       if (views) qkv.nodes.forEach((n) => this.weights.set(n.weight, {}));
       for (const [part, pieces] of Object.entries(qkv.parts)) {
-        const buffer = this.#buffer(concat(pieces), `${name}:${part}`);
+        const buffer = this.#buffer(pieces, `${name}:${part}`);
         whole[`w.${part}`] = { buffer };
         if (views) qkv.nodes.forEach((n, i) => { this.weights.get(n.weight)[part] = view(buffer, pieces, i); });
       }
       let bias = null;
       if (qkv.bias) {
-        const buffer = this.#buffer(concat(qkv.bias), `${name}:bias`);
+        const buffer = this.#buffer(qkv.bias, `${name}:bias`);
         bias = { buffer };
         if (views) qkv.nodes.forEach((n, i) => { this.weights.set(n.bias, { codes: view(buffer, qkv.bias, i) }); placed.add(n.bias); });
       }
